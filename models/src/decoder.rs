@@ -1,0 +1,159 @@
+//! The decoder stack every supported architecture shares: embedding, N pre-norm layers
+//! (attention + feed-forward, each with a residual), final norm, LM head. Architectures
+//! differ only in their feed-forward block and tensor names, which they pass in.
+
+use burn::tensor::{DType, Device, Int, Tensor};
+use ember_quant::{ComputeDtype, LayerKind, QLinear};
+
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::layers::{Attention, KvCache, Mlp, RmsNorm, Rope, SparseMoe, StepPositions};
+use crate::weights::Weights;
+
+/// A decoder layer's feed-forward block.
+#[derive(Debug)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Moe(SparseMoe),
+}
+
+impl FeedForward {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Dense(mlp) => mlp.forward(x),
+            Self::Moe(moe) => moe.forward(x),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    ffn: FeedForward,
+}
+
+impl DecoderLayer {
+    /// `w` is scoped at `model.layers.N`; `ffn` is built by the architecture.
+    pub fn load(w: &Weights, c: &ModelConfig, ffn: FeedForward) -> Result<Self, ModelError> {
+        Ok(Self {
+            input_layernorm: RmsNorm::load(&w.pp("input_layernorm"), c.hidden_size, c.rms_norm_eps)?,
+            self_attn: Attention::load(&w.pp("self_attn"), c)?,
+            post_attention_layernorm: RmsNorm::load(&w.pp("post_attention_layernorm"), c.hidden_size, c.rms_norm_eps)?,
+            ffn,
+        })
+    }
+}
+
+/// A whole causal language model.
+#[derive(Debug)]
+pub struct DecoderModel {
+    config: ModelConfig,
+    device: Device,
+    dtype: ComputeDtype,
+    embed_tokens: Tensor<2>,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: QLinear,
+    rope: Rope,
+}
+
+/// Builds the feed-forward block of layer `index` (scoped at `model.layers.N`).
+pub type FfnBuilder<'f> = dyn Fn(&Weights, &ModelConfig) -> Result<FeedForward, ModelError> + 'f;
+
+impl DecoderModel {
+    /// Loads a model whose tensors follow the Llama naming (`model.embed_tokens`,
+    /// `model.layers.N.…`, `model.norm`, `lm_head`). `on_layer` is told each finished layer.
+    pub fn load(
+        w: &Weights,
+        config: ModelConfig,
+        ffn: &FfnBuilder,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
+        let c = &config;
+        let model = w.pp("model");
+        let embed_tokens = model.pp("embed_tokens").float("weight", [c.vocab_size, c.hidden_size])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let lw = model.pp("layers").pp(i);
+            layers.push(DecoderLayer::load(&lw, c, ffn(&lw, c)?)?);
+            on_layer(i + 1, c.num_layers);
+        }
+        let norm = RmsNorm::load(&model.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
+        let lm_head = match c.tie_word_embeddings {
+            true => QLinear::dense(embed_tokens.clone(), None),
+            false => w.linear("lm_head", c.hidden_size, c.vocab_size, false, LayerKind::LmHead)?,
+        };
+        let ctx = w.ctx();
+        Ok(Self {
+            rope: Rope::new(c),
+            device: ctx.device.clone(),
+            dtype: ctx.dtype,
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> ComputeDtype {
+        self.dtype
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Runs `tokens` (`[batch, seq]`) after whatever `cache` holds and returns f32 logits
+    /// `[batch, seq, vocab]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        let [b, s] = tokens.dims();
+        let c = &self.config;
+        let step = StepPositions { start: cache.len(), len: s, sliding_window: c.sliding_window };
+        let rope = self.rope.tables(step.start, s, &self.device, self.dtype);
+        let mut x: Tensor<3> = self.embed_tokens.clone().select(0, tokens.reshape([b * s])).reshape([b, s, c.hidden_size]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rope, cache.layer(i), step);
+            x = x + h;
+            let h = layer.ffn.forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + h;
+        }
+        cache.advance(s);
+        self.lm_head.forward(self.norm.forward(x)).cast(DType::F32)
+    }
+
+    /// Convenience for one sequence of token ids: logits `[seq, vocab]`.
+    pub fn forward_ids(&self, ids: &[u32], cache: &mut KvCache) -> Tensor<2> {
+        let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+        let tokens = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [1, ids.len()]), &self.device);
+        self.forward(tokens, cache).squeeze_dim(0)
+    }
+
+    /// A dense feed-forward block (`mlp.{gate,up,down}_proj`).
+    pub fn dense_ffn(w: &Weights, c: &ModelConfig) -> Result<FeedForward, ModelError> {
+        Ok(FeedForward::Dense(Mlp::load(
+            &w.pp("mlp"),
+            crate::layers::MlpNames::HF,
+            c.hidden_size,
+            c.intermediate_size,
+            c.mlp_bias,
+            LayerKind::Linear,
+        )?))
+    }
+}
+
+impl SparseMoe {
+    pub(crate) fn into_ffn(self) -> FeedForward {
+        FeedForward::Moe(self)
+    }
+}

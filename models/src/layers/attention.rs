@@ -1,0 +1,90 @@
+//! Multi-head attention with grouped KV heads, rotary embeddings, a causal (optionally
+//! sliding-window) mask, and softmax in f32.
+
+use burn::tensor::{activation::softmax, Bool, DType, Device, Tensor, TensorData};
+use ember_quant::{LayerKind, QLinear};
+
+use super::kv_cache::LayerCache;
+use super::rope::RopeTables;
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::weights::Weights;
+
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: QLinear,
+    k_proj: QLinear,
+    v_proj: QLinear,
+    o_proj: QLinear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Where this step's queries sit, for the mask.
+#[derive(Debug, Clone, Copy)]
+pub struct StepPositions {
+    /// Positions already in the cache before this step.
+    pub start: usize,
+    /// Tokens in this step.
+    pub len: usize,
+    pub sliding_window: Option<usize>,
+}
+
+impl Attention {
+    pub fn load(w: &Weights, c: &ModelConfig) -> Result<Self, ModelError> {
+        let (h, q, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        Ok(Self {
+            q_proj: w.linear("q_proj", h, q, c.qkv_bias, LayerKind::Linear)?,
+            k_proj: w.linear("k_proj", h, kv, c.qkv_bias, LayerKind::Linear)?,
+            v_proj: w.linear("v_proj", h, kv, c.qkv_bias, LayerKind::Linear)?,
+            o_proj: w.linear("o_proj", q, h, c.o_bias, LayerKind::Linear)?,
+            num_heads: c.num_heads,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        })
+    }
+
+    /// `x` is `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>, rope: &RopeTables, cache: &mut LayerCache, step: StepPositions) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let heads = |t: Tensor<3>, n: usize| t.reshape([b, s, n, self.head_dim]).swap_dims(1, 2);
+        let q = rope.apply(heads(self.q_proj.forward(x.clone()), self.num_heads));
+        let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v) = cache.append(k, v);
+        let group = self.num_heads / self.num_kv_heads;
+        let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
+
+        let dtype = q.dtype();
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale).cast(DType::F32);
+        if let Some(mask) = attention_mask(step, &scores.device()) {
+            scores = scores.mask_fill(mask, f32::NEG_INFINITY);
+        }
+        let probs = softmax(scores, 3).cast(dtype);
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, s, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// `[b, kv_heads, t, d]` → `[b, kv_heads * group, t, d]`, query head `i` reading kv head `i / group`.
+fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return x;
+    }
+    let [b, h, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2).repeat_dim(2, group).reshape([b, h * group, t, d])
+}
+
+/// `true` where a query may not see a key: the future, and keys beyond the window.
+/// `None` when nothing is masked (one new token, no window in reach).
+fn attention_mask(step: StepPositions, device: &Device) -> Option<Tensor<4, Bool>> {
+    let total = step.start + step.len;
+    let blocked = |query: usize, key: usize| key > query || step.sliding_window.is_some_and(|w| query - key >= w);
+    let values: Vec<bool> = (step.start..total).flat_map(|q| (0..total).map(move |k| blocked(q, k))).collect();
+    if !values.iter().any(|&m| m) {
+        return None;
+    }
+    Some(Tensor::from_data(TensorData::new(values, [1, 1, step.len, total]), device))
+}

@@ -1,0 +1,79 @@
+//! Rotary position embeddings (the non-interleaved "rotate half" form of Llama), with
+//! linear and Llama 3 frequency scaling. Cos/sin are computed on the host in f32 for
+//! the positions of one step only, so long contexts cost no table memory.
+
+use std::f32::consts::PI;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use ember_quant::ComputeDtype;
+
+use crate::config::{ModelConfig, RopeScaling};
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+/// Cos/sin for the positions of one step, shaped `[1, 1, seq, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
+impl Rope {
+    pub fn new(config: &ModelConfig) -> Self {
+        let dim = config.head_dim;
+        let inv_freq = (0..dim / 2)
+            .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f32 / dim as f32))
+            .map(|f| scale_frequency(f, &config.rope_scaling))
+            .collect();
+        Self { inv_freq }
+    }
+
+    pub fn tables(&self, start: usize, len: usize, device: &Device, dtype: ComputeDtype) -> RopeTables {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half * 2);
+        let mut sin = Vec::with_capacity(len * half * 2);
+        for pos in start..start + len {
+            let angles: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
+            // The two halves of a head share frequencies.
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let upload = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, 1, len, half * 2]), (device, dtype.burn()));
+        RopeTables { cos: upload(cos), sin: upload(sin) }
+    }
+}
+
+impl RopeTables {
+    /// Rotates `x` of shape `[batch, heads, seq, head_dim]`.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let d = x.dims()[3];
+        let first = x.clone().narrow(3, 0, d / 2);
+        let second = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+fn scale_frequency(inv_freq: f32, scaling: &RopeScaling) -> f32 {
+    match *scaling {
+        RopeScaling::None => inv_freq,
+        RopeScaling::Linear { factor } => inv_freq / factor,
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            let context = original_max_position_embeddings as f32;
+            let wavelen = 2.0 * PI / inv_freq;
+            if wavelen < context / high_freq_factor {
+                inv_freq
+            } else if wavelen > context / low_freq_factor {
+                inv_freq / factor
+            } else {
+                let smooth = (context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The two levels of quantization, after vLLM's split: a [`QuantMethod`] per checkpoint
+//! (parsed from its config, answers per layer) and a [`LinearScheme`] per layer (names the
+//! tensors it needs, then turns them into a [`QLinear`]). Schemes return data instead of
+//! mutating a module, so a layer is either fully built or not built at all.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use burn::tensor::Device;
+
+use crate::dtype::ComputeDtype;
+use crate::error::{LoadError, QuantError};
+use crate::host::HostTensor;
+use crate::linear::QLinear;
+use crate::source::WeightSpec;
+
+/// What kind of linear a layer is; methods use it for rules such as "never quantize the
+/// MoE router" or "lm_head stays float unless the config says otherwise".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A projection inside a decoder layer (attention or dense MLP).
+    Linear,
+    /// One expert's projection in a mixture-of-experts block.
+    Expert { index: usize },
+    /// The MoE router (`gate`).
+    Router,
+    /// The output projection to vocabulary logits.
+    LmHead,
+}
+
+/// Everything a method needs to decide about one linear layer.
+#[derive(Debug, Clone)]
+pub struct LayerInfo {
+    /// Full module path as in the checkpoint, e.g. `model.layers.0.self_attn.q_proj`.
+    pub prefix: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub kind: LayerKind,
+}
+
+/// Where and in what dtype finished layers live.
+#[derive(Debug, Clone)]
+pub struct LoadContext {
+    pub device: Device,
+    pub dtype: ComputeDtype,
+}
+
+/// One checkpoint's quantization, answering per layer.
+pub trait QuantMethod: Send + Sync + Debug {
+    /// The registry name (`unquantized`, `gptq`, ...).
+    fn name(&self) -> &str;
+
+    /// The scheme that loads `layer`; a method that leaves a layer float returns the
+    /// unquantized scheme for it.
+    fn linear(&self, layer: &LayerInfo) -> Result<Box<dyn LinearScheme>, QuantError>;
+}
+
+/// Builds a [`QuantMethod`] from a checkpoint's quantization config.
+pub trait QuantMethodFactory: Send + Sync {
+    /// The name looked up in `quant_method` (or given on the command line).
+    fn name(&self) -> &str;
+
+    /// `config` is the `quantization_config` object (or `Null` when the method is chosen
+    /// on the command line for a float checkpoint).
+    fn create(&self, config: &serde_json::Value) -> Result<Arc<dyn QuantMethod>, QuantError>;
+}
+
+/// One layer's loading recipe: `create_weights` then `process_weights_after_loading`.
+pub trait LinearScheme: Send {
+    /// The tensors this layer reads, in the order `finish` receives them.
+    fn weights(&self) -> Vec<WeightSpec>;
+
+    /// Turns the loaded tensors into the layer's runtime representation on the device.
+    fn finish(self: Box<Self>, tensors: Vec<HostTensor<'_>>, ctx: &LoadContext) -> Result<QLinear, LoadError>;
+}

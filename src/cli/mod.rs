@@ -1,0 +1,94 @@
+//! The `ember` command line.
+
+mod inspect;
+mod logits;
+mod run;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ember::{default_dtype, embedded, hub, load_model, parse_device, LoadFormat, LoadOptions, LoadedModel};
+use ember::quant::ComputeDtype;
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Run quantized LLM checkpoints on any Burn backend")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt, streaming it, then print tokens/s.
+    Run(run::RunArgs),
+    /// Write the logits of one forward pass over a prompt to a safetensors file.
+    Logits(logits::LogitsArgs),
+    /// Describe a checkpoint: architecture, dimensions, dtypes, quantization, size.
+    Inspect(inspect::InspectArgs),
+}
+
+impl Command {
+    pub fn execute(self) -> Result<()> {
+        match self {
+            Self::Run(args) => run::execute(args),
+            Self::Logits(args) => logits::execute(args),
+            Self::Inspect(args) => inspect::execute(args),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LoadFormatArg {
+    Safetensors,
+    Dummy,
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// Model directory or Hugging Face repo id (org/name). Default: the tiny Llama embedded
+    /// in the binary.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// flex (pure-Rust CPU), cpu (CubeCL CPU runtime), wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+    /// Compute dtype: f32, f16 or bf16 (default: f32 on CPUs and wgpu, bf16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Keep only the first N decoder layers (for benchmarking real-size configs).
+    #[arg(long)]
+    pub num_layers: Option<usize>,
+    /// `dummy` fills every weight with deterministic random values: only config.json is read.
+    #[arg(long, value_enum, default_value = "safetensors")]
+    pub load_format: LoadFormatArg,
+    /// Quantization method to use instead of the one in config.json.
+    #[arg(long)]
+    pub quantization: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn model_dir(&self) -> Result<std::path::PathBuf> {
+        Ok(match &self.model {
+            Some(spec) => hub::resolve_model(spec)?,
+            None => embedded::materialize()?,
+        })
+    }
+
+    pub fn load(&self) -> Result<LoadedModel> {
+        let device = parse_device(&self.device)?;
+        let dtype = match &self.dtype {
+            Some(name) => ComputeDtype::parse(name).with_context(|| format!("unknown dtype `{name}` (f32, f16, bf16)"))?,
+            None => default_dtype(&self.device),
+        };
+        let mut options = LoadOptions::new(device, dtype);
+        options.num_layers = self.num_layers;
+        options.quantization = self.quantization.clone();
+        options.load_format = match self.load_format {
+            LoadFormatArg::Safetensors => LoadFormat::Safetensors,
+            LoadFormatArg::Dummy => LoadFormat::Dummy,
+        };
+        options.progress = true;
+        let dir = self.model_dir()?;
+        Ok(load_model(&dir, &options)?)
+    }
+}

@@ -1,0 +1,23 @@
+//! Ember: run quantized LLM checkpoints on any Burn backend.
+//!
+//! The load path follows vLLM's: `config.json` → quant method (from the registry) →
+//! per-layer weight specs → checkpoint tensors → layers finished on the device.
+//! See `load_model` for the whole path and `engine::generate` for decoding.
+
+pub mod checkpoint;
+pub mod device;
+pub mod embedded;
+pub mod engine;
+pub mod error;
+pub mod generation_config;
+pub mod hub;
+pub mod model;
+pub mod tokenizer;
+
+pub use device::{default_dtype, parse_device};
+pub use error::Error;
+pub use model::{load_model, LoadFormat, LoadOptions, LoadedModel};
+pub use tokenizer::{ChatMessage, Tokenizer};
+
+pub use ember_models as models;
+pub use ember_quant as quant;

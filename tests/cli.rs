@@ -1,0 +1,141 @@
+//! The `ember` binary, run as users run it.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use ember::checkpoint::SafetensorsFile;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use tempfile::TempDir;
+
+use crate::common::{fixture, max_abs_diff, test_data, Reference};
+
+fn ember(args: &[&str], cache: &TempDir) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("ember runs");
+    assert!(
+        output.status.success(),
+        "ember {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn run_on_embedded_default_prints_readable_text() {
+    let cache = TempDir::new().unwrap();
+    let out = ember(&["run", "--prompt", "The government said", "--max-tokens", "12"], &cache);
+    let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+    assert!(stdout.starts_with("The government said"), "{stdout}");
+    let continuation = &stdout["The government said".len()..];
+    let words = continuation.split_whitespace().filter(|w| w.chars().any(char::is_alphabetic)).count();
+    assert!(words >= 3, "expected a few words of English, got {continuation:?}");
+    assert!(!stdout.contains('\u{FFFD}'));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tokens/s"), "{stderr}");
+}
+
+#[test]
+fn run_chat_applies_the_template() {
+    let cache = TempDir::new().unwrap();
+    let model = fixture("llama-tiny-f16");
+    let out = ember(&["run", "--model", model.to_str().unwrap(), "--prompt", "Hello", "--chat", "--max-tokens", "4"], &cache);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prompt tokens"));
+}
+
+#[test]
+fn inspect_describes_both_fixtures() {
+    let cache = TempDir::new().unwrap();
+    let llama = fixture("llama-tiny-f16");
+    let out = String::from_utf8(ember(&["inspect", "--model", llama.to_str().unwrap()], &cache).stdout).unwrap();
+    for needle in ["LlamaForCausalLM", "4 layers, hidden 256", "4 heads (2 kv, head_dim 64)", "float16", "2 shards", "F16 x"] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let mixtral = fixture("mixtral-tiny-bf16");
+    let out = String::from_utf8(ember(&["inspect", "--model", mixtral.to_str().unwrap()], &cache).stdout).unwrap();
+    for needle in ["MixtralForCausalLM", "4 per layer, top-2", "bfloat16", "BF16 x", "none (float checkpoint)"] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn logits_from_input_ids_match_reference() {
+    let cache = TempDir::new().unwrap();
+    let model = fixture("mixtral-tiny-bf16");
+    let out_path = cache.path().join("ours.safetensors");
+    let reference_file = model.join("reference.safetensors");
+    ember(
+        &["logits", "--model", model.to_str().unwrap(), "--input-ids", reference_file.to_str().unwrap(), "--out", out_path.to_str().unwrap()],
+        &cache,
+    );
+    let reference = Reference::read("mixtral-tiny-bf16");
+    let ours = SafetensorsFile::open(&out_path).unwrap();
+    let logits = ours.tensor("logits").unwrap().unwrap();
+    assert_eq!(logits.shape, vec![reference.input_ids.len(), 2048]);
+    let diff = max_abs_diff(&logits.to_f32_vec().unwrap(), &reference.logits);
+    assert!(diff <= 1e-3 * reference.logit_range(), "diff {diff}");
+}
+
+#[test]
+fn logits_from_prompt_text_match_reference() {
+    let cache = TempDir::new().unwrap();
+    let model = fixture("llama-tiny-f16");
+    let reference = Reference::read("llama-tiny-f16");
+    let out_path = cache.path().join("ours.safetensors");
+    ember(&["logits", "--model", model.to_str().unwrap(), "--prompt", &reference.prompt, "--out", out_path.to_str().unwrap()], &cache);
+    let ours = SafetensorsFile::open(&out_path).unwrap();
+    let ids: Vec<u32> = ours.tensor("input_ids").unwrap().unwrap().to_i64_vec().unwrap().into_iter().map(|v| v as u32).collect();
+    assert_eq!(ids, reference.input_ids);
+    let diff = max_abs_diff(&ours.tensor("logits").unwrap().unwrap().to_f32_vec().unwrap(), &reference.logits);
+    assert!(diff <= 1e-3 * reference.logit_range(), "diff {diff}");
+}
+
+/// A real Mixtral-8x7B config with no weights on disk: dummy weights, one layer, one
+/// forward step on the Flex device.
+#[test]
+fn dummy_mixtral_8x7b_runs_one_layer_forward() {
+    let cache = TempDir::new().unwrap();
+    let ids: Vec<u8> = [1i64, 415, 5565, 302].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let ids_path = cache.path().join("ids.safetensors");
+    let view = TensorView::new(Dtype::I64, vec![4], &ids).unwrap();
+    safetensors::serialize_to_file([("input_ids", view)], None::<HashMap<String, String>>, &ids_path).unwrap();
+    let out_path = cache.path().join("logits.safetensors");
+    let model = test_data("mixtral-8x7b");
+    ember(
+        &[
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--load-format",
+            "dummy",
+            "--num-layers",
+            "1",
+            "--input-ids",
+            ids_path.to_str().unwrap(),
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    let out = SafetensorsFile::open(&out_path).unwrap();
+    let logits = out.tensor("logits").unwrap().unwrap();
+    assert_eq!(logits.shape, vec![4, 32000]);
+    assert!(logits.to_f32_vec().unwrap().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn bad_model_path_is_a_clear_error() {
+    let cache = TempDir::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["inspect", "--model", "/nonexistent/model/dir"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/model/dir") && stderr.contains("not found"), "{stderr}");
+}

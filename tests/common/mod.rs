@@ -1,0 +1,69 @@
+//! Fixture access and comparisons shared by the tests.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use ember::checkpoint::SafetensorsFile;
+use ember::quant::ComputeDtype;
+use ember::{load_model, LoadOptions, LoadedModel};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+pub fn test_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join(name)
+}
+
+pub fn load(name: &str, device: Device) -> LoadedModel {
+    load_model(&fixture(name), &LoadOptions::new(device, ComputeDtype::F32)).expect("fixture loads")
+}
+
+/// What the fixture's tool computed: prompt ids, full-forward logits, greedy continuation.
+pub struct Reference {
+    pub prompt: String,
+    pub input_ids: Vec<u32>,
+    pub logits: Vec<f32>,
+    pub greedy_new_ids: Vec<u32>,
+}
+
+impl Reference {
+    pub fn read(name: &str) -> Self {
+        let dir = fixture(name);
+        let file = SafetensorsFile::open(&dir.join("reference.safetensors")).expect("reference.safetensors");
+        let tensor = |n: &str| file.tensor(n).expect("tensor present").expect("readable");
+        let input_ids = tensor("input_ids").to_i64_vec().unwrap().into_iter().map(|v| v as u32).collect();
+        let logits = tensor("logits").to_f32_vec().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let greedy_new_ids = json["greedy_new_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        Self { prompt: json["prompt"].as_str().unwrap().to_string(), input_ids, logits, greedy_new_ids }
+    }
+
+    pub fn logit_range(&self) -> f32 {
+        let max = self.logits.iter().copied().fold(f32::MIN, f32::max);
+        let min = self.logits.iter().copied().fold(f32::MAX, f32::min);
+        max - min
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared tensors differ in length");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Full-prompt logits of a loaded model, on the host.
+pub fn prompt_logits(loaded: &LoadedModel, ids: &[u32]) -> Vec<f32> {
+    let mut cache = loaded.model.new_cache();
+    loaded.model.forward_ids(ids, &mut cache).into_data().to_vec::<f32>().unwrap()
+}
+
+/// Copies the non-weight files of a fixture into `dest` (config, tokenizer, generation config).
+pub fn copy_side_files(name: &str, dest: &Path) {
+    for file in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        let src = fixture(name).join(file);
+        if src.exists() {
+            std::fs::copy(&src, dest.join(file)).unwrap();
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! All integration tests in one binary: every test binary links LLVM statically, so
+//! fewer binaries means much faster builds.
+
+mod common;
+
+mod checkpoint;
+mod cli;
+mod engine;
+mod errors;
+mod float_models;
+mod tokenizer;
