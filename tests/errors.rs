@@ -1,19 +1,16 @@
 //! One test per class of user error: the error has the right kind, and its message names
 //! the culprit (file, tensor, field) and what was expected.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::tensor::Device;
-use ember::checkpoint::SafetensorsCheckpoint;
 use ember::models::{ConfigError, ModelError};
-use ember::quant::{CheckpointError, ComputeDtype, QuantError, TensorSource};
+use ember::quant::{CheckpointError, ComputeDtype, QuantError};
 use ember::{load_model, Error, LoadOptions};
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tempfile::TempDir;
 
-use crate::common::{copy_side_files, fixture};
+use crate::common::{copy_side_files, fixture, rewrite_fixture, StoredTensor};
 
 const LLAMA: &str = "llama-tiny-f16";
 
@@ -21,30 +18,8 @@ fn try_load(dir: &Path) -> Result<ember::LoadedModel, Error> {
     load_model(dir, &LoadOptions::new(Device::flex(), ComputeDtype::F32))
 }
 
-/// Writes the llama fixture as one `model.safetensors`, with `edit` applied to the list of
-/// (name, dtype, shape, bytes) first.
-fn rewritten_llama(edit: impl FnOnce(&mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>)) -> TempDir {
-    let dir = TempDir::new().unwrap();
-    copy_side_files(LLAMA, dir.path());
-    let source = SafetensorsCheckpoint::open(&fixture(LLAMA)).unwrap();
-    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = source
-        .tensor_names()
-        .into_iter()
-        .map(|name| {
-            let meta = source.meta(&name).unwrap();
-            let file = source.files().iter().find(|f| f.meta(&name).is_some()).unwrap();
-            let bytes = file.tensor(&name).unwrap().unwrap().bytes.into_owned();
-            assert_eq!(meta.dtype.to_string(), "F16");
-            (name, Dtype::F16, meta.shape, bytes)
-        })
-        .collect();
-    edit(&mut tensors);
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(name, dtype, shape, bytes)| (name.clone(), TensorView::new(*dtype, shape.clone(), bytes).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &dir.path().join("model.safetensors")).unwrap();
-    dir
+fn rewritten_llama(edit: impl FnOnce(&mut Vec<StoredTensor>)) -> TempDir {
+    rewrite_fixture(LLAMA, |_| {}, edit)
 }
 
 fn checkpoint_error(result: Result<ember::LoadedModel, Error>) -> (CheckpointError, String) {
@@ -75,7 +50,7 @@ fn missing_weights_name_the_directory() {
 
 #[test]
 fn missing_tensor_names_tensor_and_file() {
-    let dir = rewritten_llama(|t| t.retain(|(name, ..)| name != "model.layers.2.mlp.up_proj.weight"));
+    let dir = rewritten_llama(|t| t.retain(|t| t.name != "model.layers.2.mlp.up_proj.weight"));
     let (err, message) = checkpoint_error(try_load(dir.path()));
     assert!(matches!(err, CheckpointError::MissingTensor { .. }), "{err:?}");
     assert!(message.contains("model.layers.2.mlp.up_proj.weight"), "{message}");
@@ -85,9 +60,9 @@ fn missing_tensor_names_tensor_and_file() {
 #[test]
 fn wrong_shape_reports_seen_and_expected() {
     let dir = rewritten_llama(|t| {
-        let norm = t.iter_mut().find(|(n, ..)| n == "model.norm.weight").unwrap();
-        norm.2 = vec![128];
-        norm.3.truncate(256);
+        let norm = t.iter_mut().find(|t| t.name == "model.norm.weight").unwrap();
+        norm.shape = vec![128];
+        norm.bytes.truncate(256);
     });
     let (err, message) = checkpoint_error(try_load(dir.path()));
     assert!(matches!(err, CheckpointError::ShapeMismatch { .. }), "{err:?}");
@@ -97,8 +72,8 @@ fn wrong_shape_reports_seen_and_expected() {
 #[test]
 fn wrong_dtype_reports_seen_and_expected() {
     let dir = rewritten_llama(|t| {
-        let norm = t.iter_mut().find(|(n, ..)| n == "model.norm.weight").unwrap();
-        norm.1 = Dtype::I16;
+        let norm = t.iter_mut().find(|t| t.name == "model.norm.weight").unwrap();
+        norm.dtype = Dtype::I16;
     });
     let (err, message) = checkpoint_error(try_load(dir.path()));
     assert!(matches!(err, CheckpointError::DtypeMismatch { .. }), "{err:?}");

@@ -4,7 +4,11 @@
 use burn::tensor::Device;
 use ember::engine::{generate, GenerationRequest, SamplingParams};
 
-use crate::common::{load, max_abs_diff, prompt_logits, Reference};
+use ember::quant::ComputeDtype;
+use ember::{load_model, LoadOptions};
+use safetensors::Dtype;
+
+use crate::common::{load, max_abs_diff, prompt_logits, rewrite_fixture, Reference, StoredTensor};
 
 /// Logits within 1e-3 × (reference logit range), as the fixtures' README asks.
 fn assert_logits_match(fixture: &str, device: Device) {
@@ -77,11 +81,61 @@ fn cached_decoding_matches_full_forward() {
     let vocab = loaded.model.config().vocab_size;
     let mut cache = loaded.model.new_cache();
     let split = ids.len() - 4;
-    let mut stepped = loaded.model.forward_ids(&ids[..split], &mut cache).into_data().to_vec::<f32>().unwrap();
+    let mut stepped = loaded.model.forward_ids(&ids[..split], &mut cache).try_into_vec_as::<f32>().unwrap();
     for &id in &ids[split..] {
-        stepped.extend(loaded.model.forward_ids(&[id], &mut cache).into_data().to_vec::<f32>().unwrap());
+        stepped.extend(loaded.model.forward_ids(&[id], &mut cache).try_into_vec_as::<f32>().unwrap());
     }
     assert_eq!(stepped.len(), ids.len() * vocab);
     let diff = max_abs_diff(&stepped, &full);
     assert!(diff < 1e-4, "cached vs full forward differ by {diff}");
+}
+
+fn logits_of_dir(dir: &std::path::Path, ids: &[u32]) -> Vec<f32> {
+    let loaded = load_model(dir, &LoadOptions::new(Device::flex(), ComputeDtype::F32)).unwrap();
+    prompt_logits(&loaded, ids)
+}
+
+/// The two other Mixtral expert spellings found in the wild load to the same model.
+#[test]
+fn mixtral_expert_layouts_load_identically() {
+    let reference = Reference::read("mixtral-tiny-bf16");
+    let renames: [(&str, &str); 2] = [("block_sparse_moe", "block_sparse_moe"), ("block_sparse_moe", "mlp")];
+    for (from_block, to_block) in renames {
+        let dir = rewrite_fixture("mixtral-tiny-bf16", |_| {}, |tensors| {
+            for t in tensors.iter_mut() {
+                t.name = t
+                    .name
+                    .replace(".w1.", ".gate_proj.")
+                    .replace(".w3.", ".up_proj.")
+                    .replace(".w2.", ".down_proj.")
+                    .replace(from_block, to_block);
+            }
+        });
+        let diff = max_abs_diff(&logits_of_dir(dir.path(), &reference.input_ids), &reference.logits);
+        assert!(diff <= 1e-3 * reference.logit_range(), "{to_block}.experts.E.gate_proj layout: diff {diff}");
+    }
+}
+
+/// Qwen2 is the Llama decoder plus q/k/v biases: the Llama fixture relabelled as Qwen2
+/// with biases added must shift logits exactly as a bias on v does (zero bias: identical;
+/// a non-zero bias: different logits, proving the bias is applied).
+#[test]
+fn qwen2_applies_qkv_biases() {
+    let reference = Reference::read("llama-tiny-f16");
+    let with_bias = |value: f32| {
+        rewrite_fixture("llama-tiny-f16", |c| c["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]), move |tensors| {
+            for layer in 0..4 {
+                for (proj, size) in [("q_proj", 256), ("k_proj", 128), ("v_proj", 128)] {
+                    let bytes = (0..size).flat_map(|_| half::f16::from_f32(value).to_le_bytes()).collect();
+                    let name = format!("model.layers.{layer}.self_attn.{proj}.bias");
+                    tensors.push(StoredTensor { name, dtype: Dtype::F16, shape: vec![size], bytes });
+                }
+            }
+        })
+    };
+    let zero = logits_of_dir(with_bias(0.0).path(), &reference.input_ids);
+    let diff = max_abs_diff(&zero, &reference.logits);
+    assert!(diff <= 1e-3 * reference.logit_range(), "zero-bias Qwen2 differs from Llama by {diff}");
+    let shifted = logits_of_dir(with_bias(0.5).path(), &reference.input_ids);
+    assert!(max_abs_diff(&shifted, &reference.logits) > 1e-2, "a non-zero bias must change the logits");
 }

@@ -40,7 +40,7 @@ pub fn execute(args: LogitsArgs) -> Result<()> {
     let mut cache = loaded.model.new_cache();
     let logits = loaded.model.forward_ids(&ids, &mut cache);
     let [seq, vocab] = logits.dims();
-    let values: Vec<f32> = logits.into_data().to_vec().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+    let values: Vec<f32> = logits.try_into_vec_as::<f32>().map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
     let logit_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let id_bytes: Vec<u8> = ids.iter().flat_map(|&t| (t as i64).to_le_bytes()).collect();
     let tensors = [

@@ -130,7 +130,6 @@ fn last_row(logits: Tensor<2>) -> Result<Vec<f32>, Error> {
     let [seq, _] = logits.dims();
     logits
         .narrow(0, seq - 1, 1)
-        .into_data()
-        .to_vec::<f32>()
+        .try_into_vec_as::<f32>()
         .map_err(|e| Error::Device(format!("reading logits: {e:?}")))
 }

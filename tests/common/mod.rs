@@ -3,7 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use ember::checkpoint::SafetensorsFile;
+use std::collections::HashMap;
+
+use ember::checkpoint::{SafetensorsCheckpoint, SafetensorsFile};
+use ember::quant::{StoredDtype, TensorSource};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use tempfile::TempDir;
 use ember::quant::ComputeDtype;
 use ember::{load_model, LoadOptions, LoadedModel};
 
@@ -55,7 +61,7 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Full-prompt logits of a loaded model, on the host.
 pub fn prompt_logits(loaded: &LoadedModel, ids: &[u32]) -> Vec<f32> {
     let mut cache = loaded.model.new_cache();
-    loaded.model.forward_ids(ids, &mut cache).into_data().to_vec::<f32>().unwrap()
+    loaded.model.forward_ids(ids, &mut cache).try_into_vec_as::<f32>().unwrap()
 }
 
 /// Copies the non-weight files of a fixture into `dest` (config, tokenizer, generation config).
@@ -66,4 +72,55 @@ pub fn copy_side_files(name: &str, dest: &Path) {
             std::fs::copy(&src, dest.join(file)).unwrap();
         }
     }
+}
+
+/// One tensor of a rewritten checkpoint.
+#[derive(Debug, Clone)]
+pub struct StoredTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+fn safetensors_dtype(dtype: StoredDtype) -> Dtype {
+    match dtype {
+        StoredDtype::F32 => Dtype::F32,
+        StoredDtype::F16 => Dtype::F16,
+        StoredDtype::BF16 => Dtype::BF16,
+        other => panic!("fixtures hold no {other} tensors"),
+    }
+}
+
+/// Copies a fixture into a temporary directory as one `model.safetensors`, after letting
+/// `edit_config` change its config.json and `edit_tensors` its tensors.
+pub fn rewrite_fixture(
+    name: &str,
+    edit_config: impl FnOnce(&mut serde_json::Value),
+    edit_tensors: impl FnOnce(&mut Vec<StoredTensor>),
+) -> TempDir {
+    let dir = TempDir::new().unwrap();
+    copy_side_files(name, dir.path());
+    let config_path = dir.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit_config(&mut config);
+    std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+
+    let source = SafetensorsCheckpoint::open(&fixture(name)).unwrap();
+    let mut tensors: Vec<StoredTensor> = source
+        .tensor_names()
+        .into_iter()
+        .map(|name| {
+            let file = source.files().iter().find(|f| f.meta(&name).is_some()).unwrap();
+            let tensor = file.tensor(&name).unwrap().unwrap();
+            StoredTensor { dtype: safetensors_dtype(tensor.dtype), shape: tensor.shape.clone(), bytes: tensor.bytes.into_owned(), name }
+        })
+        .collect();
+    edit_tensors(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), TensorView::new(t.dtype, t.shape.clone(), &t.bytes).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &dir.path().join("model.safetensors")).unwrap();
+    dir
 }

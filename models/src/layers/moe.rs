@@ -37,8 +37,8 @@ impl SparseMoe {
         let weights = weights.clone() / weights.sum_dim(1);
 
         // Routing is data-dependent: read the (small) choice back and group tokens per expert.
-        let chosen: Vec<i64> = experts.into_data().convert::<i64>().to_vec().unwrap_or_default();
-        let weights: Vec<f32> = weights.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let chosen: Vec<i64> = experts.try_into_vec_as::<i64>().expect("router choices read back from the device");
+        let weights: Vec<f32> = weights.try_into_vec_as::<f32>().expect("routing weights read back from the device");
         let device = tokens.device();
         let mut out = Tensor::<2>::zeros([b * s, h], (&device, dtype));
         for (e, expert) in self.experts.iter().enumerate() {
