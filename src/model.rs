@@ -81,6 +81,12 @@ impl LoadedModel {
 }
 
 pub fn load_model(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, Error> {
+    if !options.device.supports_dtype(options.dtype.burn()) {
+        return Err(Error::DeviceUnavailable {
+            spec: format!("{:?}", options.device),
+            reason: format!("does not support {} compute; choose another --dtype", options.dtype),
+        });
+    }
     let mut config = ModelConfig::from_file(&dir.join("config.json"))?;
     check_architecture(&config)?;
     if let Some(n) = options.num_layers {

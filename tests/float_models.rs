@@ -139,3 +139,29 @@ fn qwen2_applies_qkv_biases() {
     let shifted = logits_of_dir(with_bias(0.5).path(), &reference.input_ids);
     assert!(max_abs_diff(&shifted, &reference.logits) > 1e-2, "a non-zero bias must change the logits");
 }
+
+fn logits_in_dtype(device: Device, dtype: ComputeDtype) -> Result<Vec<f32>, ember::Error> {
+    let reference = Reference::read("llama-tiny-f16");
+    let loaded = load_model(&crate::common::fixture("llama-tiny-f16"), &LoadOptions::new(device, dtype))?;
+    Ok(prompt_logits(&loaded, &reference.input_ids))
+}
+
+/// Half-precision compute stays close to the float32 reference: f16 inside the float
+/// tolerance, bf16 (8 mantissa bits) within 5e-3 of the range with the same argmax.
+#[test]
+fn half_precision_compute_tracks_reference() {
+    let reference = Reference::read("llama-tiny-f16");
+    let range = reference.logit_range();
+    let f16 = logits_in_dtype(Device::flex(), ComputeDtype::F16).unwrap();
+    assert!(max_abs_diff(&f16, &reference.logits) <= 1e-3 * range);
+    let bf16 = logits_in_dtype(Device::flex(), ComputeDtype::BF16).unwrap();
+    assert!(max_abs_diff(&bf16, &reference.logits) <= 5e-3 * range);
+    let argmax = |l: &[f32]| l.chunks(2048).map(ember::engine::argmax).collect::<Vec<_>>();
+    assert_eq!(argmax(&bf16), argmax(&reference.logits));
+}
+
+#[test]
+fn unsupported_dtype_on_device_is_an_error() {
+    let err = logits_in_dtype(Device::wgpu(Default::default()), ComputeDtype::BF16).err().expect("wgpu has no bf16");
+    assert!(err.to_string().contains("bf16"), "{err}");
+}

@@ -5,6 +5,7 @@ mod common;
 
 mod checkpoint;
 mod cli;
+mod config;
 mod engine;
 mod errors;
 mod float_models;

@@ -31,6 +31,11 @@ impl Rope {
         Self { inv_freq }
     }
 
+    /// Per-pair rotation frequencies after scaling (`head_dim / 2` values).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     pub fn tables(&self, start: usize, len: usize, device: &Device, dtype: ComputeDtype) -> RopeTables {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * half * 2);
