@@ -112,6 +112,8 @@ fn dummy_mixtral_8x7b_runs_one_layer_forward() {
             model.to_str().unwrap(),
             "--load-format",
             "dummy",
+            "--dtype",
+            "bf16",
             "--num-layers",
             "1",
             "--input-ids",
