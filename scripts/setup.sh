@@ -129,7 +129,9 @@ EOF
     mv "$tmp" "$wrapper"; state="written"
   fi
   chmod 755 "$wrapper"
-  touch "$prefix/.tracel-llvm-installed"
+  # Create, never touch: the bundler's build script reruns (and with it all of CubeCL
+  # and Burn) whenever the marker's mtime changes.
+  [ -e "$prefix/.tracel-llvm-installed" ] || : >"$prefix/.tracel-llvm-installed"
   log "prefix $prefix ready (wrapper $state, marker present)"
 done
 
