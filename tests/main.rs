@@ -9,4 +9,6 @@ mod config;
 mod engine;
 mod errors;
 mod float_models;
+mod quant_repr;
+mod quantized_models;
 mod tokenizer;

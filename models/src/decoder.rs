@@ -3,11 +3,11 @@
 //! differ only in their feed-forward block and tensor names, which they pass in.
 
 use burn::tensor::{DType, Device, Int, Tensor};
-use ember_quant::{ComputeDtype, LayerKind, QLinear};
+use ember_quant::{ComputeDtype, LayerInfo, LayerKind, QLinear};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::layers::{Attention, KvCache, Mlp, RmsNorm, Rope, SparseMoe, StepPositions};
+use crate::layers::{Attention, KvCache, Mlp, MlpNames, RmsNorm, Rope, SparseMoe, StepPositions};
 use crate::weights::Weights;
 
 /// A decoder layer's feed-forward block.
@@ -24,7 +24,38 @@ impl FeedForward {
             Self::Moe(moe) => moe.forward(x),
         }
     }
+
+    fn load(w: &Weights, plan: &FfnPlan) -> Result<Self, ModelError> {
+        Ok(match plan {
+            FfnPlan::Dense(mlp) => Self::Dense(Mlp::load(w, mlp)?),
+            FfnPlan::Moe { router, experts, top_k } => Self::Moe(SparseMoe::load(w, router, experts, *top_k)?),
+        })
+    }
 }
+
+/// The linear layers of one feed-forward block, as an architecture names them.
+#[derive(Debug, Clone)]
+pub enum FfnPlan {
+    Dense([LayerInfo; 3]),
+    Moe { router: LayerInfo, experts: Vec<[LayerInfo; 3]>, top_k: usize },
+}
+
+impl FfnPlan {
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        match self {
+            Self::Dense(mlp) => mlp.to_vec(),
+            Self::Moe { router, experts, .. } => std::iter::once(router.clone()).chain(experts.iter().flatten().cloned()).collect(),
+        }
+    }
+
+    /// The dense SwiGLU block of Llama-family models (`mlp.{gate,up,down}_proj`).
+    pub fn dense(w: &Weights, c: &ModelConfig) -> Self {
+        Self::Dense(Mlp::plan(&w.pp("mlp"), MlpNames::HF, c.hidden_size, c.intermediate_size, c.mlp_bias, LayerKind::Linear))
+    }
+}
+
+/// Plans the feed-forward block of a layer (`w` scoped at `model.layers.N`).
+pub type FfnPlanner = fn(&Weights, &ModelConfig) -> Result<FfnPlan, ModelError>;
 
 #[derive(Debug)]
 pub struct DecoderLayer {
@@ -35,13 +66,13 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// `w` is scoped at `model.layers.N`; `ffn` is built by the architecture.
-    pub fn load(w: &Weights, c: &ModelConfig, ffn: FeedForward) -> Result<Self, ModelError> {
+    /// `w` is scoped at `model.layers.N`; `ffn` is the architecture's plan for this layer.
+    pub fn load(w: &Weights, c: &ModelConfig, ffn: &FfnPlan) -> Result<Self, ModelError> {
         Ok(Self {
             input_layernorm: RmsNorm::load(&w.pp("input_layernorm"), c.hidden_size, c.rms_norm_eps)?,
             self_attn: Attention::load(&w.pp("self_attn"), c)?,
             post_attention_layernorm: RmsNorm::load(&w.pp("post_attention_layernorm"), c.hidden_size, c.rms_norm_eps)?,
-            ffn,
+            ffn: FeedForward::load(w, ffn)?,
         })
     }
 }
@@ -59,16 +90,13 @@ pub struct DecoderModel {
     rope: Rope,
 }
 
-/// Builds the feed-forward block of layer `index` (scoped at `model.layers.N`).
-pub type FfnBuilder<'f> = dyn Fn(&Weights, &ModelConfig) -> Result<FeedForward, ModelError> + 'f;
-
 impl DecoderModel {
     /// Loads a model whose tensors follow the Llama naming (`model.embed_tokens`,
     /// `model.layers.N.…`, `model.norm`, `lm_head`). `on_layer` is told each finished layer.
     pub fn load(
         w: &Weights,
         config: ModelConfig,
-        ffn: &FfnBuilder,
+        ffn: FfnPlanner,
         on_layer: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
         let c = &config;
@@ -77,13 +105,13 @@ impl DecoderModel {
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let lw = model.pp("layers").pp(i);
-            layers.push(DecoderLayer::load(&lw, c, ffn(&lw, c)?)?);
+            layers.push(DecoderLayer::load(&lw, c, &ffn(&lw, c)?)?);
             on_layer(i + 1, c.num_layers);
         }
         let norm = RmsNorm::load(&model.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
         let lm_head = match c.tie_word_embeddings {
-            true => QLinear::dense(embed_tokens.clone(), None),
-            false => w.linear("lm_head", c.hidden_size, c.vocab_size, false, LayerKind::LmHead)?,
+            true => QLinear::dense(embed_tokens.clone(), None).described("lm_head", "float (tied to embed_tokens)"),
+            false => w.linear(&Self::lm_head_plan(w, c))?,
         };
         let ctx = w.ctx();
         Ok(Self {
@@ -108,6 +136,20 @@ impl DecoderModel {
 
     pub fn dtype(&self) -> ComputeDtype {
         self.dtype
+    }
+
+    /// Every linear layer, in checkpoint order, with its module path and scheme.
+    pub fn linears(&self) -> Vec<&QLinear> {
+        let mut all = Vec::new();
+        for layer in &self.layers {
+            all.extend(layer.self_attn.linears());
+            match &layer.ffn {
+                FeedForward::Dense(mlp) => all.extend(mlp.linears()),
+                FeedForward::Moe(moe) => all.extend(moe.linears()),
+            }
+        }
+        all.push(&self.lm_head);
+        all
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -139,21 +181,24 @@ impl DecoderModel {
         self.forward(tokens, cache).squeeze_dim(0)
     }
 
-    /// A dense feed-forward block (`mlp.{gate,up,down}_proj`).
-    pub fn dense_ffn(w: &Weights, c: &ModelConfig) -> Result<FeedForward, ModelError> {
-        Ok(FeedForward::Dense(Mlp::load(
-            &w.pp("mlp"),
-            crate::layers::MlpNames::HF,
-            c.hidden_size,
-            c.intermediate_size,
-            c.mlp_bias,
-            LayerKind::Linear,
-        )?))
+    fn lm_head_plan(w: &Weights, c: &ModelConfig) -> LayerInfo {
+        w.layer("lm_head", c.hidden_size, c.vocab_size, false, LayerKind::LmHead)
+    }
+
+    /// Every linear layer the model would load, without reading any weight (for
+    /// inspection and checks): per decoder layer the attention then feed-forward layers,
+    /// then lm_head unless tied.
+    pub fn plan(w: &Weights, c: &ModelConfig, ffn: FfnPlanner) -> Result<Vec<LayerInfo>, ModelError> {
+        let mut layers = Vec::new();
+        for i in 0..c.num_layers {
+            let lw = w.pp("model").pp("layers").pp(i);
+            layers.extend(Attention::plan(&lw.pp("self_attn"), c));
+            layers.extend(ffn(&lw, c)?.layers());
+        }
+        if !c.tie_word_embeddings {
+            layers.push(Self::lm_head_plan(w, c));
+        }
+        Ok(layers)
     }
 }
 
-impl SparseMoe {
-    pub(crate) fn into_ffn(self) -> FeedForward {
-        FeedForward::Moe(self)
-    }
-}

@@ -11,21 +11,22 @@ pub mod qwen2;
 pub mod weights;
 
 pub use config::{ModelConfig, MoeConfig, RopeScaling};
-pub use decoder::{DecoderModel, FeedForward};
+pub use decoder::{DecoderModel, FeedForward, FfnPlan};
 pub use error::{ConfigError, ModelError};
 pub use layers::KvCache;
 pub use weights::Weights;
 
-use decoder::FfnBuilder;
+use decoder::FfnPlanner;
+use ember_quant::LayerInfo;
 
-/// Architecture name (`config.architectures[0]`) → its feed-forward builder.
-fn feed_forward_for(architecture: &str) -> Option<&'static FfnBuilder<'static>> {
+/// Architecture name (`config.architectures[0]`) → how it plans its feed-forward blocks.
+fn feed_forward_for(architecture: &str) -> Option<FfnPlanner> {
     if llama::ARCHITECTURES.contains(&architecture) {
-        Some(&llama::feed_forward)
+        Some(llama::feed_forward)
     } else if qwen2::ARCHITECTURES.contains(&architecture) {
-        Some(&qwen2::feed_forward)
+        Some(qwen2::feed_forward)
     } else if mixtral::ARCHITECTURES.contains(&architecture) {
-        Some(&mixtral::feed_forward)
+        Some(mixtral::feed_forward)
     } else {
         None
     }
@@ -43,6 +44,15 @@ pub fn build_model(weights: &Weights, config: ModelConfig, on_layer: &mut dyn Fn
         supported: supported_architectures().join(", "),
     })?;
     DecoderModel::load(weights, config, ffn, on_layer)
+}
+
+/// Every linear layer of the model `config` describes, without reading weights.
+pub fn plan_linears(weights: &Weights, config: &ModelConfig) -> Result<Vec<LayerInfo>, ModelError> {
+    let ffn = feed_forward_for(&config.architecture).ok_or_else(|| ModelError::UnknownArchitecture {
+        name: config.architecture.clone(),
+        supported: supported_architectures().join(", "),
+    })?;
+    DecoderModel::plan(weights, config, ffn)
 }
 
 /// Fails early, before any weight is read, for an architecture Ember cannot build.

@@ -2,12 +2,12 @@
 //! with a dense SwiGLU MLP. Mistral's sliding window comes from its config.
 
 use crate::config::ModelConfig;
-use crate::decoder::{DecoderModel, FeedForward};
+use crate::decoder::FfnPlan;
 use crate::error::ModelError;
 use crate::weights::Weights;
 
 pub const ARCHITECTURES: [&str; 2] = ["LlamaForCausalLM", "MistralForCausalLM"];
 
-pub fn feed_forward(w: &Weights, c: &ModelConfig) -> Result<FeedForward, ModelError> {
-    DecoderModel::dense_ffn(w, c)
+pub fn feed_forward(w: &Weights, c: &ModelConfig) -> Result<FfnPlan, ModelError> {
+    Ok(FfnPlan::dense(w, c))
 }

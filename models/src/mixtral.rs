@@ -9,7 +9,7 @@
 //! w1 = gate_proj, w3 = up_proj, w2 = down_proj.
 
 use crate::config::ModelConfig;
-use crate::decoder::FeedForward;
+use crate::decoder::FfnPlan;
 use crate::error::ModelError;
 use crate::layers::{MlpNames, SparseMoe};
 use crate::weights::Weights;
@@ -23,12 +23,13 @@ const LAYOUTS: [(&str, MlpNames); 3] = [
     ("mlp", MlpNames::HF),
 ];
 
-pub fn feed_forward(w: &Weights, c: &ModelConfig) -> Result<FeedForward, ModelError> {
+pub fn feed_forward(w: &Weights, c: &ModelConfig) -> Result<FfnPlan, ModelError> {
     let moe = c.moe.as_ref().ok_or_else(|| {
         ModelError::Unsupported("MixtralForCausalLM needs `num_local_experts` and `num_experts_per_tok` in config.json".into())
     })?;
     let (block, names) = detect_layout(w)?;
-    Ok(SparseMoe::load(&w.pp(block), names, c.hidden_size, c.intermediate_size, moe)?.into_ffn())
+    let (router, experts) = SparseMoe::plan(&w.pp(block), names, c.hidden_size, c.intermediate_size, moe);
+    Ok(FfnPlan::Moe { router, experts, top_k: moe.experts_per_token })
 }
 
 /// Finds which spelling this checkpoint uses by looking for expert 0's gate projection.

@@ -57,9 +57,13 @@ impl<'a> Weights<'a> {
         Ok(self.source.load(&spec)?.to_float_tensor(&self.ctx.device, self.ctx.dtype)?)
     }
 
-    /// A linear layer, built through the checkpoint's quantization method.
-    pub fn linear(&self, leaf: &str, in_features: usize, out_features: usize, bias: bool, kind: LayerKind) -> Result<QLinear, ModelError> {
-        let layer = LayerInfo { prefix: self.name(leaf), in_features, out_features, bias, kind };
-        Ok(load_linear(self.method, &layer, self.source, self.ctx)?)
+    /// The description of a linear layer under this prefix.
+    pub fn layer(&self, leaf: &str, in_features: usize, out_features: usize, bias: bool, kind: LayerKind) -> LayerInfo {
+        LayerInfo { prefix: self.name(leaf), in_features, out_features, bias, kind }
+    }
+
+    /// Builds a planned linear layer through the checkpoint's quantization method.
+    pub fn linear(&self, layer: &LayerInfo) -> Result<QLinear, ModelError> {
+        Ok(load_linear(self.method, layer, self.source, self.ctx)?)
     }
 }

@@ -100,6 +100,37 @@ impl<'a> HostTensor<'a> {
         Ok(Tensor::from_data(TensorData::new(values, shape), device))
     }
 
+    /// Uploads an I32 tensor's raw words as an i32 device tensor (packed weights).
+    pub fn to_i32_tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D, Int>, CheckpointError> {
+        let shape = self.shape_of_rank::<D>()?;
+        Ok(crate::packing::int_tensor(self.to_i32_vec()?, shape, device))
+    }
+
+    /// Uploads a float tensor as f32 (scales), rejecting NaN and infinity.
+    pub fn to_f32_tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D>, CheckpointError> {
+        let shape = self.shape_of_rank::<D>()?;
+        let values = self.to_f32_vec()?;
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            return Err(CheckpointError::InvalidValues { name: self.name.clone(), reason: format!("holds {bad}; scales must be finite") });
+        }
+        Ok(Tensor::from_data(TensorData::new(values, shape), (device, burn::tensor::DType::F32)))
+    }
+
+    /// Packs a one-byte tensor (I8/U8/F8) four bytes per i32 word along the last axis,
+    /// `[rows, cols]` → `[rows, cols/4]`; `cols` must be a multiple of 4.
+    pub fn bytes_as_words(&self, device: &Device) -> Result<Tensor<2, Int>, CheckpointError> {
+        let [rows, cols] = self.shape_of_rank::<2>()?;
+        if self.dtype.size_in_bytes() != 1 || cols % 4 != 0 {
+            return Err(CheckpointError::ShapeMismatch {
+                name: self.name.clone(),
+                expected: "a one-byte dtype with a last dimension divisible by 4".into(),
+                found: self.shape.clone(),
+            });
+        }
+        let words = self.bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Ok(crate::packing::int_tensor(words, [rows, cols / 4], device))
+    }
+
     fn shape_of_rank<const D: usize>(&self) -> Result<[usize; D], CheckpointError> {
         self.shape.as_slice().try_into().map_err(|_| CheckpointError::ShapeMismatch {
             name: self.name.clone(),

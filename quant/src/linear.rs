@@ -3,7 +3,9 @@
 
 use std::fmt::Debug;
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
+
+use crate::repr::{Fp8Weight, PackedIntWeight, W8A8Weight};
 
 /// Forward pass of a representation registered from outside Ember.
 pub trait LinearForward: Send + Sync + Debug {
@@ -16,12 +18,37 @@ pub trait LinearForward: Send + Sync + Debug {
 pub enum LinearRepr {
     /// A float weight stored transposed, `[in_features, out_features]`, so forward is `x · W`.
     Dense { weight_t: Tensor<2> },
+    /// 4-bit weight-only (GPTQ, AWQ, compressed-tensors W4A16, torchao int4).
+    Int4(PackedIntWeight),
+    /// 8-bit weight-only (GPTQ 8-bit, compressed-tensors W8A16, torchao int8).
+    Int8(PackedIntWeight),
+    /// float8 e4m3 weights, activations optionally quantized to e4m3.
+    Fp8(Fp8Weight),
+    /// int8 weights and per-token int8 activations.
+    W8A8(W8A8Weight),
     /// A representation provided by a registered extension method.
     Custom(Box<dyn LinearForward>),
 }
 
+impl LinearRepr {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Dense { .. } => "dense",
+            Self::Int4(_) => "int4",
+            Self::Int8(_) => "int8",
+            Self::Fp8(_) => "fp8",
+            Self::W8A8(_) => "w8a8-int8",
+            Self::Custom(_) => "custom",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct QLinear {
+    /// Module path in the checkpoint (`model.layers.0.self_attn.q_proj`), empty if built by hand.
+    name: String,
+    /// How the layer was loaded ("int4 g128 sym (gptq)"), for inspection.
+    scheme: String,
     in_features: usize,
     out_features: usize,
     repr: LinearRepr,
@@ -30,13 +57,30 @@ pub struct QLinear {
 
 impl QLinear {
     pub fn new(in_features: usize, out_features: usize, repr: LinearRepr, bias: Option<Tensor<1>>) -> Self {
-        Self { in_features, out_features, repr, bias }
+        Self { name: String::new(), scheme: repr.name().to_string(), in_features, out_features, repr, bias }
     }
 
     /// A float linear from a weight in nn.Linear layout `[out, in]`.
     pub fn dense(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         let [out_features, in_features] = weight.dims();
         Self::new(in_features, out_features, LinearRepr::Dense { weight_t: weight.transpose() }, bias)
+    }
+
+    pub fn with_bias(self, bias: Option<Tensor<1>>) -> Self {
+        Self { bias, ..self }
+    }
+
+    /// Records the module path and the scheme that loaded this layer.
+    pub fn described(self, name: impl Into<String>, scheme: impl Into<String>) -> Self {
+        Self { name: name.into(), scheme: scheme.into(), ..self }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn scheme(&self) -> &str {
+        &self.scheme
     }
 
     pub fn in_features(&self) -> usize {
@@ -51,6 +95,19 @@ impl QLinear {
         &self.repr
     }
 
+    /// The weight this layer multiplies by, as f32 `[out, in]` (nn.Linear layout):
+    /// what a format's unpacking produced, for comparison with the tool's dequantizer.
+    /// `None` for custom representations.
+    pub fn dequantized_weight(&self) -> Option<Tensor<2>> {
+        Some(match &self.repr {
+            LinearRepr::Dense { weight_t } => weight_t.clone().transpose().cast(DType::F32),
+            LinearRepr::Int4(w) | LinearRepr::Int8(w) => w.dequantize().transpose(),
+            LinearRepr::Fp8(w) => w.dequantize(),
+            LinearRepr::W8A8(w) => w.dequantize(),
+            LinearRepr::Custom(_) => return None,
+        })
+    }
+
     /// Applies the layer over the last dimension of `x` (any rank ≥ 1).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dims = x.dims();
@@ -58,6 +115,9 @@ impl QLinear {
         let flat: Tensor<2> = x.reshape([rows, self.in_features]);
         let mut y = match &self.repr {
             LinearRepr::Dense { weight_t } => flat.matmul(weight_t.clone()),
+            LinearRepr::Int4(w) | LinearRepr::Int8(w) => w.forward(flat),
+            LinearRepr::Fp8(w) => w.forward(flat),
+            LinearRepr::W8A8(w) => w.forward(flat),
             LinearRepr::Custom(op) => op.forward(flat),
         };
         if let Some(bias) = &self.bias {

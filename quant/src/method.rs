@@ -10,9 +10,9 @@ use burn::tensor::Device;
 
 use crate::dtype::ComputeDtype;
 use crate::error::{LoadError, QuantError};
-use crate::host::HostTensor;
 use crate::linear::QLinear;
 use crate::source::WeightSpec;
+use crate::tensors::LayerTensors;
 
 /// What kind of linear a layer is; methods use it for rules such as "never quantize the
 /// MoE router" or "lm_head stays float unless the config says otherwise".
@@ -67,10 +67,14 @@ pub trait QuantMethodFactory: Send + Sync {
 }
 
 /// One layer's loading recipe: `create_weights` then `process_weights_after_loading`.
+/// The layer's bias (`<prefix>.bias`, float) is loaded by the caller for every scheme.
 pub trait LinearScheme: Send {
-    /// The tensors this layer reads, in the order `finish` receives them.
+    /// The tensors this layer reads (optional ones may be absent from `finish`'s input).
     fn weights(&self) -> Vec<WeightSpec>;
 
     /// Turns the loaded tensors into the layer's runtime representation on the device.
-    fn finish(self: Box<Self>, tensors: Vec<HostTensor<'_>>, ctx: &LoadContext) -> Result<QLinear, LoadError>;
+    fn finish(self: Box<Self>, tensors: LayerTensors<'_>, ctx: &LoadContext) -> Result<QLinear, LoadError>;
+
+    /// A short description for `ember inspect` ("int4 g128 sym, gptq").
+    fn describe(&self) -> String;
 }

@@ -9,6 +9,11 @@ use serde_json::Value;
 
 use crate::error::QuantError;
 use crate::method::{QuantMethod, QuantMethodFactory};
+use crate::formats::awq::AwqFactory;
+use crate::formats::compressed_tensors::CompressedTensorsFactory;
+use crate::formats::fp8::Fp8Factory;
+use crate::formats::gptq::GptqFactory;
+use crate::formats::torchao::TorchaoFactory;
 use crate::unquantized::UnquantizedFactory;
 
 /// The keys under which checkpoints store their quantization config, newest first
@@ -35,6 +40,11 @@ impl QuantRegistry {
     pub fn with_builtins() -> Self {
         let mut registry = Self::empty();
         registry.register(Arc::new(UnquantizedFactory));
+        registry.register(Arc::new(GptqFactory));
+        registry.register(Arc::new(AwqFactory));
+        registry.register(Arc::new(CompressedTensorsFactory));
+        registry.register(Arc::new(Fp8Factory));
+        registry.register(Arc::new(TorchaoFactory));
         registry
     }
 

@@ -14,11 +14,17 @@ pub struct WeightSpec {
     pub name: String,
     pub shape: Vec<usize>,
     pub dtype: DtypeRule,
+    /// Loaded when present, skipped when the checkpoint does not have it.
+    pub optional: bool,
 }
 
 impl WeightSpec {
     pub fn new(name: impl Into<String>, shape: impl Into<Vec<usize>>, dtype: DtypeRule) -> Self {
-        Self { name: name.into(), shape: shape.into(), dtype }
+        Self { name: name.into(), shape: shape.into(), dtype, optional: false }
+    }
+
+    pub fn optional(self) -> Self {
+        Self { optional: true, ..self }
     }
 
     pub fn float(name: impl Into<String>, shape: impl Into<Vec<usize>>) -> Self {

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use crate::error::{LoadError, QuantError};
-use crate::host::HostTensor;
 use crate::linear::QLinear;
 use crate::method::{LayerInfo, LinearScheme, LoadContext, QuantMethod, QuantMethodFactory};
 use crate::source::WeightSpec;
+use crate::tensors::LayerTensors;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnquantizedFactory;
@@ -38,50 +38,32 @@ impl QuantMethod for Unquantized {
     }
 }
 
-/// Loads `<prefix>.weight` `[out, in]` (and `<prefix>.bias` `[out]`) as a dense layer.
-/// Other methods use it for the layers they leave in float.
+/// Loads `<prefix>.weight` `[out, in]` as a dense layer. Other methods use it for the
+/// layers they leave in float.
 #[derive(Debug, Clone)]
 pub struct DenseScheme {
     prefix: String,
     in_features: usize,
     out_features: usize,
-    bias: bool,
 }
 
 impl DenseScheme {
     pub fn new(layer: &LayerInfo) -> Self {
-        Self {
-            prefix: layer.prefix.clone(),
-            in_features: layer.in_features,
-            out_features: layer.out_features,
-            bias: layer.bias,
-        }
+        Self { prefix: layer.prefix.clone(), in_features: layer.in_features, out_features: layer.out_features }
     }
 }
 
 impl LinearScheme for DenseScheme {
     fn weights(&self) -> Vec<WeightSpec> {
-        let mut specs = vec![WeightSpec::float(
-            format!("{}.weight", self.prefix),
-            [self.out_features, self.in_features],
-        )];
-        if self.bias {
-            specs.push(WeightSpec::float(format!("{}.bias", self.prefix), [self.out_features]));
-        }
-        specs
+        vec![WeightSpec::float(format!("{}.weight", self.prefix), [self.out_features, self.in_features])]
     }
 
-    fn finish(self: Box<Self>, tensors: Vec<HostTensor<'_>>, ctx: &LoadContext) -> Result<QLinear, LoadError> {
-        let mut tensors = tensors.into_iter();
-        let missing = |what: &str| crate::error::CheckpointError::MissingTensor {
-            name: format!("{}.{what}", self.prefix),
-            location: "the tensors passed to the dense scheme".into(),
-        };
-        let weight = tensors.next().ok_or_else(|| missing("weight"))?.to_float_tensor::<2>(&ctx.device, ctx.dtype)?;
-        let bias = match self.bias {
-            true => Some(tensors.next().ok_or_else(|| missing("bias"))?.to_float_tensor::<1>(&ctx.device, ctx.dtype)?),
-            false => None,
-        };
-        Ok(QLinear::dense(weight, bias))
+    fn finish(self: Box<Self>, mut tensors: LayerTensors<'_>, ctx: &LoadContext) -> Result<QLinear, LoadError> {
+        let weight = tensors.take("weight")?.to_float_tensor::<2>(&ctx.device, ctx.dtype)?;
+        Ok(QLinear::dense(weight, None))
+    }
+
+    fn describe(&self) -> String {
+        "float".into()
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use clap::Args;
 use ember::checkpoint::SafetensorsCheckpoint;
-use ember::models::{ModelConfig, RopeScaling};
-use ember::quant::{QuantRegistry, TensorSource};
+use ember::models::{plan_linears, ModelConfig, RopeScaling, Weights};
+use ember::quant::{ComputeDtype, LoadContext, QuantRegistry, TensorSource};
 use serde_json::Value;
 
 #[derive(Args)]
@@ -47,6 +47,7 @@ pub fn execute(args: InspectArgs) -> Result<()> {
     println!("parameters     {:.1} M (float-equivalent, from config)", c.parameter_count() as f64 / 1e6);
 
     let checkpoint = SafetensorsCheckpoint::open(&dir)?;
+    print_layer_schemes(&c, &checkpoint)?;
     let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for name in checkpoint.tensor_names() {
         if let Some(meta) = checkpoint.meta(&name) {
@@ -59,6 +60,31 @@ pub fn execute(args: InspectArgs) -> Result<()> {
         by_dtype.iter().map(|(d, (n, bytes))| format!("{d} x{n} ({})", human_bytes(*bytes))).collect();
     println!("tensors        {} in {} ({})", checkpoint.tensor_names().len(), checkpoint.describe(), dtypes.join(", "));
     println!("size           {}", human_bytes(checkpoint.total_bytes()));
+    Ok(())
+}
+
+/// How each linear layer would load: layer 0's in full, and a count per scheme.
+fn print_layer_schemes(c: &ModelConfig, checkpoint: &SafetensorsCheckpoint) -> Result<()> {
+    let registry = QuantRegistry::with_builtins();
+    let Ok(method) = registry.resolve(&c.raw, None) else {
+        return Ok(());
+    };
+    let ctx = LoadContext { device: burn::tensor::Device::flex(), dtype: ComputeDtype::F32 };
+    let weights = Weights::new(checkpoint, method.as_ref(), &ctx);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for layer in plan_linears(&weights, c)? {
+        let scheme = method.linear(&layer).map(|s| s.describe()).unwrap_or_else(|e| format!("error: {e}"));
+        if layer.prefix.starts_with("model.layers.0.") || !layer.prefix.starts_with("model.layers.") {
+            lines.push(format!("{:<48} {scheme}", layer.prefix));
+        }
+        *counts.entry(scheme).or_default() += 1;
+    }
+    for (i, line) in lines.iter().enumerate() {
+        println!("{}{line}", if i == 0 { "linear layers  " } else { "               " });
+    }
+    let summary: Vec<String> = counts.iter().map(|(scheme, n)| format!("{scheme} x{n}")).collect();
+    println!("schemes        {}", summary.join(", "));
     Ok(())
 }
 

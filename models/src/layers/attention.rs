@@ -2,7 +2,7 @@
 //! sliding-window) mask, and softmax in f32.
 
 use burn::tensor::{activation::softmax, Bool, DType, Device, Tensor, TensorData};
-use ember_quant::{LayerKind, QLinear};
+use ember_quant::{LayerInfo, LayerKind, QLinear};
 
 use super::kv_cache::LayerCache;
 use super::rope::RopeTables;
@@ -32,17 +32,32 @@ pub struct StepPositions {
 }
 
 impl Attention {
-    pub fn load(w: &Weights, c: &ModelConfig) -> Result<Self, ModelError> {
+    /// The four projections, scoped at `self_attn`.
+    pub fn plan(w: &Weights, c: &ModelConfig) -> [LayerInfo; 4] {
         let (h, q, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        [
+            w.layer("q_proj", h, q, c.qkv_bias, LayerKind::Linear),
+            w.layer("k_proj", h, kv, c.qkv_bias, LayerKind::Linear),
+            w.layer("v_proj", h, kv, c.qkv_bias, LayerKind::Linear),
+            w.layer("o_proj", q, h, c.o_bias, LayerKind::Linear),
+        ]
+    }
+
+    pub fn load(w: &Weights, c: &ModelConfig) -> Result<Self, ModelError> {
+        let [q, k, v, o] = Self::plan(w, c);
         Ok(Self {
-            q_proj: w.linear("q_proj", h, q, c.qkv_bias, LayerKind::Linear)?,
-            k_proj: w.linear("k_proj", h, kv, c.qkv_bias, LayerKind::Linear)?,
-            v_proj: w.linear("v_proj", h, kv, c.qkv_bias, LayerKind::Linear)?,
-            o_proj: w.linear("o_proj", q, h, c.o_bias, LayerKind::Linear)?,
+            q_proj: w.linear(&q)?,
+            k_proj: w.linear(&k)?,
+            v_proj: w.linear(&v)?,
+            o_proj: w.linear(&o)?,
             num_heads: c.num_heads,
             num_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
         })
+    }
+
+    pub fn linears(&self) -> Vec<&QLinear> {
+        vec![&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
     }
 
     /// `x` is `[batch, seq, hidden]`.

@@ -1,7 +1,7 @@
 //! The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 
 use burn::tensor::{activation::silu, Tensor};
-use ember_quant::{LayerKind, QLinear};
+use ember_quant::{LayerInfo, LayerKind, QLinear};
 
 use crate::error::ModelError;
 use crate::weights::Weights;
@@ -28,12 +28,21 @@ impl MlpNames {
 }
 
 impl Mlp {
-    pub fn load(w: &Weights, names: MlpNames, hidden: usize, intermediate: usize, bias: bool, kind: LayerKind) -> Result<Self, ModelError> {
-        Ok(Self {
-            gate_proj: w.linear(names.gate, hidden, intermediate, bias, kind)?,
-            up_proj: w.linear(names.up, hidden, intermediate, bias, kind)?,
-            down_proj: w.linear(names.down, intermediate, hidden, bias, kind)?,
-        })
+    pub fn plan(w: &Weights, names: MlpNames, hidden: usize, intermediate: usize, bias: bool, kind: LayerKind) -> [LayerInfo; 3] {
+        [
+            w.layer(names.gate, hidden, intermediate, bias, kind),
+            w.layer(names.up, hidden, intermediate, bias, kind),
+            w.layer(names.down, intermediate, hidden, bias, kind),
+        ]
+    }
+
+    pub fn load(w: &Weights, plan: &[LayerInfo; 3]) -> Result<Self, ModelError> {
+        let [gate, up, down] = plan;
+        Ok(Self { gate_proj: w.linear(gate)?, up_proj: w.linear(up)?, down_proj: w.linear(down)? })
+    }
+
+    pub fn linears(&self) -> Vec<&QLinear> {
+        vec![&self.gate_proj, &self.up_proj, &self.down_proj]
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {

@@ -3,7 +3,7 @@
 //! runs on its tokens only, and outputs are summed with the routing weights.
 
 use burn::tensor::{activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
-use ember_quant::{LayerKind, QLinear};
+use ember_quant::{LayerInfo, LayerKind, QLinear};
 
 use super::mlp::{Mlp, MlpNames};
 use crate::config::MoeConfig;
@@ -18,13 +18,26 @@ pub struct SparseMoe {
 }
 
 impl SparseMoe {
-    /// `w` is scoped at the block (`block_sparse_moe` or `mlp`); the router is `gate`.
-    pub fn load(w: &Weights, names: MlpNames, hidden: usize, intermediate: usize, moe: &MoeConfig) -> Result<Self, ModelError> {
-        let router = w.linear("gate", hidden, moe.num_experts, false, LayerKind::Router)?;
+    /// The router and every expert's projections; `w` is scoped at the block
+    /// (`block_sparse_moe` or `mlp`), where the router is `gate`.
+    pub fn plan(w: &Weights, names: MlpNames, hidden: usize, intermediate: usize, moe: &MoeConfig) -> (LayerInfo, Vec<[LayerInfo; 3]>) {
+        let router = w.layer("gate", hidden, moe.num_experts, false, LayerKind::Router);
         let experts = (0..moe.num_experts)
-            .map(|e| Mlp::load(&w.pp("experts").pp(e), names, hidden, intermediate, false, LayerKind::Expert { index: e }))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { router, experts, top_k: moe.experts_per_token })
+            .map(|e| Mlp::plan(&w.pp("experts").pp(e), names, hidden, intermediate, false, LayerKind::Expert { index: e }))
+            .collect();
+        (router, experts)
+    }
+
+    pub fn load(w: &Weights, router: &LayerInfo, experts: &[[LayerInfo; 3]], top_k: usize) -> Result<Self, ModelError> {
+        Ok(Self {
+            router: w.linear(router)?,
+            experts: experts.iter().map(|plan| Mlp::load(w, plan)).collect::<Result<_, _>>()?,
+            top_k,
+        })
+    }
+
+    pub fn linears(&self) -> Vec<&QLinear> {
+        std::iter::once(&self.router).chain(self.experts.iter().flat_map(Mlp::linears)).collect()
     }
 
     /// `x` is `[batch, seq, hidden]`.

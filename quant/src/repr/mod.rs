@@ -1,0 +1,12 @@
+//! The runtime representations every format lands in (see DESIGN.md): few and closed,
+//! so kernels know them all.
+
+pub mod activation;
+pub mod fp8;
+pub mod packed_int;
+pub mod w8a8;
+
+pub use activation::{quantize_activations, round_to_e4m3, ActivationGrid, ActivationQuant, QuantizedActivations};
+pub use fp8::{e4m3_value, Fp8Weight};
+pub use packed_int::PackedIntWeight;
+pub use w8a8::W8A8Weight;

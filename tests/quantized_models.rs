@@ -1,0 +1,139 @@
+//! Every quantized fixture, made by the real tools: unpacked weights equal the tool's
+//! dequantizer bit for bit, logits match within the fixtures' tolerance, and greedy
+//! tokens agree with the tool's.
+
+use burn::tensor::Device;
+use ember::checkpoint::SafetensorsFile;
+use ember::quant::ComputeDtype;
+use ember::{load_model, LoadOptions, LoadedModel};
+
+use crate::common::{fixture, max_abs_diff, prompt_logits, Reference};
+use ember::engine::{generate, GenerationRequest, SamplingParams};
+
+/// Tolerance for quantized folders, as a fraction of the reference logit range.
+const QUANTIZED_TOLERANCE: f32 = 5e-3;
+
+fn load_on(name: &str, device: Device) -> LoadedModel {
+    load_model(&fixture(name), &LoadOptions::new(device, ComputeDtype::F32)).expect("fixture loads")
+}
+
+/// The float32 reference: GPTQModel folders carry one computed with the tool's dequantized
+/// weights in float32 (`logits_f32_dequant`); the others were computed in float32 already.
+fn f32_reference(name: &str) -> (Vec<f32>, Vec<u32>) {
+    let dir = fixture(name);
+    let file = SafetensorsFile::open(&dir.join("reference.safetensors")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let (logits_name, greedy_key) = match file.meta("logits_f32_dequant") {
+        Some(_) => ("logits_f32_dequant", "greedy_new_ids_f32_dequant"),
+        None => ("logits", "greedy_new_ids"),
+    };
+    let logits = file.tensor(logits_name).unwrap().unwrap().to_f32_vec().unwrap();
+    let greedy = json[greedy_key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    (logits, greedy)
+}
+
+/// Unpacked weights vs `dequant.<module>`: bit-exact, except where the tool itself is not.
+fn assert_dequant_exact(name: &str, loaded: &LoadedModel) {
+    let file = SafetensorsFile::open(&fixture(name).join("reference.safetensors")).unwrap();
+    let names: Vec<String> = file.names().filter(|n| n.starts_with("dequant.")).collect();
+    assert!(!names.is_empty(), "{name} has dequant tensors");
+    let linears = loaded.model.linears();
+    for tensor_name in names {
+        let module = &tensor_name["dequant.".len()..];
+        let layer = linears.iter().find(|l| l.name() == module).unwrap_or_else(|| panic!("{name}: no layer {module}"));
+        let ours = layer.dequantized_weight().unwrap().try_into_vec_as::<f32>().unwrap();
+        let theirs = file.tensor(&tensor_name).unwrap().unwrap().to_f32_vec().unwrap();
+        let diff = max_abs_diff(&ours, &theirs);
+        println!("{name}: {module} ({}) dequant max diff {diff:e}", layer.scheme());
+        // torchao's own dequantize() rounds in a different float32 op order (fixtures README).
+        let tolerance = if name.contains("torchao") { 1.3e-8 } else { 0.0 };
+        assert!(diff <= tolerance, "{name}: {module} unpacks differently from the tool (max diff {diff:e})");
+    }
+}
+
+fn greedy(loaded: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    let request = GenerationRequest {
+        prompt_ids: prompt.to_vec(),
+        sampling: SamplingParams::greedy(),
+        max_tokens: n,
+        stop_token_ids: vec![],
+        stop_strings: vec![],
+    };
+    generate(&loaded.model, loaded.tokenizer().unwrap(), &request, &mut |_| {}).unwrap().tokens
+}
+
+/// Dequantization, logits (within `tolerance` × the reference logit range) and greedy
+/// tokens (at least `min_greedy_prefix` leading tokens equal) for one fixture on one device.
+fn check_fixture_within(name: &str, device: Device, tolerance: f32, min_greedy_prefix: usize) {
+    let loaded = load_on(name, device);
+    assert_dequant_exact(name, &loaded);
+    let reference = Reference::read(name);
+    let (logits, reference_greedy) = f32_reference(name);
+    let ours = prompt_logits(&loaded, &reference.input_ids);
+    let range = reference.logit_range();
+    let diff = max_abs_diff(&ours, &logits);
+    let tokens = greedy(&loaded, &reference.input_ids, reference_greedy.len());
+    let prefix = tokens.iter().zip(&reference_greedy).take_while(|(a, b)| a == b).count();
+    println!("{name}: logits max diff {diff:.3e} ({:.2e} of range), greedy prefix {prefix}/16", diff / range);
+    assert!(diff <= tolerance * range, "{name}: logits differ by {diff} (range {range})");
+    assert!(prefix >= min_greedy_prefix, "{name}: greedy agrees on {prefix} tokens, expected {min_greedy_prefix}: {tokens:?} vs {reference_greedy:?}");
+}
+
+fn check_fixture(name: &str, device: Device, min_greedy_prefix: usize) {
+    check_fixture_within(name, device, QUANTIZED_TOLERANCE, min_greedy_prefix);
+}
+
+/// This folder's reference leaves activations in float32, while the scheme (as vLLM and
+/// transformers run it) quantizes them to e4m3 per token and group of 128 inputs. e4m3
+/// keeps 3 mantissa bits, which moves these logits by about 1% of their range.
+const FP8_BLOCK_ACTIVATION_TOLERANCE: f32 = 1.5e-2;
+
+#[test]
+fn gptq_int4_llama_matches_reference() {
+    check_fixture("llama-gptq-4bit-g128", Device::flex(), 16);
+}
+
+#[test]
+fn gptq_int4_llama_matches_reference_on_wgpu() {
+    check_fixture("llama-gptq-4bit-g128", Device::wgpu(Default::default()), 16);
+}
+
+#[test]
+fn gptq_int4_mixtral_with_quantized_experts_matches_reference() {
+    check_fixture("mixtral-gptq-4bit-g128", Device::flex(), 16);
+}
+
+#[test]
+fn awq_int4_llama_matches_reference() {
+    check_fixture("llama-awq-4bit-g128", Device::flex(), 16);
+}
+
+#[test]
+fn compressed_tensors_w4a16_matches_reference() {
+    check_fixture("llama-ct-w4a16", Device::flex(), 16);
+}
+
+#[test]
+fn compressed_tensors_w8a8_int8_matches_reference() {
+    check_fixture("llama-ct-w8a8-int8", Device::flex(), 16);
+}
+
+#[test]
+fn compressed_tensors_fp8_dynamic_matches_reference() {
+    check_fixture("llama-ct-fp8-dynamic", Device::flex(), 16);
+}
+
+#[test]
+fn deepseek_fp8_block_matches_reference() {
+    check_fixture_within("llama-fp8-block-scaleinv", Device::flex(), FP8_BLOCK_ACTIVATION_TOLERANCE, 16);
+}
+
+#[test]
+fn deepseek_fp8_block_matches_reference_on_wgpu() {
+    check_fixture_within("llama-fp8-block-scaleinv", Device::wgpu(Default::default()), FP8_BLOCK_ACTIVATION_TOLERANCE, 16);
+}
+
+#[test]
+fn torchao_int8_weight_only_matches_reference() {
+    check_fixture("llama-torchao-int8wo", Device::flex(), 16);
+}
