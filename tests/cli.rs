@@ -141,3 +141,26 @@ fn bad_model_path_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/model/dir") && stderr.contains("not found"), "{stderr}");
 }
+
+#[test]
+fn inspect_shows_the_scheme_of_each_layer() {
+    let cache = TempDir::new().unwrap();
+    let gptq = fixture("mixtral-gptq-4bit-g128");
+    let out = String::from_utf8(ember(&["inspect", "--model", gptq.to_str().unwrap()], &cache).stdout).unwrap();
+    for needle in [
+        "gptq bits=4 group_size=128 desc_act=false sym=true",
+        "model.layers.0.mlp.experts.3.down_proj",
+        "int4 g128 sym (gptq) x",
+        "model.layers.0.mlp.gate",
+        "lm_head",
+        "float x",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let router = out.lines().find(|l| l.contains("model.layers.0.mlp.gate ")).unwrap();
+    assert!(router.ends_with("float"), "the router stays float: {router}");
+
+    let ct = fixture("llama-ct-w8a8-int8");
+    let out = String::from_utf8(ember(&["inspect", "--model", ct.to_str().unwrap()], &cache).stdout).unwrap();
+    assert!(out.contains("w8a8-int8 per-channel (compressed-tensors) x28"), "{out}");
+}
