@@ -10,6 +10,7 @@ mod custom_method;
 mod engine;
 mod errors;
 mod float_models;
+mod gptq_variants;
 mod quant_errors;
 mod quant_repr;
 mod quantized_models;
