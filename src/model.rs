@@ -35,6 +35,8 @@ pub struct LoadOptions {
     pub registry: QuantRegistry,
     /// Draw a progress bar on stderr while loading.
     pub progress: bool,
+    /// Leave activations unquantized in FP8 layers (`--fp8-weight-only`).
+    pub fp8_weight_only: bool,
 }
 
 impl LoadOptions {
@@ -47,6 +49,7 @@ impl LoadOptions {
             quantization: None,
             registry: QuantRegistry::with_builtins(),
             progress: false,
+            fp8_weight_only: false,
         }
     }
 }
@@ -97,7 +100,7 @@ pub fn load_model(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, Erro
         LoadFormat::Safetensors => Box::new(SafetensorsCheckpoint::open(dir)?),
         LoadFormat::Dummy => Box::new(DummySource::new(options.dtype, 0)),
     };
-    let ctx = LoadContext { device: options.device.clone(), dtype: options.dtype };
+    let ctx = LoadContext { fp8_weight_only: options.fp8_weight_only, ..LoadContext::new(options.device.clone(), options.dtype) };
     let weights = Weights::new(source.as_ref(), method.as_ref(), &ctx);
     let bar = layer_progress(options.progress, config.num_layers as u64);
     let generation = GenerationConfig::from_dir(dir, &config.raw);

@@ -133,6 +133,19 @@ fn deepseek_fp8_block_matches_reference_on_wgpu() {
     check_fixture_within("llama-fp8-block-scaleinv", Device::wgpu(Default::default()), FP8_BLOCK_ACTIVATION_TOLERANCE, 16);
 }
 
+/// Weight-only FP8 (activations left in float32) reproduces this folder's reference, which
+/// was computed that way, within the quantized tolerance.
+#[test]
+fn deepseek_fp8_block_weight_only_matches_reference() {
+    let mut options = LoadOptions::new(Device::flex(), ComputeDtype::F32);
+    options.fp8_weight_only = true;
+    let loaded = load_model(&fixture("llama-fp8-block-scaleinv"), &options).unwrap();
+    let reference = Reference::read("llama-fp8-block-scaleinv");
+    let diff = max_abs_diff(&prompt_logits(&loaded, &reference.input_ids), &reference.logits);
+    println!("llama-fp8-block-scaleinv weight-only: logits max diff {diff:.3e}");
+    assert!(diff <= QUANTIZED_TOLERANCE * reference.logit_range(), "diff {diff}");
+}
+
 #[test]
 fn torchao_int8_weight_only_matches_reference() {
     check_fixture("llama-torchao-int8wo", Device::flex(), 16);

@@ -39,11 +39,20 @@ pub struct LayerInfo {
     pub kind: LayerKind,
 }
 
-/// Where and in what dtype finished layers live.
+/// Where and in what dtype finished layers live, and run-time choices fixed at load.
 #[derive(Debug, Clone)]
 pub struct LoadContext {
     pub device: Device,
     pub dtype: ComputeDtype,
+    /// Run FP8 weights with activations left in the compute dtype, as vLLM does on GPUs
+    /// without FP8 tensor cores, instead of quantizing activations as the scheme says.
+    pub fp8_weight_only: bool,
+}
+
+impl LoadContext {
+    pub fn new(device: Device, dtype: ComputeDtype) -> Self {
+        Self { device, dtype, fp8_weight_only: false }
+    }
 }
 
 /// One checkpoint's quantization, answering per layer.

@@ -28,6 +28,7 @@ pub fn execute(args: InspectArgs) -> Result<()> {
         num_layers: None,
         load_format: super::LoadFormatArg::Safetensors,
         quantization: None,
+        fp8_weight_only: false,
     };
     let dir = model_args.model_dir()?;
     let c = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -69,7 +70,7 @@ fn print_layer_schemes(c: &ModelConfig, checkpoint: &SafetensorsCheckpoint) -> R
     let Ok(method) = registry.resolve(&c.raw, None) else {
         return Ok(());
     };
-    let ctx = LoadContext { device: burn::tensor::Device::flex(), dtype: ComputeDtype::F32 };
+    let ctx = LoadContext::new(burn::tensor::Device::flex(), ComputeDtype::F32);
     let weights = Weights::new(checkpoint, method.as_ref(), &ctx);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut lines = Vec::new();

@@ -64,6 +64,10 @@ pub struct ModelArgs {
     /// Quantization method to use instead of the one in config.json.
     #[arg(long)]
     pub quantization: Option<String>,
+    /// Run FP8 checkpoints weight-only: activations stay in the compute dtype instead of
+    /// being quantized to e4m3 (as vLLM does on GPUs without FP8 tensor cores).
+    #[arg(long)]
+    pub fp8_weight_only: bool,
 }
 
 impl ModelArgs {
@@ -88,6 +92,7 @@ impl ModelArgs {
             LoadFormatArg::Dummy => LoadFormat::Dummy,
         };
         options.progress = true;
+        options.fp8_weight_only = self.fp8_weight_only;
         let dir = self.model_dir()?;
         Ok(load_model(&dir, &options)?)
     }

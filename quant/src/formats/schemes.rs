@@ -238,7 +238,10 @@ impl LinearScheme for Fp8Scheme {
             ScaleLayout::Block(block) => Some(block),
             _ => None,
         };
-        let activations = activation_quant(self.activations, self.names.input_scale, &mut tensors, ctx)?;
+        let activations = match ctx.fp8_weight_only {
+            true => ActivationQuant::None,
+            false => activation_quant(self.activations, self.names.input_scale, &mut tensors, ctx)?,
+        };
         let repr = Fp8Weight { in_features: k, out_features: n, codes, scales, block, activations };
         Ok(QLinear::new(k, n, LinearRepr::Fp8(repr), None))
     }
