@@ -150,3 +150,23 @@ fn deepseek_fp8_block_weight_only_matches_reference() {
 fn torchao_int8_weight_only_matches_reference() {
     check_fixture("llama-torchao-int8wo", Device::flex(), 16);
 }
+
+/// Half-precision compute against the tool's own half-precision run (`logits`): GPTQ's
+/// float16 scales applied in a bfloat16 Mixtral, and the f16 Llama.
+fn check_half_precision(name: &str, dtype: ComputeDtype, tolerance: f32) {
+    let loaded = load_model(&fixture(name), &LoadOptions::new(Device::flex(), dtype)).unwrap();
+    let reference = Reference::read(name);
+    let diff = max_abs_diff(&prompt_logits(&loaded, &reference.input_ids), &reference.logits);
+    println!("{name} in {dtype}: logits max diff {diff:.3e} ({:.2e} of range)", diff / reference.logit_range());
+    assert!(diff <= tolerance * reference.logit_range(), "{name} in {dtype}: diff {diff}");
+}
+
+#[test]
+fn gptq_mixtral_in_bf16_matches_the_tools_bf16_run() {
+    check_half_precision("mixtral-gptq-4bit-g128", ComputeDtype::BF16, QUANTIZED_TOLERANCE);
+}
+
+#[test]
+fn gptq_llama_in_f16_matches_the_tools_f16_run() {
+    check_half_precision("llama-gptq-4bit-g128", ComputeDtype::F16, 1e-3);
+}
