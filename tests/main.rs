@@ -7,6 +7,7 @@ mod checkpoint;
 mod cli;
 mod config;
 mod custom_method;
+mod ct_variants;
 mod engine;
 mod errors;
 mod float_models;
