@@ -2,23 +2,13 @@
 //! Llama following the published layout: asymmetric int4 (zero points packed along N),
 //! 8-bit packed per-channel, and FP8 with a static per-tensor input scale.
 
-use burn::tensor::Device;
 use ember::quant::repr::e4m3_value;
-use ember::quant::ComputeDtype;
-use ember::{load_model, LoadOptions};
 use half::f16;
 use safetensors::Dtype;
 use serde_json::json;
 
-use crate::common::{max_abs_diff, prompt_logits, rewrite_fixture, Reference, StoredTensor};
-
-fn i32_bytes(values: &[i32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn f16_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect()
-}
+use crate::common::synthetic::{assert_logits_near_float, f16_bytes, i32_bytes, quantized_llama, Written};
+use crate::common::StoredTensor;
 
 /// Packs unsigned `bits`-bit values along the last axis of `[rows, cols]`.
 fn pack_rows(values: &[i32], rows: usize, cols: usize, bits: usize) -> Vec<i32> {
@@ -33,14 +23,9 @@ fn pack_rows(values: &[i32], rows: usize, cols: usize, bits: usize) -> Vec<i32> 
     out
 }
 
-struct Written {
-    tensors: Vec<StoredTensor>,
-    expected: Vec<f32>,
-}
-
 /// Int weights `[n, k]`: `weight_packed`, `weight_scale [n, groups]`, `weight_shape`, and
 /// for asymmetric schemes `weight_zero_point` packed along N.
-fn write_packed(prefix: &str, w: &[f32], n: usize, k: usize, bits: usize, group: usize, sym: bool) -> Written {
+pub fn write_packed(prefix: &str, w: &[f32], n: usize, k: usize, bits: usize, group: usize, sym: bool) -> Written {
     let groups = k / group;
     let offset = 1i32 << (bits - 1);
     let (q_min, q_max) = (-offset, offset - 1);
@@ -87,7 +72,7 @@ fn write_packed(prefix: &str, w: &[f32], n: usize, k: usize, bits: usize, group:
 }
 
 /// Nearest e4m3 code (ties to the even mantissa).
-fn e4m3_code(v: f32) -> u8 {
+pub fn e4m3_code(v: f32) -> u8 {
     (0..=255u8)
         .filter(|&c| e4m3_value(c).is_finite())
         .min_by(|&a, &b| {
@@ -115,35 +100,11 @@ fn write_fp8_static(prefix: &str, w: &[f32], n: usize, k: usize) -> Written {
 }
 
 fn check(group: serde_json::Value, write: impl Fn(&str, &[f32], usize, usize) -> Written, logit_limit: f32) {
-    let format = group["format"].clone();
-    let mut expected: Vec<(String, Vec<f32>)> = Vec::new();
-    let dir = rewrite_fixture(
-        "llama-tiny-f16",
-        |c| c["quantization_config"] = json!({"quant_method": "compressed-tensors", "format": format, "config_groups": {"group_0": group}, "ignore": ["lm_head"]}),
-        |tensors| {
-            for t in std::mem::take(tensors) {
-                if !(t.name.starts_with("model.layers.") && t.shape.len() == 2) {
-                    tensors.push(t);
-                    continue;
-                }
-                let w: Vec<f32> = t.bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
-                let prefix = t.name.trim_end_matches(".weight").to_string();
-                let written = write(&prefix, &w, t.shape[0], t.shape[1]);
-                tensors.extend(written.tensors);
-                expected.push((prefix, written.expected));
-            }
-        },
-    );
-    let loaded = load_model(dir.path(), &LoadOptions::new(Device::flex(), ComputeDtype::F32)).unwrap();
-    let linears = loaded.model.linears();
-    for (prefix, weight) in &expected {
-        let layer = linears.iter().find(|l| l.name() == prefix).unwrap();
-        let ours = layer.dequantized_weight().unwrap().try_into_vec_as::<f32>().unwrap();
-        assert_eq!(max_abs_diff(&ours, weight), 0.0, "{prefix} ({})", layer.scheme());
-    }
-    let reference = Reference::read("llama-tiny-f16");
-    let diff = max_abs_diff(&prompt_logits(&loaded, &reference.input_ids), &reference.logits);
-    assert!(diff < logit_limit * reference.logit_range(), "logits moved by {diff}");
+    let config = json!({"quant_method": "compressed-tensors", "format": group["format"].clone(), "config_groups": {"group_0": group}, "ignore": ["lm_head"]});
+    let written = quantized_llama("quantization_config", config, &[], write);
+    let loaded = written.load();
+    written.assert_unpacks_exactly(&loaded);
+    assert_logits_near_float(&loaded, logit_limit);
 }
 
 #[test]

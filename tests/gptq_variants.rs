@@ -2,13 +2,11 @@
 //! points, other group sizes), written here from the float Llama following GPTQ's
 //! published layout: every unpacked weight must equal `scale · (q − zero)` exactly.
 
-use burn::tensor::Device;
-use ember::quant::ComputeDtype;
-use ember::{load_model, LoadOptions};
 use half::f16;
 use safetensors::Dtype;
 
-use crate::common::{max_abs_diff, prompt_logits, rewrite_fixture, Reference, StoredTensor};
+use crate::common::synthetic::{assert_logits_near_float, i32_bytes, quantized_llama, Written};
+use crate::common::StoredTensor;
 
 #[derive(Clone, Copy, Debug)]
 struct Variant {
@@ -17,12 +15,6 @@ struct Variant {
     desc_act: bool,
     sym: bool,
     v2: bool,
-}
-
-/// A quantized layer as the test wrote it, and the weight it stands for.
-struct Quantized {
-    tensors: Vec<StoredTensor>,
-    expected: Vec<f32>,
 }
 
 /// Deterministic permutation of 0..k (an act-order).
@@ -36,12 +28,8 @@ fn permutation(k: usize, seed: u64) -> Vec<usize> {
     perm
 }
 
-fn i32_bytes(values: &[i32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 /// Quantizes `weight` (`[n, k]`, nn.Linear layout) and packs it as GPTQ does.
-fn quantize(prefix: &str, weight: &[f32], n: usize, k: usize, v: Variant, seed: u64) -> Quantized {
+fn quantize(prefix: &str, weight: &[f32], n: usize, k: usize, v: Variant, seed: u64) -> Written {
     let (b, per) = (v.bits as usize, 32 / v.bits as usize);
     let max_q = (1i32 << b) - 1;
     let g = if v.group_size < 0 { k } else { v.group_size as usize };
@@ -94,7 +82,7 @@ fn quantize(prefix: &str, weight: &[f32], n: usize, k: usize, v: Variant, seed: 
     }
     let f16_bytes: Vec<u8> = scales.iter().flat_map(|s| f16::from_f32(*s).to_le_bytes()).collect();
     let tensor = |leaf: &str, dtype, shape: Vec<usize>, bytes| StoredTensor { name: format!("{prefix}.{leaf}"), dtype, shape, bytes };
-    Quantized {
+    Written {
         tensors: vec![
             tensor("qweight", Dtype::I32, vec![k / per, n], i32_bytes(&qweight)),
             tensor("qzeros", Dtype::I32, vec![groups, n / per], i32_bytes(&qzeros)),
@@ -106,44 +94,17 @@ fn quantize(prefix: &str, weight: &[f32], n: usize, k: usize, v: Variant, seed: 
 }
 
 fn check_variant(v: Variant) {
-    let mut expected: Vec<(String, Vec<f32>)> = Vec::new();
-    let dir = rewrite_fixture(
-        "llama-tiny-f16",
-        |c| {
-            c["quantization_config"] = serde_json::json!({
-                "quant_method": "gptq", "bits": v.bits, "group_size": v.group_size, "desc_act": v.desc_act,
-                "sym": v.sym, "checkpoint_format": if v.v2 { "gptq_v2" } else { "gptq" },
-            })
-        },
-        |tensors| {
-            let originals = std::mem::take(tensors);
-            for (seed, t) in originals.into_iter().enumerate() {
-                let quantize_me = t.name.starts_with("model.layers.") && t.shape.len() == 2;
-                if !quantize_me {
-                    tensors.push(t);
-                    continue;
-                }
-                let weight: Vec<f32> = t.bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
-                let prefix = t.name.trim_end_matches(".weight").to_string();
-                let q = quantize(&prefix, &weight, t.shape[0], t.shape[1], v, seed as u64);
-                tensors.extend(q.tensors);
-                expected.push((prefix, q.expected));
-            }
-        },
-    );
-    let loaded = load_model(dir.path(), &LoadOptions::new(Device::flex(), ComputeDtype::F32)).unwrap();
-    let linears = loaded.model.linears();
-    assert_eq!(expected.len(), 28);
-    for (prefix, weight) in &expected {
-        let layer = linears.iter().find(|l| l.name() == prefix).unwrap();
-        let ours = layer.dequantized_weight().unwrap().try_into_vec_as::<f32>().unwrap();
-        assert_eq!(max_abs_diff(&ours, weight), 0.0, "{v:?}: {prefix} ({})", layer.scheme());
-    }
-    // The quantized model still tracks the float one.
-    let reference = Reference::read("llama-tiny-f16");
-    let diff = max_abs_diff(&prompt_logits(&loaded, &reference.input_ids), &reference.logits);
-    let limit = if v.bits == 8 { 0.02 } else { 0.12 };
-    assert!(diff < limit * reference.logit_range(), "{v:?}: logits moved by {diff}");
+    let config = serde_json::json!({
+        "quant_method": "gptq", "bits": v.bits, "group_size": v.group_size, "desc_act": v.desc_act,
+        "sym": v.sym, "checkpoint_format": if v.v2 { "gptq_v2" } else { "gptq" },
+    });
+    // Each layer gets its own act-order permutation, seeded by its name.
+    let seed = |prefix: &str| prefix.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let written = quantized_llama("quantization_config", config, &[], |prefix, w, n, k| quantize(prefix, w, n, k, v, seed(prefix)));
+    assert_eq!(written.expected.len(), 28);
+    let loaded = written.load();
+    written.assert_unpacks_exactly(&loaded);
+    assert_logits_near_float(&loaded, if v.bits == 8 { 0.02 } else { 0.12 });
 }
 
 #[test]

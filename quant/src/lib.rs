@@ -25,6 +25,23 @@ pub use source::{TensorMeta, TensorSource, WeightSpec};
 pub use tensors::LayerTensors;
 pub use unquantized::{DenseScheme, Unquantized, UnquantizedFactory};
 
+/// The scheme that loads `layer`: the method's choice, unless the checkpoint stores this
+/// layer as a plain float `weight` and lacks the method's tensors — exporters such as
+/// LLMC leave mixed-precision layers in float without listing them in the ignore list.
+pub fn resolve_scheme(method: &dyn QuantMethod, layer: &LayerInfo, source: &dyn TensorSource) -> Result<Box<dyn LinearScheme>, QuantError> {
+    let scheme = method.linear(layer)?;
+    let Some(primary) = scheme.weights().into_iter().next() else {
+        return Ok(scheme);
+    };
+    let stored_float = source.meta(&format!("{}.weight", layer.prefix)).is_some_and(|m| m.dtype.is_float());
+    let primary_present = source.meta(&primary.name).is_some_and(|m| primary.dtype.accepts(m.dtype));
+    if stored_float && !primary_present {
+        tracing::debug!(layer = %layer.prefix, "stored in float; loading it unquantized");
+        return Ok(Box::new(DenseScheme::new(layer)));
+    }
+    Ok(scheme)
+}
+
 /// Loads one linear layer: asks the method for its scheme, reads the scheme's tensors
 /// (and the layer's bias) from `source`, and finishes them on the device.
 pub fn load_linear(
@@ -33,7 +50,7 @@ pub fn load_linear(
     source: &dyn TensorSource,
     ctx: &LoadContext,
 ) -> Result<QLinear, LoadError> {
-    let scheme = method.linear(layer)?;
+    let scheme = resolve_scheme(method, layer, source)?;
     let description = scheme.describe();
     let mut tensors = Vec::new();
     for spec in scheme.weights() {

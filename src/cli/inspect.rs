@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use ember::checkpoint::SafetensorsCheckpoint;
 use ember::models::{plan_linears, ModelConfig, RopeScaling, Weights};
-use ember::quant::{ComputeDtype, LoadContext, QuantRegistry, TensorSource};
+use ember::quant::{resolve_scheme, ComputeDtype, LoadContext, QuantRegistry, TensorSource};
 use serde_json::Value;
 
 #[derive(Args)]
@@ -75,7 +75,7 @@ fn print_layer_schemes(c: &ModelConfig, checkpoint: &SafetensorsCheckpoint) -> R
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut lines = Vec::new();
     for layer in plan_linears(&weights, c)? {
-        let scheme = method.linear(&layer).map(|s| s.describe()).unwrap_or_else(|e| format!("error: {e}"));
+        let scheme = resolve_scheme(method.as_ref(), &layer, checkpoint).map(|s| s.describe()).unwrap_or_else(|e| format!("error: {e}"));
         if layer.prefix.starts_with("model.layers.0.") || !layer.prefix.starts_with("model.layers.") {
             lines.push(format!("{:<48} {scheme}", layer.prefix));
         }

@@ -1,5 +1,7 @@
 //! Fixture access and comparisons shared by the tests.
 
+pub mod synthetic;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;

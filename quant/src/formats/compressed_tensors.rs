@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::rules::{unsupported, ConfigFields, ModulePattern};
-use super::schemes::{ActivationPlan, Fp8Scheme, ScaleLayout, SignedIntScheme, TensorNames};
+use super::schemes::{scales_as_rows, ActivationPlan, Fp8Scheme, ScaleLayout, SignedIntScheme, TensorNames};
 use crate::dtype::{DtypeRule, StoredDtype};
 use crate::error::{LoadError, QuantError};
 use crate::linear::{LinearRepr, QLinear};
@@ -318,11 +318,7 @@ impl LinearScheme for PackQuantizedScheme {
                 .into());
             }
         }
-        let scale = tensors.take("weight_scale")?;
-        let scales = match self.scales {
-            ScaleLayout::Tensor => scale.to_f32_tensor::<1>(device)?.reshape([1, 1]).repeat_dim(1, n),
-            _ => scale.to_f32_tensor::<2>(device)?.transpose(),
-        };
+        let scales = scales_as_rows(&tensors.take("weight_scale")?, self.scales, n, ctx)?;
         let zeros = match self.symmetric {
             true => None,
             false => {

@@ -46,10 +46,20 @@ impl<'a> ConfigFields<'a> {
     pub fn strings(&self, keys: &[&str]) -> Result<Vec<String>, QuantError> {
         match self.field(keys) {
             None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.invalid(format!("`{}` must hold strings", keys[0]))))
-                .collect(),
+            // Nested lists are flattened: LLMC writes `ignored_layers: [["lm_head"]]`.
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        Value::Array(inner) if inner.iter().all(Value::is_string) => {
+                            out.extend(inner.iter().filter_map(Value::as_str).map(str::to_string))
+                        }
+                        _ => return Err(self.invalid(format!("`{}` must hold strings", keys[0]))),
+                    }
+                }
+                Ok(out)
+            }
             Some(other) => Err(self.invalid(format!("`{}` must be a list, got {other}", keys[0]))),
         }
     }

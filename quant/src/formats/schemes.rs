@@ -162,7 +162,7 @@ impl LinearScheme for SignedIntScheme {
 }
 
 /// Scales `[N, G]` (or `[N, 1]`, `[1]`) as f32 `[G, N]`, the `PackedIntWeight` layout.
-fn scales_as_rows(t: &HostTensor, layout: ScaleLayout, n: usize, ctx: &LoadContext) -> Result<Tensor<2>, LoadError> {
+pub(crate) fn scales_as_rows(t: &HostTensor, layout: ScaleLayout, n: usize, ctx: &LoadContext) -> Result<Tensor<2>, LoadError> {
     Ok(match layout {
         ScaleLayout::Tensor => t.to_f32_tensor::<1>(&ctx.device)?.reshape([1, 1]).repeat_dim(1, n),
         _ => t.to_f32_tensor::<2>(&ctx.device)?.transpose(),
