@@ -164,3 +164,34 @@ fn inspect_shows_the_scheme_of_each_layer() {
     let out = String::from_utf8(ember(&["inspect", "--model", ct.to_str().unwrap()], &cache).stdout).unwrap();
     assert!(out.contains("w8a8-int8 per-channel (compressed-tensors) x28"), "{out}");
 }
+
+/// A repo id resolves through the standard Hugging Face cache layout
+/// (`$HF_HOME/hub/models--org--name/{refs/main, snapshots/<rev>/}`), offline.
+#[test]
+fn hub_ids_resolve_through_the_local_hf_cache() {
+    let home = TempDir::new().unwrap();
+    let repo = home.path().join("hub").join("models--ember-test--tiny-llama");
+    let snapshot = repo.join("snapshots").join("0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), "0123abcd").unwrap();
+    for entry in std::fs::read_dir(fixture("llama-tiny-f16")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, snapshot.join(path.file_name().unwrap())).unwrap();
+    }
+    let run = |model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["inspect", "--model", model])
+            .env("HF_HOME", home.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let found = run("ember-test/tiny-llama");
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert!(String::from_utf8_lossy(&found.stdout).contains("0123abcd"));
+    let missing = run("ember-test/not-there");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("ember-test/not-there") && stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
+}

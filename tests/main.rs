@@ -12,6 +12,7 @@ mod engine;
 mod errors;
 mod float_models;
 mod gptq_variants;
+mod layer_rules;
 mod llmc_export;
 mod quant_errors;
 mod quant_repr;

@@ -48,7 +48,9 @@ impl<'a> Weights<'a> {
     /// Whether any stored tensor lives under `prefix.leaf`; `None` for dummy sources.
     pub fn has_module(&self, leaf: &str) -> Option<bool> {
         let module = format!("{}.", self.name(leaf));
-        self.source.contains(&module).map(|_| self.source.tensor_names().iter().any(|n| n.starts_with(&module)))
+        // `contains` answers `None` exactly for sources that have every tensor.
+        self.source.contains(&module)?;
+        Some(self.source.tensor_names().iter().any(|n| n.starts_with(&module)))
     }
 
     /// A float tensor (norm weights, embeddings) in the compute dtype.

@@ -204,12 +204,11 @@ impl CompressedTensors {
         if self.ignore.iter().any(|p| p.matches(&layer.prefix)) {
             return None;
         }
-        self.groups.iter().find(|g| {
-            g.targets.iter().any(|t| match t {
-                Target::AnyLinear => true,
-                Target::Module(p) => p.matches(&layer.prefix),
-            })
-        })
+        // A group naming the module (or a pattern matching it) wins over one targeting
+        // every `Linear`, as compressed-tensors resolves overlapping targets.
+        let names_module = |g: &&SchemeGroup| g.targets.iter().any(|t| matches!(t, Target::Module(p) if p.matches(&layer.prefix)));
+        let any_linear = |g: &&SchemeGroup| g.targets.iter().any(|t| matches!(t, Target::AnyLinear));
+        self.groups.iter().find(names_module).or_else(|| self.groups.iter().find(any_linear))
     }
 }
 
