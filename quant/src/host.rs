@@ -93,13 +93,6 @@ impl<'a> HostTensor<'a> {
         Ok(Tensor::from_data(data, (device, dtype.burn())))
     }
 
-    /// Uploads an integer tensor as Burn's Int kind (i32 on the device).
-    pub fn to_int_tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D, Int>, CheckpointError> {
-        let shape = self.shape_of_rank::<D>()?;
-        let values: Vec<i32> = self.to_i64_vec()?.into_iter().map(|v| v as i32).collect();
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
-    }
-
     /// Uploads an I32 tensor's raw words as an i32 device tensor (packed weights).
     pub fn to_i32_tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D, Int>, CheckpointError> {
         let shape = self.shape_of_rank::<D>()?;
