@@ -72,6 +72,16 @@ pub struct TensorNames {
     pub input_scale: Option<&'static str>,
 }
 
+impl TensorNames {
+    /// The `[1]` activation scale a static scheme reads, if this plan is static.
+    fn static_input_scale(&self, prefix: &str, plan: ActivationPlan) -> Option<WeightSpec> {
+        match (self.input_scale, plan) {
+            (Some(leaf), ActivationPlan::Static) => Some(WeightSpec::float(format!("{prefix}.{leaf}"), [1])),
+            _ => None,
+        }
+    }
+}
+
 /// Signed integer weights, one per I8 byte, `[N, K]`: weight-only (4- or 8-bit values)
 /// or, with activation quantization, W8A8.
 pub struct SignedIntScheme {
@@ -113,9 +123,7 @@ impl LinearScheme for SignedIntScheme {
         if let Some(zp) = self.names.zero_point {
             specs.push(WeightSpec::new(name(zp), self.scales.shape(n, k), DtypeRule::Exactly(StoredDtype::I8)).optional());
         }
-        if let (Some(input), ActivationPlan::Static) = (self.names.input_scale, self.activations) {
-            specs.push(WeightSpec::float(name(input), [1]));
-        }
+        specs.extend(self.names.static_input_scale(&self.layer.prefix, self.activations));
         specs
     }
 
@@ -219,9 +227,7 @@ impl LinearScheme for Fp8Scheme {
             WeightSpec::new(name(self.names.weight), [n, k], DtypeRule::Exactly(StoredDtype::F8E4M3)),
             WeightSpec::float(name(self.names.scale), self.scales.shape(n, k)),
         ];
-        if let (Some(input), ActivationPlan::Static) = (self.names.input_scale, self.activations) {
-            specs.push(WeightSpec::float(name(input), [1]));
-        }
+        specs.extend(self.names.static_input_scale(&self.layer.prefix, self.activations));
         specs
     }
 
