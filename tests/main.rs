@@ -18,3 +18,4 @@ mod quant_errors;
 mod quant_repr;
 mod quantized_models;
 mod tokenizer;
+mod torchao_variants;

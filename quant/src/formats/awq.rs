@@ -123,7 +123,7 @@ impl LinearScheme for AwqScheme {
             group_size: self.group_size,
             packed: pack(q, 4, 0),
             scales: tensors.take("scales")?.to_f32_tensor::<2>(device)?,
-            zeros,
+            zeros: zeros.into(),
             group_index: PackedIntWeight::contiguous_groups(k, self.group_size, device),
             act_order: false,
         };

@@ -333,7 +333,7 @@ impl LinearScheme for PackQuantizedScheme {
             group_size,
             packed: tensors.take("weight_packed")?.to_i32_tensor::<2>(device)?.transpose(),
             scales,
-            zeros,
+            zeros: zeros.into(),
             group_index: PackedIntWeight::contiguous_groups(k, group_size, device),
             act_order: false,
         };

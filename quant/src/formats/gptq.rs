@@ -24,7 +24,7 @@ use crate::error::{CheckpointError, LoadError, QuantError};
 use crate::linear::{LinearRepr, QLinear};
 use crate::method::{LayerInfo, LayerKind, LinearScheme, LoadContext, QuantMethod, QuantMethodFactory};
 use crate::packing::{int_tensor, unpack};
-use crate::repr::PackedIntWeight;
+use crate::repr::{PackedIntWeight, ZeroPoints};
 use crate::source::WeightSpec;
 use crate::tensors::LayerTensors;
 use crate::unquantized::DenseScheme;
@@ -193,7 +193,7 @@ impl LinearScheme for GptqScheme {
             group_size: self.group_size,
             packed,
             scales,
-            zeros: Some(zeros),
+            zeros: ZeroPoints::Integer(zeros),
             group_index,
             act_order,
         };

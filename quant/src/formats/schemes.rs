@@ -156,7 +156,7 @@ impl LinearScheme for SignedIntScheme {
             group_size,
             packed: pack(unsigned.transpose(), self.bits, 0),
             scales,
-            zeros,
+            zeros: zeros.into(),
             group_index: PackedIntWeight::contiguous_groups(k, group_size, device),
             act_order: false,
         };

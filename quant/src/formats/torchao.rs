@@ -7,9 +7,10 @@
 //! `<module>._weight_qdata`, `<module>._weight_scale`, `<module>._weight_zero_point`:
 //! - `Int8WeightOnlyConfig`: qdata I8 `[N, K]`, scale `[N, 1]`, zero point I8 `[N, 1]`;
 //! - `IntxWeightOnlyConfig` with int4 (`UNPACKED_TO_INT8`): qdata I8 `[N, K]` holding
-//!   -8..7 one per byte, scale `[N, K/g]`, zero point I8 `[N, K/g]`.
-//!
-//! `W = (q − zero_point) · scale`. lm_head and the router stay float unless a per-module
+//!   -8..7 one per byte, scale `[N, K/g]`, zero point I8 `[N, K/g]`;
+//!   `W = (q − zero_point) · scale`;
+//! - `Int4WeightOnlyConfig` (version 2, plain packing): see [`Int4PlainScheme`]; its zero
+//!   point is a float offset. lm_head and the router stay float unless a per-module
 //! entry names them.
 
 use std::collections::HashMap;
@@ -17,10 +18,18 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::rules::{skipped_by_substring, unsupported, ConfigFields};
+use super::rules::{check_packable, group_size_for, skipped_by_substring, unsupported, ConfigFields};
 use super::schemes::{ActivationPlan, ScaleLayout, SignedIntScheme, TensorNames};
-use crate::error::QuantError;
-use crate::method::{LayerInfo, LayerKind, LinearScheme, QuantMethod, QuantMethodFactory};
+use burn::tensor::{Int, Tensor};
+
+use crate::dtype::{DtypeRule, StoredDtype};
+use crate::error::{LoadError, QuantError};
+use crate::linear::{LinearRepr, QLinear};
+use crate::method::{LayerInfo, LayerKind, LinearScheme, LoadContext, QuantMethod, QuantMethodFactory};
+use crate::packing::{pack, unpack};
+use crate::repr::{PackedIntWeight, ZeroPoints};
+use crate::source::WeightSpec;
+use crate::tensors::LayerTensors;
 use crate::unquantized::DenseScheme;
 
 const NAMES: TensorNames =
@@ -45,6 +54,8 @@ enum AoConfig {
     Int8WeightOnly,
     /// Int4 values unpacked one per byte, grouped along K (group size from the scales).
     Int4UnpackedWeightOnly { group_size: Option<usize> },
+    /// `Int4WeightOnlyConfig` version 2, plain packing (`Int4Tensor`).
+    Int4Plain { group_size: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +109,17 @@ fn parse_config(f: &ConfigFields, entry: &Value) -> Result<Option<AoConfig>, Qua
             let group_size = data.pointer("/granularity/_data/group_size").and_then(Value::as_u64).map(|g| g as usize);
             Ok(Some(AoConfig::Int4UnpackedWeightOnly { group_size }))
         }
-        other => Err(f.invalid(format!("torchao config `{other}` is not supported (supported: Int8WeightOnlyConfig, IntxWeightOnlyConfig)"))),
+        "Int4WeightOnlyConfig" => {
+            let packing = data.pointer("/int4_packing_format/_data").or_else(|| data.get("int4_packing_format")).and_then(Value::as_str).unwrap_or("PLAIN");
+            if !packing.eq_ignore_ascii_case("plain") {
+                return Err(f.invalid(format!("Int4WeightOnlyConfig with int4_packing_format {packing} is not supported (supported: PLAIN)")));
+            }
+            let group_size = data.get("group_size").and_then(Value::as_u64).unwrap_or(128) as usize;
+            Ok(Some(AoConfig::Int4Plain { group_size }))
+        }
+        other => Err(f.invalid(format!(
+            "torchao config `{other}` is not supported (supported: Int8WeightOnlyConfig, IntxWeightOnlyConfig, Int4WeightOnlyConfig)"
+        ))),
     }
 }
 
@@ -119,10 +140,63 @@ impl QuantMethod for Torchao {
             Some(AoConfig::Int8WeightOnly) => {
                 Ok(Box::new(SignedIntScheme::new(layer, NAMES, 8, ScaleLayout::Channel, ActivationPlan::None, "torchao")?))
             }
+            Some(AoConfig::Int4Plain { group_size }) => {
+                let group_size = group_size_for(layer, Some(group_size as i64))?;
+                check_packable(layer, 4, layer.in_features, "in_features")?;
+                Ok(Box::new(Int4PlainScheme { layer: layer.clone(), group_size }))
+            }
             Some(AoConfig::Int4UnpackedWeightOnly { group_size }) => {
                 let group = group_size.ok_or_else(|| unsupported(layer, "IntxWeightOnlyConfig without a PerGroup group_size"))?;
                 Ok(Box::new(SignedIntScheme::new(layer, NAMES, 4, ScaleLayout::Group(group), ActivationPlan::None, "torchao")?))
             }
         }
+    }
+}
+
+/// `Int4Tensor` (plain packing): `_weight_qdata` I8 `[N, K/2]` holding two's-complement
+/// int4 pairs along K (even k in the low nibble), `_weight_scale` and
+/// `_weight_zero_point` `[K/g, N]` in the model dtype, and a float zero point:
+/// `W[n, k] = q · scale[k/g, n] + zero_point[k/g, n]`.
+struct Int4PlainScheme {
+    layer: LayerInfo,
+    group_size: usize,
+}
+
+impl LinearScheme for Int4PlainScheme {
+    fn weights(&self) -> Vec<WeightSpec> {
+        let (n, k, g) = (self.layer.out_features, self.layer.in_features, self.layer.in_features / self.group_size);
+        let name = |leaf: &str| format!("{}.{leaf}", self.layer.prefix);
+        vec![
+            WeightSpec::new(name("_weight_qdata"), [n, k / 2], DtypeRule::Exactly(StoredDtype::I8)),
+            WeightSpec::float(name("_weight_scale"), [g, n]),
+            WeightSpec::float(name("_weight_zero_point"), [g, n]),
+        ]
+    }
+
+    fn finish(self: Box<Self>, mut tensors: LayerTensors<'_>, ctx: &LoadContext) -> Result<QLinear, LoadError> {
+        let device = &ctx.device;
+        let (n, k) = (self.layer.out_features, self.layer.in_features);
+        let bytes = unpack(tensors.take("_weight_qdata")?.bytes_as_words(device)?, 8, 1);
+        // Signed nibble v ↔ offset value v + 8 = nibble ^ 8.
+        let nibble = |t: Tensor<2, Int>| t.bitwise_and_scalar(0xF).bitwise_xor_scalar(8);
+        let low = nibble(bytes.clone());
+        let high = nibble(bytes.bitwise_right_shift_scalar(4));
+        let values: Tensor<2, Int> = Tensor::stack::<3>(vec![low, high], 2).reshape([n, k]);
+        let weight = PackedIntWeight {
+            bits: 4,
+            in_features: k,
+            out_features: n,
+            group_size: self.group_size,
+            packed: pack(values.transpose(), 4, 0),
+            scales: tensors.take("_weight_scale")?.to_f32_tensor::<2>(device)?,
+            zeros: ZeroPoints::Float(tensors.take("_weight_zero_point")?.to_f32_tensor::<2>(device)?),
+            group_index: PackedIntWeight::contiguous_groups(k, self.group_size, device),
+            act_order: false,
+        };
+        Ok(QLinear::new(k, n, LinearRepr::Int4(weight), None))
+    }
+
+    fn describe(&self) -> String {
+        format!("int4 g{} float zero point (torchao)", self.group_size)
     }
 }
