@@ -2,8 +2,6 @@
 //! [`WeightSpec`]s; a [`TensorSource`] (safetensors files, a sharded checkpoint, or dummy
 //! weights for benchmarking) answers with host tensors that already match the spec.
 
-use std::collections::HashMap;
-
 use crate::dtype::{DtypeRule, StoredDtype};
 use crate::error::CheckpointError;
 use crate::host::HostTensor;
@@ -69,11 +67,6 @@ pub trait TensorSource: Send + Sync {
 
     /// Metadata of a stored tensor, if the source has real files.
     fn meta(&self, name: &str) -> Option<TensorMeta>;
-
-    /// String metadata from file headers (`__metadata__` in safetensors), merged over shards.
-    fn header_metadata(&self) -> HashMap<String, String> {
-        HashMap::new()
-    }
 
     /// Every tensor name, sorted, when the source has real files.
     fn tensor_names(&self) -> Vec<String>;

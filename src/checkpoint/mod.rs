@@ -110,10 +110,6 @@ impl TensorSource for SafetensorsCheckpoint {
         self.files[i].meta(name)?.ok()
     }
 
-    fn header_metadata(&self) -> HashMap<String, String> {
-        self.files.iter().filter_map(SafetensorsFile::header_metadata).flatten().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-
     fn tensor_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.owner.keys().cloned().collect();
         names.sort();

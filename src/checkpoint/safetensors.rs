@@ -3,7 +3,6 @@
 //! header); tensor data is then borrowed straight from the map, never copied whole.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -39,10 +38,6 @@ impl SafetensorsFile {
 
     pub fn names(&self) -> impl Iterator<Item = String> + '_ {
         self.metadata.offset_keys().into_iter()
-    }
-
-    pub fn header_metadata(&self) -> Option<&HashMap<String, String>> {
-        self.metadata.metadata().as_ref()
     }
 
     pub fn meta(&self, name: &str) -> Option<Result<TensorMeta, CheckpointError>> {

@@ -10,7 +10,7 @@ use crate::host::HostTensor;
 use crate::linear::{LinearRepr, QLinear};
 use crate::method::{LayerInfo, LinearScheme, LoadContext};
 use crate::packing::{int_tensor, pack, unpack};
-use crate::repr::{ActivationQuant, Fp8Weight, PackedIntWeight, W8A8Weight};
+use crate::repr::{e4m3_table, ActivationQuant, Fp8Weight, PackedIntWeight, W8A8Weight};
 use crate::source::WeightSpec;
 use crate::tensors::LayerTensors;
 
@@ -248,7 +248,7 @@ impl LinearScheme for Fp8Scheme {
             true => ActivationQuant::None,
             false => activation_quant(self.activations, self.names.input_scale, &mut tensors, ctx)?,
         };
-        let repr = Fp8Weight { in_features: k, out_features: n, codes, scales, block, activations };
+        let repr = Fp8Weight { in_features: k, out_features: n, codes, scales, block, activations, table: e4m3_table(device) };
         Ok(QLinear::new(k, n, LinearRepr::Fp8(repr), None))
     }
 

@@ -18,6 +18,8 @@ pub struct Fp8Weight {
     /// `[bn, bk]` when `scales` are per block.
     pub block: Option<[usize; 2]>,
     pub activations: ActivationQuant,
+    /// The value of every e4m3 byte, `[256]` f32 ([`e4m3_table`]), uploaded once per layer.
+    pub table: Tensor<1>,
 }
 
 /// Value of every e4m3fn byte (`S.EEEE.MMM`, bias 7, no infinities, 0x7F/0xFF are NaN).
@@ -34,7 +36,8 @@ pub fn e4m3_value(code: u8) -> f32 {
     }
 }
 
-fn e4m3_table(device: &Device) -> Tensor<1> {
+/// Every e4m3fn value by byte, on `device`: decoding is a gather from this table.
+pub fn e4m3_table(device: &Device) -> Tensor<1> {
     let values: Vec<f32> = (0..=255u8).map(e4m3_value).collect();
     Tensor::from_data(TensorData::new(values, [256]), (device, DType::F32))
 }
@@ -44,7 +47,7 @@ impl Fp8Weight {
     pub fn dequantize(&self) -> Tensor<2> {
         let (n, k) = (self.out_features, self.in_features);
         let codes = unpack(self.codes.clone(), 8, 1);
-        let values = e4m3_table(&codes.device()).select(0, codes.reshape([n * k])).reshape([n, k]);
+        let values = self.table.clone().select(0, codes.reshape([n * k])).reshape([n, k]);
         let scales = match self.block {
             None => self.scales.clone(),
             Some([bn, bk]) => {
