@@ -1,6 +1,7 @@
 //! compressed-tensors variants without a tool-made fixture, written here from the float
 //! Llama following the published layout: asymmetric int4 (zero points packed along N),
-//! 8-bit packed per-channel, and FP8 with a static per-tensor input scale.
+//! int4 with block scales, 8-bit packed per-channel, and FP8 with a static per-tensor
+//! input scale.
 
 use ember::quant::repr::e4m3_value;
 use half::f16;
@@ -71,6 +72,42 @@ pub fn write_packed(prefix: &str, w: &[f32], n: usize, k: usize, bits: usize, gr
     Written { tensors, expected }
 }
 
+/// Symmetric int weights `[n, k]` with one scale per `[bn, bk]` block (`strategy: block`),
+/// `weight_scale` `[⌈n/bn⌉, ⌈k/bk⌉]`.
+fn write_packed_blocks(prefix: &str, w: &[f32], n: usize, k: usize, bits: usize, [bn, bk]: [usize; 2]) -> Written {
+    let (row_blocks, col_blocks) = (n.div_ceil(bn), k.div_ceil(bk));
+    let offset = 1i32 << (bits - 1);
+    let mut scales = vec![0f32; row_blocks * col_blocks];
+    for (at, scale) in scales.iter_mut().enumerate() {
+        let (rb, cb) = (at / col_blocks, at % col_blocks);
+        let mut absmax = 0f32;
+        for row in rb * bn..((rb + 1) * bn).min(n) {
+            for col in cb * bk..((cb + 1) * bk).min(k) {
+                absmax = absmax.max(w[row * k + col].abs());
+            }
+        }
+        *scale = f16::from_f32((absmax / offset as f32).max(1e-6)).to_f32();
+    }
+    let mut fields = vec![0i32; n * k];
+    let mut expected = vec![0f32; n * k];
+    for row in 0..n {
+        for col in 0..k {
+            let scale = scales[(row / bn) * col_blocks + col / bk];
+            let q = ((w[row * k + col] / scale).round() as i32).clamp(-offset, offset - 1);
+            fields[row * k + col] = q + offset;
+            expected[row * k + col] = scale * q as f32;
+        }
+    }
+    let name = |leaf: &str| format!("{prefix}.{leaf}");
+    Written {
+        tensors: vec![
+            StoredTensor { name: name("weight_packed"), dtype: Dtype::I32, shape: vec![n, k * bits / 32], bytes: i32_bytes(&pack_rows(&fields, n, k, bits)) },
+            StoredTensor { name: name("weight_scale"), dtype: Dtype::F16, shape: vec![row_blocks, col_blocks], bytes: f16_bytes(&scales) },
+        ],
+        expected,
+    }
+}
+
 /// Nearest e4m3 code (ties to the even mantissa).
 pub fn e4m3_code(v: f32) -> u8 {
     (0..=255u8)
@@ -119,6 +156,13 @@ fn compressed_tensors_int8_packed_per_channel() {
     let group = json!({"targets": ["Linear"], "format": "pack-quantized",
         "weights": {"num_bits": 8, "type": "int", "symmetric": true, "strategy": "channel"}});
     check(group, |p, w, n, k| write_packed(p, w, n, k, 8, k, true), 0.02);
+}
+
+#[test]
+fn compressed_tensors_int4_block_scales() {
+    let group = json!({"targets": ["Linear"], "format": "pack-quantized",
+        "weights": {"num_bits": 4, "type": "int", "symmetric": true, "strategy": "block", "block_structure": [16, 32]}});
+    check(group, |p, w, n, k| write_packed_blocks(p, w, n, k, 4, [16, 32]), 0.15);
 }
 
 #[test]

@@ -3,7 +3,10 @@
 //! and no `weight_shape`, mixed-precision layers left as plain float `weight` without an
 //! ignore entry, and FP8 through the `fp8` method with LLMC's nested `ignored_layers`.
 
+use burn::tensor::Device;
 use ember::quant::repr::e4m3_value;
+use ember::quant::{CheckpointError, ComputeDtype};
+use ember::{load_model, LoadOptions};
 use half::f16;
 use safetensors::Dtype;
 use serde_json::json;
@@ -100,4 +103,25 @@ fn llmc_w8a8_int_quantized_per_token() {
 fn llmc_fp8_static_with_nested_ignored_layers() {
     let config = json!({"activation_scheme": "static", "ignored_layers": [["lm_head"]], "quant_method": "fp8"});
     check("quantization_config", config, write_fp8_static, 0.05);
+}
+
+/// LLMC's first vLLM export (`pack_mode: vllm_pack`) wrote asymmetric weights as unsigned
+/// values plus 2^(b-1), OR-ed into int32 words, so values ≥ 2^(b-1) spill into the next
+/// field and cannot be recovered; its zero points were stored unpacked, `[n, groups]`.
+/// Such a checkpoint must be refused at the zero-point tensor, never decoded wrongly.
+#[test]
+fn llmc_asymmetric_vllm_pack_export_is_refused_at_the_zero_points() {
+    let weights = json!({"dynamic": false, "group_size": 128, "num_bits": 4, "observer": "minmax", "observer_kwargs": {},
+        "strategy": "group", "symmetric": false, "type": "int"});
+    let config = llmc_groups("pack-quantized", weights, serde_json::Value::Null);
+    let unpacked_zero_points = |prefix: &str, w: &[f32], n: usize, k: usize| {
+        let mut layer = write_packed(prefix, w, n, k, 4, 128, true);
+        let groups = k / 128;
+        layer.tensors.push(StoredTensor { name: format!("{prefix}.weight_zero_point"), dtype: Dtype::F16, shape: vec![n, groups], bytes: f16_bytes(&vec![8.0; n * groups]) });
+        layer
+    };
+    let written = quantized_llama("compression_config", config, &[], unpacked_zero_points);
+    let err = load_model(written.dir.path(), &LoadOptions::new(Device::flex(), ComputeDtype::F32)).err().expect("loading must fail");
+    assert!(matches!(err.as_checkpoint(), Some(CheckpointError::ShapeMismatch { .. })), "{err:?}");
+    assert!(err.to_string().contains("weight_zero_point"), "{err}");
 }

@@ -14,7 +14,14 @@
 //!   `input_scale` `[1]` for static activations) or `[⌈N/bn⌉, ⌈K/bk⌉]` for
 //!   `strategy: block`; activations dynamic per token, per group (FP8_BLOCK), or static.
 //!
-//! Every scale multiplies: `W = scale · (q − zero)`.
+//! Every scale multiplies: `W = scale · (q − zero)`. Int weights also take `strategy:
+//! block` (symmetric only), one scale per `[bn, bk]` block, which lands in the group
+//! layout with `group_size = bk`.
+//!
+//! LLMC's first `vllm_pack` export wrote asymmetric weights as unsigned values plus
+//! 2^(b-1) OR-ed into words, so large values overflow into the next field, and stored
+//! zero points unpacked `[N, G]`. Those bits cannot be recovered; the zero points' shape
+//! check refuses such checkpoints.
 
 use std::sync::Arc;
 
@@ -275,17 +282,16 @@ impl PackQuantizedScheme {
             ScaleLayout::Group(g) if layer.in_features % g != 0 => {
                 return Err(unsupported(layer, format!("group size {g} does not divide in_features {}", layer.in_features)));
             }
-            ScaleLayout::Block(_) => return Err(unsupported(layer, "block scales on packed int weights are not supported")),
+            ScaleLayout::Block(_) if !weights.symmetric => {
+                return Err(unsupported(layer, "asymmetric block-quantized int weights are not supported"));
+            }
             _ => {}
         }
         Ok(Self { layer: layer.clone(), bits, scales, symmetric: weights.symmetric })
     }
 
     fn groups(&self) -> usize {
-        match self.scales {
-            ScaleLayout::Group(g) => self.layer.in_features / g,
-            _ => 1,
-        }
+        self.layer.in_features.div_ceil(self.scales.group_size(self.layer.in_features))
     }
 }
 
@@ -325,7 +331,7 @@ impl LinearScheme for PackQuantizedScheme {
                 Some(unpack(packed, self.bits, 0).narrow(0, 0, n).transpose())
             }
         };
-        let group_size = k / self.groups();
+        let group_size = self.scales.group_size(k);
         let weight = PackedIntWeight {
             bits: self.bits,
             in_features: k,
@@ -343,10 +349,6 @@ impl LinearScheme for PackQuantizedScheme {
 
     fn describe(&self) -> String {
         let zero = if self.symmetric { "sym" } else { "asym" };
-        format!("int{} {zero} {} (compressed-tensors pack-quantized)", self.bits, match self.scales {
-            ScaleLayout::Group(g) => format!("g{g}"),
-            ScaleLayout::Channel => "per-channel".into(),
-            _ => "per-tensor".into(),
-        })
+        format!("int{} {zero} {} (compressed-tensors pack-quantized)", self.bits, self.scales.describe())
     }
 }

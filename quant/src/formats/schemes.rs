@@ -35,14 +35,16 @@ impl ScaleLayout {
         }
     }
 
-    fn group_size(self, k: usize) -> usize {
+    /// Inputs per scale along K (a block's width; the last group may be partial).
+    pub(crate) fn group_size(self, k: usize) -> usize {
         match self {
             Self::Group(g) => g,
+            Self::Block([_, bk]) => bk,
             _ => k,
         }
     }
 
-    fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Self::Tensor => "per-tensor".into(),
             Self::Channel => "per-channel".into(),
@@ -103,6 +105,9 @@ impl SignedIntScheme {
             if g == 0 || layer.in_features % g != 0 {
                 return Err(super::rules::unsupported(layer, format!("group size {g} does not divide in_features {}", layer.in_features)));
             }
+        }
+        if matches!(scales, ScaleLayout::Block(_)) && (activations != ActivationPlan::None || names.zero_point.is_some()) {
+            return Err(super::rules::unsupported(layer, "block scales are supported on symmetric weight-only int weights only"));
         }
         Ok(Self { layer: layer.clone(), names, bits, scales, activations, source_format })
     }
@@ -169,10 +174,16 @@ impl LinearScheme for SignedIntScheme {
     }
 }
 
-/// Scales `[N, G]` (or `[N, 1]`, `[1]`) as f32 `[G, N]`, the `PackedIntWeight` layout.
+/// Scales `[N, G]` (or `[N, 1]`, `[1]`, or blocks `[⌈N/bn⌉, ⌈K/bk⌉]`) as f32 `[G, N]`,
+/// the `PackedIntWeight` layout: a block's scale is repeated over its `bn` output rows.
 pub(crate) fn scales_as_rows(t: &HostTensor, layout: ScaleLayout, n: usize, ctx: &LoadContext) -> Result<Tensor<2>, LoadError> {
     Ok(match layout {
         ScaleLayout::Tensor => t.to_f32_tensor::<1>(&ctx.device)?.reshape([1, 1]).repeat_dim(1, n),
+        ScaleLayout::Block([bn, _]) => {
+            let blocks = t.to_f32_tensor::<2>(&ctx.device)?.transpose();
+            let [groups, row_blocks] = blocks.dims();
+            blocks.unsqueeze_dim::<3>(2).repeat_dim(2, bn).reshape([groups, row_blocks * bn]).narrow(1, 0, n)
+        }
         _ => t.to_f32_tensor::<2>(&ctx.device)?.transpose(),
     })
 }
