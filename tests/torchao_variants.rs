@@ -55,3 +55,16 @@ fn torchao_int4_plain_with_float_zero_points() {
     written.assert_unpacks_exactly(&loaded);
     assert_logits_near_float(&loaded, 0.12);
 }
+
+/// tinygemm's `tile_packed_to_4d` is a kernel-specific opaque layout: refused by name,
+/// before any tensor is read.
+#[test]
+fn torchao_int4_tile_packed_layout_is_refused() {
+    let config = json!({"quant_method": "torchao",
+        "quant_type": {"default": {"_type": "Int4WeightOnlyConfig", "_version": 2, "_data": {"group_size": GROUP,
+            "int4_packing_format": {"_type": "Int4PackingFormat", "_data": "TILE_PACKED_TO_4D"}}}}});
+    let written = quantized_llama("quantization_config", config, &[], write_int4_plain);
+    let options = ember::LoadOptions::new(burn::tensor::Device::flex(), ember::quant::ComputeDtype::F32);
+    let err = ember::load_model(written.dir.path(), &options).err().expect("loading must fail");
+    assert!(err.to_string().contains("int4_packing_format TILE_PACKED_TO_4D is not supported"), "{err}");
+}
