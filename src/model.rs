@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use ember_models::{build_model, check_architecture, DecoderModel, ModelConfig, Weights};
-use ember_quant::{ComputeDtype, LoadContext, QuantRegistry, TensorSource};
+use ember_quant::{ComputeDtype, LoadContext, OnlineSettings, QuantRegistry, TensorSource};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::checkpoint::{DummySource, SafetensorsCheckpoint};
@@ -32,6 +32,8 @@ pub struct LoadOptions {
     pub load_format: LoadFormat,
     /// Overrides the checkpoint's quantization method (`--quantization`).
     pub quantization: Option<String>,
+    /// Group size and symmetry for an online `quantization` (`int4`, `int8`).
+    pub online: OnlineSettings,
     pub registry: QuantRegistry,
     /// Draw a progress bar on stderr while loading.
     pub progress: bool,
@@ -47,6 +49,7 @@ impl LoadOptions {
             num_layers: None,
             load_format: LoadFormat::Safetensors,
             quantization: None,
+            online: OnlineSettings::default(),
             registry: QuantRegistry::with_builtins(),
             progress: false,
             fp8_weight_only: false,
@@ -95,7 +98,7 @@ pub fn load_model(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, Erro
     if let Some(n) = options.num_layers {
         config.truncate_layers(n);
     }
-    let method = options.registry.resolve(&config.raw, options.quantization.as_deref())?;
+    let method = options.registry.resolve_with_settings(&config.raw, options.quantization.as_deref(), &options.online)?;
     let source: Box<dyn TensorSource> = match options.load_format {
         LoadFormat::Safetensors => Box::new(SafetensorsCheckpoint::open(dir)?),
         LoadFormat::Dummy => Box::new(DummySource::new(options.dtype, 0)),

@@ -8,6 +8,7 @@ pub mod formats;
 pub mod host;
 pub mod linear;
 pub mod method;
+pub mod online;
 pub mod packing;
 pub mod registry;
 pub mod repr;
@@ -20,14 +21,16 @@ pub use error::{CheckpointError, LoadError, QuantError};
 pub use host::HostTensor;
 pub use linear::{LinearForward, LinearRepr, QLinear};
 pub use method::{LayerInfo, LayerKind, LinearScheme, LoadContext, QuantMethod, QuantMethodFactory};
+pub use online::{OnlineMethod, OnlineSettings, Recipe};
 pub use registry::QuantRegistry;
 pub use source::{TensorMeta, TensorSource, WeightSpec};
 pub use tensors::LayerTensors;
 pub use unquantized::{DenseScheme, Unquantized, UnquantizedFactory};
 
 /// The scheme that loads `layer`: the method's choice, unless the checkpoint stores this
-/// layer as a plain float `weight` and lacks the method's tensors — exporters such as
-/// LLMC leave mixed-precision layers in float without listing them in the ignore list.
+/// layer as a plain float `weight` and lacks the method's tensors. Then the method may
+/// quantize it at load ([`QuantMethod::online`]); otherwise it loads as float, since
+/// exporters such as LLMC leave mixed-precision layers in float without listing them.
 pub fn resolve_scheme(method: &dyn QuantMethod, layer: &LayerInfo, source: &dyn TensorSource) -> Result<Box<dyn LinearScheme>, QuantError> {
     let scheme = method.linear(layer)?;
     let Some(primary) = scheme.weights().into_iter().next() else {
@@ -36,6 +39,10 @@ pub fn resolve_scheme(method: &dyn QuantMethod, layer: &LayerInfo, source: &dyn 
     let stored_float = source.meta(&format!("{}.weight", layer.prefix)).is_some_and(|m| m.dtype.is_float());
     let primary_present = source.meta(&primary.name).is_some_and(|m| primary.dtype.accepts(m.dtype));
     if stored_float && !primary_present {
+        if let Some(recipe) = method.online(layer) {
+            tracing::debug!(layer = %layer.prefix, "stored in float; quantizing it at load");
+            return Ok(Box::new(online::OnlineScheme::new(layer, recipe)?));
+        }
         tracing::debug!(layer = %layer.prefix, "stored in float; loading it unquantized");
         return Ok(Box::new(DenseScheme::new(layer)));
     }

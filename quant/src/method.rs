@@ -11,6 +11,7 @@ use burn::tensor::Device;
 use crate::dtype::ComputeDtype;
 use crate::error::{LoadError, QuantError};
 use crate::linear::QLinear;
+use crate::online::Recipe;
 use crate::source::WeightSpec;
 use crate::tensors::LayerTensors;
 
@@ -63,6 +64,13 @@ pub trait QuantMethod: Send + Sync + Debug {
     /// The scheme that loads `layer`; a method that leaves a layer float returns the
     /// unquantized scheme for it.
     fn linear(&self, layer: &LayerInfo) -> Result<Box<dyn LinearScheme>, QuantError>;
+
+    /// How to quantize `layer` at load when the checkpoint holds it as a float `weight`
+    /// although the config quantizes it (a torchao `quant_type` over float weights).
+    /// `None`, the default, loads such layers as float (LLMC's mixed precision).
+    fn online(&self, _layer: &LayerInfo) -> Option<Recipe> {
+        None
+    }
 }
 
 /// Builds a [`QuantMethod`] from a checkpoint's quantization config.

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::QuantError;
 use crate::method::{QuantMethod, QuantMethodFactory};
+use crate::online::{OnlineFactory, OnlineSettings};
 use crate::formats::awq::AwqFactory;
 use crate::formats::compressed_tensors::CompressedTensorsFactory;
 use crate::formats::fp8::Fp8Factory;
@@ -45,6 +46,9 @@ impl QuantRegistry {
         registry.register(Arc::new(CompressedTensorsFactory));
         registry.register(Arc::new(Fp8Factory));
         registry.register(Arc::new(TorchaoFactory));
+        registry.register(Arc::new(OnlineFactory::INT4));
+        registry.register(Arc::new(OnlineFactory::INT8));
+        registry.register(Arc::new(OnlineFactory::W8A8));
         registry
     }
 
@@ -68,13 +72,27 @@ impl QuantRegistry {
     /// (the `--quantization` flag) when given. A checkpoint with no quantization config
     /// and no override is unquantized.
     pub fn resolve(&self, model_config: &Value, override_name: Option<&str>) -> Result<Arc<dyn QuantMethod>, QuantError> {
+        self.resolve_with_settings(model_config, override_name, &OnlineSettings::default())
+    }
+
+    /// [`Self::resolve`], with settings for an overriding online method (`--group-size`,
+    /// `--asymmetric`) that replace the checkpoint's own section when given.
+    pub fn resolve_with_settings(
+        &self,
+        model_config: &Value,
+        override_name: Option<&str>,
+        settings: &OnlineSettings,
+    ) -> Result<Arc<dyn QuantMethod>, QuantError> {
         let section = CONFIG_KEYS.iter().find_map(|key| model_config.get(*key)).filter(|v| !v.is_null());
         let stored_name = match section {
             Some(section) => Some(method_name(section)?),
             None => None,
         };
         let name = override_name.or(stored_name.as_deref()).unwrap_or(UnquantizedFactory::NAME);
-        let config = section.cloned().unwrap_or(Value::Null);
+        let config = match (override_name, settings.is_empty()) {
+            (Some(_), false) => settings.to_config(),
+            _ => section.cloned().unwrap_or(Value::Null),
+        };
         self.get(name)?.create(&config)
     }
 }

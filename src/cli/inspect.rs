@@ -21,16 +21,7 @@ const QUANT_FIELDS: [&str; 9] =
     ["bits", "group_size", "desc_act", "sym", "zero_point", "checkpoint_format", "format", "weight_block_size", "activation_scheme"];
 
 pub fn execute(args: InspectArgs) -> Result<()> {
-    let model_args = super::ModelArgs {
-        model: args.model,
-        device: "flex".into(),
-        dtype: None,
-        num_layers: None,
-        load_format: super::LoadFormatArg::Safetensors,
-        quantization: None,
-        fp8_weight_only: false,
-    };
-    let dir = model_args.model_dir()?;
+    let dir = super::model_dir(args.model.as_deref())?;
     let c = ModelConfig::from_file(&dir.join("config.json"))?;
     println!("model          {}", dir.display());
     println!("architecture   {}", c.architecture);

@@ -7,7 +7,7 @@ mod run;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ember::{default_dtype, embedded, hub, load_model, parse_device, LoadFormat, LoadOptions, LoadedModel};
-use ember::quant::ComputeDtype;
+use ember::quant::{ComputeDtype, OnlineSettings};
 
 #[derive(Parser)]
 #[command(name = "ember", version, about = "Run quantized LLM checkpoints on any Burn backend")]
@@ -42,6 +42,14 @@ pub enum LoadFormatArg {
     Dummy,
 }
 
+/// A model directory, a Hugging Face repo id, or (`None`) the embedded tiny Llama.
+pub fn model_dir(spec: Option<&str>) -> Result<std::path::PathBuf> {
+    Ok(match spec {
+        Some(spec) => hub::resolve_model(spec)?,
+        None => embedded::materialize()?,
+    })
+}
+
 /// Options shared by every command that loads a model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -61,9 +69,17 @@ pub struct ModelArgs {
     /// `dummy` fills every weight with deterministic random values: only config.json is read.
     #[arg(long, value_enum, default_value = "safetensors")]
     pub load_format: LoadFormatArg,
-    /// Quantization method to use instead of the one in config.json.
+    /// Quantization method to use instead of the one in config.json; on a float
+    /// checkpoint `int4`, `int8`, `w8a8` or `fp8` quantize it while it loads.
     #[arg(long)]
     pub quantization: Option<String>,
+    /// Inputs per scale for `--quantization int4|int8` (-1: one per output channel;
+    /// defaults: 128 for int4, per channel for int8).
+    #[arg(long, allow_negative_numbers = true)]
+    pub group_size: Option<i64>,
+    /// Integer zero points for `--quantization int4|int8` (default: symmetric).
+    #[arg(long)]
+    pub asymmetric: bool,
     /// Run FP8 checkpoints weight-only: activations stay in the compute dtype instead of
     /// being quantized to e4m3 (as vLLM does on GPUs without FP8 tensor cores).
     #[arg(long)]
@@ -72,10 +88,15 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn model_dir(&self) -> Result<std::path::PathBuf> {
-        Ok(match &self.model {
-            Some(spec) => hub::resolve_model(spec)?,
-            None => embedded::materialize()?,
-        })
+        model_dir(self.model.as_deref())
+    }
+
+    fn online_settings(&self) -> Result<OnlineSettings> {
+        let settings = OnlineSettings { group_size: self.group_size, symmetric: self.asymmetric.then_some(false) };
+        if !settings.is_empty() && !matches!(self.quantization.as_deref(), Some("int4" | "int8")) {
+            anyhow::bail!("--group-size and --asymmetric apply to --quantization int4 or int8");
+        }
+        Ok(settings)
     }
 
     pub fn load(&self) -> Result<LoadedModel> {
@@ -87,6 +108,7 @@ impl ModelArgs {
         let mut options = LoadOptions::new(device, dtype);
         options.num_layers = self.num_layers;
         options.quantization = self.quantization.clone();
+        options.online = self.online_settings()?;
         options.load_format = match self.load_format {
             LoadFormatArg::Safetensors => LoadFormat::Safetensors,
             LoadFormatArg::Dummy => LoadFormat::Dummy,

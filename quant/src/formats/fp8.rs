@@ -28,8 +28,12 @@ impl QuantMethodFactory for Fp8Factory {
         "fp8"
     }
 
+    /// A null config means `--quantization fp8` on a float checkpoint: quantize at load.
     fn create(&self, config: &Value) -> Result<Arc<dyn QuantMethod>, QuantError> {
-        Ok(Arc::new(Fp8::from_config(config)?))
+        match config {
+            Value::Null => Ok(Arc::new(crate::online::online_fp8())),
+            _ => Ok(Arc::new(Fp8::from_config(config)?)),
+        }
     }
 }
 

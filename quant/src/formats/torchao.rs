@@ -26,6 +26,7 @@ use crate::dtype::{DtypeRule, StoredDtype};
 use crate::error::{LoadError, QuantError};
 use crate::linear::{LinearRepr, QLinear};
 use crate::method::{LayerInfo, LayerKind, LinearScheme, LoadContext, QuantMethod, QuantMethodFactory};
+use crate::online::Recipe;
 use crate::packing::{pack, unpack};
 use crate::repr::{PackedIntWeight, ZeroPoints};
 use crate::source::WeightSpec;
@@ -123,19 +124,24 @@ fn parse_config(f: &ConfigFields, entry: &Value) -> Result<Option<AoConfig>, Qua
     }
 }
 
+impl Torchao {
+    fn config_for(&self, layer: &LayerInfo) -> Option<AoConfig> {
+        match self.per_module.get(&layer.prefix) {
+            Some(explicit) => explicit.clone(),
+            None if matches!(layer.kind, LayerKind::Router | LayerKind::LmHead) => None,
+            None if skipped_by_substring(&self.modules_to_not_convert, &layer.prefix) => None,
+            None => self.default.clone(),
+        }
+    }
+}
+
 impl QuantMethod for Torchao {
     fn name(&self) -> &str {
         "torchao"
     }
 
     fn linear(&self, layer: &LayerInfo) -> Result<Box<dyn LinearScheme>, QuantError> {
-        let config = match self.per_module.get(&layer.prefix) {
-            Some(explicit) => explicit.clone(),
-            None if matches!(layer.kind, LayerKind::Router | LayerKind::LmHead) => None,
-            None if skipped_by_substring(&self.modules_to_not_convert, &layer.prefix) => None,
-            None => self.default.clone(),
-        };
-        match config {
+        match self.config_for(layer) {
             None => Ok(Box::new(DenseScheme::new(layer))),
             Some(AoConfig::Int8WeightOnly) => {
                 Ok(Box::new(SignedIntScheme::new(layer, NAMES, 8, ScaleLayout::Channel, ActivationPlan::None, "torchao")?))
@@ -150,6 +156,17 @@ impl QuantMethod for Torchao {
                 Ok(Box::new(SignedIntScheme::new(layer, NAMES, 4, ScaleLayout::Group(group), ActivationPlan::None, "torchao")?))
             }
         }
+    }
+
+    /// transformers quantizes float checkpoints with a `TorchAoConfig` at load; Ember does
+    /// the same with its round-to-nearest at the config's bits and group size (integer
+    /// zero points where torchao's int4 keeps float ones).
+    fn online(&self, layer: &LayerInfo) -> Option<Recipe> {
+        Some(match self.config_for(layer)? {
+            AoConfig::Int8WeightOnly => Recipe::Int { bits: 8, group_size: None, symmetric: true },
+            AoConfig::Int4UnpackedWeightOnly { group_size } => Recipe::Int { bits: 4, group_size, symmetric: true },
+            AoConfig::Int4Plain { group_size } => Recipe::Int { bits: 4, group_size: Some(group_size), symmetric: false },
+        })
     }
 }
 
