@@ -9,6 +9,7 @@ pub mod device;
 pub mod embedded;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod generation_config;
 pub mod hub;
 pub mod model;

@@ -2,6 +2,7 @@
 
 mod inspect;
 mod logits;
+mod quantize;
 mod run;
 
 use anyhow::{Context, Result};
@@ -24,6 +25,8 @@ pub enum Command {
     Logits(logits::LogitsArgs),
     /// Describe a checkpoint: architecture, dimensions, dtypes, quantization, size.
     Inspect(inspect::InspectArgs),
+    /// Quantize a float checkpoint and write it in compressed-tensors layout.
+    Quantize(quantize::QuantizeArgs),
 }
 
 impl Command {
@@ -32,6 +35,7 @@ impl Command {
             Self::Run(args) => run::execute(args),
             Self::Logits(args) => logits::execute(args),
             Self::Inspect(args) => inspect::execute(args),
+            Self::Quantize(args) => quantize::execute(args),
         }
     }
 }

@@ -156,7 +156,8 @@ pub fn quantize_fp8(weight: &[f32], [n, k]: [usize; 2], dtype: StoredDtype, [bn,
     codes.par_chunks_mut(k).enumerate().for_each(|(row, out)| {
         for (col, code) in out.iter_mut().enumerate() {
             let scale = scales[(row / bn) * cols + col / bk];
-            *code = e4m3_encode(round_to(dtype, weight[row * k + col] / scale));
+            // compressed-tensors adds the (zero) zero point, which turns -0.0 into +0.0.
+            *code = e4m3_encode(round_to(dtype, weight[row * k + col] / scale) + 0.0);
         }
     });
     Fp8Quantized { out_features: n, in_features: k, codes, scales, scale_shape: [rows, cols], scale_dtype: dtype }

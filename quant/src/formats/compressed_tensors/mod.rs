@@ -23,6 +23,8 @@
 //! zero points unpacked `[N, G]`. Those bits cannot be recovered; the zero points' shape
 //! check refuses such checkpoints.
 
+pub mod export;
+
 use std::sync::Arc;
 
 use serde_json::Value;
