@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use ember_models::{build_model, check_architecture, DecoderModel, ModelConfig, Weights};
+use ember_quant::online::Requantize;
 use ember_quant::{ComputeDtype, LoadContext, OnlineSettings, QuantRegistry, TensorSource};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -114,6 +115,27 @@ pub fn load_model(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, Erro
         false => None,
     };
     Ok(LoadedModel { model, tokenizer, generation, quant_method: method.name().to_string(), dir: dir.to_path_buf() })
+}
+
+impl LoadedModel {
+    /// Weight sync: reads float (f32/f16/bf16) weights from the checkpoint in `dir` and
+    /// quantizes each layer again into the representation it has now (see
+    /// [`DecoderModel::reload`] for the guarantees). The architecture and dims must match.
+    pub fn reload_weights(&mut self, dir: &Path, progress: bool) -> Result<(), Error> {
+        let source = SafetensorsCheckpoint::open(dir)?;
+        self.reload_from(&source, progress)
+    }
+
+    /// [`Self::reload_weights`] from any tensor source.
+    pub fn reload_from(&mut self, source: &dyn TensorSource, progress: bool) -> Result<(), Error> {
+        let method = Requantize::from_linears(self.model.linears());
+        let ctx = LoadContext::new(self.model.device().clone(), self.model.dtype());
+        let weights = Weights::new(source, &method, &ctx);
+        let bar = layer_progress(progress, self.model.config().num_layers as u64);
+        self.model.reload(&weights, &mut |done, _| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
+        Ok(())
+    }
 }
 
 fn layer_progress(visible: bool, layers: u64) -> ProgressBar {

@@ -3,7 +3,7 @@
 //! differ only in their feed-forward block and tensor names, which they pass in.
 
 use burn::tensor::{DType, Device, Int, Tensor};
-use ember_quant::{ComputeDtype, LayerInfo, LayerKind, QLinear};
+use ember_quant::{CheckpointError, ComputeDtype, LayerInfo, LayerKind, QLinear, WeightSpec};
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -88,6 +88,7 @@ pub struct DecoderModel {
     norm: RmsNorm,
     lm_head: QLinear,
     rope: Rope,
+    ffn: FfnPlanner,
 }
 
 impl DecoderModel {
@@ -123,7 +124,36 @@ impl DecoderModel {
             layers,
             norm,
             lm_head,
+            ffn,
         })
+    }
+
+    /// Reads every weight again from `w`, one decoder layer at a time, replacing each
+    /// layer as soon as its successor is built: shapes and schemes are those `w`'s method
+    /// gives (for a weight sync, [`ember_quant::online::Requantize`] keeps the current
+    /// ones), and peak memory is the model plus one layer. A forward pass never sees a
+    /// mix of old and new weights: this takes `&mut self`, so no step can run meanwhile.
+    /// KV caches live outside the model and are kept.
+    ///
+    /// Every tensor is checked for presence, shape and dtype before anything is replaced;
+    /// values that cannot be quantized (NaN) are only found when their layer is reached,
+    /// and then the layers before it already hold new weights: reload again.
+    pub fn reload(&mut self, w: &Weights, on_layer: &mut dyn FnMut(usize, usize)) -> Result<(), ModelError> {
+        self.check_source(w)?;
+        let c = &self.config;
+        let model = w.pp("model");
+        self.embed_tokens = model.pp("embed_tokens").float("weight", [c.vocab_size, c.hidden_size])?;
+        for i in 0..c.num_layers {
+            let lw = model.pp("layers").pp(i);
+            self.layers[i] = DecoderLayer::load(&lw, c, &(self.ffn)(&lw, c)?)?;
+            on_layer(i + 1, c.num_layers);
+        }
+        self.norm = RmsNorm::load(&model.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
+        self.lm_head = match c.tie_word_embeddings {
+            true => QLinear::dense(self.embed_tokens.clone(), None).described("lm_head", "float (tied to embed_tokens)"),
+            false => w.linear(&Self::lm_head_plan(w, c))?,
+        };
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -179,6 +209,33 @@ impl DecoderModel {
         let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
         let tokens = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(data, [1, ids.len()]), &self.device);
         self.forward(tokens, cache).squeeze_dim(0)
+    }
+
+    /// Every tensor a load through `w` reads exists with the expected shape and dtype.
+    fn check_source(&self, w: &Weights) -> Result<(), ModelError> {
+        let c = &self.config;
+        let source = w.source();
+        let mut specs = vec![WeightSpec::float("model.embed_tokens.weight", [c.vocab_size, c.hidden_size]), WeightSpec::float("model.norm.weight", [c.hidden_size])];
+        for i in 0..c.num_layers {
+            for norm in ["input_layernorm", "post_attention_layernorm"] {
+                specs.push(WeightSpec::float(format!("model.layers.{i}.{norm}.weight"), [c.hidden_size]));
+            }
+        }
+        for layer in Self::plan(w, c, self.ffn)? {
+            let scheme = ember_quant::resolve_scheme(w.method(), &layer, source)?;
+            specs.extend(scheme.weights().into_iter().filter(|s| !s.optional));
+            if layer.bias {
+                specs.push(WeightSpec::float(format!("{}.bias", layer.prefix), [layer.out_features]));
+            }
+        }
+        for spec in specs {
+            if let Some(meta) = source.meta(&spec.name) {
+                spec.check(meta.dtype, &meta.shape)?;
+            } else if source.contains(&spec.name) == Some(false) {
+                return Err(CheckpointError::MissingTensor { name: spec.name, location: source.describe() }.into());
+            }
+        }
+        Ok(())
     }
 
     fn lm_head_plan(w: &Weights, c: &ModelConfig) -> LayerInfo {

@@ -32,6 +32,10 @@ impl<'a> Weights<'a> {
         self.source
     }
 
+    pub fn method(&self) -> &'a dyn QuantMethod {
+        self.method
+    }
+
     fn name(&self, leaf: &str) -> String {
         if self.prefix.is_empty() {
             leaf.to_string()

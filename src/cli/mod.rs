@@ -2,6 +2,7 @@
 
 mod inspect;
 mod logits;
+mod perplexity;
 mod quantize;
 mod run;
 
@@ -27,6 +28,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Quantize a float checkpoint and write it in compressed-tensors layout.
     Quantize(quantize::QuantizeArgs),
+    /// Perplexity of a model over a text file (sliding window), with tokens/s.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 impl Command {
@@ -36,6 +39,7 @@ impl Command {
             Self::Logits(args) => logits::execute(args),
             Self::Inspect(args) => inspect::execute(args),
             Self::Quantize(args) => quantize::execute(args),
+            Self::Perplexity(args) => perplexity::execute(args),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! loaded back.
 
 pub mod recipe;
+pub mod reload;
 pub mod rtn;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use recipe::{Fp8Tile, Quantized, Recipe};
+pub use reload::Requantize;
 
 use crate::error::{LoadError, QuantError};
 use crate::formats::rules::ConfigFields;
