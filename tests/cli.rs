@@ -195,3 +195,22 @@ fn hub_ids_resolve_through_the_local_hf_cache() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("ember-test/not-there") && stderr.contains("HF_HUB_OFFLINE"), "{stderr}");
 }
+
+/// `ember quantize` writes a checkpoint that `ember perplexity` scores exactly as the same
+/// scheme applied at load.
+#[test]
+fn quantize_then_perplexity_matches_online_quantization() {
+    let cache = TempDir::new().unwrap();
+    let out = TempDir::new().unwrap();
+    let model = fixture("llama-tiny-f16");
+    let text = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/perplexity.txt");
+    let (model, text, out_dir) = (model.to_str().unwrap(), text.to_str().unwrap(), out.path().to_str().unwrap());
+    let stdout = |o: std::process::Output| String::from_utf8(o.stdout).unwrap();
+    let report = stdout(ember(&["quantize", "--model", model, "--scheme", "w4a16", "--group-size", "64", "--out", out_dir], &cache));
+    assert!(report.contains("28 linears quantized (int4 g64 sym)"), "{report}");
+    let exported = stdout(ember(&["perplexity", "--model", out_dir, "--file", text], &cache));
+    let online = stdout(ember(&["perplexity", "--model", model, "--file", text, "--quantization", "int4", "--group-size", "64"], &cache));
+    let ppl = |s: &str| s.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or_else(|| panic!("no perplexity in {s:?}"));
+    assert!(exported.starts_with("perplexity ") && exported.contains("tokens/s"), "{exported}");
+    assert_eq!(ppl(&exported), ppl(&online));
+}

@@ -14,6 +14,7 @@ mod float_models;
 mod gptq_variants;
 mod layer_rules;
 mod llmc_export;
+mod online_quant;
 mod quant_errors;
 mod quant_repr;
 mod quantized_models;

@@ -175,10 +175,16 @@ impl LinearScheme for GptqScheme {
         let device = &ctx.device;
         let (k, n, bits, groups) = (self.layer.in_features, self.layer.out_features, self.settings.bits, self.groups());
         let packed = tensors.take("qweight")?.to_i32_tensor::<2>(device)?;
-        let mut zeros = unpack(tensors.take("qzeros")?.to_i32_tensor::<2>(device)?, bits, 1);
-        if self.zeros_minus_one {
-            zeros = zeros.add_scalar(1);
-        }
+        let qzeros = tensors.take("qzeros")?;
+        // Symmetric checkpoints store the midpoint in every zero point; like vLLM's
+        // kernels, rely on it instead of reading them.
+        let zeros = match self.settings.sym {
+            true => ZeroPoints::Midpoint,
+            false => {
+                let zeros = unpack(qzeros.to_i32_tensor::<2>(device)?, bits, 1);
+                ZeroPoints::Integer(if self.zeros_minus_one { zeros.add_scalar(1) } else { zeros })
+            }
+        };
         let scales = tensors.take("scales")?.to_f32_tensor::<2>(device)?;
         let g_idx = tensors.take_optional("g_idx");
         let (group_index, act_order) = match (self.settings.desc_act, g_idx) {
@@ -193,7 +199,7 @@ impl LinearScheme for GptqScheme {
             group_size: self.group_size,
             packed,
             scales,
-            zeros: ZeroPoints::Integer(zeros),
+            zeros,
             group_index,
             act_order,
         };
