@@ -85,9 +85,12 @@ pub struct ModelArgs {
     /// defaults: 128 for int4, per channel for int8).
     #[arg(long, allow_negative_numbers = true)]
     pub group_size: Option<i64>,
-    /// Integer zero points for `--quantization int4|int8` (default: symmetric).
-    #[arg(long)]
+    /// Integer zero points for `--quantization int4|int8`.
+    #[arg(long, conflicts_with = "symmetric")]
     pub asymmetric: bool,
+    /// No zero points for `--quantization int4|int8` (the default).
+    #[arg(long)]
+    pub symmetric: bool,
     /// Run FP8 checkpoints weight-only: activations stay in the compute dtype instead of
     /// being quantized to e4m3 (as vLLM does on GPUs without FP8 tensor cores).
     #[arg(long)]
@@ -100,9 +103,14 @@ impl ModelArgs {
     }
 
     fn online_settings(&self) -> Result<OnlineSettings> {
-        let settings = OnlineSettings { group_size: self.group_size, symmetric: self.asymmetric.then_some(false) };
+        let symmetric = match (self.symmetric, self.asymmetric) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        let settings = OnlineSettings { group_size: self.group_size, symmetric };
         if !settings.is_empty() && !matches!(self.quantization.as_deref(), Some("int4" | "int8")) {
-            anyhow::bail!("--group-size and --asymmetric apply to --quantization int4 or int8");
+            anyhow::bail!("--group-size, --symmetric and --asymmetric apply to --quantization int4 or int8");
         }
         Ok(settings)
     }

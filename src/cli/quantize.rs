@@ -22,9 +22,12 @@ pub struct QuantizeArgs {
     /// channel for w8a16).
     #[arg(long, allow_negative_numbers = true)]
     pub group_size: Option<i64>,
-    /// Integer zero points for w4a16/w8a16 (default: symmetric).
-    #[arg(long)]
+    /// Integer zero points for w4a16/w8a16.
+    #[arg(long, conflicts_with = "symmetric")]
     pub asymmetric: bool,
+    /// No zero points for w4a16/w8a16 (the default).
+    #[arg(long)]
+    pub symmetric: bool,
     /// Largest shard in GiB.
     #[arg(long, default_value_t = 5.0)]
     pub max_shard_gib: f64,
