@@ -10,9 +10,8 @@ use burn::tensor::Device;
 use ember_models::{check_architecture, plan_linears, ModelConfig, Weights};
 use ember_quant::dtype::DtypeRule;
 use ember_quant::formats::compressed_tensors::export::{layer_tensors, quantization_config};
-use ember_quant::online::{Fp8Tile, OnlineMethod};
-use ember_quant::repr::ActivationQuant;
-use ember_quant::{ComputeDtype, HostTensor, LayerKind, LoadContext, Recipe, TensorSource, WeightSpec};
+use ember_quant::online::{fp8_recipe, OnlineFactory, OnlineMethod, OnlineSettings};
+use ember_quant::{ComputeDtype, HostTensor, LayerKind, LoadContext, Recipe, StoredDtype, TensorSource, WeightSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::{Dtype, View};
 
@@ -43,24 +42,16 @@ impl ExportScheme {
         })
     }
 
-    /// The recipe, with `group_size` (-1: per channel) and `symmetric` for the int
-    /// weight-only schemes.
-    pub fn recipe(self, group_size: Option<i64>, symmetric: bool) -> Result<Recipe, Error> {
-        let weight_only = matches!(self, Self::W4A16 | Self::W8A16);
-        if !weight_only && (group_size.is_some() || !symmetric) {
-            return Err(Error::InvalidArgument("--group-size and --asymmetric apply to w4a16 and w8a16".into()));
-        }
-        let group = |default: Option<usize>| match group_size {
-            None => Ok(default),
-            Some(-1) => Ok(None),
-            Some(g) if g > 0 => Ok(Some(g as usize)),
-            Some(g) => Err(Error::InvalidArgument(format!("--group-size {g} must be positive (or -1 for per-channel)"))),
-        };
+    /// The recipe: the same one `--quantization int4|int8|w8a8|fp8` applies at load, with
+    /// `settings` (group size, symmetry) for the int schemes.
+    pub fn recipe(self, settings: &OnlineSettings) -> Result<Recipe, Error> {
+        let config = settings.to_config();
         Ok(match self {
-            Self::W4A16 => Recipe::Int { bits: 4, group_size: group(Some(128))?, symmetric },
-            Self::W8A16 => Recipe::Int { bits: 8, group_size: group(None)?, symmetric },
-            Self::W8A8 => Recipe::W8A8 { activations: ActivationQuant::DynamicPerToken },
-            Self::Fp8 => Recipe::Fp8 { tile: Fp8Tile::Channel, activations: ActivationQuant::DynamicPerToken },
+            Self::W4A16 => OnlineFactory::INT4.recipe(&config)?,
+            Self::W8A16 => OnlineFactory::INT8.recipe(&config)?,
+            Self::W8A8 => OnlineFactory::W8A8.recipe(&config)?,
+            Self::Fp8 if settings.is_empty() => fp8_recipe(),
+            Self::Fp8 => return Err(Error::InvalidArgument("--group-size, --symmetric and --asymmetric do not apply to fp8".into())),
         })
     }
 }
@@ -105,14 +96,17 @@ pub fn export_compressed_tensors(model_dir: &Path, out_dir: &Path, options: &Exp
                 recipe.check(layer)?;
                 recipes.insert(format!("{}.weight", layer.prefix), (layer.prefix.clone(), recipe));
             }
-            None if layer.kind == LayerKind::LmHead => ignore.push(layer.prefix.clone()),
-            None => ignore.push(module_pattern(&layer.prefix)),
+            None if layer.kind == LayerKind::LmHead => {}
+            None => {
+                let pattern = module_pattern(&layer.prefix);
+                if !ignore.contains(&pattern) {
+                    ignore.push(pattern);
+                }
+            }
         }
     }
-    if !ignore.iter().any(|m| m == "lm_head") {
-        ignore.push("lm_head".into());
-    }
-    ignore.dedup();
+    // Listed whether or not it is tied (a tied lm_head is not in the plan).
+    ignore.push("lm_head".into());
 
     fs::create_dir_all(out_dir).map_err(|source| Error::Io { path: out_dir.to_path_buf(), source })?;
     let names = source.tensor_names();
@@ -126,7 +120,7 @@ pub fn export_compressed_tensors(model_dir: &Path, out_dir: &Path, options: &Exp
                 let quantized = recipe.quantize(&tensor)?;
                 writer.extend(layer_tensors(prefix, recipe, &quantized))?;
             }
-            None => writer.push(HostTensor::new(tensor.name.clone(), tensor.dtype, tensor.shape.clone(), std::borrow::Cow::Owned(tensor.bytes.into_owned())))?,
+            None => writer.push(tensor.into_owned())?,
         }
         bar.inc(1);
     }
@@ -135,7 +129,7 @@ pub fn export_compressed_tensors(model_dir: &Path, out_dir: &Path, options: &Exp
 
     let mut raw = config.raw.clone();
     raw["quantization_config"] = quantization_config(&options.recipe, ignore)?;
-    write_file(&out_dir.join("config.json"), serde_json::to_string_pretty(&raw).unwrap_or_default().as_bytes())?;
+    write_json(&out_dir.join("config.json"), &raw)?;
     copy_side_files(model_dir, out_dir)?;
     let bytes_out = shards.iter().map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum();
     Ok(ExportReport { quantized_layers: recipes.len(), shards, bytes_in: source.total_bytes(), bytes_out })
@@ -144,24 +138,11 @@ pub fn export_compressed_tensors(model_dir: &Path, out_dir: &Path, options: &Exp
 /// `model.layers.3.block_sparse_moe.gate` → `re:.*block_sparse_moe\.gate$`: one ignore
 /// entry for a module repeated in every layer.
 fn module_pattern(prefix: &str) -> String {
-    let mut parts = prefix.split('.').peekable();
-    let mut tail = Vec::new();
-    let mut after_index = false;
-    while let Some(part) = parts.next() {
-        if after_index {
-            tail.push(part);
-        } else if part.chars().all(|c| c.is_ascii_digit()) {
-            after_index = true;
-        }
+    let parts: Vec<&str> = prefix.split('.').collect();
+    match parts.iter().position(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) {
+        Some(index) if index + 1 < parts.len() => format!("re:.*{}$", parts[index + 1..].join("\\.")),
+        _ => prefix.to_string(),
     }
-    match after_index && !tail.is_empty() {
-        true => format!("re:.*{}$", regex_escape(&tail.join("."))),
-        false => prefix.to_string(),
-    }
-}
-
-fn regex_escape(s: &str) -> String {
-    s.replace('.', "\\.")
 }
 
 fn copy_side_files(from: &Path, to: &Path) -> Result<(), Error> {
@@ -176,8 +157,10 @@ fn copy_side_files(from: &Path, to: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    fs::write(path, bytes).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), Error> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let text = serde_json::to_string_pretty(value).map_err(|e| io(std::io::Error::other(e)))?;
+    fs::write(path, text).map_err(io)
 }
 
 fn progress_bar(visible: bool, len: u64) -> ProgressBar {
@@ -194,18 +177,18 @@ struct Stored(HostTensor<'static>);
 
 impl View for &Stored {
     fn dtype(&self) -> Dtype {
-        match self.0.dtype.safetensors_name() {
-            "F32" => Dtype::F32,
-            "F16" => Dtype::F16,
-            "BF16" => Dtype::BF16,
-            "I64" => Dtype::I64,
-            "I32" => Dtype::I32,
-            "I16" => Dtype::I16,
-            "I8" => Dtype::I8,
-            "U8" => Dtype::U8,
-            "BOOL" => Dtype::BOOL,
-            "F8_E4M3" => Dtype::F8_E4M3,
-            _ => Dtype::F8_E5M2,
+        match self.0.dtype {
+            StoredDtype::F32 => Dtype::F32,
+            StoredDtype::F16 => Dtype::F16,
+            StoredDtype::BF16 => Dtype::BF16,
+            StoredDtype::I64 => Dtype::I64,
+            StoredDtype::I32 => Dtype::I32,
+            StoredDtype::I16 => Dtype::I16,
+            StoredDtype::I8 => Dtype::I8,
+            StoredDtype::U8 => Dtype::U8,
+            StoredDtype::Bool => Dtype::BOOL,
+            StoredDtype::F8E4M3 => Dtype::F8_E4M3,
+            StoredDtype::F8E5M2 => Dtype::F8_E5M2,
         }
     }
 
@@ -285,7 +268,7 @@ impl ShardWriter {
         }
         if count > 1 {
             let index = serde_json::json!({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map});
-            write_file(&self.dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap_or_default().as_bytes())?;
+            write_json(&self.dir.join("model.safetensors.index.json"), &index)?;
         }
         Ok(paths)
     }

@@ -35,7 +35,7 @@ fn load_online(dir: &Path, quantization: &str, online: OnlineSettings) -> Loaded
 
 fn export(scheme: ExportScheme, group_size: Option<i64>, symmetric: bool, max_shard_bytes: u64) -> TempDir {
     let out = TempDir::new().unwrap();
-    let recipe = scheme.recipe(group_size, symmetric).unwrap();
+    let recipe = scheme.recipe(&OnlineSettings { group_size, symmetric: (!symmetric).then_some(false) }).unwrap();
     export_compressed_tensors(&fixture(FLOAT), out.path(), &ExportOptions { recipe, max_shard_bytes, progress: false }).expect("export");
     out
 }
@@ -191,7 +191,7 @@ fn online_settings_that_do_not_fit_are_typed_errors() {
     assert!(err.to_string().contains("group size 96 does not divide in_features 256"), "{err}");
     let err = load_model(&fixture(FLOAT), &options(Some("w8a8"), OnlineSettings { group_size: None, symmetric: Some(false) })).err().unwrap();
     assert!(err.to_string().contains("w8a8 weights are symmetric"), "{err}");
-    let recipe = ExportScheme::W4A16.recipe(None, true).unwrap();
+    let recipe = ExportScheme::W4A16.recipe(&OnlineSettings::default()).unwrap();
     let out = TempDir::new().unwrap();
     let err = export_compressed_tensors(&fixture("llama-gptq-4bit-g128"), out.path(), &ExportOptions { recipe, max_shard_bytes: u64::MAX, progress: false }).unwrap_err();
     assert!(err.to_string().contains("already quantized"), "{err}");
@@ -332,4 +332,20 @@ fn perplexity_of_one_window_is_the_mean_token_nll() {
     let sliding = perplexity(&loaded.model, ids, 12, 5).unwrap();
     assert_eq!(sliding.scored_tokens, ids.len() - 1);
     assert!(perplexity(&loaded.model, ids, 12, 13).is_err());
+}
+
+/// MoE routers are `Linear` modules too: the export lists them in `ignore` so that
+/// compressed-tensors loaders (Ember's, vLLM's) leave them float.
+#[test]
+fn mixtral_export_keeps_routers_float() {
+    let out = TempDir::new().unwrap();
+    let recipe = ExportScheme::W4A16.recipe(&OnlineSettings::default()).unwrap();
+    export_compressed_tensors(&fixture("mixtral-tiny-bf16"), out.path(), &ExportOptions { recipe, max_shard_bytes: u64::MAX, progress: false }).unwrap();
+    let ignore = quantization_config(out.path())["ignore"].clone();
+    assert_eq!(ignore, json!(["re:.*block_sparse_moe\\.gate$", "lm_head"]));
+    let loaded = load_model(out.path(), &options(None, OnlineSettings::default())).unwrap();
+    for linear in loaded.model.linears() {
+        let float = linear.name().ends_with("block_sparse_moe.gate") || linear.name() == "lm_head";
+        assert_eq!(matches!(linear.repr(), LinearRepr::Dense { .. }), float, "{} ({})", linear.name(), linear.scheme());
+    }
 }

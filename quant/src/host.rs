@@ -23,6 +23,11 @@ impl<'a> HostTensor<'a> {
         Self { name: name.into(), dtype, shape, bytes }
     }
 
+    /// The same tensor owning its bytes (copied out of a memory map if borrowed).
+    pub fn into_owned(self) -> HostTensor<'static> {
+        HostTensor { name: self.name, dtype: self.dtype, shape: self.shape, bytes: Cow::Owned(self.bytes.into_owned()) }
+    }
+
     pub fn num_elements(&self) -> usize {
         self.shape.iter().product()
     }

@@ -58,6 +58,33 @@ pub fn model_dir(spec: Option<&str>) -> Result<std::path::PathBuf> {
     })
 }
 
+/// How integer weights are quantized (`--quantization int4|int8`, `ember quantize
+/// --scheme w4a16|w8a16`).
+#[derive(Args, Clone)]
+pub struct IntSettingsArgs {
+    /// Inputs per scale for int weights (-1: one per output channel; defaults: 128 for
+    /// 4-bit, per channel for 8-bit).
+    #[arg(long, allow_negative_numbers = true)]
+    pub group_size: Option<i64>,
+    /// Integer zero points for int weights.
+    #[arg(long, conflicts_with = "symmetric")]
+    pub asymmetric: bool,
+    /// No zero points for int weights (the default).
+    #[arg(long)]
+    pub symmetric: bool,
+}
+
+impl IntSettingsArgs {
+    pub fn settings(&self) -> OnlineSettings {
+        let symmetric = match (self.symmetric, self.asymmetric) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        OnlineSettings { group_size: self.group_size, symmetric }
+    }
+}
+
 /// Options shared by every command that loads a model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
@@ -81,16 +108,8 @@ pub struct ModelArgs {
     /// checkpoint `int4`, `int8`, `w8a8` or `fp8` quantize it while it loads.
     #[arg(long)]
     pub quantization: Option<String>,
-    /// Inputs per scale for `--quantization int4|int8` (-1: one per output channel;
-    /// defaults: 128 for int4, per channel for int8).
-    #[arg(long, allow_negative_numbers = true)]
-    pub group_size: Option<i64>,
-    /// Integer zero points for `--quantization int4|int8`.
-    #[arg(long, conflicts_with = "symmetric")]
-    pub asymmetric: bool,
-    /// No zero points for `--quantization int4|int8` (the default).
-    #[arg(long)]
-    pub symmetric: bool,
+    #[command(flatten)]
+    pub int_settings: IntSettingsArgs,
     /// Run FP8 checkpoints weight-only: activations stay in the compute dtype instead of
     /// being quantized to e4m3 (as vLLM does on GPUs without FP8 tensor cores).
     #[arg(long)]
@@ -103,12 +122,7 @@ impl ModelArgs {
     }
 
     fn online_settings(&self) -> Result<OnlineSettings> {
-        let symmetric = match (self.symmetric, self.asymmetric) {
-            (true, _) => Some(true),
-            (_, true) => Some(false),
-            _ => None,
-        };
-        let settings = OnlineSettings { group_size: self.group_size, symmetric };
+        let settings = self.int_settings.settings();
         if !settings.is_empty() && !matches!(self.quantization.as_deref(), Some("int4" | "int8")) {
             anyhow::bail!("--group-size, --symmetric and --asymmetric apply to --quantization int4 or int8");
         }

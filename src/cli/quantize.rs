@@ -18,16 +18,8 @@ pub struct QuantizeArgs {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
-    /// Inputs per scale for w4a16/w8a16 (-1: per channel; defaults: 128 for w4a16, per
-    /// channel for w8a16).
-    #[arg(long, allow_negative_numbers = true)]
-    pub group_size: Option<i64>,
-    /// Integer zero points for w4a16/w8a16.
-    #[arg(long, conflicts_with = "symmetric")]
-    pub asymmetric: bool,
-    /// No zero points for w4a16/w8a16 (the default).
-    #[arg(long)]
-    pub symmetric: bool,
+    #[command(flatten)]
+    pub int_settings: super::IntSettingsArgs,
     /// Largest shard in GiB.
     #[arg(long, default_value_t = 5.0)]
     pub max_shard_gib: f64,
@@ -35,7 +27,7 @@ pub struct QuantizeArgs {
 
 pub fn execute(args: QuantizeArgs) -> Result<()> {
     let scheme = ExportScheme::parse(&args.scheme).with_context(|| format!("unknown scheme `{}` (w4a16, w8a16, w8a8, fp8)", args.scheme))?;
-    let recipe = scheme.recipe(args.group_size, !args.asymmetric)?;
+    let recipe = scheme.recipe(&args.int_settings.settings())?;
     let dir = super::model_dir(args.model.as_deref())?;
     let options = ExportOptions { recipe: recipe.clone(), max_shard_bytes: (args.max_shard_gib * (1u64 << 30) as f64) as u64, progress: true };
     let report = export_compressed_tensors(&dir, &args.out, &options)?;

@@ -135,6 +135,13 @@ impl QuantMethodFactory for OnlineFactory {
     }
 
     fn create(&self, config: &Value) -> Result<Arc<dyn QuantMethod>, QuantError> {
+        Ok(Arc::new(OnlineMethod::new(self.name, self.recipe(config)?)))
+    }
+}
+
+impl OnlineFactory {
+    /// The recipe `config` (`group_size`, `symmetric`, both optional) asks for.
+    pub fn recipe(&self, config: &Value) -> Result<Recipe, QuantError> {
         let f = ConfigFields::new(self.name, config);
         let group_size = match f.int(&["group_size"])? {
             Some(g) if g > 0 => Some(g as usize),
@@ -144,7 +151,7 @@ impl QuantMethodFactory for OnlineFactory {
             None => None,
         };
         let symmetric = f.bool(&["symmetric"])?.unwrap_or(true);
-        let recipe = match self.name {
+        Ok(match self.name {
             "int4" => Recipe::Int { bits: 4, group_size, symmetric },
             "int8" => Recipe::Int { bits: 8, group_size, symmetric },
             _ => {
@@ -153,13 +160,17 @@ impl QuantMethodFactory for OnlineFactory {
                 }
                 Recipe::W8A8 { activations: ActivationQuant::DynamicPerToken }
             }
-        };
-        Ok(Arc::new(OnlineMethod::new(self.name, recipe)))
+        })
     }
 }
 
 /// vLLM's `--quantization fp8` on a float checkpoint: e4m3 weights with per-channel
 /// scales, activations quantized per token at run time (compressed-tensors FP8_DYNAMIC).
 pub fn online_fp8() -> OnlineMethod {
-    OnlineMethod::new("fp8", Recipe::Fp8 { tile: Fp8Tile::Channel, activations: ActivationQuant::DynamicPerToken })
+    OnlineMethod::new("fp8", fp8_recipe())
+}
+
+/// Per-channel e4m3 weights, dynamic per-token e4m3 activations.
+pub fn fp8_recipe() -> Recipe {
+    Recipe::Fp8 { tile: Fp8Tile::Channel, activations: ActivationQuant::DynamicPerToken }
 }

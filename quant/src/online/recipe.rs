@@ -115,18 +115,15 @@ impl Recipe {
     pub fn build(&self, quantized: &Quantized, ctx: &LoadContext) -> Result<LinearRepr, CheckpointError> {
         let device = &ctx.device;
         let f32_tensor = |values: &[f32], shape: [usize; 2]| -> Tensor<2> { Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, DType::F32)) };
-        Ok(match quantized {
-            Quantized::Int(q) if matches!(self, Self::W8A8 { .. }) => {
-                let activations = match self {
-                    Self::W8A8 { activations } => activations.clone(),
-                    _ => ActivationQuant::DynamicPerToken,
-                };
+        Ok(match (self, quantized) {
+            (Self::W8A8 { activations }, Quantized::Int(q)) => {
+                let activations = activations.clone();
                 let bytes = q.values.iter().map(|&v| v as u8).collect();
                 let codes = HostTensor::new("weight", StoredDtype::I8, vec![q.out_features, q.in_features], Cow::Owned(bytes)).bytes_as_words(device)?;
                 let scales = f32_tensor(&q.scales, [1, q.out_features]);
                 LinearRepr::W8A8(W8A8Weight { in_features: q.in_features, out_features: q.out_features, codes, scales, activations })
             }
-            Quantized::Int(q) => {
+            (_, Quantized::Int(q)) => {
                 let (n, k, groups) = (q.out_features, q.in_features, q.groups());
                 let offset = 1i32 << (q.bits - 1);
                 let unsigned = |values: &[i8], shape: [usize; 2]| int_tensor(values.iter().map(|&v| v as i32 + offset).collect(), shape, device);
@@ -144,7 +141,7 @@ impl Recipe {
                 };
                 if q.bits == 4 { LinearRepr::Int4(weight) } else { LinearRepr::Int8(weight) }
             }
-            Quantized::Fp8(q) => {
+            (_, Quantized::Fp8(q)) => {
                 let (block, activations) = match self {
                     Self::Fp8 { tile: Fp8Tile::Block(block), activations } => (Some(*block), activations.clone()),
                     Self::Fp8 { activations, .. } => (None, activations.clone()),
