@@ -119,18 +119,26 @@ pub fn e4m3_code(v: f32) -> u8 {
         .unwrap_or(0)
 }
 
-/// FP8 weights `[n, k]` with one scale, plus a static input scale.
-fn write_fp8_static(prefix: &str, w: &[f32], n: usize, k: usize) -> Written {
+/// FP8 weights `[n, k]` with one scale, plus a static input scale of 0.05, both scales
+/// stored as `scale_dtype` (F16 or F32).
+pub fn write_fp8_static(prefix: &str, w: &[f32], n: usize, k: usize, scale_dtype: Dtype) -> Written {
+    let encode = |v: f32| match scale_dtype {
+        Dtype::F16 => f16_bytes(&[v]),
+        _ => v.to_le_bytes().to_vec(),
+    };
     let amax = w.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let scale = f16::from_f32(amax / 448.0).to_f32();
+    let scale = match scale_dtype {
+        Dtype::F16 => f16::from_f32(amax / 448.0).to_f32(),
+        _ => amax / 448.0,
+    };
     let codes: Vec<u8> = w.iter().map(|x| e4m3_code(x / scale)).collect();
     let expected = codes.iter().map(|&c| e4m3_value(c) * scale).collect();
     let name = |leaf: &str| format!("{prefix}.{leaf}");
     Written {
         tensors: vec![
             StoredTensor { name: name("weight"), dtype: Dtype::F8_E4M3, shape: vec![n, k], bytes: codes },
-            StoredTensor { name: name("weight_scale"), dtype: Dtype::F16, shape: vec![1], bytes: f16_bytes(&[scale]) },
-            StoredTensor { name: name("input_scale"), dtype: Dtype::F16, shape: vec![1], bytes: f16_bytes(&[0.05]) },
+            StoredTensor { name: name("weight_scale"), dtype: scale_dtype, shape: vec![1], bytes: encode(scale) },
+            StoredTensor { name: name("input_scale"), dtype: scale_dtype, shape: vec![1], bytes: encode(0.05) },
         ],
         expected,
     }
@@ -170,5 +178,5 @@ fn compressed_tensors_fp8_static_input_scale() {
     let group = json!({"targets": ["Linear"], "format": "float-quantized",
         "weights": {"num_bits": 8, "type": "float", "symmetric": true, "strategy": "tensor"},
         "input_activations": {"num_bits": 8, "type": "float", "symmetric": true, "strategy": "tensor", "dynamic": false}});
-    check(group, write_fp8_static, 0.05);
+    check(group, |p, w, n, k| write_fp8_static(p, w, n, k, Dtype::F16), 0.05);
 }

@@ -4,7 +4,6 @@
 //! ignore entry, and FP8 through the `fp8` method with LLMC's nested `ignored_layers`.
 
 use burn::tensor::Device;
-use ember::quant::repr::e4m3_value;
 use ember::quant::{CheckpointError, ComputeDtype};
 use ember::{load_model, LoadOptions};
 use half::f16;
@@ -13,7 +12,7 @@ use serde_json::json;
 
 use crate::common::synthetic::{assert_logits_near_float, f16_bytes, quantized_llama, Written};
 use crate::common::StoredTensor;
-use crate::ct_variants::{e4m3_code, write_packed};
+use crate::ct_variants::{write_fp8_static, write_packed};
 
 /// A layer LLMC kept in float (mixed precision), not listed in `ignore`.
 const FLOAT_LAYER: &str = "model.layers.1.mlp.down_proj";
@@ -37,22 +36,6 @@ fn write_int8(prefix: &str, w: &[f32], n: usize, k: usize) -> Written {
         tensors: vec![
             StoredTensor { name: name("weight"), dtype: Dtype::I8, shape: vec![n, k], bytes },
             StoredTensor { name: name("weight_scale"), dtype: Dtype::F16, shape: vec![n, 1], bytes: f16_bytes(&scales) },
-        ],
-        expected,
-    }
-}
-
-/// FP8 weights with one float32 scale and a static input scale (LLMC's static FP8).
-fn write_fp8_static(prefix: &str, w: &[f32], n: usize, k: usize) -> Written {
-    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())) / 448.0;
-    let codes: Vec<u8> = w.iter().map(|x| e4m3_code(x / scale)).collect();
-    let expected = codes.iter().map(|&c| e4m3_value(c) * scale).collect();
-    let name = |leaf: &str| format!("{prefix}.{leaf}");
-    Written {
-        tensors: vec![
-            StoredTensor { name: name("weight"), dtype: Dtype::F8_E4M3, shape: vec![n, k], bytes: codes },
-            StoredTensor { name: name("weight_scale"), dtype: Dtype::F32, shape: vec![1], bytes: scale.to_le_bytes().to_vec() },
-            StoredTensor { name: name("input_scale"), dtype: Dtype::F32, shape: vec![1], bytes: 0.05f32.to_le_bytes().to_vec() },
         ],
         expected,
     }
@@ -102,7 +85,8 @@ fn llmc_w8a8_int_quantized_per_token() {
 #[test]
 fn llmc_fp8_static_with_nested_ignored_layers() {
     let config = json!({"activation_scheme": "static", "ignored_layers": [["lm_head"]], "quant_method": "fp8"});
-    check("quantization_config", config, write_fp8_static, 0.05);
+    // LLMC's static FP8: one float32 weight scale and a float32 input scale.
+    check("quantization_config", config, |p, w, n, k| write_fp8_static(p, w, n, k, Dtype::F32), 0.05);
 }
 
 /// LLMC's first vLLM export (`pack_mode: vllm_pack`) wrote asymmetric weights as unsigned
