@@ -11,11 +11,11 @@ use ember_models::{check_architecture, plan_linears, ModelConfig, Weights};
 use ember_quant::dtype::DtypeRule;
 use ember_quant::formats::compressed_tensors::export::{layer_tensors, quantization_config};
 use ember_quant::online::{fp8_recipe, OnlineFactory, OnlineMethod, OnlineSettings};
-use ember_quant::{ComputeDtype, HostTensor, LayerKind, LoadContext, Recipe, StoredDtype, TensorSource, WeightSpec};
+use ember_quant::{ComputeDtype, HostTensor, LayerKind, LoadContext, Recipe, TensorSource, WeightSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::{Dtype, View};
 
-use crate::checkpoint::SafetensorsCheckpoint;
+use crate::checkpoint::{safetensors_dtype, SafetensorsCheckpoint};
 use crate::error::Error;
 
 /// The schemes `ember quantize` writes, named as llm-compressor names them.
@@ -177,19 +177,7 @@ struct Stored(HostTensor<'static>);
 
 impl View for &Stored {
     fn dtype(&self) -> Dtype {
-        match self.0.dtype {
-            StoredDtype::F32 => Dtype::F32,
-            StoredDtype::F16 => Dtype::F16,
-            StoredDtype::BF16 => Dtype::BF16,
-            StoredDtype::I64 => Dtype::I64,
-            StoredDtype::I32 => Dtype::I32,
-            StoredDtype::I16 => Dtype::I16,
-            StoredDtype::I8 => Dtype::I8,
-            StoredDtype::U8 => Dtype::U8,
-            StoredDtype::Bool => Dtype::BOOL,
-            StoredDtype::F8E4M3 => Dtype::F8_E4M3,
-            StoredDtype::F8E5M2 => Dtype::F8_E5M2,
-        }
+        safetensors_dtype(self.0.dtype)
     }
 
     fn shape(&self) -> &[usize] {

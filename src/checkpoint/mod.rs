@@ -12,7 +12,7 @@ use ember_quant::{CheckpointError, HostTensor, TensorMeta, TensorSource, WeightS
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub use self::dummy::DummySource;
-pub use self::safetensors::SafetensorsFile;
+pub use self::safetensors::{safetensors_dtype, SafetensorsFile};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";

@@ -101,3 +101,21 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata), Checkpoi
         Err(other) => Err(malformed(other.to_string())),
     }
 }
+
+/// The safetensors crate's name for a stored dtype (for writing files).
+pub fn safetensors_dtype(dtype: StoredDtype) -> ::safetensors::Dtype {
+    use ::safetensors::Dtype;
+    match dtype {
+        StoredDtype::F32 => Dtype::F32,
+        StoredDtype::F16 => Dtype::F16,
+        StoredDtype::BF16 => Dtype::BF16,
+        StoredDtype::I64 => Dtype::I64,
+        StoredDtype::I32 => Dtype::I32,
+        StoredDtype::I16 => Dtype::I16,
+        StoredDtype::I8 => Dtype::I8,
+        StoredDtype::U8 => Dtype::U8,
+        StoredDtype::Bool => Dtype::BOOL,
+        StoredDtype::F8E4M3 => Dtype::F8_E4M3,
+        StoredDtype::F8E5M2 => Dtype::F8_E5M2,
+    }
+}

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use std::collections::HashMap;
 
-use ember::checkpoint::{SafetensorsCheckpoint, SafetensorsFile};
-use ember::quant::{StoredDtype, TensorSource};
+use ember::checkpoint::{safetensors_dtype, SafetensorsCheckpoint, SafetensorsFile};
+use ember::quant::TensorSource;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tempfile::TempDir;
@@ -83,22 +83,6 @@ pub struct StoredTensor {
     pub dtype: Dtype,
     pub shape: Vec<usize>,
     pub bytes: Vec<u8>,
-}
-
-fn safetensors_dtype(dtype: StoredDtype) -> Dtype {
-    match dtype {
-        StoredDtype::F32 => Dtype::F32,
-        StoredDtype::F16 => Dtype::F16,
-        StoredDtype::BF16 => Dtype::BF16,
-        StoredDtype::I64 => Dtype::I64,
-        StoredDtype::I32 => Dtype::I32,
-        StoredDtype::I16 => Dtype::I16,
-        StoredDtype::I8 => Dtype::I8,
-        StoredDtype::U8 => Dtype::U8,
-        StoredDtype::Bool => Dtype::BOOL,
-        StoredDtype::F8E4M3 => Dtype::F8_E4M3,
-        StoredDtype::F8E5M2 => Dtype::F8_E5M2,
-    }
 }
 
 /// Copies a fixture into a temporary directory as one `model.safetensors`, after letting
