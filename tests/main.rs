@@ -12,6 +12,7 @@ mod engine;
 mod errors;
 mod float_models;
 mod gptq_variants;
+mod kernels;
 mod layer_rules;
 mod llmc_export;
 mod online_quant;

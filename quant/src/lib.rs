@@ -6,6 +6,7 @@ pub mod dtype;
 pub mod error;
 pub mod formats;
 pub mod host;
+pub mod kernels;
 pub mod linear;
 pub mod method;
 pub mod online;

@@ -115,7 +115,7 @@ impl QLinear {
         let flat: Tensor<2> = x.reshape([rows, self.in_features]);
         let mut y = match &self.repr {
             LinearRepr::Dense { weight_t } => flat.matmul(weight_t.clone()),
-            LinearRepr::Int4(w) | LinearRepr::Int8(w) => w.forward(flat),
+            LinearRepr::Int4(w) | LinearRepr::Int8(w) => crate::kernels::int_weight_forward(w, flat),
             LinearRepr::Fp8(w) => w.forward(flat),
             LinearRepr::W8A8(w) => w.forward(flat),
             LinearRepr::Custom(op) => op.forward(flat),

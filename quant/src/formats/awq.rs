@@ -116,17 +116,8 @@ impl LinearScheme for AwqScheme {
             true => Some(unpack(tensors.take("qzeros")?.to_i32_tensor::<2>(device)?, 4, 1).select(1, order)),
             false => None,
         };
-        let weight = PackedIntWeight {
-            bits: 4,
-            in_features: k,
-            out_features: n,
-            group_size: self.group_size,
-            packed: pack(q, 4, 0),
-            scales: tensors.take("scales")?.to_f32_tensor::<2>(device)?,
-            zeros: zeros.into(),
-            group_index: PackedIntWeight::contiguous_groups(k, self.group_size, device),
-            act_order: false,
-        };
+        let scales = tensors.take("scales")?.to_f32_tensor::<2>(device)?;
+        let weight = PackedIntWeight::new(4, pack(q, 4, 0), scales, zeros.into(), self.group_size);
         Ok(QLinear::new(k, n, LinearRepr::Int4(weight), None))
     }
 

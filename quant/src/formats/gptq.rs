@@ -23,7 +23,7 @@ use crate::dtype::{DtypeRule, StoredDtype};
 use crate::error::{CheckpointError, LoadError, QuantError};
 use crate::linear::{LinearRepr, QLinear};
 use crate::method::{LayerInfo, LayerKind, LinearScheme, LoadContext, QuantMethod, QuantMethodFactory};
-use crate::packing::{int_tensor, unpack};
+use crate::packing::unpack;
 use crate::repr::{PackedIntWeight, ZeroPoints};
 use crate::source::WeightSpec;
 use crate::tensors::LayerTensors;
@@ -187,21 +187,11 @@ impl LinearScheme for GptqScheme {
         };
         let scales = tensors.take("scales")?.to_f32_tensor::<2>(device)?;
         let g_idx = tensors.take_optional("g_idx");
-        let (group_index, act_order) = match (self.settings.desc_act, g_idx) {
-            (true, Some(g_idx)) => (int_tensor(checked_group_index(&g_idx, groups)?, [k], device), true),
+        let weight = PackedIntWeight::new(bits, packed, scales, zeros, self.group_size);
+        let weight = match (self.settings.desc_act, g_idx) {
+            (true, Some(g_idx)) => weight.with_act_order(&checked_group_index(&g_idx, groups)?),
             (true, None) => return Err(missing(&tensors, "g_idx").into()),
-            (false, _) => (PackedIntWeight::contiguous_groups(k, self.group_size, device), false),
-        };
-        let weight = PackedIntWeight {
-            bits,
-            in_features: k,
-            out_features: n,
-            group_size: self.group_size,
-            packed,
-            scales,
-            zeros,
-            group_index,
-            act_order,
+            (false, _) => weight,
         };
         let repr = if bits == 4 { LinearRepr::Int4(weight) } else { LinearRepr::Int8(weight) };
         Ok(QLinear::new(k, n, repr, None))

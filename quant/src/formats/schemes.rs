@@ -154,17 +154,7 @@ impl LinearScheme for SignedIntScheme {
             None => None,
         };
         let group_size = self.scales.group_size(k);
-        let repr = PackedIntWeight {
-            bits: self.bits,
-            in_features: k,
-            out_features: n,
-            group_size,
-            packed: pack(unsigned.transpose(), self.bits, 0),
-            scales,
-            zeros: zeros.into(),
-            group_index: PackedIntWeight::contiguous_groups(k, group_size, device),
-            act_order: false,
-        };
+        let repr = PackedIntWeight::new(self.bits, pack(unsigned.transpose(), self.bits, 0), scales, zeros.into(), group_size);
         Ok(QLinear::new(k, n, if self.bits == 4 { LinearRepr::Int4(repr) } else { LinearRepr::Int8(repr) }, None))
     }
 

@@ -199,17 +199,9 @@ impl LinearScheme for Int4PlainScheme {
         let low = nibble(bytes.clone());
         let high = nibble(bytes.bitwise_right_shift_scalar(4));
         let values: Tensor<2, Int> = Tensor::stack::<3>(vec![low, high], 2).reshape([n, k]);
-        let weight = PackedIntWeight {
-            bits: 4,
-            in_features: k,
-            out_features: n,
-            group_size: self.group_size,
-            packed: pack(values.transpose(), 4, 0),
-            scales: tensors.take("_weight_scale")?.to_f32_tensor::<2>(device)?,
-            zeros: ZeroPoints::Float(tensors.take("_weight_zero_point")?.to_f32_tensor::<2>(device)?),
-            group_index: PackedIntWeight::contiguous_groups(k, self.group_size, device),
-            act_order: false,
-        };
+        let scales = tensors.take("_weight_scale")?.to_f32_tensor::<2>(device)?;
+        let offsets = ZeroPoints::Float(tensors.take("_weight_zero_point")?.to_f32_tensor::<2>(device)?);
+        let weight = PackedIntWeight::new(4, pack(values.transpose(), 4, 0), scales, offsets, self.group_size);
         Ok(QLinear::new(k, n, LinearRepr::Int4(weight), None))
     }
 

@@ -128,17 +128,9 @@ impl Recipe {
                 let offset = 1i32 << (q.bits - 1);
                 let unsigned = |values: &[i8], shape: [usize; 2]| int_tensor(values.iter().map(|&v| v as i32 + offset).collect(), shape, device);
                 let zeros = q.zero_points.as_ref().map(|z| unsigned(z, [n, groups]).transpose());
-                let weight = PackedIntWeight {
-                    bits: q.bits,
-                    in_features: k,
-                    out_features: n,
-                    group_size: q.group_size,
-                    packed: pack(unsigned(&q.values, [n, k]).transpose(), q.bits, 0),
-                    scales: f32_tensor(&q.scales, [n, groups]).transpose(),
-                    zeros: zeros.into(),
-                    group_index: PackedIntWeight::contiguous_groups(k, q.group_size, device),
-                    act_order: false,
-                };
+                let packed = pack(unsigned(&q.values, [n, k]).transpose(), q.bits, 0);
+                let scales = f32_tensor(&q.scales, [n, groups]).transpose();
+                let weight = PackedIntWeight::new(q.bits, packed, scales, zeros.into(), q.group_size);
                 if q.bits == 4 { LinearRepr::Int4(weight) } else { LinearRepr::Int8(weight) }
             }
             (_, Quantized::Fp8(q)) => {

@@ -334,17 +334,8 @@ impl LinearScheme for PackQuantizedScheme {
             }
         };
         let group_size = self.scales.group_size(k);
-        let weight = PackedIntWeight {
-            bits: self.bits,
-            in_features: k,
-            out_features: n,
-            group_size,
-            packed: tensors.take("weight_packed")?.to_i32_tensor::<2>(device)?.transpose(),
-            scales,
-            zeros: zeros.into(),
-            group_index: PackedIntWeight::contiguous_groups(k, group_size, device),
-            act_order: false,
-        };
+        let packed = tensors.take("weight_packed")?.to_i32_tensor::<2>(device)?.transpose();
+        let weight = PackedIntWeight::new(self.bits, packed, scales, zeros.into(), group_size);
         let repr = if self.bits == 4 { LinearRepr::Int4(weight) } else { LinearRepr::Int8(weight) };
         Ok(QLinear::new(k, n, repr, None))
     }

@@ -1,0 +1,165 @@
+//! Portable W4A16 / W8A16 GEMM: `y = x · dequant(W)` straight from the K-packed `Int4` /
+//! `Int8` repr (`[K·b/32, N]` i32 words, f32 group scales `[G, N]`), on every CubeCL
+//! runtime (wgpu, the CPU runtime, CUDA without the tensor-core path).
+//!
+//! Each unit owns a `tile_m × TILE_N` block of the output and walks K one packed word row
+//! at a time: the `TILE_N` words of that row are unpacked and dequantized once in
+//! registers and reused by all `tile_m` rows, and each activation is reused by all
+//! `TILE_N` columns. There is no shared memory and no barrier, so the kernel also runs
+//! well on the CPU runtime, whose cube barriers need one OS thread per unit. Products
+//! accumulate in f32.
+
+use cubecl::prelude::*;
+
+/// Output columns per unit.
+pub const TILE_N: u32 = 4;
+/// Units per cube, laid out along N.
+pub const CUBE_UNITS: u32 = 64;
+
+/// How each group is centred (a comptime switch, so each variant compiles without
+/// branches).
+pub mod zero_mode {
+    /// Symmetric: the midpoint 2^(b-1).
+    pub const MIDPOINT: u32 = 0;
+    /// Unsigned integer zero points `[G, N]`.
+    pub const INTEGER: u32 = 1;
+    /// Float offsets `[G, N]` added after scaling.
+    pub const FLOAT: u32 = 2;
+}
+
+/// `out[M, N] = x[M, K] · W[K, N]`. `group_size == 0` means each row's group is read from
+/// `group_index` (act-order checkpoints whose groups are not contiguous); otherwise row
+/// `k` is in group `k / group_size`, and `group_size` is a multiple of the values per
+/// word. Unused `zeros` / `offsets` / `group_index` are one-element placeholders.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn int_weight_gemm<F: Float>(
+    x: &[F],
+    packed: &[i32],
+    scales: &[f32],
+    zeros: &[i32],
+    offsets: &[f32],
+    group_index: &[i32],
+    out: &mut [F],
+    m: u32,
+    k: u32,
+    n: u32,
+    #[comptime] bits: u32,
+    #[comptime] group_size: u32,
+    #[comptime] zeros_mode: u32,
+    #[comptime] tile_m: u32,
+    #[define(F)] _dtype: ElemType,
+) {
+    let per_word = comptime!(32 / bits);
+    let mask = comptime!((1u32 << bits) - 1) as i32;
+
+    let col0 = (CUBE_POS_X * CUBE_UNITS + UNIT_POS_X) * TILE_N;
+    let row0 = CUBE_POS_Y * tile_m;
+    if col0 >= n {
+        terminate!();
+    }
+
+    let mut acc = Array::<f32>::new(comptime!((tile_m * TILE_N) as usize));
+    #[unroll]
+    for i in 0..tile_m * TILE_N {
+        acc[i as usize] = 0.0f32;
+    }
+    // Rows past M read row M-1 (always valid) and are never written.
+    let mut x_row = Array::<u32>::new(comptime!(tile_m as usize));
+    #[unroll]
+    for r in 0..tile_m {
+        x_row[r as usize] = min(row0 + r, m - 1) * k;
+    }
+
+    let mut words = Array::<i32>::new(comptime!(TILE_N as usize));
+    let mut scale = Array::<f32>::new(comptime!(TILE_N as usize));
+    let mut zero = Array::<f32>::new(comptime!(TILE_N as usize));
+    let mut offset = Array::<f32>::new(comptime!(TILE_N as usize));
+    let mut xs = Array::<f32>::new(comptime!(tile_m as usize));
+
+    let word_rows = k / per_word;
+    for w in 0..word_rows {
+        let k0 = w * per_word;
+        #[unroll]
+        for j in 0..TILE_N {
+            let col = min(col0 + j, n - 1);
+            words[j as usize] = packed[(w * n + col) as usize];
+        }
+        if comptime!(group_size > 0) {
+            // Every value of this word row shares one group.
+            let group = k0 / group_size;
+            #[unroll]
+            for j in 0..TILE_N {
+                let col = min(col0 + j, n - 1);
+                load_group(scales, zeros, offsets, group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
+            }
+        }
+        #[unroll]
+        for i in 0..per_word {
+            let kk = k0 + i;
+            if comptime!(group_size == 0) {
+                let group = group_index[kk as usize] as u32;
+                #[unroll]
+                for j in 0..TILE_N {
+                    let col = min(col0 + j, n - 1);
+                    load_group(scales, zeros, offsets, group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
+                }
+            }
+            #[unroll]
+            for r in 0..tile_m {
+                xs[r as usize] = f32::cast_from(x[(x_row[r as usize] + kk) as usize]);
+            }
+            #[unroll]
+            for j in 0..TILE_N {
+                let q = f32::cast_from((words[j as usize] >> (i * bits) as i32) & mask);
+                let weight = (q - zero[j as usize]) * scale[j as usize] + offset[j as usize];
+                #[unroll]
+                for r in 0..tile_m {
+                    let at = (r * TILE_N + j) as usize;
+                    acc[at] += xs[r as usize] * weight;
+                }
+            }
+        }
+    }
+
+    #[unroll]
+    for r in 0..tile_m {
+        let row = row0 + r;
+        #[unroll]
+        for j in 0..TILE_N {
+            let col = col0 + j;
+            if row < m && col < n {
+                out[(row * n + col) as usize] = F::cast_from(acc[(r * TILE_N + j) as usize]);
+            }
+        }
+    }
+}
+
+/// Loads column `j`'s scale, zero point and float offset for the group at `at`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_group(
+    scales: &[f32],
+    zeros: &[i32],
+    offsets: &[f32],
+    at: u32,
+    j: u32,
+    scale: &mut Array<f32>,
+    zero: &mut Array<f32>,
+    offset: &mut Array<f32>,
+    #[comptime] bits: u32,
+    #[comptime] zeros_mode: u32,
+) {
+    let midpoint = comptime!((1u32 << (bits - 1)) as f32);
+    scale[j as usize] = scales[at as usize];
+    if comptime!(zeros_mode == zero_mode::INTEGER) {
+        zero[j as usize] = f32::cast_from(zeros[at as usize]);
+    } else {
+        zero[j as usize] = midpoint;
+    }
+    if comptime!(zeros_mode == zero_mode::FLOAT) {
+        offset[j as usize] = offsets[at as usize];
+    } else {
+        offset[j as usize] = 0.0f32;
+    }
+}

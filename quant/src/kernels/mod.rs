@@ -1,0 +1,52 @@
+//! Kernels (DESIGN.md §Kernels). Each op has the Burn-ops reference (in `crate::repr`, the
+//! oracle for tests and the path on Flex), a portable CubeCL kernel for every Cube runtime,
+//! and a selector that picks one per call and can say why.
+
+pub mod codegen;
+pub mod int_gemm;
+mod ops;
+pub mod select;
+
+use burn::tensor::Tensor;
+
+use crate::repr::{PackedIntWeight, ZeroPoints};
+
+pub use ops::{gemm_output_shape, GroupBuffer, IntGemmLayout, QuantKernelOps, ZeroBuffer};
+pub use select::{with_policy, IntGemmKernel, KernelPolicy, Selection};
+
+/// `x · W` for an `Int4` / `Int8` weight through the kernel the selector picks.
+pub fn int_weight_forward(weight: &PackedIntWeight, x: Tensor<2>) -> Tensor<2> {
+    let rows = x.dims()[0];
+    match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel {
+        IntGemmKernel::Reference => weight.forward_reference(x),
+        IntGemmKernel::Portable { tile_m } => int_weight_gemm(weight, x, tile_m),
+    }
+}
+
+/// The portable CubeCL kernel on a Cube device (panics on Flex, which the selector never
+/// sends here).
+pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
+    use burn::backend::Dispatch;
+
+    let x = weight.ordered_input(x);
+    let zeros = match &weight.zeros {
+        ZeroPoints::Midpoint => ZeroBuffer::Midpoint,
+        ZeroPoints::Integer(z) => ZeroBuffer::Integer(z.clone().into_dispatch()),
+        ZeroPoints::Float(o) => ZeroBuffer::Float(o.clone().into_dispatch()),
+    };
+    // The kernel's contiguous path takes one group per packed word.
+    let per_word = crate::packing::per_word(weight.bits);
+    let groups = match weight.groups_contiguous && weight.group_size % per_word == 0 {
+        true => GroupBuffer::Contiguous,
+        false => GroupBuffer::Indexed(weight.group_index.clone().into_dispatch()),
+    };
+    let layout = IntGemmLayout { bits: weight.bits, group_size: weight.group_size as u32, tile_m };
+    Tensor::from_dispatch(<Dispatch as QuantKernelOps>::int_weight_gemm(
+        x.into_dispatch(),
+        weight.packed.clone().into_dispatch(),
+        weight.scales.clone().into_dispatch(),
+        zeros,
+        groups,
+        layout,
+    ))
+}

@@ -1,0 +1,122 @@
+//! Which kernel runs a quantized matmul, and why. The choice depends on the device, the
+//! activation dtype, the weight's layout and the number of rows; each distinct choice is
+//! logged once at debug level (`RUST_LOG=ember_quant::kernels=debug`).
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
+use burn::tensor::{DType, Device};
+use burn_dispatch::DispatchDevice;
+
+use crate::repr::{PackedIntWeight, ZeroPoints};
+
+/// Which kernels may run. `EMBER_KERNELS=reference` (or `portable`) sets it for the
+/// process; [`with_policy`] overrides it on the calling thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelPolicy {
+    /// The fastest kernel the device and shape allow.
+    Auto,
+    /// Always the Burn-ops reference (the oracle).
+    Reference,
+}
+
+impl KernelPolicy {
+    fn from_env() -> Self {
+        match std::env::var("EMBER_KERNELS").ok().as_deref().map(str::trim) {
+            Some("reference") => Self::Reference,
+            Some("auto") | Some("") | None => Self::Auto,
+            Some(other) => {
+                tracing::warn!("EMBER_KERNELS={other:?} is not one of auto, reference; using auto");
+                Self::Auto
+            }
+        }
+    }
+}
+
+thread_local! {
+    static THREAD_POLICY: Cell<Option<KernelPolicy>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `policy` on this thread (benchmarks and tests compare kernels this way).
+pub fn with_policy<T>(policy: KernelPolicy, f: impl FnOnce() -> T) -> T {
+    let previous = THREAD_POLICY.with(|p| p.replace(Some(policy)));
+    let out = f();
+    THREAD_POLICY.with(|p| p.set(previous));
+    out
+}
+
+pub fn policy() -> KernelPolicy {
+    static PROCESS: OnceLock<KernelPolicy> = OnceLock::new();
+    THREAD_POLICY.with(Cell::get).unwrap_or_else(|| *PROCESS.get_or_init(KernelPolicy::from_env))
+}
+
+/// A kernel for an `Int4` / `Int8` weight-only matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntGemmKernel {
+    /// Dequantize with Burn ops, then a dense matmul.
+    Reference,
+    /// The portable CubeCL kernel, `tile_m` output rows per unit.
+    Portable { tile_m: u32 },
+}
+
+/// The kernel chosen and the reason the faster ones were not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection<K> {
+    pub kernel: K,
+    pub reason: String,
+}
+
+/// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
+pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
+    let selection = choose_int_gemm(weight, device, dtype, rows);
+    log_once(format!(
+        "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
+        weight.bits, weight.in_features, weight.out_features, weight.group_size, selection.kernel, selection.reason
+    ));
+    selection
+}
+
+fn choose_int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
+    let reference = |reason: String| Selection { kernel: IntGemmKernel::Reference, reason };
+    if policy() == KernelPolicy::Reference {
+        return reference("kernels disabled (EMBER_KERNELS=reference)".into());
+    }
+    let runtime = match device.as_dispatch() {
+        DispatchDevice::Cube(cube) => cube,
+        _ => return reference("the Flex backend runs the Burn-ops reference".into()),
+    };
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return reference(format!("activations in {dtype:?}; the kernels take f32, f16 or bf16"));
+    }
+    let layout_ok = weight.packed.dtype() == DType::I32
+        && weight.scales.dtype() == DType::F32
+        && match &weight.zeros {
+            ZeroPoints::Integer(z) => z.dtype() == DType::I32,
+            ZeroPoints::Float(o) => o.dtype() == DType::F32,
+            ZeroPoints::Midpoint => true,
+        };
+    if !layout_ok {
+        return reference("weight buffers are not i32 words with f32 scales".into());
+    }
+    let tile_m = match rows {
+        0..=1 => 1,
+        2 => 2,
+        3..=4 => 4,
+        _ => 8,
+    };
+    let reason = match runtime {
+        cubecl::Device::Cuda(_) => "portable CubeCL kernel; no tensor-core W4A16 kernel in this build",
+        _ => "portable CubeCL kernel (no tensor cores on this runtime)",
+    };
+    Selection { kernel: IntGemmKernel::Portable { tile_m }, reason: reason.into() }
+}
+
+fn log_once(message: String) {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    let first = seen.lock().map(|mut set| set.insert(message.clone())).unwrap_or(false);
+    if first {
+        tracing::debug!(target: "ember_quant::kernels", "{message}");
+    }
+}
