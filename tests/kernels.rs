@@ -205,3 +205,23 @@ fn selector_explains_its_choice() {
     assert_eq!(forced.kernel, IntGemmKernel::Reference);
     assert!(forced.reason.contains("EMBER_KERNELS"), "{}", forced.reason);
 }
+
+/// Every kernel variant compiles to CUDA C++ through CubeCL's compiler, with no GPU.
+#[test]
+fn every_int_gemm_variant_generates_cuda_cpp() {
+    let variants = ember_quant::kernels::codegen::int_weight_gemm_variants();
+    assert_eq!(variants.len(), 2 * 2 * 3 * 4 * 3);
+    let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
+    assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
+    for kernel in variants.iter().flatten() {
+        assert!(kernel.source.contains("__global__"), "{}: no kernel entry point", kernel.name);
+        let half_type = match &kernel.name {
+            n if n.ends_with("_bf16") => Some("__nv_bfloat16"),
+            n if n.ends_with("_f16") => Some("__half"),
+            _ => None,
+        };
+        if let Some(ty) = half_type {
+            assert!(kernel.source.contains(ty), "{}: activations are not {ty}", kernel.name);
+        }
+    }
+}

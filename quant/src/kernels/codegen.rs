@@ -1,2 +1,104 @@
 //! CUDA C++ for every kernel variant, generated through CubeCL's C++ compiler with no GPU,
-//! driver or toolkit present, so a kernel that stops compiling fails CI.
+//! driver or toolkit present (the text NVRTC would receive), so a kernel that stops
+//! compiling fails CI on machines without a GPU.
+
+use std::sync::Arc;
+
+use cubecl::ir::{DeviceIdentity, ElemType, FloatKind, HardwareProperties, MemoryDeviceProperties};
+use cubecl::prelude::*;
+use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
+
+use super::int_gemm::{self, zero_mode, CUBE_UNITS};
+
+/// One compiled variant: a readable name and its CUDA C++ source.
+#[derive(Debug, Clone)]
+pub struct GeneratedKernel {
+    pub name: String,
+    pub source: String,
+}
+
+/// An sm_80-class device as the compiler sees it, with nothing queried from hardware.
+fn offline_properties() -> Arc<DeviceProperties> {
+    let hardware = HardwareProperties {
+        load_width: 128,
+        vector_register_count: None,
+        plane_size_min: 32,
+        plane_size_max: 32,
+        max_bindings: 32,
+        max_shared_memory_size: 48 * 1024,
+        max_cube_count: (u32::MAX, u16::MAX as u32, u16::MAX as u32),
+        max_units_per_cube: 1024,
+        max_cube_dim: (1024, 1024, 64),
+        num_streaming_multiprocessors: None,
+        num_tensor_cores: None,
+        min_tensor_cores_dim: None,
+        num_cpu_cores: None,
+        last_level_cache_size: None,
+        max_vector_size: VectorSize::MAX,
+        cube_mma_reserved_shared_memory: 0,
+    };
+    Arc::new(DeviceProperties::new(
+        Default::default(),
+        MemoryDeviceProperties::new(u64::MAX, 256),
+        hardware,
+        cubecl::profile::TimingMethod::Device,
+        DeviceIdentity { name: "offline".into(), fingerprint: "offline".into(), physical: None },
+    ))
+}
+
+fn compile(kernel: impl CubeKernel) -> Result<String, String> {
+    let mut compiler = CppCompiler::<cubecl_cpp::target::Cuda>::default();
+    let definition = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kernel.define()))
+        .map_err(|_| "the kernel panicked while expanding".to_string())?;
+    cubecl::Compiler::compile(&mut compiler, definition, &CompilationOptions::default())
+        .map(|compiled| compiled.to_string())
+        .map_err(|e| format!("{e:?}"))
+}
+
+const FLOATS: [(FloatKind, &str); 3] = [(FloatKind::F16, "f16"), (FloatKind::BF16, "bf16"), (FloatKind::F32, "f32")];
+
+/// Every variant of the integer weight-only GEMM: bits × grouping × zero points × rows
+/// per unit × activation dtype.
+pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+    let target = Arc::new(<cubecl::cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties());
+    let properties = offline_properties();
+    let mut out = Vec::new();
+    for bits in [4u32, 8] {
+        for group_size in [128u32, 0] {
+            for (zeros, zeros_name) in [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")] {
+                for tile_m in [1u32, 2, 4, 8] {
+                    for (float, float_name) in FLOATS {
+                        let name = format!("int{bits}_g{group_size}_{zeros_name}_m{tile_m}_{float_name}");
+                        let settings = KernelSettings::new(*CubeDim::new_1d(CUBE_UNITS), ExecutionMode::Unchecked, AddressType::U32);
+                        let buffer = || BufferCompilationArg { inplace: None };
+                        let kernel = int_gemm::int_weight_gemm::IntWeightGemm::new(
+                            settings,
+                            properties.clone(),
+                            target.clone(),
+                            buffer(),
+                            buffer(),
+                            buffer(),
+                            buffer(),
+                            buffer(),
+                            buffer(),
+                            buffer(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            bits,
+                            group_size,
+                            zeros,
+                            tile_m,
+                            ElemType::Float(float),
+                        );
+                        out.push(match compile(kernel) {
+                            Ok(source) => Ok(GeneratedKernel { name, source }),
+                            Err(e) => Err((name, e)),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
