@@ -210,7 +210,7 @@ fn selector_explains_its_choice() {
 #[test]
 fn every_int_gemm_variant_generates_cuda_cpp() {
     let variants = ember_quant::kernels::codegen::int_weight_gemm_variants();
-    assert_eq!(variants.len(), 2 * 2 * 3 * 4 * 3);
+    assert_eq!(variants.len(), 2 * 2 * 3 * 4 * 3 * 2);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
     for kernel in variants.iter().flatten() {
@@ -224,4 +224,50 @@ fn every_int_gemm_variant_generates_cuda_cpp() {
             assert!(kernel.source.contains(ty), "{}: activations are not {ty}", kernel.name);
         }
     }
+}
+
+/// The grouped (mixture-of-experts) launch against each expert's reference matmul, with
+/// experts that get no rows, one row, and several row tiles.
+fn grouped_on(device: Device) {
+    use ember_quant::repr::ExpertStack;
+    for (case, rows_per_expert, tile_m) in [
+        (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], 1u32),
+        (Case { k: 128, n: 64, group_size: 64, ..PLAIN_G128 }, vec![9, 3, 0, 20], 8),
+        (Case { bits: 8, k: 128, n: 96, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![2, 2, 2, 2], 2),
+    ] {
+        let mut rng = StdRng::seed_from_u64(11);
+        let experts: Vec<[PackedIntWeight; 2]> =
+            (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
+        let parts: Vec<Vec<&PackedIntWeight>> = experts.iter().map(|[a, b]| vec![a, b]).collect();
+        let stack = ExpertStack::stack(&parts).expect("one layout");
+        let total: usize = rows_per_expert.iter().sum();
+        let x = activations(total, case.k, DType::F32, &device, &mut rng);
+        let grouped = to_f32(kernels::grouped_int_weight_gemm(&stack, x.clone(), &rows_per_expert, tile_m));
+        let mut start = 0;
+        let mut expected = Vec::new();
+        for (e, &rows) in rows_per_expert.iter().enumerate() {
+            if rows > 0 {
+                let xe = x.clone().narrow(0, start, rows);
+                let both = Tensor::cat(vec![experts[e][0].forward_reference(xe.clone()), experts[e][1].forward_reference(xe)], 1);
+                expected.extend(to_f32(both));
+                // The expert's views of the stack are the weights it was built from.
+                assert_eq!(to_f32(stack.part(e, 1).dequantize()), to_f32(experts[e][1].dequantize()));
+            }
+            start += rows;
+        }
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = grouped.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(grouped.len(), expected.len());
+        assert!(diff / scale < 1e-5, "{case:?} {rows_per_expert:?}: relative error {}", diff / scale);
+    }
+}
+
+#[test]
+fn grouped_int_gemm_on_wgpu() {
+    grouped_on(Device::wgpu(Default::default()));
+}
+
+#[test]
+fn grouped_int_gemm_on_cubecl_cpu() {
+    grouped_on(Device::cpu());
 }

@@ -170,3 +170,20 @@ fn gptq_mixtral_in_bf16_matches_the_tools_bf16_run() {
 fn gptq_llama_in_f16_matches_the_tools_f16_run() {
     check_half_precision("llama-gptq-4bit-g128", ComputeDtype::F16, 1e-3);
 }
+
+/// Mixtral's GPTQ experts are stacked and run as two grouped kernel launches per block on
+/// a Cube runtime: the fixture still matches the tool, and the logits match the
+/// per-expert Burn-ops reference path on the same device.
+#[test]
+fn gptq_mixtral_grouped_experts_match_reference_on_wgpu() {
+    let name = "mixtral-gptq-4bit-g128";
+    check_fixture(name, Device::wgpu(Default::default()), 16);
+    let loaded = load_on(name, Device::wgpu(Default::default()));
+    assert_eq!(loaded.model.stacked_moe_blocks(), loaded.model.config().num_layers, "every MoE block stacked");
+    let reference = Reference::read(name);
+    let kernels = prompt_logits(&loaded, &reference.input_ids);
+    let burn_ops = ember::quant::kernels::with_policy(ember::quant::kernels::KernelPolicy::Reference, || prompt_logits(&loaded, &reference.input_ids));
+    let diff = max_abs_diff(&kernels, &burn_ops);
+    println!("{name}: grouped kernels vs Burn-ops reference, max diff {diff:e} ({:.2e} of range)", diff / reference.logit_range());
+    assert!(diff <= 1e-4 * reference.logit_range(), "grouped experts differ from the reference path by {diff}");
+}

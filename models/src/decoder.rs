@@ -182,6 +182,11 @@ impl DecoderModel {
         all
     }
 
+    /// How many mixture-of-experts blocks hold their experts stacked for grouped launches.
+    pub fn stacked_moe_blocks(&self) -> usize {
+        self.layers.iter().filter(|layer| matches!(&layer.ffn, FeedForward::Moe(moe) if moe.is_stacked())).count()
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.layers.len())
     }

@@ -91,6 +91,10 @@ impl QLinear {
         self.out_features
     }
 
+    pub fn has_bias(&self) -> bool {
+        self.bias.is_some()
+    }
+
     pub fn repr(&self) -> &LinearRepr {
         &self.repr
     }

@@ -41,6 +41,15 @@ impl Mlp {
         Ok(Self { gate_proj: w.linear(gate)?, up_proj: w.linear(up)?, down_proj: w.linear(down)? })
     }
 
+    /// The three projections, for callers that restructure them (expert stacking).
+    pub fn from_parts(gate_proj: QLinear, up_proj: QLinear, down_proj: QLinear) -> Self {
+        Self { gate_proj, up_proj, down_proj }
+    }
+
+    pub fn into_parts(self) -> [QLinear; 3] {
+        [self.gate_proj, self.up_proj, self.down_proj]
+    }
+
     pub fn linears(&self) -> Vec<&QLinear> {
         vec![&self.gate_proj, &self.up_proj, &self.down_proj]
     }

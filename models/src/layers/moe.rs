@@ -1,8 +1,18 @@
 //! Mixtral's sparse mixture of experts: a router picks the top-k experts per token
 //! (softmax over all experts, top-k, renormalised, as transformers does), each expert
 //! runs on its tokens only, and outputs are summed with the routing weights.
+//!
+//! When every expert is an integer weight-only layer of one layout, the experts' gate and
+//! up projections are stacked side by side into one [`ExpertStack`] and the down
+//! projections into another. A forward step then sorts the token slots by expert and runs
+//! two grouped kernel launches covering every selected expert, reading each expert's
+//! weights once. Otherwise (and on devices without the kernel) each expert runs on its own
+//! tokens through its `QLinear`s.
 
-use burn::tensor::{activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{activation::silu, activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
+use ember_quant::kernels::{self, IntGemmKernel};
+use ember_quant::linear::LinearRepr;
+use ember_quant::repr::{ExpertStack, PackedIntWeight};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
 
 use super::mlp::{Mlp, MlpNames};
@@ -14,7 +24,17 @@ use crate::weights::Weights;
 pub struct SparseMoe {
     router: QLinear,
     experts: Vec<Mlp>,
+    /// Gate|up and down projections of every expert, when they could be stacked.
+    stacks: Option<[ExpertStack; 2]>,
     top_k: usize,
+}
+
+/// Which experts the router chose for each token, read back to the host.
+struct Routing {
+    /// `expert[slot]` for slot `token · top_k + j`.
+    expert: Vec<usize>,
+    /// Renormalised routing weight of each slot.
+    weight: Vec<f32>,
 }
 
 impl SparseMoe {
@@ -29,37 +49,96 @@ impl SparseMoe {
     }
 
     pub fn load(w: &Weights, router: &LayerInfo, experts: &[[LayerInfo; 3]], top_k: usize) -> Result<Self, ModelError> {
-        Ok(Self {
-            router: w.linear(router)?,
-            experts: experts.iter().map(|plan| Mlp::load(w, plan)).collect::<Result<_, _>>()?,
-            top_k,
-        })
+        let experts: Vec<Mlp> = experts.iter().map(|plan| Mlp::load(w, plan)).collect::<Result<_, _>>()?;
+        let (experts, stacks) = stack_experts(experts);
+        Ok(Self { router: w.linear(router)?, experts, stacks, top_k })
     }
 
     pub fn linears(&self) -> Vec<&QLinear> {
         std::iter::once(&self.router).chain(self.experts.iter().flat_map(Mlp::linears)).collect()
     }
 
+    /// Whether the experts are stacked for grouped launches.
+    pub fn is_stacked(&self) -> bool {
+        self.stacks.is_some()
+    }
+
     /// `x` is `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, s, h] = x.dims();
         let tokens = x.reshape([b * s, h]);
-        let dtype = tokens.dtype();
-        let probs = softmax(self.router.forward(tokens.clone()).cast(DType::F32), 1);
+        let routing = self.route(tokens.clone());
+        let out = match self.grouped_kernel(&tokens, &routing) {
+            Some((stacks, tile_m)) => self.forward_grouped(stacks, tokens, &routing, tile_m),
+            None => self.forward_per_expert(tokens, &routing),
+        };
+        out.reshape([b, s, h])
+    }
+
+    fn route(&self, tokens: Tensor<2>) -> Routing {
+        let probs = softmax(self.router.forward(tokens).cast(DType::F32), 1);
         let (weights, experts) = probs.topk_with_indices(self.top_k, 1);
         let weights = weights.clone() / weights.sum_dim(1);
+        // Routing is data-dependent: read the (small) choice back to group tokens per expert.
+        let expert: Vec<i64> = experts.try_into_vec_as::<i64>().expect("router choices read back from the device");
+        let weight: Vec<f32> = weights.try_into_vec_as::<f32>().expect("routing weights read back from the device");
+        Routing { expert: expert.into_iter().map(|e| e as usize).collect(), weight }
+    }
 
-        // Routing is data-dependent: read the (small) choice back and group tokens per expert.
-        let chosen: Vec<i64> = experts.try_into_vec_as::<i64>().expect("router choices read back from the device");
-        let weights: Vec<f32> = weights.try_into_vec_as::<f32>().expect("routing weights read back from the device");
+    /// The stacks and rows per unit, when the grouped kernel runs on this device.
+    fn grouped_kernel(&self, tokens: &Tensor<2>, routing: &Routing) -> Option<(&[ExpertStack; 2], u32)> {
+        let stacks = self.stacks.as_ref()?;
+        let mut counts = vec![0usize; self.experts.len()];
+        routing.expert.iter().for_each(|&e| counts[e] += 1);
+        let max_rows = counts.into_iter().max().unwrap_or(0);
+        match kernels::select::grouped_int_gemm(&stacks[0], &tokens.device(), tokens.dtype(), max_rows).kernel {
+            IntGemmKernel::Portable { tile_m } => Some((stacks, tile_m)),
+            IntGemmKernel::Reference => None,
+        }
+    }
+
+    /// Two grouped launches: token slots sorted by expert, gate|up, SwiGLU, down; then
+    /// each token's slots are weighted and summed.
+    fn forward_grouped(&self, [gate_up, down]: &[ExpertStack; 2], tokens: Tensor<2>, routing: &Routing, tile_m: u32) -> Tensor<2> {
+        let [t, h] = tokens.dims();
         let device = tokens.device();
-        let mut out = Tensor::<2>::zeros([b * s, h], (&device, dtype));
+        let dtype = tokens.dtype();
+        let slots = routing.expert.len();
+        let mut order: Vec<usize> = (0..slots).collect();
+        order.sort_by_key(|&slot| routing.expert[slot]);
+        let mut rows_per_expert = vec![0usize; self.experts.len()];
+        routing.expert.iter().for_each(|&e| rows_per_expert[e] += 1);
+        let mut position = vec![0i64; slots];
+        for (sorted, &slot) in order.iter().enumerate() {
+            position[slot] = sorted as i64;
+        }
+        let index = |values: Vec<i64>| Tensor::<1, Int>::from_data(TensorData::new(values, [slots]), &device);
+        let token_of_sorted = index(order.iter().map(|&slot| (slot / self.top_k) as i64).collect());
+
+        let x = tokens.select(0, token_of_sorted);
+        let gate_up_out = kernels::grouped_int_weight_gemm(gate_up, x, &rows_per_expert, tile_m);
+        let intermediate = gate_up.parts[0];
+        let gate = gate_up_out.clone().narrow(1, 0, intermediate);
+        let up = gate_up_out.narrow(1, intermediate, intermediate);
+        let y = kernels::grouped_int_weight_gemm(down, silu(gate) * up, &rows_per_expert, tile_m);
+
+        let y = y.select(0, index(position)).reshape([t, self.top_k, h]);
+        let weights = Tensor::<3>::from_data(TensorData::new(routing.weight.clone(), [t, self.top_k, 1]), (&device, dtype));
+        (y * weights).sum_dim(1).reshape([t, h])
+    }
+
+    fn forward_per_expert(&self, tokens: Tensor<2>, routing: &Routing) -> Tensor<2> {
+        let [t, h] = tokens.dims();
+        let device = tokens.device();
+        let dtype = tokens.dtype();
+        let mut out = Tensor::<2>::zeros([t, h], (&device, dtype));
         for (e, expert) in self.experts.iter().enumerate() {
-            let (rows, scales): (Vec<i64>, Vec<f32>) = chosen
+            let (rows, scales): (Vec<i64>, Vec<f32>) = routing
+                .expert
                 .iter()
-                .zip(&weights)
+                .zip(&routing.weight)
                 .enumerate()
-                .filter(|(_, (&c, _))| c == e as i64)
+                .filter(|(_, (&c, _))| c == e)
                 .map(|(slot, (_, &w))| ((slot / self.top_k) as i64, w))
                 .unzip();
             if rows.is_empty() {
@@ -71,6 +150,49 @@ impl SparseMoe {
             let y = expert.forward(tokens.clone().select(0, rows.clone())) * scales;
             out = out.select_assign(0, rows, y, IndexingUpdateOp::Add);
         }
-        out.reshape([b, s, h])
+        out
     }
+}
+
+/// Stacks the experts' integer weights when they share one layout, rebuilding each expert's
+/// projections as views of the stacks; otherwise returns the experts unchanged.
+fn stack_experts(experts: Vec<Mlp>) -> (Vec<Mlp>, Option<[ExpertStack; 2]>) {
+    let int_weight = |linear: &QLinear| match linear.repr() {
+        LinearRepr::Int4(w) | LinearRepr::Int8(w) if !linear.has_bias() => Some(w.clone()),
+        _ => None,
+    };
+    let weights: Option<Vec<[PackedIntWeight; 3]>> = experts
+        .iter()
+        .map(|mlp| {
+            let [gate, up, down] = mlp.linears().try_into().ok()?;
+            Some([int_weight(gate)?, int_weight(up)?, int_weight(down)?])
+        })
+        .collect();
+    let Some(weights) = weights else {
+        return (experts, None);
+    };
+    let gate_up: Vec<Vec<&PackedIntWeight>> = weights.iter().map(|[g, u, _]| vec![g, u]).collect();
+    let down: Vec<Vec<&PackedIntWeight>> = weights.iter().map(|[_, _, d]| vec![d]).collect();
+    let stacks = match (ExpertStack::stack(&gate_up), ExpertStack::stack(&down)) {
+        (Ok(gate_up), Ok(down)) => [gate_up, down],
+        (Err(reason), _) | (_, Err(reason)) => {
+            tracing::debug!("experts run one by one: {reason}");
+            return (experts, None);
+        }
+    };
+    drop(weights);
+    let experts = experts
+        .into_iter()
+        .enumerate()
+        .map(|(e, mlp)| {
+            let [gate, up, down] = mlp.into_parts();
+            let view = |linear: QLinear, stack: &ExpertStack, part: usize| {
+                let weight = stack.part(e, part);
+                let repr = if weight.bits == 4 { LinearRepr::Int4(weight) } else { LinearRepr::Int8(weight) };
+                QLinear::new(linear.in_features(), linear.out_features(), repr, None).described(linear.name(), linear.scheme())
+            };
+            Mlp::from_parts(view(gate, &stacks[0], 0), view(up, &stacks[0], 1), view(down, &stacks[1], 0))
+        })
+        .collect();
+    (experts, Some(stacks))
 }

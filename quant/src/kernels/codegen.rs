@@ -58,47 +58,55 @@ fn compile(kernel: impl CubeKernel) -> Result<String, String> {
 const FLOATS: [(FloatKind, &str); 3] = [(FloatKind::F16, "f16"), (FloatKind::BF16, "bf16"), (FloatKind::F32, "f32")];
 
 /// Every variant of the integer weight-only GEMM: bits × grouping × zero points × rows
-/// per unit × activation dtype.
+/// per unit × activation dtype × dense or mixture-of-experts.
 pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = Arc::new(<cubecl::cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties());
     let properties = offline_properties();
-    let mut out = Vec::new();
+    let zero_modes = [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")];
+    let mut variants = Vec::new();
     for bits in [4u32, 8] {
         for group_size in [128u32, 0] {
-            for (zeros, zeros_name) in [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")] {
+            for (zeros, zeros_name) in zero_modes {
                 for tile_m in [1u32, 2, 4, 8] {
                     for (float, float_name) in FLOATS {
-                        let name = format!("int{bits}_g{group_size}_{zeros_name}_m{tile_m}_{float_name}");
-                        let settings = KernelSettings::new(*CubeDim::new_1d(CUBE_UNITS), ExecutionMode::Unchecked, AddressType::U32);
-                        let buffer = || BufferCompilationArg { inplace: None };
-                        let kernel = int_gemm::int_weight_gemm::IntWeightGemm::new(
-                            settings,
-                            properties.clone(),
-                            target.clone(),
-                            buffer(),
-                            buffer(),
-                            buffer(),
-                            buffer(),
-                            buffer(),
-                            buffer(),
-                            buffer(),
-                            Default::default(),
-                            Default::default(),
-                            Default::default(),
-                            bits,
-                            group_size,
-                            zeros,
-                            tile_m,
-                            ElemType::Float(float),
-                        );
-                        out.push(match compile(kernel) {
-                            Ok(source) => Ok(GeneratedKernel { name, source }),
-                            Err(e) => Err((name, e)),
-                        });
+                        for grouped in [false, true] {
+                            let moe = if grouped { "_moe" } else { "" };
+                            variants.push((format!("int{bits}_g{group_size}_{zeros_name}_m{tile_m}_{float_name}{moe}"), (bits, group_size, zeros, tile_m, float, grouped)));
+                        }
                     }
                 }
             }
         }
     }
-    out
+    variants
+        .into_iter()
+        .map(|(name, (bits, group_size, zeros, tile_m, float, grouped))| {
+            let settings = KernelSettings::new(*CubeDim::new_1d(CUBE_UNITS), ExecutionMode::Unchecked, AddressType::U32);
+            let buffer = || BufferCompilationArg { inplace: None };
+            let kernel = int_gemm::int_weight_gemm::IntWeightGemm::new(
+                settings,
+                properties.clone(),
+                target.clone(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                bits,
+                group_size,
+                zeros,
+                tile_m,
+                grouped,
+                ElemType::Float(float),
+            );
+            compile(kernel).map(|source| GeneratedKernel { name: name.clone(), source }).map_err(|e| (name, e))
+        })
+        .collect()
 }

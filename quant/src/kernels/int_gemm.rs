@@ -8,6 +8,11 @@
 //! `TILE_N` columns. There is no shared memory and no barrier, so the kernel also runs
 //! well on the CPU runtime, whose cube barriers need one OS thread per unit. Products
 //! accumulate in f32.
+//!
+//! The grouped variant serves mixture-of-experts layers: the rows of `x` are sorted by
+//! expert, the experts' weights are stacked (`[E·K·b/32, N]`, scales `[E·G, N]`), and a
+//! host-built tile map gives each row tile its expert and row range, so one launch covers
+//! every selected expert and each expert's weights are read once per row tile.
 
 use cubecl::prelude::*;
 
@@ -27,10 +32,15 @@ pub mod zero_mode {
     pub const FLOAT: u32 = 2;
 }
 
+/// Entries per row tile in the grouped tile map: expert, first row, end row.
+pub const TILE_MAP_STRIDE: u32 = 3;
+
 /// `out[M, N] = x[M, K] · W[K, N]`. `group_size == 0` means each row's group is read from
 /// `group_index` (act-order checkpoints whose groups are not contiguous); otherwise row
 /// `k` is in group `k / group_size`, and `group_size` is a multiple of the values per
-/// word. Unused `zeros` / `offsets` / `group_index` are one-element placeholders.
+/// word. With `grouped`, row tile `y` multiplies rows `tiles[3y+1]..tiles[3y+2]` by expert
+/// `tiles[3y]`'s weight, `groups` being the groups per expert. Unused `zeros` / `offsets`
+/// / `group_index` / `tiles` are one-element placeholders.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn int_weight_gemm<F: Float>(
@@ -40,23 +50,38 @@ pub fn int_weight_gemm<F: Float>(
     zeros: &[i32],
     offsets: &[f32],
     group_index: &[i32],
+    tiles: &[u32],
     out: &mut [F],
     m: u32,
     k: u32,
     n: u32,
+    groups: u32,
     #[comptime] bits: u32,
     #[comptime] group_size: u32,
     #[comptime] zeros_mode: u32,
     #[comptime] tile_m: u32,
+    #[comptime] grouped: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let per_word = comptime!(32 / bits);
     let mask = comptime!((1u32 << bits) - 1) as i32;
 
     let col0 = (CUBE_POS_X * CUBE_UNITS + UNIT_POS_X) * TILE_N;
-    let row0 = CUBE_POS_Y * tile_m;
     if col0 >= n {
         terminate!();
+    }
+    let mut row0 = CUBE_POS_Y * tile_m;
+    let mut row_end = m;
+    // Offsets of this tile's expert in the stacked buffers.
+    let mut word_base = 0u32;
+    let mut group_base = 0u32;
+    if comptime!(grouped) {
+        let entry = CUBE_POS_Y * TILE_MAP_STRIDE;
+        let expert = tiles[entry as usize];
+        row0 = tiles[(entry + 1) as usize];
+        row_end = tiles[(entry + 2) as usize];
+        word_base = expert * (k / per_word) * n;
+        group_base = expert * groups * n;
     }
 
     let mut acc = Array::<f32>::new(comptime!((tile_m * TILE_N) as usize));
@@ -68,7 +93,7 @@ pub fn int_weight_gemm<F: Float>(
     let mut x_row = Array::<u32>::new(comptime!(tile_m as usize));
     #[unroll]
     for r in 0..tile_m {
-        x_row[r as usize] = min(row0 + r, m - 1) * k;
+        x_row[r as usize] = min(row0 + r, row_end - 1) * k;
     }
 
     let mut words = Array::<i32>::new(comptime!(TILE_N as usize));
@@ -83,7 +108,7 @@ pub fn int_weight_gemm<F: Float>(
         #[unroll]
         for j in 0..TILE_N {
             let col = min(col0 + j, n - 1);
-            words[j as usize] = packed[(w * n + col) as usize];
+            words[j as usize] = packed[(word_base + w * n + col) as usize];
         }
         if comptime!(group_size > 0) {
             // Every value of this word row shares one group.
@@ -91,7 +116,7 @@ pub fn int_weight_gemm<F: Float>(
             #[unroll]
             for j in 0..TILE_N {
                 let col = min(col0 + j, n - 1);
-                load_group(scales, zeros, offsets, group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
+                load_group(scales, zeros, offsets, group_base + group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
             }
         }
         #[unroll]
@@ -102,7 +127,7 @@ pub fn int_weight_gemm<F: Float>(
                 #[unroll]
                 for j in 0..TILE_N {
                     let col = min(col0 + j, n - 1);
-                    load_group(scales, zeros, offsets, group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
+                    load_group(scales, zeros, offsets, group_base + group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
                 }
             }
             #[unroll]
@@ -128,7 +153,7 @@ pub fn int_weight_gemm<F: Float>(
         #[unroll]
         for j in 0..TILE_N {
             let col = col0 + j;
-            if row < m && col < n {
+            if row < row_end && col < n {
                 out[(row * n + col) as usize] = F::cast_from(acc[(r * TILE_N + j) as usize]);
             }
         }

@@ -9,7 +9,8 @@ pub mod select;
 
 use burn::tensor::Tensor;
 
-use crate::repr::{PackedIntWeight, ZeroPoints};
+use crate::packing::int_tensor;
+use crate::repr::{ExpertStack, PackedIntWeight, ZeroPoints};
 
 pub use ops::{gemm_output_shape, GroupBuffer, IntGemmLayout, QuantKernelOps, ZeroBuffer};
 pub use select::{with_policy, IntGemmKernel, KernelPolicy, Selection};
@@ -29,11 +30,7 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> T
     use burn::backend::Dispatch;
 
     let x = weight.ordered_input(x);
-    let zeros = match &weight.zeros {
-        ZeroPoints::Midpoint => ZeroBuffer::Midpoint,
-        ZeroPoints::Integer(z) => ZeroBuffer::Integer(z.clone().into_dispatch()),
-        ZeroPoints::Float(o) => ZeroBuffer::Float(o.clone().into_dispatch()),
-    };
+    let zeros = zero_buffer(&weight.zeros);
     // The kernel's contiguous path takes one group per packed word.
     let per_word = crate::packing::per_word(weight.bits);
     let groups = match weight.groups_contiguous && weight.group_size % per_word == 0 {
@@ -49,4 +46,38 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> T
         groups,
         layout,
     ))
+}
+
+/// One grouped launch for a mixture-of-experts projection: `x` holds `rows_per_expert[e]`
+/// rows for each expert `e`, in expert order; returns `[rows, N]` in the same order.
+pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_expert: &[usize], tile_m: u32) -> Tensor<2> {
+    use burn::backend::Dispatch;
+
+    let mut tiles = Vec::new();
+    let mut start = 0usize;
+    for (expert, &rows) in rows_per_expert.iter().enumerate() {
+        let end = start + rows;
+        for first in (start..end).step_by(tile_m as usize) {
+            tiles.extend([expert, first, (first + tile_m as usize).min(end)].map(|v| v as i32));
+        }
+        start = end;
+    }
+    let tiles = int_tensor(tiles.clone(), [tiles.len()], &x.device());
+    let layout = IntGemmLayout { bits: stack.bits, group_size: stack.group_size as u32, tile_m };
+    Tensor::from_dispatch(<Dispatch as QuantKernelOps>::grouped_int_weight_gemm(
+        x.into_dispatch(),
+        stack.packed.clone().into_dispatch(),
+        stack.scales.clone().into_dispatch(),
+        zero_buffer(&stack.zeros),
+        tiles.into_dispatch(),
+        layout,
+    ))
+}
+
+fn zero_buffer(zeros: &ZeroPoints) -> ZeroBuffer<burn::backend::Dispatch> {
+    match zeros {
+        ZeroPoints::Midpoint => ZeroBuffer::Midpoint,
+        ZeroPoints::Integer(z) => ZeroBuffer::Integer(z.clone().into_dispatch()),
+        ZeroPoints::Float(o) => ZeroBuffer::Float(o.clone().into_dispatch()),
+    }
 }

@@ -11,7 +11,7 @@ use burn_cubecl::CubeBackend;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 
-use super::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_N};
+use super::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_MAP_STRIDE, TILE_N};
 
 /// How an integer weight is laid out, for [`QuantKernelOps::int_weight_gemm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,6 +62,19 @@ pub trait QuantKernelOps: Backend {
         #[extension_type] groups: GroupBuffer<Self>,
         layout: IntGemmLayout,
     ) -> FloatTensor<Self>;
+
+    /// Mixture-of-experts form: `x` rows sorted by expert, weights stacked per expert
+    /// (`[E·K/per_word, N]`, scales and zeros `[E·G, N]`), and `tiles` (u32, three per row
+    /// tile: expert, first row, end row) covering every row once. Groups are contiguous.
+    #[fusion(dtype = x, shape = gemm_output_shape(x, scales))]
+    fn grouped_int_weight_gemm(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        #[extension_type] zeros: ZeroBuffer<Self>,
+        tiles: IntTensor<Self>,
+        layout: IntGemmLayout,
+    ) -> FloatTensor<Self>;
 }
 
 impl QuantKernelOps for CubeBackend {
@@ -73,56 +86,88 @@ impl QuantKernelOps for CubeBackend {
         groups: GroupBuffer<Self>,
         layout: IntGemmLayout,
     ) -> CubeTensor {
-        let shape = x.shape();
-        let (m, k, n) = (shape[0], shape[1], packed.shape()[1]);
-        let client = x.client.clone();
-        let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([m, n]), x.dtype);
-        if m == 0 || n == 0 {
-            return out;
-        }
-        let placeholder = |dtype: DType| empty_device_dtype(client.clone(), x.device.clone(), Shape::from([1]), dtype);
-        let (zeros_mode, zeros, offsets) = match zeros {
-            ZeroBuffer::Midpoint => (zero_mode::MIDPOINT, placeholder(DType::I32), placeholder(DType::F32)),
-            ZeroBuffer::Integer(z) => (zero_mode::INTEGER, z, placeholder(DType::F32)),
-            ZeroBuffer::Float(o) => (zero_mode::FLOAT, placeholder(DType::I32), o),
-        };
-        let (group_size, group_index) = match groups {
-            GroupBuffer::Contiguous => (layout.group_size, placeholder(DType::I32)),
-            GroupBuffer::Indexed(index) => (0, index),
-        };
-        let elem = float_elem(x.dtype);
-        let cube_count = CubeCount::Static(
-            (n as u32).div_ceil(CUBE_UNITS * TILE_N),
-            (m as u32).div_ceil(layout.tile_m),
-            1,
-        );
-        // SAFETY: every index the kernel forms is bounded by m, k and n, which are the
-        // buffers' own shapes (x `[m, k]`, packed `[k/per_word, n]`, scales and zeros
-        // `[G, n]` with G covering every group, out `[m, n]`).
-        unsafe {
-            int_gemm::int_weight_gemm::launch_unchecked(
-                &client,
-                cube_count,
-                CubeDim::new_1d(CUBE_UNITS),
-                into_contiguous(x).into_buffer_arg(),
-                into_contiguous(packed).into_buffer_arg(),
-                into_contiguous(scales).into_buffer_arg(),
-                into_contiguous(zeros).into_buffer_arg(),
-                into_contiguous(offsets).into_buffer_arg(),
-                into_contiguous(group_index).into_buffer_arg(),
-                out.clone().into_buffer_arg(),
-                m as u32,
-                k as u32,
-                n as u32,
-                layout.bits,
-                group_size,
-                zeros_mode,
-                layout.tile_m,
-                elem,
-            );
-        }
-        out
+        launch_int_gemm(x, packed, scales, zeros, groups, None, layout)
     }
+
+    fn grouped_int_weight_gemm(
+        x: CubeTensor,
+        packed: CubeTensor,
+        scales: CubeTensor,
+        zeros: ZeroBuffer<Self>,
+        tiles: CubeTensor,
+        layout: IntGemmLayout,
+    ) -> CubeTensor {
+        launch_int_gemm(x, packed, scales, zeros, GroupBuffer::Contiguous, Some(tiles), layout)
+    }
+}
+
+fn launch_int_gemm(
+    x: CubeTensor,
+    packed: CubeTensor,
+    scales: CubeTensor,
+    zeros: ZeroBuffer<CubeBackend>,
+    groups: GroupBuffer<CubeBackend>,
+    tiles: Option<CubeTensor>,
+    layout: IntGemmLayout,
+) -> CubeTensor {
+    let shape = x.shape();
+    let (m, k, n) = (shape[0], shape[1], packed.shape()[1]);
+    let per_word = 32 / layout.bits as usize;
+    let experts = packed.shape()[0] / (k / per_word).max(1);
+    let groups_per_expert = scales.shape()[0] / experts.max(1);
+    let client = x.client.clone();
+    let out = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([m, n]), x.dtype);
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let placeholder = |dtype: DType| empty_device_dtype(client.clone(), x.device.clone(), Shape::from([1]), dtype);
+    let (zeros_mode, zeros, offsets) = match zeros {
+        ZeroBuffer::Midpoint => (zero_mode::MIDPOINT, placeholder(DType::I32), placeholder(DType::F32)),
+        ZeroBuffer::Integer(z) => (zero_mode::INTEGER, z, placeholder(DType::F32)),
+        ZeroBuffer::Float(o) => (zero_mode::FLOAT, placeholder(DType::I32), o),
+    };
+    let (group_size, group_index) = match groups {
+        GroupBuffer::Contiguous => (layout.group_size, placeholder(DType::I32)),
+        GroupBuffer::Indexed(index) => (0, index),
+    };
+    let elem = float_elem(x.dtype);
+    let row_tiles = match &tiles {
+        Some(map) => (map.shape()[0] as u32) / TILE_MAP_STRIDE,
+        None => (m as u32).div_ceil(layout.tile_m),
+    };
+    let grouped = tiles.is_some();
+    let tiles = tiles.unwrap_or_else(|| placeholder(DType::U32));
+    let cube_count = CubeCount::Static((n as u32).div_ceil(CUBE_UNITS * TILE_N), row_tiles, 1);
+    // SAFETY: every index the kernel forms is bounded by m, k and n, which are the
+    // buffers' own shapes (x `[m, k]`, packed `[E·k/per_word, n]`, scales and zeros
+    // `[E·G, n]` with G covering every group, out `[m, n]`), and by the tile map,
+    // whose experts and row ranges the caller builds within those shapes.
+    unsafe {
+        int_gemm::int_weight_gemm::launch_unchecked(
+            &client,
+            cube_count,
+            CubeDim::new_1d(CUBE_UNITS),
+            into_contiguous(x).into_buffer_arg(),
+            into_contiguous(packed).into_buffer_arg(),
+            into_contiguous(scales).into_buffer_arg(),
+            into_contiguous(zeros).into_buffer_arg(),
+            into_contiguous(offsets).into_buffer_arg(),
+            into_contiguous(group_index).into_buffer_arg(),
+            into_contiguous(tiles).into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            m as u32,
+            k as u32,
+            n as u32,
+            groups_per_expert as u32,
+            layout.bits,
+            group_size,
+            zeros_mode,
+            layout.tile_m,
+            grouped,
+            elem,
+        );
+    }
+    out
 }
 
 fn float_elem(dtype: DType) -> ElemType {

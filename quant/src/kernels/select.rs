@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use burn::tensor::{DType, Device};
 use burn_dispatch::DispatchDevice;
 
-use crate::repr::{PackedIntWeight, ZeroPoints};
+use crate::repr::{ExpertStack, PackedIntWeight, ZeroPoints};
 
 /// Which kernels may run. `EMBER_KERNELS=reference` (or `portable`) sets it for the
 /// process; [`with_policy`] overrides it on the calling thread.
@@ -77,7 +77,30 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
     selection
 }
 
+/// Picks the kernel for a mixture-of-experts projection whose largest expert batch has
+/// `max_rows` rows.
+pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
+    let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros };
+    let selection = choose(buffers, device, dtype, max_rows);
+    log_once(format!(
+        "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
+        stack.bits, stack.experts, stack.in_features, stack.out_features, stack.group_size, selection.kernel, selection.reason
+    ));
+    selection
+}
+
+/// The dtypes the kernels read weight buffers in.
+struct WeightBuffers<'a> {
+    packed: DType,
+    scales: DType,
+    zeros: &'a ZeroPoints,
+}
+
 fn choose_int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
+    choose(WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros }, device, dtype, rows)
+}
+
+fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let reference = |reason: String| Selection { kernel: IntGemmKernel::Reference, reason };
     if policy() == KernelPolicy::Reference {
         return reference("kernels disabled (EMBER_KERNELS=reference)".into());
@@ -89,9 +112,9 @@ fn choose_int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
         return reference(format!("activations in {dtype:?}; the kernels take f32, f16 or bf16"));
     }
-    let layout_ok = weight.packed.dtype() == DType::I32
-        && weight.scales.dtype() == DType::F32
-        && match &weight.zeros {
+    let layout_ok = weight.packed == DType::I32
+        && weight.scales == DType::F32
+        && match weight.zeros {
             ZeroPoints::Integer(z) => z.dtype() == DType::I32,
             ZeroPoints::Float(o) => o.dtype() == DType::F32,
             ZeroPoints::Midpoint => true,
