@@ -54,31 +54,30 @@ impl ExpertStack {
                 }
             }
         }
-        let side_by_side = |pick: &dyn Fn(&PackedIntWeight) -> Tensor<2>| -> Tensor<2> {
-            Tensor::cat(experts.iter().map(|parts| Tensor::cat(parts.iter().map(|w| pick(w)).collect(), 1)).collect(), 0)
-        };
-        let side_by_side_int = |pick: &dyn Fn(&PackedIntWeight) -> Tensor<2, burn::tensor::Int>| {
-            Tensor::cat(experts.iter().map(|parts| Tensor::cat(parts.iter().map(|w| pick(w)).collect(), 1)).collect(), 0)
-        };
+        let missing = || "expert zero points are incomplete".to_string();
         let zeros = match &first.zeros {
             ZeroPoints::Midpoint => ZeroPoints::Midpoint,
-            ZeroPoints::Integer(_) => ZeroPoints::Integer(side_by_side_int(&|w| match &w.zeros {
-                ZeroPoints::Integer(z) => z.clone(),
-                _ => unreachable!("centring checked above"),
-            })),
-            ZeroPoints::Float(_) => ZeroPoints::Float(side_by_side(&|w| match &w.zeros {
-                ZeroPoints::Float(o) => o.clone().cast(DType::F32),
-                _ => unreachable!("centring checked above"),
-            })),
+            ZeroPoints::Integer(_) => ZeroPoints::Integer(side_by_side(experts, |w| match &w.zeros {
+                ZeroPoints::Integer(z) => Some(z.clone()),
+                _ => None,
+            })
+            .ok_or_else(missing)?),
+            ZeroPoints::Float(_) => ZeroPoints::Float(side_by_side(experts, |w| match &w.zeros {
+                ZeroPoints::Float(o) => Some(o.clone().cast(DType::F32)),
+                _ => None,
+            })
+            .ok_or_else(missing)?),
         };
+        let packed = side_by_side(experts, |w| Some(w.packed.clone())).ok_or_else(missing)?;
+        let scales = side_by_side(experts, |w| Some(w.scales.clone().cast(DType::F32))).ok_or_else(missing)?;
         Ok(Self {
             experts: experts.len(),
             bits: first.bits,
             in_features: first.in_features,
             out_features: parts.iter().sum(),
             group_size: first.group_size,
-            packed: side_by_side_int(&|w| w.packed.clone()),
-            scales: side_by_side(&|w| w.scales.clone().cast(DType::F32)),
+            packed,
+            scales,
             zeros,
             parts,
         })
@@ -113,4 +112,17 @@ impl ExpertStack {
             input_order: None,
         }
     }
+}
+
+/// Each expert's parts concatenated along N, experts stacked along rows; `None` if `pick`
+/// has nothing for some weight.
+fn side_by_side<K: burn::tensor::kind::Basic>(
+    experts: &[Vec<&PackedIntWeight>],
+    pick: impl Fn(&PackedIntWeight) -> Option<Tensor<2, K>>,
+) -> Option<Tensor<2, K>> {
+    let rows = experts
+        .iter()
+        .map(|parts| parts.iter().map(|w| pick(w)).collect::<Option<Vec<_>>>().map(|parts| Tensor::cat(parts, 1)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Tensor::cat(rows, 0))
 }
