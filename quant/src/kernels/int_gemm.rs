@@ -113,22 +113,14 @@ pub fn int_weight_gemm<F: Float>(
         if comptime!(group_size > 0) {
             // Every value of this word row shares one group.
             let group = k0 / group_size;
-            #[unroll]
-            for j in 0..TILE_N {
-                let col = min(col0 + j, n - 1);
-                load_group(scales, zeros, offsets, group_base + group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
-            }
+            load_groups(scales, zeros, offsets, group_base + group * n, col0, n, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
         }
         #[unroll]
         for i in 0..per_word {
             let kk = k0 + i;
             if comptime!(group_size == 0) {
                 let group = group_index[kk as usize] as u32;
-                #[unroll]
-                for j in 0..TILE_N {
-                    let col = min(col0 + j, n - 1);
-                    load_group(scales, zeros, offsets, group_base + group * n + col, j, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
-                }
+                load_groups(scales, zeros, offsets, group_base + group * n, col0, n, &mut scale, &mut zero, &mut offset, bits, zeros_mode);
             }
             #[unroll]
             for r in 0..tile_m {
@@ -160,15 +152,17 @@ pub fn int_weight_gemm<F: Float>(
     }
 }
 
-/// Loads column `j`'s scale, zero point and float offset for the group at `at`.
+/// Loads the scale, zero point and float offset of each of the unit's `TILE_N` columns
+/// for the group whose row starts at `row_start` (columns past `n` repeat the last one).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_group(
+fn load_groups(
     scales: &[f32],
     zeros: &[i32],
     offsets: &[f32],
-    at: u32,
-    j: u32,
+    row_start: u32,
+    col0: u32,
+    n: u32,
     scale: &mut Array<f32>,
     zero: &mut Array<f32>,
     offset: &mut Array<f32>,
@@ -176,15 +170,19 @@ fn load_group(
     #[comptime] zeros_mode: u32,
 ) {
     let midpoint = comptime!((1u32 << (bits - 1)) as f32);
-    scale[j as usize] = scales[at as usize];
-    if comptime!(zeros_mode == zero_mode::INTEGER) {
-        zero[j as usize] = f32::cast_from(zeros[at as usize]);
-    } else {
-        zero[j as usize] = midpoint;
-    }
-    if comptime!(zeros_mode == zero_mode::FLOAT) {
-        offset[j as usize] = offsets[at as usize];
-    } else {
-        offset[j as usize] = 0.0f32;
+    #[unroll]
+    for j in 0..TILE_N {
+        let at = (row_start + min(col0 + j, n - 1)) as usize;
+        scale[j as usize] = scales[at];
+        if comptime!(zeros_mode == zero_mode::INTEGER) {
+            zero[j as usize] = f32::cast_from(zeros[at]);
+        } else {
+            zero[j as usize] = midpoint;
+        }
+        if comptime!(zeros_mode == zero_mode::FLOAT) {
+            offset[j as usize] = offsets[at];
+        } else {
+            offset[j as usize] = 0.0f32;
+        }
     }
 }
