@@ -35,6 +35,8 @@ struct Routing {
     expert: Vec<usize>,
     /// Renormalised routing weight of each slot.
     weight: Vec<f32>,
+    /// Slots routed to each expert.
+    rows_per_expert: Vec<usize>,
 }
 
 impl SparseMoe {
@@ -82,15 +84,16 @@ impl SparseMoe {
         // Routing is data-dependent: read the (small) choice back to group tokens per expert.
         let expert: Vec<i64> = experts.try_into_vec_as::<i64>().expect("router choices read back from the device");
         let weight: Vec<f32> = weights.try_into_vec_as::<f32>().expect("routing weights read back from the device");
-        Routing { expert: expert.into_iter().map(|e| e as usize).collect(), weight }
+        let expert: Vec<usize> = expert.into_iter().map(|e| e as usize).collect();
+        let mut rows_per_expert = vec![0usize; self.experts.len()];
+        expert.iter().for_each(|&e| rows_per_expert[e] += 1);
+        Routing { expert, weight, rows_per_expert }
     }
 
     /// The stacks and rows per unit, when the grouped kernel runs on this device.
     fn grouped_kernel(&self, tokens: &Tensor<2>, routing: &Routing) -> Option<(&[ExpertStack; 2], u32)> {
         let stacks = self.stacks.as_ref()?;
-        let mut counts = vec![0usize; self.experts.len()];
-        routing.expert.iter().for_each(|&e| counts[e] += 1);
-        let max_rows = counts.into_iter().max().unwrap_or(0);
+        let max_rows = routing.rows_per_expert.iter().copied().max().unwrap_or(0);
         match kernels::select::grouped_int_gemm(&stacks[0], &tokens.device(), tokens.dtype(), max_rows).kernel {
             IntGemmKernel::Portable { tile_m } => Some((stacks, tile_m)),
             IntGemmKernel::Reference => None,
@@ -106,8 +109,6 @@ impl SparseMoe {
         let slots = routing.expert.len();
         let mut order: Vec<usize> = (0..slots).collect();
         order.sort_by_key(|&slot| routing.expert[slot]);
-        let mut rows_per_expert = vec![0usize; self.experts.len()];
-        routing.expert.iter().for_each(|&e| rows_per_expert[e] += 1);
         let mut position = vec![0i64; slots];
         for (sorted, &slot) in order.iter().enumerate() {
             position[slot] = sorted as i64;
@@ -116,11 +117,11 @@ impl SparseMoe {
         let token_of_sorted = index(order.iter().map(|&slot| (slot / self.top_k) as i64).collect());
 
         let x = tokens.select(0, token_of_sorted);
-        let gate_up_out = kernels::grouped_int_weight_gemm(gate_up, x, &rows_per_expert, tile_m);
+        let gate_up_out = kernels::grouped_int_weight_gemm(gate_up, x, &routing.rows_per_expert, tile_m);
         let intermediate = gate_up.parts[0];
         let gate = gate_up_out.clone().narrow(1, 0, intermediate);
         let up = gate_up_out.narrow(1, intermediate, intermediate);
-        let y = kernels::grouped_int_weight_gemm(down, silu(gate) * up, &rows_per_expert, tile_m);
+        let y = kernels::grouped_int_weight_gemm(down, silu(gate) * up, &routing.rows_per_expert, tile_m);
 
         let y = y.select(0, index(position)).reshape([t, self.top_k, h]);
         let weights = Tensor::<3>::from_data(TensorData::new(routing.weight.clone(), [t, self.top_k, 1]), (&device, dtype));
@@ -154,14 +155,18 @@ impl SparseMoe {
     }
 }
 
+/// The integer weight of a bias-free Int4/Int8 layer.
+fn int_weight(linear: &QLinear) -> Option<&PackedIntWeight> {
+    match linear.repr() {
+        LinearRepr::Int4(w) | LinearRepr::Int8(w) if !linear.has_bias() => Some(w),
+        _ => None,
+    }
+}
+
 /// Stacks the experts' integer weights when they share one layout, rebuilding each expert's
 /// projections as views of the stacks; otherwise returns the experts unchanged.
 fn stack_experts(experts: Vec<Mlp>) -> (Vec<Mlp>, Option<[ExpertStack; 2]>) {
-    let int_weight = |linear: &QLinear| match linear.repr() {
-        LinearRepr::Int4(w) | LinearRepr::Int8(w) if !linear.has_bias() => Some(w.clone()),
-        _ => None,
-    };
-    let weights: Option<Vec<[PackedIntWeight; 3]>> = experts
+    let weights: Option<Vec<[&PackedIntWeight; 3]>> = experts
         .iter()
         .map(|mlp| {
             let [gate, up, down] = mlp.linears().try_into().ok()?;
@@ -171,8 +176,8 @@ fn stack_experts(experts: Vec<Mlp>) -> (Vec<Mlp>, Option<[ExpertStack; 2]>) {
     let Some(weights) = weights else {
         return (experts, None);
     };
-    let gate_up: Vec<Vec<&PackedIntWeight>> = weights.iter().map(|[g, u, _]| vec![g, u]).collect();
-    let down: Vec<Vec<&PackedIntWeight>> = weights.iter().map(|[_, _, d]| vec![d]).collect();
+    let gate_up: Vec<Vec<&PackedIntWeight>> = weights.iter().map(|&[g, u, _]| vec![g, u]).collect();
+    let down: Vec<Vec<&PackedIntWeight>> = weights.iter().map(|&[_, _, d]| vec![d]).collect();
     let stacks = match (ExpertStack::stack(&gate_up), ExpertStack::stack(&down)) {
         (Ok(gate_up), Ok(down)) => [gate_up, down],
         (Err(reason), _) | (_, Err(reason)) => {
@@ -180,7 +185,6 @@ fn stack_experts(experts: Vec<Mlp>) -> (Vec<Mlp>, Option<[ExpertStack; 2]>) {
             return (experts, None);
         }
     };
-    drop(weights);
     let experts = experts
         .into_iter()
         .enumerate()

@@ -62,7 +62,8 @@ pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_exper
         }
         start = end;
     }
-    let tiles = int_tensor(tiles.clone(), [tiles.len()], &x.device());
+    let len = tiles.len();
+    let tiles = int_tensor(tiles, [len], &x.device());
     let layout = IntGemmLayout { bits: stack.bits, group_size: stack.group_size as u32, tile_m };
     Tensor::from_dispatch(<Dispatch as QuantKernelOps>::grouped_int_weight_gemm(
         x.into_dispatch(),

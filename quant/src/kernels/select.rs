@@ -11,8 +11,8 @@ use burn_dispatch::DispatchDevice;
 
 use crate::repr::{ExpertStack, PackedIntWeight, ZeroPoints};
 
-/// Which kernels may run. `EMBER_KERNELS=reference` (or `portable`) sets it for the
-/// process; [`with_policy`] overrides it on the calling thread.
+/// Which kernels may run. `EMBER_KERNELS=reference` (or `auto`) sets it for the process;
+/// [`with_policy`] overrides it on the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPolicy {
     /// The fastest kernel the device and shape allow.
@@ -39,11 +39,16 @@ thread_local! {
 }
 
 /// Runs `f` with `policy` on this thread (benchmarks and tests compare kernels this way).
+/// The previous policy comes back even if `f` panics.
 pub fn with_policy<T>(policy: KernelPolicy, f: impl FnOnce() -> T) -> T {
-    let previous = THREAD_POLICY.with(|p| p.replace(Some(policy)));
-    let out = f();
-    THREAD_POLICY.with(|p| p.set(previous));
-    out
+    struct Restore(Option<KernelPolicy>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREAD_POLICY.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(THREAD_POLICY.with(|p| p.replace(Some(policy))));
+    f()
 }
 
 pub fn policy() -> KernelPolicy {
@@ -69,8 +74,9 @@ pub struct Selection<K> {
 
 /// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
-    let selection = choose_int_gemm(weight, device, dtype, rows);
-    log_once(format!(
+    let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros };
+    let selection = choose(buffers, device, dtype, rows);
+    log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
         weight.bits, weight.in_features, weight.out_features, weight.group_size, selection.kernel, selection.reason
     ));
@@ -82,7 +88,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros };
     let selection = choose(buffers, device, dtype, max_rows);
-    log_once(format!(
+    log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
         stack.bits, stack.experts, stack.in_features, stack.out_features, stack.group_size, selection.kernel, selection.reason
     ));
@@ -94,10 +100,6 @@ struct WeightBuffers<'a> {
     packed: DType,
     scales: DType,
     zeros: &'a ZeroPoints,
-}
-
-fn choose_int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
-    choose(WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros }, device, dtype, rows)
 }
 
 fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
@@ -135,8 +137,14 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
     Selection { kernel: IntGemmKernel::Portable { tile_m }, reason: reason.into() }
 }
 
-fn log_once(message: String) {
+/// Logs each distinct message once. Runs on every quantized matmul, so nothing is
+/// formatted or locked unless debug logging is on for this target.
+fn log_once(message: impl FnOnce() -> String) {
+    if !tracing::enabled!(target: "ember_quant::kernels", tracing::Level::DEBUG) {
+        return;
+    }
     static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let message = message();
     let seen = SEEN.get_or_init(Default::default);
     let first = seen.lock().map(|mut set| set.insert(message.clone())).unwrap_or(false);
     if first {
