@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
-use ember::engine::{generate, GenerationRequest, SamplingParams};
+use ember::engine::{Engine, EngineConfig, Prompt, SamplingParams};
 use ember::quant::{
     DenseScheme, LayerInfo, LayerKind, LayerTensors, LinearForward, LinearRepr, LinearScheme, LoadContext, LoadError,
     QLinear, QuantError, QuantMethod, QuantMethodFactory, QuantRegistry, WeightSpec,
@@ -118,16 +118,10 @@ fn main() -> anyhow::Result<()> {
     for layer in loaded.model.linears().iter().take(4) {
         println!("{:<40} {}", layer.name(), layer.scheme());
     }
-    let tokenizer = loaded.tokenizer()?;
-    let request = GenerationRequest {
-        prompt_ids: tokenizer.encode("The government said", true)?,
-        sampling: SamplingParams::greedy(),
-        max_tokens: 16,
-        stop_token_ids: loaded.stop_token_ids(),
-        stop_strings: vec![],
-    };
-    print!("The government said");
-    generate(&loaded.model, tokenizer, &request, &mut |text| print!("{text}"))?;
+    let mut engine = Engine::new(loaded, &EngineConfig::default())?;
+    let params = SamplingParams { max_tokens: 16, ..SamplingParams::greedy() };
+    let out = engine.generate(vec![(Prompt::from("The government said"), params)], false)?;
+    print!("The government said{}", out[0].completions[0].text);
     println!();
     Ok(())
 }

@@ -7,21 +7,14 @@
 //!
 //! Defaults: the embedded tiny Llama, reloaded with its own weights.
 
-use ember::engine::{generate, GenerationRequest, SamplingParams};
+use ember::engine::{Engine, EngineConfig, Prompt, SamplingParams};
 use ember::quant::{ComputeDtype, OnlineSettings};
-use ember::{load_model, LoadOptions, LoadedModel};
+use ember::{load_model, LoadOptions};
 
-fn complete(loaded: &LoadedModel, prompt: &str) -> anyhow::Result<String> {
-    let tokenizer = loaded.tokenizer()?;
-    let request = GenerationRequest {
-        prompt_ids: tokenizer.encode(prompt, true)?,
-        sampling: SamplingParams::greedy(),
-        max_tokens: 16,
-        stop_token_ids: loaded.stop_token_ids(),
-        stop_strings: vec![],
-    };
-    let mut text = prompt.to_string();
-    generate(&loaded.model, tokenizer, &request, &mut |piece| text.push_str(piece))?;
+fn complete(engine: &mut Engine, prompt: &str) -> anyhow::Result<String> {
+    let params = SamplingParams { max_tokens: 16, ..SamplingParams::greedy() };
+    let out = engine.generate(vec![(Prompt::from(prompt), params)], false)?;
+    let text = format!("{prompt}{}", out[0].completions[0].text);
     Ok(text)
 }
 
@@ -37,13 +30,15 @@ fn main() -> anyhow::Result<()> {
     options.quantization = Some("int4".into());
     options.online = OnlineSettings { group_size: Some(64), symmetric: Some(true) };
     options.progress = true;
-    let mut loaded = load_model(&dir, &options)?;
+    let loaded = load_model(&dir, &options)?;
     for layer in loaded.model.linears().iter().take(3) {
         println!("{:<36} {}", layer.name(), layer.scheme());
     }
-    println!("before sync: {}", complete(&loaded, "The government said")?);
+    let mut engine = Engine::new(loaded, &EngineConfig::default())?;
+    println!("before sync: {}", complete(&mut engine, "The government said")?);
 
-    loaded.reload_weights(&new_weights, true)?;
-    println!("after sync:  {}", complete(&loaded, "The government said")?);
+    // Between steps the engine lends its model out; the KV pool stays allocated.
+    engine.loaded_mut().reload_weights(&new_weights, true)?;
+    println!("after sync:  {}", complete(&mut engine, "The government said")?);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! The load path follows vLLM's: `config.json` → quant method (from the registry) →
 //! per-layer weight specs → checkpoint tensors → layers finished on the device.
-//! See `load_model` for the whole path and `engine::generate` for decoding.
+//! See `load_model` for the whole path and `engine::Engine` for batched generation.
 
 pub mod checkpoint;
 pub mod device;
@@ -18,7 +18,7 @@ pub mod tokenizer;
 pub use device::{default_dtype, parse_device};
 pub use error::Error;
 pub use model::{load_model, LoadFormat, LoadOptions, LoadedModel};
-pub use tokenizer::{ChatMessage, Tokenizer};
+pub use tokenizer::{ChatMessage, IncrementalDecoder, Tokenizer};
 
 pub use ember_models as models;
 pub use ember_quant as quant;

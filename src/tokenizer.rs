@@ -118,11 +118,6 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special_tokens).map_err(|e| TokenizerError::Tokenize(e.to_string()))
     }
 
-    /// Incremental detokenizer: yields text only once it is complete UTF-8, so byte-fallback
-    /// tokens that split a character never produce broken output.
-    pub fn stream(&self, skip_special_tokens: bool) -> DecodeStream<'_> {
-        DecodeStream { inner: self.inner.decode_stream(skip_special_tokens) }
-    }
 
     /// Renders the chat template as transformers' `apply_chat_template(tokenize=False)`.
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
@@ -159,23 +154,39 @@ impl Tokenizer {
     }
 }
 
-type InnerDecodeStream<'a> = tokenizers::DecodeStream<
-    'a,
-    tokenizers::ModelWrapper,
-    tokenizers::NormalizerWrapper,
-    tokenizers::PreTokenizerWrapper,
-    tokenizers::PostProcessorWrapper,
-    tokenizers::DecoderWrapper,
->;
-
-pub struct DecodeStream<'a> {
-    inner: InnerDecodeStream<'a>,
+/// Incremental detokenizer for one sequence, owned by it (so an engine can keep one per
+/// sequence): text comes out only once it is complete UTF-8, so byte-fallback tokens that
+/// split a character never produce broken output. Decoding a short window of recent
+/// tokens, rather than each token alone, keeps the spaces and merges a full decode gives.
+#[derive(Debug, Clone)]
+pub struct IncrementalDecoder {
+    skip_special_tokens: bool,
+    /// Recent tokens: `[prefix..read)` was already emitted, `[read..)` is pending.
+    ids: Vec<u32>,
+    read: usize,
 }
 
-impl DecodeStream<'_> {
+impl IncrementalDecoder {
+    pub fn new(skip_special_tokens: bool) -> Self {
+        Self { skip_special_tokens, ids: Vec::new(), read: 0 }
+    }
+
     /// Feeds one token; returns the text it completes, if any.
-    pub fn step(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
-        self.inner.step(id).map_err(|e| TokenizerError::Tokenize(e.to_string()))
+    pub fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>, TokenizerError> {
+        self.ids.push(id);
+        let before = tokenizer.decode(&self.ids[..self.read], self.skip_special_tokens)?;
+        let after = tokenizer.decode(&self.ids, self.skip_special_tokens)?;
+        if after.len() <= before.len() || after.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        let Some(piece) = after.get(before.len()..) else {
+            return Ok(None);
+        };
+        let piece = piece.to_string();
+        // The emitted tokens become the next window's context.
+        self.ids.drain(..self.read);
+        self.read = self.ids.len();
+        Ok(Some(piece))
     }
 }
 

@@ -2,13 +2,11 @@
 //! computed for them in float32.
 
 use burn::tensor::Device;
-use ember::engine::{generate, GenerationRequest, SamplingParams};
-
 use ember::quant::ComputeDtype;
 use ember::{load_model, LoadOptions};
 use safetensors::Dtype;
 
-use crate::common::{load, max_abs_diff, prompt_logits, rewrite_fixture, Reference, StoredTensor};
+use crate::common::{greedy_tokens, load, max_abs_diff, prompt_logits, rewrite_fixture, Reference, StoredTensor};
 
 /// Logits within 1e-3 × (reference logit range), as the fixtures' README asks.
 fn assert_logits_match(fixture: &str, device: Device) {
@@ -24,15 +22,8 @@ fn assert_logits_match(fixture: &str, device: Device) {
 fn assert_greedy_matches(fixture: &str, device: Device) {
     let reference = Reference::read(fixture);
     let loaded = load(fixture, device);
-    let request = GenerationRequest {
-        prompt_ids: reference.input_ids.clone(),
-        sampling: SamplingParams::greedy(),
-        max_tokens: reference.greedy_new_ids.len(),
-        stop_token_ids: Vec::new(),
-        stop_strings: Vec::new(),
-    };
-    let generation = generate(&loaded.model, loaded.tokenizer().unwrap(), &request, &mut |_| {}).unwrap();
-    assert_eq!(generation.tokens, reference.greedy_new_ids, "{fixture}: greedy continuation differs");
+    let tokens = greedy_tokens(loaded, &reference.input_ids, reference.greedy_new_ids.len());
+    assert_eq!(tokens, reference.greedy_new_ids, "{fixture}: greedy continuation differs");
 }
 
 #[test]

@@ -7,8 +7,7 @@ use ember::checkpoint::SafetensorsFile;
 use ember::quant::ComputeDtype;
 use ember::{load_model, LoadOptions, LoadedModel};
 
-use crate::common::{fixture, max_abs_diff, prompt_logits, Reference};
-use ember::engine::{generate, GenerationRequest, SamplingParams};
+use crate::common::{fixture, greedy_tokens, max_abs_diff, prompt_logits, Reference};
 
 /// Tolerance for quantized folders, as a fraction of the reference logit range.
 const QUANTIZED_TOLERANCE: f32 = 5e-3;
@@ -51,17 +50,6 @@ fn assert_dequant_exact(name: &str, loaded: &LoadedModel) {
     }
 }
 
-fn greedy(loaded: &LoadedModel, prompt: &[u32], n: usize) -> Vec<u32> {
-    let request = GenerationRequest {
-        prompt_ids: prompt.to_vec(),
-        sampling: SamplingParams::greedy(),
-        max_tokens: n,
-        stop_token_ids: vec![],
-        stop_strings: vec![],
-    };
-    generate(&loaded.model, loaded.tokenizer().unwrap(), &request, &mut |_| {}).unwrap().tokens
-}
-
 /// Dequantization, logits (within `tolerance` × the reference logit range) and greedy
 /// tokens (at least `min_greedy_prefix` leading tokens equal) for one fixture on one device.
 fn check_fixture_within(name: &str, device: Device, tolerance: f32, min_greedy_prefix: usize) {
@@ -72,7 +60,7 @@ fn check_fixture_within(name: &str, device: Device, tolerance: f32, min_greedy_p
     let ours = prompt_logits(&loaded, &reference.input_ids);
     let range = reference.logit_range();
     let diff = max_abs_diff(&ours, &logits);
-    let tokens = greedy(&loaded, &reference.input_ids, reference_greedy.len());
+    let tokens = greedy_tokens(loaded, &reference.input_ids, reference_greedy.len());
     let prefix = tokens.iter().zip(&reference_greedy).take_while(|(a, b)| a == b).count();
     println!("{name}: logits max diff {diff:.3e} ({:.2e} of range), greedy prefix {prefix}/16", diff / range);
     assert!(diff <= tolerance * range, "{name}: logits differ by {diff} (range {range})");

@@ -1,7 +1,7 @@
 //! Tokenizers of both fixtures: encoding matches the reference ids, chat templates render,
 //! and streaming detokenization never emits broken UTF-8.
 
-use ember::{ChatMessage, Tokenizer};
+use ember::{ChatMessage, IncrementalDecoder, Tokenizer};
 
 use crate::common::{fixture, Reference};
 
@@ -62,10 +62,10 @@ fn streaming_decode_never_emits_broken_utf8() {
         let tokenizer = Tokenizer::from_dir(&fixture(name)).unwrap();
         let text = "Café au lait — naïve 日本語 ✓ 🔥 done";
         let ids = tokenizer.encode(text, false).unwrap();
-        let mut stream = tokenizer.stream(true);
+        let mut stream = IncrementalDecoder::new(true);
         let mut pieces = String::new();
         for &id in &ids {
-            if let Some(piece) = stream.step(id).unwrap() {
+            if let Some(piece) = stream.step(&tokenizer, id).unwrap() {
                 assert!(!piece.contains('\u{FFFD}'), "{name}: broken UTF-8 piece {piece:?}");
                 pieces.push_str(&piece);
             }

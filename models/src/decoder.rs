@@ -7,7 +7,7 @@ use ember_quant::{CheckpointError, ComputeDtype, LayerInfo, LayerKind, QLinear, 
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::layers::{Attention, KvCache, Mlp, MlpNames, RmsNorm, Rope, SparseMoe, StepPositions};
+use crate::layers::{Attention, KvCache, Mlp, MlpNames, PagedKvCache, RmsNorm, Rope, SequenceChunk, SparseMoe, StepLayout, StepPositions};
 use crate::weights::Weights;
 
 /// A decoder layer's feed-forward block.
@@ -207,6 +207,39 @@ impl DecoderModel {
         }
         cache.advance(s);
         self.lm_head.forward(self.norm.forward(x)).cast(DType::F32)
+    }
+
+    /// A paged KV pool sized for this model.
+    pub fn new_paged_cache(&self, num_blocks: usize, block_size: usize) -> PagedKvCache {
+        PagedKvCache::new(&self.config, &self.device, self.dtype, num_blocks, block_size)
+    }
+
+    /// One batched step over a paged cache: each chunk's tokens are appended to its
+    /// sequence, and the f32 logits of each chunk's last token come back, `[chunks, vocab]`.
+    /// Every sequence may be at a different position and bring any number of tokens, so
+    /// prefills (whole or chunked) and decodes share a step.
+    pub fn forward_paged(&self, chunks: &[SequenceChunk], cache: &mut PagedKvCache) -> Result<Tensor<2>, ModelError> {
+        let c = &self.config;
+        let vocab = c.vocab_size;
+        for chunk in chunks {
+            if let Some(bad) = chunk.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::InvalidStep(format!("token id {bad} is outside the vocabulary (size {vocab})")));
+            }
+        }
+        let layout = StepLayout::new(chunks, cache.block_size(), cache.num_blocks(), c.sliding_window, &self.device).map_err(ModelError::InvalidStep)?;
+        let ids: Vec<i64> = chunks.iter().flat_map(|chunk| chunk.tokens.iter().map(|&t| t as i64)).collect();
+        let tokens = layout.tokens();
+        let ids = Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(ids, [tokens]), &self.device);
+        let rope = self.rope.tables_at(layout.positions.iter().copied(), &self.device, self.dtype);
+        let mut x: Tensor<3> = self.embed_tokens.clone().select(0, ids).unsqueeze_dim(0);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.self_attn.forward_paged(layer.input_layernorm.forward(x.clone()), &rope, cache.layer(i), &layout);
+            x = x + h;
+            let h = layer.ffn.forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + h;
+        }
+        let last: Tensor<2> = x.squeeze_dim::<2>(0).select(0, layout.last_rows.clone());
+        Ok(self.lm_head.forward(self.norm.forward(last)).cast(DType::F32))
     }
 
     /// Convenience for one sequence of token ids: logits `[seq, vocab]`.

@@ -30,6 +30,8 @@ pub enum ModelError {
     UnknownArchitecture { name: String, supported: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error("invalid batched step: {0}")]
+    InvalidStep(String),
 }
 
 impl From<LoadError> for ModelError {

@@ -13,7 +13,7 @@ pub mod weights;
 pub use config::{ModelConfig, MoeConfig, RopeScaling};
 pub use decoder::{DecoderModel, FeedForward, FfnPlan};
 pub use error::{ConfigError, ModelError};
-pub use layers::KvCache;
+pub use layers::{KvCache, PagedKvCache, SequenceChunk};
 pub use weights::Weights;
 
 use decoder::FfnPlanner;

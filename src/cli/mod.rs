@@ -9,6 +9,7 @@ mod run;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ember::{default_dtype, embedded, hub, load_model, parse_device, LoadFormat, LoadOptions, LoadedModel};
+use ember::engine::{EngineConfig, KvCacheSize};
 use ember::quant::{ComputeDtype, OnlineSettings};
 
 #[derive(Parser)]
@@ -148,4 +149,56 @@ impl ModelArgs {
         let dir = self.model_dir()?;
         Ok(load_model(&dir, &options)?)
     }
+}
+
+/// How the engine is sized (shared by `run`, `generate` and `bench`).
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Memory for the paged KV cache, e.g. 512MiB or 8GiB (allocated up front).
+    #[arg(long, default_value = "512MiB", value_parser = parse_bytes)]
+    pub kv_cache_memory: usize,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Most sequences in one batched step.
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Most tokens in one step; longer prompts are prefilled in chunks.
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Longest sequence, prompt and output (default: the model's positions, capped by
+    /// what the KV cache holds).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> EngineConfig {
+        EngineConfig {
+            block_size: self.block_size,
+            kv_cache: KvCacheSize::Bytes(self.kv_cache_memory),
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_model_len: self.max_model_len,
+        }
+    }
+}
+
+/// `512MiB`, `8GiB`, `2G`, `1000000` (bytes).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a size like 512MiB or 8GiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit `{other}` (B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    Ok((number * scale) as usize)
 }

@@ -4,15 +4,17 @@ use std::io::Write;
 
 use anyhow::Result;
 use clap::Args;
-use ember::engine::{generate, GenerationRequest};
+use ember::engine::{Engine, Prompt};
 use ember::ChatMessage;
 
-use super::ModelArgs;
+use super::{EngineArgs, ModelArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// The prompt text.
     #[arg(long)]
     pub prompt: String,
@@ -57,43 +59,53 @@ pub fn execute(args: RunArgs) -> Result<()> {
     } else {
         tokenizer.encode(&args.prompt, true)?
     };
-    let mut sampling = loaded.generation.sampling_defaults();
+    let mut params = loaded.generation.sampling_defaults();
     if let Some(t) = args.temperature {
-        sampling.temperature = t;
+        params.temperature = t;
     }
     if let Some(k) = args.top_k {
-        sampling.top_k = k;
+        params.top_k = k;
     }
     if let Some(p) = args.top_p {
-        sampling.top_p = p;
+        params.top_p = p;
     }
     if let Some(r) = args.repetition_penalty {
-        sampling.repetition_penalty = r;
+        params.repetition_penalty = r;
     }
-    sampling.seed = args.seed;
-    let request = GenerationRequest {
-        prompt_ids,
-        sampling,
-        max_tokens: args.max_tokens.or(loaded.generation.max_new_tokens).unwrap_or(128),
-        stop_token_ids: if args.ignore_eos { Vec::new() } else { loaded.stop_token_ids() },
-        stop_strings: args.stop.clone(),
-    };
+    params.seed = args.seed;
+    params.max_tokens = args.max_tokens.or(loaded.generation.max_new_tokens).unwrap_or(128);
+    params.stop = args.stop.clone();
+    params.ignore_eos = args.ignore_eos;
+
+    let mut engine = Engine::new(loaded, &args.engine.config())?;
+    engine.add_request(Prompt::Tokens(prompt_ids), params)?;
     let mut stdout = std::io::stdout().lock();
     if !args.chat {
         write!(stdout, "{}", args.prompt)?;
     }
-    let generation = generate(&loaded.model, tokenizer, &request, &mut |text| {
-        let _ = write!(stdout, "{text}");
-        let _ = stdout.flush();
-    })?;
-    writeln!(stdout)?;
-    eprintln!(
-        "\n{} prompt tokens, {} new tokens ({}); prefill {:.1} ms, decode {:.2} tokens/s",
-        generation.prompt_tokens,
-        generation.tokens.len(),
-        generation.finish_reason.as_str(),
-        generation.prefill_time.as_secs_f64() * 1e3,
-        generation.decode_tokens_per_second(),
-    );
+    let mut finished = None;
+    while engine.has_unfinished() {
+        for output in engine.step()? {
+            for delta in &output.deltas {
+                write!(stdout, "{}", delta.text)?;
+                if let Some(reason) = delta.finish_reason {
+                    finished = Some(reason);
+                }
+            }
+            stdout.flush()?;
+            if let Some(metrics) = output.finished {
+                let decode = metrics.latency.saturating_sub(metrics.time_to_first_token).as_secs_f64();
+                let reason = finished.map_or("aborted", |r| r.as_str());
+                writeln!(stdout)?;
+                eprintln!(
+                    "\n{} prompt tokens, {} new tokens ({reason}); time to first token {:.1} ms, decode {:.2} tokens/s",
+                    metrics.prompt_tokens,
+                    metrics.completion_tokens,
+                    metrics.time_to_first_token.as_secs_f64() * 1e3,
+                    metrics.completion_tokens.saturating_sub(1) as f64 / decode.max(f64::EPSILON),
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -1,16 +1,17 @@
 //! Stop strings over streamed text: text is released only once no stop string can still
 //! begin inside it, and output ends right before the first stop string found.
 
-pub struct StopStrings<'a> {
-    stops: &'a [String],
+#[derive(Debug, Clone)]
+pub struct StopStrings {
+    stops: Vec<String>,
     text: String,
     released: usize,
     stopped: bool,
 }
 
-impl<'a> StopStrings<'a> {
-    pub fn new(stops: &'a [String]) -> Self {
-        Self { stops, text: String::new(), released: 0, stopped: false }
+impl StopStrings {
+    pub fn new(stops: &[String]) -> Self {
+        Self { stops: stops.to_vec(), text: String::new(), released: 0, stopped: false }
     }
 
     /// Adds a piece of text; returns what may be shown now, and whether a stop string hit.

@@ -13,6 +13,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tempfile::TempDir;
 use ember::quant::ComputeDtype;
+use ember::engine::{Engine, EngineConfig, Prompt, SamplingParams};
 use ember::{load_model, LoadOptions, LoadedModel};
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -116,4 +117,12 @@ pub fn rewrite_fixture(
         .collect();
     safetensors::serialize_to_file(views, None::<HashMap<String, String>>, &dir.path().join("model.safetensors")).unwrap();
     dir
+}
+
+/// The greedy continuation of `prompt` through the engine, end-of-sequence ignored.
+pub fn greedy_tokens(loaded: LoadedModel, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let mut engine = Engine::new(loaded, &EngineConfig::default()).unwrap();
+    let params = SamplingParams { max_tokens, ignore_eos: true, ..SamplingParams::greedy() };
+    let mut out = engine.generate(vec![(Prompt::Tokens(prompt.to_vec()), params)], false).unwrap();
+    out.remove(0).completions.remove(0).token_ids
 }

@@ -5,6 +5,7 @@ use burn::tensor::{activation::softmax, Bool, DType, Device, Tensor, TensorData}
 use ember_quant::{LayerInfo, LayerKind, QLinear};
 
 use super::kv_cache::LayerCache;
+use super::paged_kv::{PagedLayer, StepLayout};
 use super::rope::RopeTables;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -68,18 +69,50 @@ impl Attention {
         let k = rope.apply(heads(self.k_proj.forward(x.clone()), self.num_kv_heads));
         let v = heads(self.v_proj.forward(x), self.num_kv_heads);
         let (k, v) = cache.append(k, v);
+        let mask = attention_mask(step, &q.device());
+        let out = self.attend(q, k, v, mask).swap_dims(1, 2).reshape([b, s, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+
+    /// A batched step over a paged cache: `x` is `[1, tokens, hidden]` with the
+    /// sequences' tokens one after another, `rope` holds each token's position.
+    pub fn forward_paged(&self, x: Tensor<3>, rope: &RopeTables, cache: &mut PagedLayer, layout: &StepLayout) -> Tensor<3> {
+        let tokens = layout.tokens();
+        let (d, heads, kv_heads) = (self.head_dim, self.num_heads, self.num_kv_heads);
+        // Rotate as one sequence of `tokens` positions, then back to rows of tokens.
+        let rotate = |t: Tensor<3>, n: usize| rope.apply(t.reshape([1, tokens, n, d]).swap_dims(1, 2)).swap_dims(1, 2).reshape([tokens, n, d]);
+        let q = rotate(self.q_proj.forward(x.clone()), heads);
+        let k = rotate(self.k_proj.forward(x.clone()), kv_heads);
+        let v = self.v_proj.forward(x).reshape([tokens, kv_heads, d]);
+        cache.write(layout.write_slots.clone(), k, v);
+        let (k, v) = cache.read(layout.read_slots.clone(), layout.batch, layout.max_context);
+
+        let (batch, max_query) = (layout.batch, layout.max_query);
+        let q = match &layout.query_rows {
+            Some(rows) => q.select(0, rows.clone()),
+            None => q,
+        };
+        let q = q.reshape([batch, max_query, heads, d]).swap_dims(1, 2);
+        let out = self.attend(q, k, v, layout.mask.clone()).swap_dims(1, 2).reshape([batch * max_query, heads * d]);
+        let out = match &layout.token_rows {
+            Some(rows) => out.select(0, rows.clone()),
+            None => out,
+        };
+        self.o_proj.forward(out.unsqueeze_dim::<3>(0))
+    }
+
+    /// Scaled dot-product attention with softmax in f32: `q` is `[b, heads, queries, d]`,
+    /// `k`/`v` are `[b, kv_heads, keys, d]`, `mask` is `true` where a key is hidden.
+    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
         let group = self.num_heads / self.num_kv_heads;
         let (k, v) = (repeat_kv(k, group), repeat_kv(v, group));
-
         let dtype = q.dtype();
         let scale = (self.head_dim as f64).powf(-0.5);
         let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale).cast(DType::F32);
-        if let Some(mask) = attention_mask(step, &scores.device()) {
+        if let Some(mask) = mask {
             scores = scores.mask_fill(mask, f32::NEG_INFINITY);
         }
-        let probs = softmax(scores, 3).cast(dtype);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, s, self.num_heads * self.head_dim]);
-        self.o_proj.forward(out)
+        softmax(scores, 3).cast(dtype).matmul(v)
     }
 }
 

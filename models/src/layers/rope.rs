@@ -14,7 +14,7 @@ pub struct Rope {
     inv_freq: Vec<f32>,
 }
 
-/// Cos/sin for the positions of one step, shaped `[1, 1, seq, head_dim]`.
+/// Cos/sin for the tokens of one step, shaped `[1, 1, tokens, head_dim]`.
 #[derive(Debug, Clone)]
 pub struct RopeTables {
     cos: Tensor<4>,
@@ -36,11 +36,18 @@ impl Rope {
         &self.inv_freq
     }
 
+    /// Tables for the consecutive positions `start..start + len`.
     pub fn tables(&self, start: usize, len: usize, device: &Device, dtype: ComputeDtype) -> RopeTables {
+        self.tables_at(start..start + len, device, dtype)
+    }
+
+    /// Tables for arbitrary positions, one row per token (a batch of sequences flattened).
+    pub fn tables_at(&self, positions: impl ExactSizeIterator<Item = usize>, device: &Device, dtype: ComputeDtype) -> RopeTables {
         let half = self.inv_freq.len();
+        let len = positions.len();
         let mut cos = Vec::with_capacity(len * half * 2);
         let mut sin = Vec::with_capacity(len * half * 2);
-        for pos in start..start + len {
+        for pos in positions {
             let angles: Vec<f32> = self.inv_freq.iter().map(|f| pos as f32 * f).collect();
             // The two halves of a head share frequencies.
             for _ in 0..2 {

@@ -1,0 +1,223 @@
+//! A paged KV cache: every layer's keys and values live in one preallocated pool of
+//! fixed-size blocks, and a sequence owns a list of blocks (its block table) instead of a
+//! contiguous buffer. A step over several sequences writes each new token's key/value to
+//! its slot and gathers each sequence's context through its block table.
+//!
+//! Which blocks are free or shared is the engine's business; the pool only stores.
+
+use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use ember_quant::ComputeDtype;
+
+use crate::config::ModelConfig;
+
+/// One sequence's part of a batched step: `tokens` go at positions `start..`, and its
+/// block table covers at least `start + tokens.len()` positions.
+#[derive(Debug, Clone, Copy)]
+pub struct SequenceChunk<'a> {
+    pub tokens: &'a [u32],
+    /// Positions already in the cache for this sequence.
+    pub start: usize,
+    pub block_table: &'a [u32],
+}
+
+impl SequenceChunk<'_> {
+    /// Positions in the cache once this chunk is written.
+    pub fn context_len(&self) -> usize {
+        self.start + self.tokens.len()
+    }
+}
+
+/// Keys and values of every layer, `[num_blocks * block_size, kv_heads, head_dim]` each.
+#[derive(Debug)]
+pub struct PagedKvCache {
+    layers: Vec<PagedLayer>,
+    block_size: usize,
+    num_blocks: usize,
+}
+
+#[derive(Debug)]
+pub struct PagedLayer {
+    keys: Tensor<3>,
+    values: Tensor<3>,
+}
+
+impl PagedKvCache {
+    /// Allocates the whole pool up front, zero-filled, in the model's compute dtype.
+    pub fn new(config: &ModelConfig, device: &Device, dtype: ComputeDtype, num_blocks: usize, block_size: usize) -> Self {
+        let shape = [num_blocks * block_size, config.num_kv_heads, config.head_dim];
+        let layers = (0..config.num_layers)
+            .map(|_| PagedLayer {
+                keys: Tensor::zeros(shape, (device, dtype.burn())),
+                values: Tensor::zeros(shape, (device, dtype.burn())),
+            })
+            .collect();
+        Self { layers, block_size, num_blocks }
+    }
+
+    /// Device bytes one block takes across all layers (keys and values).
+    pub fn bytes_per_block(config: &ModelConfig, dtype: ComputeDtype, block_size: usize) -> usize {
+        2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim * dtype.burn().size()
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub(crate) fn layer(&mut self, index: usize) -> &mut PagedLayer {
+        &mut self.layers[index]
+    }
+
+    /// Copies whole blocks (`(source, destination)` pairs) in every layer: a forked
+    /// sequence gets its own copy of a partly filled block it shared.
+    pub fn copy_blocks(&mut self, pairs: &[(u32, u32)], device: &Device) {
+        if pairs.is_empty() {
+            return;
+        }
+        let slots = |pick: fn(&(u32, u32)) -> u32| {
+            let ids: Vec<i64> = pairs
+                .iter()
+                .flat_map(|pair| {
+                    let first = pick(pair) as usize * self.block_size;
+                    (first..first + self.block_size).map(|s| s as i64)
+                })
+                .collect();
+            let len = ids.len();
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [len]), device)
+        };
+        let (from, to) = (slots(|p| p.0), slots(|p| p.1));
+        for layer in &mut self.layers {
+            let keys = layer.keys.clone().select(0, from.clone());
+            let values = layer.values.clone().select(0, from.clone());
+            layer.write(to.clone(), keys, values);
+        }
+    }
+}
+
+impl PagedLayer {
+    /// Stores `keys`/`values` (`[tokens, kv_heads, head_dim]`) at `slots`.
+    pub(crate) fn write(&mut self, slots: Tensor<1, Int>, keys: Tensor<3>, values: Tensor<3>) {
+        // Taking the pools out leaves them uniquely owned, so backends update in place.
+        let device = keys.device();
+        let placeholder = || Tensor::empty([0, 0, 0], &device);
+        let pool = std::mem::replace(&mut self.keys, placeholder());
+        self.keys = pool.select_assign(0, slots.clone(), keys, IndexingUpdateOp::Assign);
+        let pool = std::mem::replace(&mut self.values, placeholder());
+        self.values = pool.select_assign(0, slots, values, IndexingUpdateOp::Assign);
+    }
+
+    /// Gathers `slots` (`[batch * context]`) as `[batch, kv_heads, context, head_dim]`.
+    pub(crate) fn read(&self, slots: Tensor<1, Int>, batch: usize, context: usize) -> (Tensor<4>, Tensor<4>) {
+        let gather = |pool: &Tensor<3>| {
+            let [_, heads, dim] = pool.dims();
+            pool.clone().select(0, slots.clone()).reshape([batch, context, heads, dim]).swap_dims(1, 2)
+        };
+        (gather(&self.keys), gather(&self.values))
+    }
+}
+
+/// Index tensors for one batched step, built once on the host and shared by every layer.
+///
+/// Tokens travel flattened (`[tokens, hidden]`, sequences one after another) through the
+/// linears; only attention sees them padded to `[batch, max_query, …]`, against contexts
+/// padded to `max_context` and masked.
+#[derive(Debug, Clone)]
+pub struct StepLayout {
+    pub(crate) batch: usize,
+    pub(crate) max_query: usize,
+    pub(crate) max_context: usize,
+    /// Pool slot of every new token.
+    pub(crate) write_slots: Tensor<1, Int>,
+    /// Pool slot of every padded context position (padding reads slot 0, masked).
+    pub(crate) read_slots: Tensor<1, Int>,
+    /// Flat token row of every padded query (padding repeats row 0); `None` when every
+    /// sequence brings one token, so flat and padded are the same.
+    pub(crate) query_rows: Option<Tensor<1, Int>>,
+    /// Padded query row of every flat token, to come back from attention.
+    pub(crate) token_rows: Option<Tensor<1, Int>>,
+    pub(crate) mask: Option<Tensor<4, Bool>>,
+    /// Flat row of each sequence's last token: the only rows that need logits.
+    pub(crate) last_rows: Tensor<1, Int>,
+    pub(crate) positions: Vec<usize>,
+}
+
+impl StepLayout {
+    /// Checks the chunks against the pool and builds the step's indices.
+    pub fn new(chunks: &[SequenceChunk], block_size: usize, num_blocks: usize, sliding_window: Option<usize>, device: &Device) -> Result<Self, String> {
+        if chunks.is_empty() {
+            return Err("a step needs at least one sequence".into());
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            if chunk.tokens.is_empty() {
+                return Err(format!("sequence {i} of the step has no tokens"));
+            }
+            let needed = chunk.context_len().div_ceil(block_size);
+            if chunk.block_table.len() < needed {
+                return Err(format!("sequence {i} needs {needed} blocks for {} positions, its table has {}", chunk.context_len(), chunk.block_table.len()));
+            }
+            if let Some(bad) = chunk.block_table[..needed].iter().find(|&&b| b as usize >= num_blocks) {
+                return Err(format!("sequence {i} refers to block {bad}, the pool has {num_blocks}"));
+            }
+        }
+        let slot = |chunk: &SequenceChunk, pos: usize| (chunk.block_table[pos / block_size] as usize * block_size + pos % block_size) as i64;
+        let batch = chunks.len();
+        let max_query = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(1);
+        let max_context = chunks.iter().map(SequenceChunk::context_len).max().unwrap_or(1);
+        let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+
+        let mut write_slots = Vec::with_capacity(tokens);
+        let mut positions = Vec::with_capacity(tokens);
+        let mut read_slots = Vec::with_capacity(batch * max_context);
+        let mut query_rows = Vec::with_capacity(batch * max_query);
+        let mut token_rows = Vec::with_capacity(tokens);
+        let mut last_rows = Vec::with_capacity(batch);
+        let mut mask = Vec::with_capacity(batch * max_query * max_context);
+        let mut flat = 0usize;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let (start, len, context) = (chunk.start, chunk.tokens.len(), chunk.context_len());
+            for pos in start..context {
+                write_slots.push(slot(chunk, pos));
+                positions.push(pos);
+            }
+            read_slots.extend((0..max_context).map(|pos| if pos < context { slot(chunk, pos) } else { 0 }));
+            for q in 0..max_query {
+                query_rows.push(if q < len { (flat + q) as i64 } else { 0 });
+                let query_pos = start + q;
+                mask.extend((0..max_context).map(|key| match q < len {
+                    true => key > query_pos || sliding_window.is_some_and(|w| query_pos - key >= w),
+                    // Padded queries see key 0 only, so their softmax stays finite.
+                    false => key > 0,
+                }));
+            }
+            token_rows.extend((0..len).map(|q| (i * max_query + q) as i64));
+            flat += len;
+            last_rows.push((flat - 1) as i64);
+        }
+        let ints = |v: Vec<i64>| {
+            let len = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [len]), device)
+        };
+        let padded = max_query > 1;
+        let any_masked = mask.iter().any(|&m| m);
+        Ok(Self {
+            batch,
+            max_query,
+            max_context,
+            write_slots: ints(write_slots),
+            read_slots: ints(read_slots),
+            query_rows: padded.then(|| ints(query_rows)),
+            token_rows: padded.then(|| ints(token_rows)),
+            mask: any_masked.then(|| Tensor::from_data(TensorData::new(mask, [batch, 1, max_query, max_context]), device)),
+            last_rows: ints(last_rows),
+            positions,
+        })
+    }
+
+    /// Tokens in the step, all sequences together.
+    pub fn tokens(&self) -> usize {
+        self.positions.len()
+    }
+}
