@@ -214,3 +214,66 @@ fn quantize_then_perplexity_matches_online_quantization() {
     assert!(exported.starts_with("perplexity ") && exported.contains("tokens/s"), "{exported}");
     assert_eq!(ppl(&exported), ppl(&online));
 }
+
+/// Prompts as text, token ids and chat messages, with per-line sampling, in and out of
+/// JSONL, in input order; the greedy token-id line reproduces the reference tokens.
+#[test]
+fn generate_round_trips_a_jsonl_file() {
+    let cache = TempDir::new().unwrap();
+    let reference = Reference::read("llama-tiny-f16");
+    let input = cache.path().join("prompts.jsonl");
+    let lines = [
+        serde_json::json!("The government said"),
+        serde_json::json!({ "prompt_token_ids": reference.input_ids, "max_tokens": 16, "ignore_eos": true }),
+        serde_json::json!({ "prompt": "Hundreds of people", "n": 2, "temperature": 0.9, "seed": 3, "max_tokens": 6, "stop": ["zzz"] }),
+        serde_json::json!({ "messages": [{ "role": "user", "content": "Hello" }], "max_tokens": 4, "logprobs": 2 }),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, text + "\n").unwrap();
+    let output = cache.path().join("out.jsonl");
+    let model = fixture("llama-tiny-f16");
+    let args = ["generate", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap(), "--max-tokens", "8"];
+    let out = ember(&args, &cache);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokens/s"));
+    let results: Vec<serde_json::Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(results.len(), 4);
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result["index"], i);
+    }
+    let greedy: Vec<u32> = serde_json::from_value(results[1]["outputs"][0]["token_ids"].clone()).unwrap();
+    assert_eq!(greedy, reference.greedy_new_ids, "token-id prompt, greedy");
+    assert_eq!(results[1]["outputs"][0]["finish_reason"], "length");
+    assert!(results[0]["outputs"][0]["token_ids"].as_array().unwrap().len() <= 8, "--max-tokens is the default");
+    assert_eq!(results[2]["outputs"].as_array().unwrap().len(), 2, "n = 2");
+    assert_eq!(results[2]["usage"]["completion_tokens"].as_u64().unwrap() as usize, 12);
+    let logprobs = results[3]["outputs"][0]["logprobs"].as_array().unwrap();
+    assert!(!logprobs.is_empty() && logprobs[0]["top"].as_array().unwrap().len() == 2);
+
+    // A bad line is reported with its number and nothing runs.
+    std::fs::write(&input, "\"fine\"\n{\"prompt\": \"x\", \"temprature\": 1}\n").unwrap();
+    let failed = Command::new(env!("CARGO_BIN_EXE_ember")).args(args).env("XDG_CACHE_HOME", cache.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(stderr.contains("line 2") && stderr.contains("temprature"), "{stderr}");
+}
+
+#[test]
+fn bench_on_dummy_weights_prints_its_table_and_json() {
+    let cache = TempDir::new().unwrap();
+    let model = fixture("llama-tiny-f16");
+    let json = cache.path().join("bench.json");
+    let args = [
+        "bench", "--model", model.to_str().unwrap(), "--load-format", "dummy", "--num-layers", "2", "--batch-sizes", "1,4",
+        "--input-len", "16", "--output-len", "8", "--json", json.to_str().unwrap(),
+    ];
+    let out = ember(&args, &cache);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("TTFT ms") && stdout.contains("output tok/s"), "{stdout}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.iter().map(|r| r["batch_size"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 4]);
+    for row in &rows {
+        assert!(row["output_tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(row["preemptions"], 0);
+    }
+}

@@ -1,5 +1,7 @@
 //! The `ember` command line.
 
+mod bench;
+mod generate;
 mod inspect;
 mod logits;
 mod perplexity;
@@ -31,6 +33,10 @@ pub enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Perplexity of a model over a text file (sliding window), with tokens/s.
     Perplexity(perplexity::PerplexityArgs),
+    /// Generate completions for every prompt of a JSONL file, batched, into a JSONL file.
+    Generate(generate::GenerateArgs),
+    /// Throughput and latency at several batch sizes (TTFT, TPOT, tokens/s, memory).
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -41,6 +47,8 @@ impl Command {
             Self::Inspect(args) => inspect::execute(args),
             Self::Quantize(args) => quantize::execute(args),
             Self::Perplexity(args) => perplexity::execute(args),
+            Self::Generate(args) => generate::execute(args),
+            Self::Bench(args) => bench::execute(args),
         }
     }
 }
