@@ -334,3 +334,23 @@ fn generation_ends_at_the_context_length() {
     assert_eq!(out[0].token_ids.len(), 4);
     assert_eq!(out[0].finish_reason, FinishReason::Length);
 }
+
+/// On a Cube device, decode steps run the paged attention kernel (prefill steps the
+/// Burn-ops path); a batch there produces the tokens the Flex engine produces.
+#[test]
+fn wgpu_engine_with_the_decode_kernel_matches_flex() {
+    use ember::quant::kernels::{self, AttentionKernel};
+    let wgpu = Device::wgpu(Default::default());
+    assert_eq!(kernels::select::paged_attention(&wgpu, burn::tensor::DType::F32, 64, true).kernel, AttentionKernel::PagedDecode);
+    assert_eq!(kernels::select::paged_attention(&wgpu, burn::tensor::DType::F32, 64, false).kernel, AttentionKernel::Reference);
+    let reference = Reference::read("llama-tiny-f16");
+    let requests: Vec<(Prompt, SamplingParams)> =
+        (0..4).map(|i| (Prompt::Tokens(reference.input_ids[i * 3..].to_vec()), greedy(6 + i))).collect();
+    let tokens = |engine: &mut Engine| -> Vec<Vec<u32>> {
+        engine.generate(requests.clone(), false).unwrap().into_iter().map(|o| o.completions[0].token_ids.clone()).collect()
+    };
+    let on_flex = tokens(&mut engine("llama-tiny-f16", EngineConfig::default()));
+    let config = EngineConfig { block_size: 4, kv_cache: KvCacheSize::Blocks(64), ..EngineConfig::default() };
+    let on_wgpu = tokens(&mut Engine::new(load("llama-tiny-f16", wgpu), &config).unwrap());
+    assert_eq!(on_wgpu, on_flex);
+}

@@ -81,7 +81,7 @@ fn activations(rows: usize, k: usize, dtype: DType, device: &Device, rng: &mut S
     Tensor::<2>::from_data(TensorData::new(values, [rows, k]), (device, DType::F32)).cast(dtype)
 }
 
-fn to_f32(t: Tensor<2>) -> Vec<f32> {
+fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(DType::F32).into_data().try_to_vec::<f32>().expect("f32 data")
 }
 
@@ -208,9 +208,12 @@ fn selector_explains_its_choice() {
 
 /// Every kernel variant compiles to CUDA C++ through CubeCL's compiler, with no GPU.
 #[test]
-fn every_int_gemm_variant_generates_cuda_cpp() {
-    let variants = ember_quant::kernels::codegen::int_weight_gemm_variants();
+fn every_kernel_variant_generates_cuda_cpp() {
+    let mut variants = ember_quant::kernels::codegen::int_weight_gemm_variants();
     assert_eq!(variants.len(), 2 * 2 * 3 * 4 * 3 * 2);
+    let attention = ember_quant::kernels::codegen::paged_decode_attention_variants();
+    assert_eq!(attention.len(), 3 * 3);
+    variants.extend(attention);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
     for kernel in variants.iter().flatten() {
@@ -270,4 +273,81 @@ fn grouped_int_gemm_on_wgpu() {
 #[test]
 fn grouped_int_gemm_on_cubecl_cpu() {
     grouped_on(Device::cpu());
+}
+
+/// Decode attention read through block tables against gathering each context and
+/// running masked Burn-ops attention: grouped KV heads, shuffled blocks, contexts from
+/// one token to several blocks, a sliding window, and half precision where supported.
+fn paged_decode_on(device: Device) {
+    use ember_quant::kernels::PagedAttentionLayout;
+    use burn::tensor::activation::softmax;
+
+    let mut rng = StdRng::seed_from_u64(5);
+    let (heads, kv_heads, head_dim, block_size, num_blocks) = (8, 2, 64, 4, 24);
+    let dtypes: Vec<DType> = [DType::F32, DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
+    for dtype in dtypes {
+        for window in [0usize, 5] {
+            let contexts = [1usize, 4, 9, 17, 30];
+            let batch = contexts.len();
+            let mut blocks: Vec<u32> = (0..num_blocks as u32).collect();
+            // A shuffled pool: sequences own scattered blocks.
+            for i in (1..blocks.len()).rev() {
+                blocks.swap(i, rng.random_range(0..=i));
+            }
+            let width = contexts.iter().map(|c| c.div_ceil(block_size)).max().unwrap();
+            let mut tables = Vec::new();
+            let mut next = 0;
+            for &c in &contexts {
+                let own = c.div_ceil(block_size);
+                tables.extend((0..width).map(|i| if i < own { blocks[next + i] as i32 } else { 0 }));
+                next += own;
+            }
+            let slots = num_blocks * block_size;
+            let random = |n: usize, rng: &mut StdRng| (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
+            let upload = |v: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(v, shape), (&device, dtype));
+            let keys = upload(random(slots * kv_heads * head_dim, &mut rng), [slots, kv_heads, head_dim]);
+            let values = upload(random(slots * kv_heads * head_dim, &mut rng), [slots, kv_heads, head_dim]);
+            let q = upload(random(batch * heads * head_dim, &mut rng), [batch, heads, head_dim]);
+            let table_tensor = Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(tables.clone(), [batch, width]), (&device, DType::I32));
+            let lens: Vec<i32> = contexts.iter().map(|&c| c as i32).collect();
+            let lens = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(lens, [batch]), (&device, DType::I32));
+            let layout = PagedAttentionLayout { block_size: block_size as u32, window: window as u32 };
+            let ours = to_f32(kernels::paged_decode_attention(q.clone(), keys.clone(), values.clone(), table_tensor, lens, layout).reshape([batch * heads * head_dim]));
+
+            let mut expected = Vec::new();
+            for (b, &context) in contexts.iter().enumerate() {
+                let first = if window > 0 { context.saturating_sub(window) } else { 0 };
+                let positions: Vec<i64> = (first..context).map(|p| (tables[b * width + p / block_size] as usize * block_size + p % block_size) as i64).collect();
+                let n = positions.len();
+                let index = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(positions, [n]), &device);
+                let gather = |pool: &Tensor<3>| pool.clone().select(0, index.clone()).cast(DType::F32).swap_dims(0, 1).repeat_dim(0, heads / kv_heads);
+                let k = regroup(gather(&keys), kv_heads, heads);
+                let v = regroup(gather(&values), kv_heads, heads);
+                let qb = q.clone().narrow(0, b, 1).cast(DType::F32).reshape([heads, 1, head_dim]);
+                let scores = qb.matmul(k.swap_dims(1, 2)).mul_scalar((head_dim as f64).powf(-0.5));
+                expected.extend(to_f32(softmax(scores, 2).matmul(v).reshape([heads * head_dim])));
+            }
+            let diff = ours.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let tolerance = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            assert!(diff < tolerance, "{dtype:?} window {window}: max diff {diff}");
+        }
+    }
+}
+
+/// `[kv_heads * group, n, d]` repeated as whole blocks → each kv head repeated `group`
+/// times in place, so query head `h` meets kv head `h / group`.
+fn regroup(x: Tensor<3>, kv_heads: usize, heads: usize) -> Tensor<3> {
+    let [_, n, d] = x.dims();
+    let group = heads / kv_heads;
+    x.reshape([group, kv_heads, n, d]).swap_dims(0, 1).reshape([heads, n, d])
+}
+
+#[test]
+fn paged_decode_attention_on_wgpu() {
+    paged_decode_on(Device::wgpu(Default::default()));
+}
+
+#[test]
+fn paged_decode_attention_on_cubecl_cpu() {
+    paged_decode_on(Device::cpu());
 }

@@ -109,6 +109,11 @@ impl PagedLayer {
         self.values = pool.select_assign(0, slots, values, IndexingUpdateOp::Assign);
     }
 
+    /// The whole pools (handles), for kernels that read them in place.
+    pub(crate) fn pools(&self) -> (Tensor<3>, Tensor<3>) {
+        (self.keys.clone(), self.values.clone())
+    }
+
     /// Gathers `slots` (`[batch * context]`) as `[batch, kv_heads, context, head_dim]`.
     pub(crate) fn read(&self, slots: Tensor<1, Int>, batch: usize, context: usize) -> (Tensor<4>, Tensor<4>) {
         let gather = |pool: &Tensor<3>| {
@@ -142,6 +147,11 @@ pub struct StepLayout {
     /// Flat row of each sequence's last token: the only rows that need logits.
     pub(crate) last_rows: Tensor<1, Int>,
     pub(crate) positions: Vec<usize>,
+    /// Block tables (i32 `[batch, max_blocks]`) and context lengths (i32 `[batch]`) for
+    /// the decode kernel; `Some` when every sequence brings one token.
+    pub(crate) decode: Option<(Tensor<2, Int>, Tensor<1, Int>)>,
+    pub(crate) block_size: usize,
+    pub(crate) sliding_window: Option<usize>,
 }
 
 impl StepLayout {
@@ -201,6 +211,15 @@ impl StepLayout {
             Tensor::<1, Int>::from_data(TensorData::new(v, [len]), device)
         };
         let padded = max_query > 1;
+        let decode = (!padded).then(|| {
+            let width = chunks.iter().map(|c| c.context_len().div_ceil(block_size)).max().unwrap_or(1);
+            let tables: Vec<i32> = chunks.iter().flat_map(|c| (0..width).map(|i| c.block_table.get(i).map_or(0, |&b| b as i32))).collect();
+            let lens: Vec<i32> = chunks.iter().map(|c| c.context_len() as i32).collect();
+            (
+                Tensor::<2, Int>::from_data(TensorData::new(tables, [batch, width]), (device, burn::tensor::DType::I32)),
+                Tensor::<1, Int>::from_data(TensorData::new(lens, [batch]), (device, burn::tensor::DType::I32)),
+            )
+        });
         let any_masked = mask.iter().any(|&m| m);
         Ok(Self {
             batch,
@@ -213,6 +232,9 @@ impl StepLayout {
             mask: any_masked.then(|| Tensor::from_data(TensorData::new(mask, [batch, 1, max_query, max_context]), device)),
             last_rows: ints(last_rows),
             positions,
+            decode,
+            block_size,
+            sliding_window,
         })
     }
 

@@ -9,6 +9,7 @@ use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
+use super::paged_attention;
 
 /// One compiled variant: a readable name and its CUDA C++ source.
 #[derive(Debug, Clone)]
@@ -109,4 +110,40 @@ pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String
             compile(kernel).map(|source| GeneratedKernel { name: name.clone(), source }).map_err(|e| (name, e))
         })
         .collect()
+}
+
+/// Every variant of the paged decode attention: head size × activation dtype.
+pub fn paged_decode_attention_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+    let target = Arc::new(<cubecl::cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties());
+    let properties = offline_properties();
+    let mut variants = Vec::new();
+    for head_dim in [64u32, 128, 256] {
+        for (float, float_name) in FLOATS {
+            let name = format!("paged_decode_d{head_dim}_{float_name}");
+            let settings = KernelSettings::new(*CubeDim::new_1d(paged_attention::CUBE_UNITS), ExecutionMode::Unchecked, AddressType::U32);
+            let buffer = || BufferCompilationArg { inplace: None };
+            let kernel = paged_attention::paged_decode_attention::PagedDecodeAttention::new(
+                settings,
+                properties.clone(),
+                target.clone(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                head_dim,
+                ElemType::Float(float),
+            );
+            variants.push(compile(kernel).map(|source| GeneratedKernel { name: name.clone(), source }).map_err(|e| (name, e)));
+        }
+    }
+    variants
 }

@@ -5,6 +5,7 @@
 pub mod codegen;
 pub mod int_gemm;
 mod ops;
+pub mod paged_attention;
 pub mod select;
 
 use burn::tensor::Tensor;
@@ -12,8 +13,8 @@ use burn::tensor::Tensor;
 use crate::packing::int_tensor;
 use crate::repr::{ExpertStack, PackedIntWeight, ZeroPoints};
 
-pub use ops::{gemm_output_shape, GroupBuffer, IntGemmLayout, QuantKernelOps, ZeroBuffer};
-pub use select::{with_policy, IntGemmKernel, KernelPolicy, Selection};
+pub use ops::{gemm_output_shape, same_shape, GroupBuffer, IntGemmLayout, KernelOps, PagedAttentionLayout, ZeroBuffer};
+pub use select::{with_policy, AttentionKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// `x · W` for an `Int4` / `Int8` weight through the kernel the selector picks.
 pub fn int_weight_forward(weight: &PackedIntWeight, x: Tensor<2>) -> Tensor<2> {
@@ -38,7 +39,7 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> T
         false => GroupBuffer::Indexed(weight.group_index.clone().into_dispatch()),
     };
     let layout = IntGemmLayout { bits: weight.bits, group_size: weight.group_size as u32, tile_m };
-    Tensor::from_dispatch(<Dispatch as QuantKernelOps>::int_weight_gemm(
+    Tensor::from_dispatch(<Dispatch as KernelOps>::int_weight_gemm(
         x.into_dispatch(),
         weight.packed.clone().into_dispatch(),
         weight.scales.clone().into_dispatch(),
@@ -65,7 +66,7 @@ pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_exper
     let len = tiles.len();
     let tiles = int_tensor(tiles, [len], &x.device());
     let layout = IntGemmLayout { bits: stack.bits, group_size: stack.group_size as u32, tile_m };
-    Tensor::from_dispatch(<Dispatch as QuantKernelOps>::grouped_int_weight_gemm(
+    Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int_weight_gemm(
         x.into_dispatch(),
         stack.packed.clone().into_dispatch(),
         stack.scales.clone().into_dispatch(),
@@ -81,4 +82,26 @@ fn zero_buffer(zeros: &ZeroPoints) -> ZeroBuffer<burn::backend::Dispatch> {
         ZeroPoints::Integer(z) => ZeroBuffer::Integer(z.clone().into_dispatch()),
         ZeroPoints::Float(o) => ZeroBuffer::Float(o.clone().into_dispatch()),
     }
+}
+
+/// Decode attention on the paged pools through the CubeCL kernel (a Cube device; see
+/// [`paged_attention`]). `q` is `[batch, heads, head_dim]`.
+pub fn paged_decode_attention(
+    q: Tensor<3>,
+    key_pool: Tensor<3>,
+    value_pool: Tensor<3>,
+    block_tables: Tensor<2, burn::tensor::Int>,
+    context_lens: Tensor<1, burn::tensor::Int>,
+    layout: PagedAttentionLayout,
+) -> Tensor<3> {
+    use burn::backend::Dispatch;
+
+    Tensor::from_dispatch(<Dispatch as KernelOps>::paged_decode_attention(
+        q.into_dispatch(),
+        key_pool.into_dispatch(),
+        value_pool.into_dispatch(),
+        block_tables.into_dispatch(),
+        context_lens.into_dispatch(),
+        layout,
+    ))
 }

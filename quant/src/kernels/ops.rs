@@ -12,8 +12,9 @@ use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_MAP_STRIDE, TILE_N};
+use super::paged_attention;
 
-/// How an integer weight is laid out, for [`QuantKernelOps::int_weight_gemm`].
+/// How an integer weight is laid out, for [`KernelOps::int_weight_gemm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IntGemmLayout {
     pub bits: u32,
@@ -50,8 +51,21 @@ pub fn gemm_output_shape(x: &Shape, scales: &Shape) -> Shape {
     Shape::from([x[0], scales[1]])
 }
 
+/// Where a decode step's keys and values are, for [`KernelOps::paged_decode_attention`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PagedAttentionLayout {
+    pub block_size: u32,
+    /// Keys a query sees, counting back from itself; 0 means the whole context.
+    pub window: u32,
+}
+
+/// The output has the query's shape.
+pub fn same_shape(q: &Shape) -> Shape {
+    q.clone()
+}
+
 #[backend_extension(Cube, Fusion)]
-pub trait QuantKernelOps: Backend {
+pub trait KernelOps: Backend {
     /// `x · dequant(W)` for a K-packed integer weight (see `crate::repr::PackedIntWeight`).
     #[fusion(dtype = x, shape = gemm_output_shape(x, scales))]
     fn int_weight_gemm(
@@ -75,9 +89,22 @@ pub trait QuantKernelOps: Backend {
         tiles: IntTensor<Self>,
         layout: IntGemmLayout,
     ) -> FloatTensor<Self>;
+
+    /// One query token per sequence (`q` `[batch, heads, head_dim]`) against its context
+    /// in the paged pools (`[slots, kv_heads, head_dim]`), found through `block_tables`
+    /// (i32 `[batch, max_blocks]`) for `context_lens` (i32 `[batch]`) positions.
+    #[fusion(dtype = q, shape = same_shape(q))]
+    fn paged_decode_attention(
+        q: FloatTensor<Self>,
+        key_pool: FloatTensor<Self>,
+        value_pool: FloatTensor<Self>,
+        block_tables: IntTensor<Self>,
+        context_lens: IntTensor<Self>,
+        layout: PagedAttentionLayout,
+    ) -> FloatTensor<Self>;
 }
 
-impl QuantKernelOps for CubeBackend {
+impl KernelOps for CubeBackend {
     fn int_weight_gemm(
         x: CubeTensor,
         packed: CubeTensor,
@@ -98,6 +125,53 @@ impl QuantKernelOps for CubeBackend {
         layout: IntGemmLayout,
     ) -> CubeTensor {
         launch_int_gemm(x, packed, scales, zeros, GroupBuffer::Contiguous, Some(tiles), layout)
+    }
+
+    fn paged_decode_attention(
+        q: CubeTensor,
+        key_pool: CubeTensor,
+        value_pool: CubeTensor,
+        block_tables: CubeTensor,
+        context_lens: CubeTensor,
+        layout: PagedAttentionLayout,
+    ) -> CubeTensor {
+        let [batch, heads, head_dim] = [q.shape()[0], q.shape()[1], q.shape()[2]];
+        let kv_heads = key_pool.shape()[1];
+        let max_blocks = block_tables.shape()[1];
+        let client = q.client.clone();
+        let out = empty_device_dtype(client.clone(), q.device.clone(), q.shape(), q.dtype);
+        if batch == 0 || heads == 0 {
+            return out;
+        }
+        let elem = float_elem(q.dtype);
+        let units = (batch * heads) as u32;
+        // SAFETY: the kernel reads q and writes out within `[batch, heads, head_dim]`,
+        // their shapes; it reads the pools at slots taken from the block tables, which
+        // the caller fills with blocks of the pool for every position below each
+        // sequence's context length.
+        unsafe {
+            paged_attention::paged_decode_attention::launch_unchecked(
+                &client,
+                CubeCount::Static(units.div_ceil(paged_attention::CUBE_UNITS), 1, 1),
+                CubeDim::new_1d(paged_attention::CUBE_UNITS),
+                into_contiguous(q).into_buffer_arg(),
+                into_contiguous(key_pool).into_buffer_arg(),
+                into_contiguous(value_pool).into_buffer_arg(),
+                into_contiguous(block_tables).into_buffer_arg(),
+                into_contiguous(context_lens).into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                batch as u32,
+                heads as u32,
+                kv_heads as u32,
+                max_blocks as u32,
+                layout.block_size,
+                layout.window,
+                (head_dim as f32).powf(-0.5),
+                head_dim as u32,
+                elem,
+            );
+        }
+        out
     }
 }
 

@@ -137,6 +137,38 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
     Selection { kernel: IntGemmKernel::Portable { tile_m }, reason: reason.into() }
 }
 
+/// A kernel for the attention of a batched step over the paged KV pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// Gather each context into a padded tensor, then masked Burn-ops attention.
+    Reference,
+    /// The CubeCL kernel that reads the pool through the block tables.
+    PagedDecode,
+}
+
+/// Largest head the decode kernel keeps in registers.
+pub const MAX_KERNEL_HEAD_DIM: usize = 256;
+
+/// Picks the attention path for a step; `decode_only` when every sequence brings one token.
+pub fn paged_attention(device: &Device, dtype: DType, head_dim: usize, decode_only: bool) -> Selection<AttentionKernel> {
+    let reference = |reason: &str| Selection { kernel: AttentionKernel::Reference, reason: reason.into() };
+    let selection = if policy() == KernelPolicy::Reference {
+        reference("kernels disabled (EMBER_KERNELS=reference)")
+    } else if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
+        reference("the Flex backend runs the Burn-ops reference")
+    } else if !decode_only {
+        reference("the step has prefill tokens; the kernel takes one query per sequence")
+    } else if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        reference("the kernel takes f32, f16 or bf16")
+    } else if head_dim > MAX_KERNEL_HEAD_DIM {
+        reference("head_dim above 256 does not fit the kernel's registers")
+    } else {
+        Selection { kernel: AttentionKernel::PagedDecode, reason: "paged decode kernel".into() }
+    };
+    log_once(|| format!("attention head_dim={head_dim} decode_only={decode_only} {dtype:?}: {:?} ({})", selection.kernel, selection.reason));
+    selection
+}
+
 /// Logs each distinct message once. Runs on every quantized matmul, so nothing is
 /// formatted or locked unless debug logging is on for this target.
 fn log_once(message: impl FnOnce() -> String) {
