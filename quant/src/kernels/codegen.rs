@@ -56,6 +56,20 @@ fn compile(kernel: impl CubeKernel) -> Result<String, String> {
         .map_err(|e| format!("{e:?}"))
 }
 
+fn generate(name: String, kernel: impl CubeKernel) -> Result<GeneratedKernel, (String, String)> {
+    compile(kernel).map(|source| GeneratedKernel { name: name.clone(), source }).map_err(|e| (name, e))
+}
+
+/// One-dimensional cubes of `units`, unchecked bounds, 32-bit addressing.
+fn settings(units: u32) -> KernelSettings {
+    KernelSettings::new(*CubeDim::new_1d(units), ExecutionMode::Unchecked, AddressType::U32)
+}
+
+/// A buffer argument that is not written in place.
+fn buffer() -> BufferCompilationArg {
+    BufferCompilationArg { inplace: None }
+}
+
 const FLOATS: [(FloatKind, &str); 3] = [(FloatKind::F16, "f16"), (FloatKind::BF16, "bf16"), (FloatKind::F32, "f32")];
 
 /// Every variant of the integer weight-only GEMM: bits × grouping × zero points × rows
@@ -82,10 +96,8 @@ pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String
     variants
         .into_iter()
         .map(|(name, (bits, group_size, zeros, tile_m, float, grouped))| {
-            let settings = KernelSettings::new(*CubeDim::new_1d(CUBE_UNITS), ExecutionMode::Unchecked, AddressType::U32);
-            let buffer = || BufferCompilationArg { inplace: None };
             let kernel = int_gemm::int_weight_gemm::IntWeightGemm::new(
-                settings,
+                settings(CUBE_UNITS),
                 properties.clone(),
                 target.clone(),
                 buffer(),
@@ -107,7 +119,7 @@ pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String
                 grouped,
                 ElemType::Float(float),
             );
-            compile(kernel).map(|source| GeneratedKernel { name: name.clone(), source }).map_err(|e| (name, e))
+            generate(name, kernel)
         })
         .collect()
 }
@@ -120,10 +132,8 @@ pub fn paged_decode_attention_variants() -> Vec<Result<GeneratedKernel, (String,
     for head_dim in [64u32, 128, 256] {
         for (float, float_name) in FLOATS {
             let name = format!("paged_decode_d{head_dim}_{float_name}");
-            let settings = KernelSettings::new(*CubeDim::new_1d(paged_attention::CUBE_UNITS), ExecutionMode::Unchecked, AddressType::U32);
-            let buffer = || BufferCompilationArg { inplace: None };
             let kernel = paged_attention::paged_decode_attention::PagedDecodeAttention::new(
-                settings,
+                settings(paged_attention::CUBE_UNITS),
                 properties.clone(),
                 target.clone(),
                 buffer(),
@@ -142,7 +152,7 @@ pub fn paged_decode_attention_variants() -> Vec<Result<GeneratedKernel, (String,
                 head_dim,
                 ElemType::Float(float),
             );
-            variants.push(compile(kernel).map(|source| GeneratedKernel { name: name.clone(), source }).map_err(|e| (name, e)));
+            variants.push(generate(name, kernel));
         }
     }
     variants
