@@ -354,3 +354,26 @@ fn wgpu_engine_with_the_decode_kernel_matches_flex() {
     let on_wgpu = tokens(&mut Engine::new(load("llama-tiny-f16", wgpu), &config).unwrap());
     assert_eq!(on_wgpu, on_flex);
 }
+
+/// First come, first served: a request that does not fit yet holds its place, and a
+/// smaller one behind it waits rather than overtaking it.
+#[test]
+fn waiting_requests_are_admitted_in_arrival_order() {
+    let mut engine = engine("llama-tiny-f16", EngineConfig { block_size: 4, kv_cache: KvCacheSize::Blocks(8), ..EngineConfig::default() });
+    let prompt = |len: usize| Prompt::Tokens((0..len as u32).map(|i| 10 + i).collect());
+    let first = engine.add_request(prompt(20), greedy(10)).unwrap();
+    let big = engine.add_request(prompt(28), greedy(2)).unwrap();
+    let small = engine.add_request(prompt(4), greedy(2)).unwrap();
+    let mut order = Vec::new();
+    while engine.has_unfinished() {
+        let stats = engine.stats();
+        for output in engine.step().unwrap() {
+            if output.finished.is_some() {
+                order.push(output.request);
+            }
+        }
+        assert!(stats.running <= 1 || order.contains(&first), "nothing joins beside the first request while the big one waits");
+    }
+    assert_eq!(order, [first, big, small]);
+    assert_eq!(engine.stats().kv_blocks_used, 0);
+}
