@@ -3,6 +3,7 @@
 //! differ only in their feed-forward block and tensor names, which they pass in.
 
 use burn::tensor::{DType, Device, Int, Tensor};
+use ember_quant::kernels::{self, AttentionKernel};
 use ember_quant::{CheckpointError, ComputeDtype, LayerInfo, LayerKind, QLinear, WeightSpec};
 
 use crate::config::ModelConfig;
@@ -226,7 +227,12 @@ impl DecoderModel {
                 return Err(ModelError::InvalidStep(format!("token id {bad} is outside the vocabulary (size {vocab})")));
             }
         }
-        let layout = StepLayout::new(chunks, cache.block_size(), cache.num_blocks(), c.sliding_window, &self.device).map_err(ModelError::InvalidStep)?;
+        // One choice per step: every layer's attention takes the same path.
+        let decode_only = StepLayout::is_decode_only(chunks);
+        let decode_kernel = decode_only
+            && kernels::select::paged_attention(&self.device, self.dtype.burn(), c.head_dim, decode_only).kernel == AttentionKernel::PagedDecode;
+        let layout = StepLayout::new(chunks, cache.block_size(), cache.num_blocks(), c.sliding_window, decode_kernel, &self.device)
+            .map_err(ModelError::InvalidStep)?;
         let ids: Vec<i64> = chunks.iter().flat_map(|chunk| chunk.tokens.iter().map(|&t| t as i64)).collect();
         let tokens = layout.tokens();
         let ids = Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(ids, [tokens]), &self.device);

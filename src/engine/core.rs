@@ -243,23 +243,19 @@ impl Engine {
                 continue; // a prefill chunk: nothing to sample yet
             }
             let row = &logits[row * vocab..(row + 1) * vocab];
-            let mut group = vec![seq.index];
-            if seq.forks_pending > 0 {
-                // The prompt is in the cache: the other completions share its blocks.
-                for index in 1..=seq.forks_pending {
-                    let sibling = seq.fork(index);
-                    sibling.blocks.iter().for_each(|&b| self.scheduler.pool.share(b));
-                    forks.push(sibling);
-                    group.push(index);
-                }
-                seq.forks_pending = 0;
+            // Once the prompt is in the cache, the other completions fork off and share
+            // its blocks.
+            let mut siblings: Vec<Sequence> = (1..=seq.forks_pending).map(|index| seq.fork(index)).collect();
+            seq.forks_pending = 0;
+            for block in siblings.iter().flat_map(|s| &s.blocks) {
+                self.scheduler.pool.share(*block);
             }
             let tokenizer = self.loaded.tokenizer.as_ref();
-            let max_model_len = self.max_model_len;
-            let mut deltas = vec![advance(&mut self.scheduler.running[i], row, tokenizer, max_model_len)?];
-            for sibling in forks.iter_mut().filter(|s: &&mut Sequence| s.request == self.scheduler.running[i].request) {
-                deltas.push(advance(sibling, row, tokenizer, max_model_len)?);
+            let mut deltas = vec![advance(&mut self.scheduler.running[i], row, tokenizer, self.max_model_len)?];
+            for sibling in &mut siblings {
+                deltas.push(advance(sibling, row, tokenizer, self.max_model_len)?);
             }
+            forks.extend(siblings);
             let request = self.scheduler.running[i].request;
             for delta in &deltas {
                 if delta.finish_reason.is_some() {
@@ -268,7 +264,7 @@ impl Engine {
             }
             outputs.push(self.record(request, deltas));
         }
-        // Siblings forked this step join right after their parent's position.
+        // Siblings forked this step join the end of the running batch.
         self.scheduler.running.extend(forks);
         for (request, index) in finished {
             if let Some(pos) = self.scheduler.running.iter().position(|s| s.request == request && s.index == index) {

@@ -2,7 +2,7 @@
 //! sliding-window) mask, and softmax in f32.
 
 use burn::tensor::{activation::softmax, Bool, DType, Device, Tensor, TensorData};
-use ember_quant::kernels::{self, AttentionKernel, PagedAttentionLayout};
+use ember_quant::kernels::{self, PagedAttentionLayout};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
 
 use super::kv_cache::LayerCache;
@@ -87,16 +87,11 @@ impl Attention {
         let v = self.v_proj.forward(x).reshape([tokens, kv_heads, d]);
         cache.write(layout.write_slots.clone(), k, v);
         if let Some((tables, lens)) = &layout.decode {
-            let selection = kernels::select::paged_attention(&q.device(), q.dtype(), d, true);
-            if selection.kernel == AttentionKernel::PagedDecode {
-                let (key_pool, value_pool) = cache.pools();
-                let kernel_layout = PagedAttentionLayout {
-                    block_size: layout.block_size as u32,
-                    window: layout.sliding_window.unwrap_or(0) as u32,
-                };
-                let out = kernels::paged_decode_attention(q, key_pool, value_pool, tables.clone(), lens.clone(), kernel_layout);
-                return self.o_proj.forward(out.reshape([1, tokens, heads * d]));
-            }
+            let (key_pool, value_pool) = cache.pools();
+            let kernel_layout =
+                PagedAttentionLayout { block_size: layout.block_size as u32, window: layout.sliding_window.unwrap_or(0) as u32 };
+            let out = kernels::paged_decode_attention(q, key_pool, value_pool, tables.clone(), lens.clone(), kernel_layout);
+            return self.o_proj.forward(out.reshape([1, tokens, heads * d]));
         }
         let (k, v) = cache.read(layout.read_slots.clone(), layout.batch, layout.max_context);
 

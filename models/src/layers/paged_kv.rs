@@ -148,15 +148,29 @@ pub struct StepLayout {
     pub(crate) last_rows: Tensor<1, Int>,
     pub(crate) positions: Vec<usize>,
     /// Block tables (i32 `[batch, max_blocks]`) and context lengths (i32 `[batch]`) for
-    /// the decode kernel; `Some` when every sequence brings one token.
+    /// the decode kernel; `Some` when the step runs it.
     pub(crate) decode: Option<(Tensor<2, Int>, Tensor<1, Int>)>,
     pub(crate) block_size: usize,
     pub(crate) sliding_window: Option<usize>,
 }
 
 impl StepLayout {
-    /// Checks the chunks against the pool and builds the step's indices.
-    pub fn new(chunks: &[SequenceChunk], block_size: usize, num_blocks: usize, sliding_window: Option<usize>, device: &Device) -> Result<Self, String> {
+    /// Every sequence brings one token: the step may run the decode kernel.
+    pub fn is_decode_only(chunks: &[SequenceChunk]) -> bool {
+        chunks.iter().all(|c| c.tokens.len() == 1)
+    }
+
+    /// Checks the chunks against the pool and builds the step's indices; with
+    /// `decode_kernel`, also the block tables the decode kernel reads (only for a
+    /// decode-only step).
+    pub fn new(
+        chunks: &[SequenceChunk],
+        block_size: usize,
+        num_blocks: usize,
+        sliding_window: Option<usize>,
+        decode_kernel: bool,
+        device: &Device,
+    ) -> Result<Self, String> {
         if chunks.is_empty() {
             return Err("a step needs at least one sequence".into());
         }
@@ -211,7 +225,7 @@ impl StepLayout {
             Tensor::<1, Int>::from_data(TensorData::new(v, [len]), device)
         };
         let padded = max_query > 1;
-        let decode = (!padded).then(|| {
+        let decode = (decode_kernel && !padded).then(|| {
             let width = chunks.iter().map(|c| c.context_len().div_ceil(block_size)).max().unwrap_or(1);
             let tables: Vec<i32> = chunks.iter().flat_map(|c| (0..width).map(|i| c.block_table.get(i).map_or(0, |&b| b as i32))).collect();
             let lens: Vec<i32> = chunks.iter().map(|c| c.context_len() as i32).collect();

@@ -56,6 +56,11 @@ fn compile(kernel: impl CubeKernel) -> Result<String, String> {
         .map_err(|e| format!("{e:?}"))
 }
 
+/// What the CUDA runtime tells the compiler about its target, without a device.
+fn cuda_target() -> Arc<TargetProperties> {
+    Arc::new(<cubecl::cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties())
+}
+
 fn generate(name: String, kernel: impl CubeKernel) -> Result<GeneratedKernel, (String, String)> {
     compile(kernel).map(|source| GeneratedKernel { name: name.clone(), source }).map_err(|e| (name, e))
 }
@@ -75,7 +80,7 @@ const FLOATS: [(FloatKind, &str); 3] = [(FloatKind::F16, "f16"), (FloatKind::BF1
 /// Every variant of the integer weight-only GEMM: bits × grouping × zero points × rows
 /// per unit × activation dtype × dense or mixture-of-experts.
 pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
-    let target = Arc::new(<cubecl::cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties());
+    let target = cuda_target();
     let properties = offline_properties();
     let zero_modes = [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")];
     let mut variants = Vec::new();
@@ -126,7 +131,7 @@ pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String
 
 /// Every variant of the paged decode attention: head size × activation dtype.
 pub fn paged_decode_attention_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
-    let target = Arc::new(<cubecl::cuda::CudaRuntime as cubecl_runtime::runtime::Runtime>::target_properties());
+    let target = cuda_target();
     let properties = offline_properties();
     let mut variants = Vec::new();
     for head_dim in [64u32, 128, 256] {
