@@ -21,6 +21,8 @@ pub enum Error {
     Device(String),
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("the prompt has {tokens} tokens; this engine's context is {max_model_len} (model positions and KV cache), leaving no room for output")]
+    PromptTooLong { tokens: usize, max_model_len: usize },
     #[error("cannot access {path}: {source}")]
     Io {
         path: PathBuf,

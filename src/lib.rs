@@ -13,6 +13,7 @@ pub mod export;
 pub mod generation_config;
 pub mod hub;
 pub mod model;
+pub mod server;
 pub mod tokenizer;
 
 pub use device::{default_dtype, parse_device};

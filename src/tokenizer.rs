@@ -35,6 +35,7 @@ impl ChatMessage {
     }
 }
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos_token: Option<String>,

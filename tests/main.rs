@@ -19,5 +19,6 @@ mod online_quant;
 mod quant_errors;
 mod quant_repr;
 mod quantized_models;
+mod server;
 mod tokenizer;
 mod torchao_variants;

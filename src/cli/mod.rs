@@ -7,6 +7,7 @@ mod logits;
 mod perplexity;
 mod quantize;
 mod run;
+mod serve;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -37,6 +38,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Throughput and latency at several batch sizes (TTFT, TPOT, tokens/s, memory).
     Bench(bench::BenchArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 impl Command {
@@ -49,6 +52,7 @@ impl Command {
             Self::Perplexity(args) => perplexity::execute(args),
             Self::Generate(args) => generate::execute(args),
             Self::Bench(args) => bench::execute(args),
+            Self::Serve(args) => serve::execute(args),
         }
     }
 }
@@ -159,7 +163,7 @@ impl ModelArgs {
     }
 }
 
-/// How the engine is sized (shared by `run`, `generate` and `bench`).
+/// How the engine is sized (shared by `run`, `generate`, `bench` and `serve`).
 #[derive(Args, Clone)]
 pub struct EngineArgs {
     /// Memory for the paged KV cache, e.g. 512MiB or 8GiB (allocated up front).

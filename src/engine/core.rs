@@ -299,11 +299,7 @@ impl Engine {
     fn check_prompt(&self, ids: &[u32]) -> Result<(), Error> {
         super::check_prompt(&self.loaded.model, ids)?;
         if ids.len() >= self.max_model_len {
-            return Err(Error::InvalidArgument(format!(
-                "the prompt has {} tokens; this engine's context is {} (model positions and KV cache), leaving no room for output",
-                ids.len(),
-                self.max_model_len
-            )));
+            return Err(Error::PromptTooLong { tokens: ids.len(), max_model_len: self.max_model_len });
         }
         Ok(())
     }

@@ -1,0 +1,286 @@
+//! An OpenAI-compatible HTTP server over the engine (axum on tokio).
+//!
+//! The engine runs on its own thread ([`worker`]); handlers tokenize, check the request
+//! against the context and hand the engine token ids. Routes: `POST /v1/completions`,
+//! `POST /v1/chat/completions` (both with `stream: true` as server-sent events),
+//! `GET /v1/models`, `GET /health`, `GET /metrics`.
+
+mod error;
+mod metrics;
+mod openai;
+mod protocol;
+mod respond;
+mod worker;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::engine::{Engine, SamplingParams};
+use crate::error::Error;
+use crate::Tokenizer;
+use worker::{Command, Worker};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free one (see [`Server::local_addr`]).
+    pub addr: SocketAddr,
+    /// The name clients pass as `model` and `/v1/models` lists.
+    pub served_model_name: String,
+    /// When set, every route but `/health` needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// After a shutdown signal, how long in-flight requests may run before they are
+    /// aborted.
+    pub shutdown_grace: Duration,
+    /// Shut down on SIGINT/SIGTERM (the CLI); embedders call [`Server::shutdown`].
+    pub handle_signals: bool,
+}
+
+impl ServerConfig {
+    pub fn new(served_model_name: impl Into<String>) -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            served_model_name: served_model_name.into(),
+            api_key: None,
+            max_body_bytes: 4 << 20,
+            shutdown_grace: Duration::from_secs(30),
+            handle_signals: false,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    config: ServerConfig,
+    commands: mpsc::Sender<Command>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    /// The model's generation_config.json defaults.
+    defaults: SamplingParams,
+    max_model_len: usize,
+    metrics: Arc<Metrics>,
+    created: u64,
+}
+
+impl AppState {
+    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            Some(name) if name != self.config.served_model_name => Err(ApiError::model_not_found(name)),
+            _ => Ok(()),
+        }
+    }
+
+    fn tokenizer(&self) -> Result<&Tokenizer, ApiError> {
+        self.tokenizer.as_deref().ok_or_else(|| ApiError::bad_request("this model has no tokenizer: send token ids as `prompt`"))
+    }
+
+    fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.as_ref().and_then(|t| t.decode(ids, false).ok()).unwrap_or_default()
+    }
+}
+
+/// A running server: the engine thread and the HTTP thread.
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    http: Option<JoinHandle<Result<(), Error>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Server {
+    /// Binds the address, starts the engine thread and serves until [`Server::shutdown`]
+    /// (or a signal, with `handle_signals`).
+    pub fn start(engine: Engine, config: ServerConfig) -> Result<Self, Error> {
+        let io_error = |source| Error::Io { path: config.addr.to_string().into(), source };
+        let listener = std::net::TcpListener::bind(config.addr).map_err(io_error)?;
+        listener.set_nonblocking(true).map_err(io_error)?;
+        let addr = listener.local_addr().map_err(io_error)?;
+
+        let metrics = Arc::new(Metrics::new(engine.stats()));
+        let tokenizer = engine.loaded().tokenizer.clone().map(Arc::new);
+        let defaults = engine.loaded().generation.sampling_defaults();
+        let max_model_len = engine.max_model_len();
+        let (commands, receiver) = mpsc::channel();
+        let worker = Worker::new(engine, metrics.clone());
+        let engine_thread = std::thread::Builder::new()
+            .name("ember-engine".into())
+            .spawn(move || worker.run(receiver))
+            .map_err(|e| Error::Device(format!("starting the engine thread: {e}")))?;
+        let state = Arc::new(AppState {
+            config,
+            commands,
+            tokenizer,
+            defaults,
+            max_model_len,
+            metrics: metrics.clone(),
+            created: respond::unix_time(),
+        });
+        let (stop, stopped) = oneshot::channel();
+        let http = std::thread::Builder::new()
+            .name("ember-http".into())
+            .spawn(move || serve(state, listener, stopped, engine_thread))
+            .map_err(|e| Error::Device(format!("starting the HTTP thread: {e}")))?;
+        Ok(Self { addr, stop: Some(stop), http: Some(http), metrics })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to the grace
+    /// period), then stops the engine.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait()
+    }
+
+    /// Blocks until the server has stopped (after a signal, with `handle_signals`).
+    pub fn wait(mut self) -> Result<(), Error> {
+        match self.http.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Device("the HTTP thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(http) = self.http.take() {
+            let _ = http.join();
+        }
+    }
+}
+
+fn serve(state: Arc<AppState>, listener: std::net::TcpListener, stopped: oneshot::Receiver<()>, engine_thread: JoinHandle<()>) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Device(format!("starting the async runtime: {e}")))?;
+    let commands = state.commands.clone();
+    let abort_commands = commands.clone();
+    let grace = state.config.shutdown_grace;
+    let handle_signals = state.config.handle_signals;
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io { path: "listener".into(), source })?;
+        let shutdown = async move {
+            shutdown_requested(stopped, handle_signals).await;
+            tracing::info!("shutting down: finishing in-flight requests (at most {grace:?})");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = abort_commands.send(Command::AbortAll);
+            });
+        };
+        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(|source| Error::Io { path: "server".into(), source })
+    });
+    let _ = commands.send(Command::Shutdown);
+    let _ = engine_thread.join();
+    result
+}
+
+async fn shutdown_requested(stopped: oneshot::Receiver<()>, handle_signals: bool) {
+    if !handle_signals {
+        let _ = stopped.await;
+        return;
+    }
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = stopped => {}
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(prometheus))
+        .route("/health", get(|| async { StatusCode::OK }))
+        .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .with_state(state)
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.config.served_model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "ember",
+            "max_model_len": state.max_model_len,
+        }],
+    }))
+}
+
+async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(key) = &state.config.api_key else { return next.run(request).await };
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if constant_time_eq(presented.as_bytes(), key.as_bytes()) => next.run(request).await,
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+async fn count_responses(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.metrics.observe_http(response.status().as_u16());
+    response
+}
+
+/// Compares keys without leaking, through timing, how long a matching prefix is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
