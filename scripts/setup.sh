@@ -49,6 +49,11 @@ if [ "${SKIP_VULKAN:-0}" != 1 ]; then
   PKGS+=(mesa-vulkan-drivers libvulkan1 vulkan-tools)
 fi
 
+# scripts/openai_client_test.sh (part of the test command) needs python3 with venv.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  PKGS+=(python3 python3-venv)
+fi
+
 missing=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
