@@ -150,13 +150,15 @@ impl Worker {
         for reason in output.deltas.iter().filter_map(|d| d.finish_reason) {
             self.metrics.observe_completion(reason);
         }
-        let finished = output.finished;
-        let (position, n) = (route.position, route.n);
-        if route.events.send(Event::Output { position, output }).is_err() {
+        let position = route.position;
+        if let Some(metrics) = &output.finished {
+            // Counted before the client can see the end, so metrics never lag a response.
+            self.metrics.observe_finished(metrics, route.n);
+            if let Some(route) = self.routes.remove(&id) {
+                let _ = route.events.send(Event::Output { position, output });
+            }
+        } else if route.events.send(Event::Output { position, output }).is_err() {
             self.abort(id, Outcome::Aborted);
-        } else if let Some(metrics) = finished {
-            self.routes.remove(&id);
-            self.metrics.observe_finished(&metrics, n);
         }
     }
 
