@@ -361,6 +361,14 @@ fn concurrent_streams_with_disconnects_complete_and_free_the_pool() {
     assert_eq!(server.metric("ember_requests_total{outcome=\"finished\"}") - finished_before, 48.0);
     assert_eq!(server.metric("ember_kv_cache_blocks_used"), 0.0);
     assert_eq!(server.ok("/v1/completions", &greedy(prompts[0], 24))["choices"][0]["text"], expected[0]);
+
+    // A client that stops waiting for a non-streaming answer is dropped too.
+    let impatient = ureq::AgentBuilder::new().timeout(Duration::from_millis(100)).build();
+    let mut long = greedy(prompts[1], 500);
+    long["ignore_eos"] = json!(true);
+    assert!(impatient.post(&server.url("/v1/completions")).send_string(&long.to_string()).is_err(), "timed out");
+    server.wait_idle();
+    assert_eq!(server.metric("ember_requests_total{outcome=\"aborted\"}"), 17.0);
 }
 
 #[test]
