@@ -12,6 +12,7 @@ mod engine;
 mod errors;
 mod float_models;
 mod gptq_variants;
+mod hardening;
 mod kernels;
 mod layer_rules;
 mod llmc_export;
