@@ -1,7 +1,7 @@
 //! The OpenAI-compatible server, started on 127.0.0.1 with a random port and driven over
 //! TCP by a real HTTP client.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -441,4 +441,123 @@ fn ember_serve_stops_on_sigterm() {
     stderr.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "{status}: {rest}");
     assert!(rest.contains("server stopped"), "{rest}");
+}
+
+// ---------------------------------------------------------------- abuse
+
+fn raw_connection(server: &TestServer) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+}
+
+fn raw_request(path: &str, body: &str) -> String {
+    format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A client that opens a large stream and never reads is cut off once its socket
+/// buffers are full, and its request is aborted.
+#[test]
+fn a_client_that_never_reads_is_disconnected_and_aborted() {
+    let server = start_with(|c| c.stalled_client_timeout = Duration::from_millis(500));
+    let expected = server.ok("/v1/completions", &greedy("The government said", 12));
+    let body = json!({ "prompt": "The government said", "n": 64, "max_tokens": 480, "ignore_eos": true, "stream": true, "temperature": 0 });
+    let mut silent = raw_connection(&server);
+    silent.write_all(raw_request("/v1/completions", &body.to_string()).as_bytes()).unwrap();
+    // Meanwhile the server answers others.
+    assert_eq!(server.ok("/v1/completions", &greedy("The government said", 12))["choices"], expected["choices"]);
+    server.wait_idle();
+    assert_eq!(server.metric("ember_requests_total{outcome=\"aborted\"}"), 1.0, "the silent client's request was aborted, not run to the end");
+    drop(silent);
+}
+
+#[test]
+fn slow_and_malformed_clients_leave_the_server_as_it_was() {
+    let server = start_with(|c| c.stalled_client_timeout = Duration::from_secs(2));
+    let mut request = greedy("In the morning", 24);
+    let expected = server.ok("/v1/completions", &request)["choices"][0]["text"].clone();
+
+    // A slow reader gets everything.
+    request["stream"] = json!(true);
+    let response = server.agent.post(&server.url("/v1/completions")).send_string(&request.to_string()).unwrap();
+    let mut text = String::new();
+    for line in BufReader::new(response.into_reader()).lines() {
+        let line = line.unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        match line.strip_prefix("data: ") {
+            Some("[DONE]") => break,
+            Some(data) => text.push_str(serde_json::from_str::<Value>(data).unwrap()["choices"][0]["text"].as_str().unwrap()),
+            None => {}
+        }
+    }
+    assert_eq!(text, expected.as_str().unwrap());
+
+    // Not HTTP at all.
+    let mut garbage = raw_connection(&server);
+    garbage.write_all(b"\x16\x03\x01 hello there\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = garbage.read_to_end(&mut answer);
+    assert!(answer.is_empty() || String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    // A body shorter than its Content-Length, then a hang-up.
+    let mut short = raw_connection(&server);
+    short.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ").unwrap();
+    drop(short);
+    // A stream whose client half-closes at once, and one whose client leaves after a few bytes.
+    for read_some in [false, true] {
+        let mut client = raw_connection(&server);
+        let mut streaming = greedy("In the morning", 200);
+        streaming["stream"] = json!(true);
+        streaming["ignore_eos"] = json!(true);
+        client.write_all(raw_request("/v1/completions", &streaming.to_string()).as_bytes()).unwrap();
+        if read_some {
+            let mut head = [0u8; 64];
+            client.read_exact(&mut head).unwrap();
+        } else {
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+    }
+    server.wait_idle();
+    assert_eq!(server.ok("/v1/completions", &greedy("In the morning", 24))["choices"][0]["text"], expected);
+    server.wait_idle();
+}
+
+/// 1,000 bad requests in a row change nothing: the next good request gets what a
+/// fresh server gives, and memory and the KV pool are back where they were.
+#[test]
+fn a_thousand_bad_requests_then_a_good_one() {
+    let server = start();
+    let good = greedy("The government said", 16);
+    let fresh = server.ok("/v1/completions", &good);
+    let bad: Vec<(&str, String)> = vec![
+        ("/v1/completions", "{\"prompt\": ".into()),
+        ("/v1/completions", json!({ "prompt": "a", "temperature": -3 }).to_string()),
+        ("/v1/completions", json!({ "prompt": "word ".repeat(600) }).to_string()),
+        ("/v1/completions", json!({ "prompt": [4_000_000_000u64] }).to_string()),
+        ("/v1/completions", json!({ "prompt": "a", "n": 200, "max_tokens": 4 }).to_string()),
+        ("/v1/completions", json!({ "prompt": "a", "model": "other" }).to_string()),
+        ("/v1/chat/completions", json!({ "messages": [{ "role": "user", "content": [{ "type": "audio" }] }] }).to_string()),
+        ("/v1/chat/completions", json!({ "messages": "hello" }).to_string()),
+        ("/v1/nothing", "{}".into()),
+    ];
+    let mut baseline = 0;
+    for round in 0..1100 {
+        if round == 100 {
+            baseline = resident_bytes();
+        }
+        let (path, body) = &bad[round % bad.len()];
+        let (status, text) = server.raw("POST", path, Some(body), None);
+        assert!((400..500).contains(&status), "{path} {body}: {status} {text}");
+    }
+    let grown = resident_bytes().saturating_sub(baseline);
+    assert!(grown < 32 << 20, "memory grew by {grown} bytes over 1,000 bad requests");
+    assert_eq!(server.ok("/v1/completions", &good)["choices"], fresh["choices"]);
+    server.wait_idle();
+    assert_eq!(server.metric("ember_kv_cache_blocks_used"), 0.0);
+    assert_eq!(server.metric("ember_requests_total{outcome=\"finished\"}"), 2.0, "no bad request reached the engine's output");
 }

@@ -34,6 +34,15 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may run after SIGINT/SIGTERM before they are aborted.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Seconds a client may read nothing of its response before it is disconnected.
+    #[arg(long, default_value_t = 60)]
+    pub stalled_client_timeout: u64,
+    /// Most tokens one request may ask to generate (prompts × n × max_tokens).
+    #[arg(long, default_value_t = 1 << 18)]
+    pub max_request_tokens: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
 }
 
 pub fn execute(mut args: ServeArgs) -> Result<()> {
@@ -54,6 +63,9 @@ pub fn execute(mut args: ServeArgs) -> Result<()> {
     config.addr = SocketAddr::new(args.host, args.port);
     config.api_key = args.api_key.filter(|key| !key.is_empty());
     config.shutdown_grace = Duration::from_secs(args.shutdown_timeout);
+    config.stalled_client_timeout = Duration::from_secs(args.stalled_client_timeout.max(1));
+    config.max_request_tokens = args.max_request_tokens;
+    config.max_body_bytes = args.max_body_bytes;
     config.handle_signals = true;
     let max_model_len = engine.max_model_len();
     let server = Server::start(engine, config.clone())?;

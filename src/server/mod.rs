@@ -5,6 +5,7 @@
 //! `POST /v1/chat/completions` (both with `stream: true` as server-sent events),
 //! `GET /v1/models`, `GET /health`, `GET /metrics`.
 
+mod connection;
 mod error;
 mod metrics;
 mod openai;
@@ -47,6 +48,11 @@ pub struct ServerConfig {
     /// After a shutdown signal, how long in-flight requests may run before they are
     /// aborted.
     pub shutdown_grace: Duration,
+    /// A client that reads nothing of its response for this long is disconnected (and
+    /// its request aborted).
+    pub stalled_client_timeout: Duration,
+    /// Most tokens one request may ask to generate: prompts × `n` × `max_tokens`.
+    pub max_request_tokens: usize,
     /// Shut down on SIGINT/SIGTERM (the CLI); embedders call [`Server::shutdown`].
     pub handle_signals: bool,
 }
@@ -59,6 +65,8 @@ impl ServerConfig {
             api_key: None,
             max_body_bytes: 4 << 20,
             shutdown_grace: Duration::from_secs(30),
+            stalled_client_timeout: Duration::from_secs(60),
+            max_request_tokens: 1 << 18,
             handle_signals: false,
         }
     }
@@ -185,8 +193,10 @@ fn serve(state: Arc<AppState>, listener: std::net::TcpListener, stopped: oneshot
     let abort_commands = commands.clone();
     let grace = state.config.shutdown_grace;
     let handle_signals = state.config.handle_signals;
+    let write_timeout = state.config.stalled_client_timeout;
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io { path: "listener".into(), source })?;
+        let listener = connection::StallGuardedListener::new(listener, write_timeout);
         let shutdown = async move {
             shutdown_requested(stopped, handle_signals).await;
             tracing::info!("shutting down: finishing in-flight requests (at most {grace:?})");

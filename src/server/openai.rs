@@ -14,10 +14,14 @@ use super::error::ApiError;
 use super::protocol::{ChatRequest, CompletionRequest, PromptInput};
 use super::respond::{Job, Kind};
 use super::AppState;
+use crate::engine::SamplingParams;
 use crate::ChatMessage;
 
 /// OpenAI's default for `/v1/completions`; chat defaults to the room left in the context.
 const DEFAULT_COMPLETION_TOKENS: usize = 16;
+/// OpenAI's limits on prompts per request and on `n`.
+const MAX_PROMPTS: usize = 2048;
+const MAX_N: usize = 128;
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let request: CompletionRequest = parse_body(&state, body)?;
@@ -28,9 +32,13 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes,
     if request.echo && request.logprobs.is_some() {
         return Err(ApiError::bad_request("`echo` with `logprobs` is not supported (no prompt logprobs)").with_param("echo"));
     }
+    let prompts = request.prompt.into_prompts()?;
+    if prompts.len() > MAX_PROMPTS {
+        return Err(ApiError::bad_request(format!("{} prompts in one request; at most {MAX_PROMPTS}", prompts.len())).with_param("prompt"));
+    }
     let mut requests = Vec::new();
     let mut echoes = Vec::new();
-    for prompt in request.prompt.into_prompts()? {
+    for prompt in prompts {
         let (ids, text) = match prompt {
             PromptInput::Text(text) => (state.tokenizer()?.encode(&text, true).map_err(crate::Error::from)?, text),
             PromptInput::Tokens(ids) => {
@@ -43,6 +51,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes,
         requests.push((ids, params));
         echoes.push(if request.echo { text } else { String::new() });
     }
+    state.check_budget(&requests)?;
     let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
     super::respond::run(state, Job { kind: Kind::Completion { echoes }, requests, stream: request.stream, include_usage }).await
 }
@@ -70,8 +79,10 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<B
     let requested = request.max_completion_tokens.or(request.sampling.max_tokens);
     let max_tokens = state.completion_budget(ids.len(), requested, None)?;
     let params = request.sampling.to_params(&state.defaults, max_tokens, logprobs)?;
+    let requests = vec![(ids, params)];
+    state.check_budget(&requests)?;
     let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    super::respond::run(state, Job { kind: Kind::Chat, requests: vec![(ids, params)], stream: request.stream, include_usage }).await
+    super::respond::run(state, Job { kind: Kind::Chat, requests, stream: request.stream, include_usage }).await
 }
 
 fn parse_body<T: DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
@@ -86,6 +97,22 @@ fn parse_body<T: DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRe
 }
 
 impl AppState {
+    /// Refuses requests that would generate more than the server allows at once.
+    fn check_budget(&self, requests: &[(Vec<u32>, SamplingParams)]) -> Result<(), ApiError> {
+        if let Some((_, params)) = requests.iter().find(|(_, p)| p.n > MAX_N) {
+            return Err(ApiError::bad_request(format!("n is {}; at most {MAX_N}", params.n)).with_param("n"));
+        }
+        let total: usize = requests.iter().map(|(_, p)| p.n.saturating_mul(p.max_tokens)).fold(0, usize::saturating_add);
+        let limit = self.config.max_request_tokens;
+        if total > limit {
+            return Err(ApiError::bad_request(format!(
+                "the request asks for up to {total} generated tokens (prompts × n × max_tokens); this server allows {limit}"
+            ))
+            .with_param("max_tokens"));
+        }
+        Ok(())
+    }
+
     /// `max_tokens` for a prompt of `prompt_len` tokens: the request's, if it fits in the
     /// context, else `default` capped by the room left (all the room without a default).
     fn completion_budget(&self, prompt_len: usize, requested: Option<usize>, default: Option<usize>) -> Result<usize, ApiError> {
