@@ -4,6 +4,7 @@
 //! per-layer weight specs → checkpoint tensors → layers finished on the device.
 //! See `load_model` for the whole path and `engine::Engine` for batched generation.
 
+pub mod check;
 pub mod checkpoint;
 pub mod device;
 pub mod embedded;

@@ -277,3 +277,49 @@ fn bench_on_dummy_weights_prints_its_table_and_json() {
         assert_eq!(row["preemptions"], 0);
     }
 }
+
+#[test]
+fn check_reports_every_fixture_clean() {
+    let cache = TempDir::new().unwrap();
+    for entry in std::fs::read_dir(fixture("")).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("config.json").exists() {
+            continue;
+        }
+        let out = ember(&["check", dir.to_str().unwrap()], &cache);
+        let report = String::from_utf8(out.stdout).unwrap();
+        assert!(report.contains("result         clean"), "{}:\n{report}", dir.display());
+        assert!(!report.contains("problem"), "{report}");
+    }
+}
+
+#[test]
+fn check_names_each_problem_of_a_broken_checkpoint() {
+    use crate::common::rewrite_fixture;
+    let broken = rewrite_fixture(
+        "llama-gptq-4bit-g128",
+        |_| {},
+        |tensors| {
+            let nan = half::f16::NAN.to_le_bytes();
+            let scales = tensors.iter_mut().find(|t| t.name == "model.layers.1.mlp.up_proj.scales").unwrap();
+            scales.bytes[6..8].copy_from_slice(&nan);
+            let g_idx = tensors.iter_mut().find(|t| t.name == "model.layers.2.self_attn.o_proj.g_idx").unwrap();
+            g_idx.bytes[0..4].copy_from_slice(&7i32.to_le_bytes());
+            let qweight = tensors.iter_mut().find(|t| t.name == "model.layers.3.mlp.gate_proj.qweight").unwrap();
+            qweight.shape.reverse();
+            tensors.retain(|t| t.name != "model.layers.0.post_attention_layernorm.weight");
+        },
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_ember")).args(["check", broken.path().to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success(), "a broken checkpoint must fail the check");
+    let report = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "`model.layers.1.mlp.up_proj.scales` holds 1 non-finite values",
+        "`model.layers.2.self_attn.o_proj.g_idx` names group 7, but the layer has 2 groups",
+        "model.layers.3.mlp.gate_proj.qweight",
+        "`model.layers.0.post_attention_layernorm.weight` is missing",
+        "result         4 problems",
+    ] {
+        assert!(report.contains(needle), "missing {needle:?} in:\n{report}");
+    }
+}

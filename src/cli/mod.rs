@@ -1,6 +1,7 @@
 //! The `ember` command line.
 
 mod bench;
+mod check;
 mod generate;
 mod inspect;
 mod logits;
@@ -40,6 +41,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Serve the model over an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// Validate a checkpoint without loading it: tensors, shapes, dtypes, scales, g_idx.
+    Check(check::CheckArgs),
 }
 
 impl Command {
@@ -53,6 +56,7 @@ impl Command {
             Self::Generate(args) => generate::execute(args),
             Self::Bench(args) => bench::execute(args),
             Self::Serve(args) => serve::execute(args),
+            Self::Check(args) => check::execute(args),
         }
     }
 }
