@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use ember_models::{check_architecture, plan_linears, ModelConfig, Weights};
-use ember_quant::{resolve_scheme, ComputeDtype, HostTensor, LoadContext, QuantRegistry, TensorSource, WeightSpec};
+use ember_quant::{resolve_scheme, ComputeDtype, HostTensor, LoadContext, QuantError, QuantRegistry, TensorSource, WeightSpec};
 
 use crate::checkpoint::SafetensorsCheckpoint;
 
@@ -105,17 +105,27 @@ pub fn check_checkpoint(dir: &Path) -> CheckReport {
     };
     let mut expected: Vec<WeightSpec> = Vec::new();
     let mut schemes: BTreeMap<String, usize> = BTreeMap::new();
+    // One line per distinct refusal, naming the layers it hits.
+    let mut refused: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for layer in &layers {
         match resolve_scheme(method.as_ref(), layer, &checkpoint) {
             Ok(scheme) => {
                 *schemes.entry(scheme.describe()).or_default() += 1;
                 expected.extend(scheme.weights());
             }
+            Err(QuantError::UnsupportedLayer { reason, .. }) => refused.entry(reason).or_default().push(&layer.prefix),
             Err(e) => report.problems.push(e.to_string()),
         }
         if layer.bias {
             expected.push(WeightSpec::float(format!("{}.bias", layer.prefix), [layer.out_features]));
         }
+    }
+    for (reason, layers) in &refused {
+        let more = match layers.len() {
+            1 => String::new(),
+            n => format!(" and {} more", n - 1),
+        };
+        report.problems.push(format!("{reason}: layer `{}`{more}", layers[0]));
     }
     expected.extend(other_tensors(&config));
     let present = expected.iter().filter(|spec| check_spec(&checkpoint, spec, &mut report.problems)).count();
@@ -128,7 +138,8 @@ pub fn check_checkpoint(dir: &Path) -> CheckReport {
 
     let used: BTreeSet<&str> = expected.iter().map(|spec| spec.name.as_str()).collect();
     let unused: Vec<&String> = names.iter().filter(|n| !used.contains(n.as_str())).collect();
-    if let Some(first) = unused.first() {
+    // Layers that could not be planned leave their tensors unread; that is not news.
+    if let (Some(first), true) = (unused.first(), refused.is_empty()) {
         report.warnings.push(format!("{} tensors no layer reads (first: `{first}`)", unused.len()));
     }
     report

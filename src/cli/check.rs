@@ -15,6 +15,7 @@ pub fn execute(args: CheckArgs) -> Result<()> {
     println!("checking       {}", dir.display());
     let report = ember::check::check_checkpoint(&dir);
     print!("{}", report.render());
+    std::io::Write::flush(&mut std::io::stdout())?;
     if !report.is_clean() {
         bail!("{} has {} problem(s)", dir.display(), report.problems.len());
     }
