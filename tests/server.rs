@@ -88,11 +88,11 @@ impl TestServer {
     fn wait_idle(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let stats = self.server.as_ref().unwrap().metrics().engine_stats();
-            if stats.kv_blocks_used == 0 && stats.running == 0 && stats.waiting == 0 {
+            let gauges = ["ember_kv_cache_blocks_used ", "ember_num_requests_running ", "ember_num_requests_waiting "].map(|g| self.metric(g));
+            if gauges == [0.0; 3] {
                 return;
             }
-            assert!(Instant::now() < deadline, "the engine did not drain: {stats:?}");
+            assert!(Instant::now() < deadline, "the engine did not drain: blocks, running, waiting = {gauges:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -415,13 +415,23 @@ fn shutdown_after_the_grace_period_aborts_streams_cleanly() {
     assert_eq!(last["choices"][0]["finish_reason"], "abort");
 }
 
-#[test]
-fn ember_serve_stops_on_sigterm() {
-    let cache = TempDir::new().unwrap();
+/// A child process killed when the test ends, passing or not.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ember serve` on the tiny Llama in its own process: the child, its stderr after the
+/// banner, and its address.
+fn spawn_ember_serve() -> (Spawned, BufReader<std::process::ChildStderr>, String) {
     let model = fixture("llama-tiny-f16");
     let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["serve", model.to_str().unwrap(), "--port", "0", "--served-model-name", MODEL])
-        .env("XDG_CACHE_HOME", cache.path())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("ember serve starts");
@@ -432,11 +442,17 @@ fn ember_serve_stops_on_sigterm() {
         assert!(stderr.read_line(&mut line).unwrap() > 0, "ember serve exited before serving");
     }
     let addr = line.split("http://").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("address in the banner");
+    (Spawned(child), stderr, addr.to_string())
+}
+
+#[test]
+fn ember_serve_stops_on_sigterm() {
+    let (mut child, mut stderr, addr) = spawn_ember_serve();
     let body = ureq::post(&format!("http://{addr}/v1/completions")).send_string(&greedy("The government said", 4).to_string());
     assert_eq!(body.expect("completion").status(), 200);
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(status.success(), "{status}: {rest}");
@@ -455,8 +471,8 @@ fn raw_request(path: &str, body: &str) -> String {
     format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
@@ -527,11 +543,12 @@ fn slow_and_malformed_clients_leave_the_server_as_it_was() {
     server.wait_idle();
 }
 
-/// 1,000 bad requests in a row change nothing: the next good request gets what a
-/// fresh server gives, and memory and the KV pool are back where they were.
+/// 1,000 bad requests in a row change nothing: the next good request gets what the
+/// fresh server gave, and the server process's memory and KV pool are where they were.
 #[test]
 fn a_thousand_bad_requests_then_a_good_one() {
-    let server = start();
+    let (child, _stderr, addr) = spawn_ember_serve();
+    let server = TestServer { server: None, base: format!("http://{addr}"), agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build() };
     let good = greedy("The government said", 16);
     let fresh = server.ok("/v1/completions", &good);
     let bad: Vec<(&str, String)> = vec![
@@ -539,6 +556,7 @@ fn a_thousand_bad_requests_then_a_good_one() {
         ("/v1/completions", json!({ "prompt": "a", "temperature": -3 }).to_string()),
         ("/v1/completions", json!({ "prompt": "word ".repeat(600) }).to_string()),
         ("/v1/completions", json!({ "prompt": [4_000_000_000u64] }).to_string()),
+        ("/v1/completions", json!({ "prompt": [70_000] }).to_string()),
         ("/v1/completions", json!({ "prompt": "a", "n": 200, "max_tokens": 4 }).to_string()),
         ("/v1/completions", json!({ "prompt": "a", "model": "other" }).to_string()),
         ("/v1/chat/completions", json!({ "messages": [{ "role": "user", "content": [{ "type": "audio" }] }] }).to_string()),
@@ -548,16 +566,16 @@ fn a_thousand_bad_requests_then_a_good_one() {
     let mut baseline = 0;
     for round in 0..1100 {
         if round == 100 {
-            baseline = resident_bytes();
+            baseline = resident_bytes(child.0.id());
         }
         let (path, body) = &bad[round % bad.len()];
         let (status, text) = server.raw("POST", path, Some(body), None);
         assert!((400..500).contains(&status), "{path} {body}: {status} {text}");
     }
-    let grown = resident_bytes().saturating_sub(baseline);
-    assert!(grown < 32 << 20, "memory grew by {grown} bytes over 1,000 bad requests");
+    let grown = resident_bytes(child.0.id()).saturating_sub(baseline);
+    assert!(grown < 8 << 20, "the server's memory grew by {grown} bytes over 1,000 bad requests");
     assert_eq!(server.ok("/v1/completions", &good)["choices"], fresh["choices"]);
     server.wait_idle();
-    assert_eq!(server.metric("ember_kv_cache_blocks_used"), 0.0);
     assert_eq!(server.metric("ember_requests_total{outcome=\"finished\"}"), 2.0, "no bad request reached the engine's output");
+    assert_eq!(server.metric("ember_http_responses_total{status=\"400\"}"), 880.0);
 }
