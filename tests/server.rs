@@ -579,3 +579,37 @@ fn a_thousand_bad_requests_then_a_good_one() {
     assert_eq!(server.metric("ember_requests_total{outcome=\"finished\"}"), 2.0, "no bad request reached the engine's output");
     assert_eq!(server.metric("ember_http_responses_total{status=\"400\"}"), 880.0);
 }
+
+/// Error responses leave the connection usable, even when the body arrives after the
+/// headers: a client's next request on it gets an answer.
+#[test]
+fn connections_stay_usable_after_error_responses() {
+    let server = start_with(|c| c.api_key = Some("sesame".into()));
+    let body = br#"{"prompt": "The government said", "max_tokens": 2}"#;
+    for (path, key) in [("/v1/nothing", "sesame"), ("/v1/completions", "wrong"), ("/v1/completions", "sesame")] {
+        let mut connection = raw_connection(&server);
+        let mut reader = BufReader::new(connection.try_clone().unwrap());
+        for _ in 0..3 {
+            let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n", body.len());
+            connection.write_all(head.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            connection.write_all(body).unwrap();
+            let mut status = String::new();
+            reader.read_line(&mut status).unwrap();
+            assert!(status.starts_with("HTTP/1.1 "), "{path}: no answer on a reused connection ({status:?})");
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut content = vec![0; length];
+            reader.read_exact(&mut content).unwrap();
+        }
+    }
+}

@@ -21,6 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -243,8 +244,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/metrics", get(prometheus))
         .route("/health", get(|| async { StatusCode::OK }))
-        .fallback(|uri: Uri| async move { ApiError::route_not_found(uri.path()) })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        // The fallbacks read the body too: an unread body makes the connection unusable
+        // for the client's next request.
+        .fallback(|uri: Uri, _body: Bytes| async move { ApiError::route_not_found(uri.path()) })
+        .method_not_allowed_fallback(|_body: Bytes| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -280,7 +283,11 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         .and_then(|value| value.strip_prefix("Bearer "));
     match presented {
         Some(presented) if constant_time_eq(presented.as_bytes(), key.as_bytes()) => next.run(request).await,
-        _ => ApiError::unauthorized().into_response(),
+        _ => {
+            // Drain the body so the connection stays usable (see `router`).
+            let _ = axum::body::to_bytes(request.into_body(), state.config.max_body_bytes).await;
+            ApiError::unauthorized().into_response()
+        }
     }
 }
 
