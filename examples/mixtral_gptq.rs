@@ -87,14 +87,13 @@ fn main() -> anyhow::Result<()> {
             }
             stdout.flush()?;
             if let Some(m) = output.finished {
-                let decode = m.latency.saturating_sub(m.time_to_first_token).as_secs_f64();
                 writeln!(stdout)?;
                 eprintln!(
                     "{} prompt tokens, {} generated; first token after {:.1} ms, then {:.1} tokens/s",
                     m.prompt_tokens,
                     m.completion_tokens,
                     m.time_to_first_token.as_secs_f64() * 1e3,
-                    m.completion_tokens.saturating_sub(1) as f64 / decode.max(f64::EPSILON),
+                    m.decode_tokens_per_second(),
                 );
             }
         }

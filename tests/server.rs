@@ -124,6 +124,14 @@ fn greedy(prompt: &str, max_tokens: usize) -> Value {
     json!({ "model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0 })
 }
 
+/// A greedy stream of exactly `max_tokens` tokens.
+fn endless_stream(prompt: &str, max_tokens: usize) -> Value {
+    let mut request = greedy(prompt, max_tokens);
+    request["stream"] = json!(true);
+    request["ignore_eos"] = json!(true);
+    request
+}
+
 fn chat(content: &str, max_tokens: usize) -> Value {
     json!({ "model": MODEL, "messages": [{ "role": "user", "content": content }], "max_tokens": max_tokens, "temperature": 0 })
 }
@@ -374,9 +382,7 @@ fn concurrent_streams_with_disconnects_complete_and_free_the_pool() {
 #[test]
 fn shutdown_finishes_in_flight_streams_then_refuses_connections() {
     let mut server = start();
-    let mut request = greedy("The government said", 40);
-    request["stream"] = json!(true);
-    request["ignore_eos"] = json!(true);
+    let request = endless_stream("The government said", 40);
     let response = server.agent.post(&server.url("/v1/completions")).send_string(&request.to_string()).unwrap();
     let mut reader = BufReader::new(response.into_reader());
     let mut first = String::new();
@@ -399,9 +405,7 @@ fn shutdown_finishes_in_flight_streams_then_refuses_connections() {
 #[test]
 fn shutdown_after_the_grace_period_aborts_streams_cleanly() {
     let mut server = start_with(|c| c.shutdown_grace = Duration::ZERO);
-    let mut request = greedy("The government said", 400);
-    request["stream"] = json!(true);
-    request["ignore_eos"] = json!(true);
+    let request = endless_stream("The government said", 400);
     let response = server.agent.post(&server.url("/v1/completions")).send_string(&request.to_string()).unwrap();
     let mut reader = BufReader::new(response.into_reader());
     let mut first = String::new();
@@ -527,9 +531,7 @@ fn slow_and_malformed_clients_leave_the_server_as_it_was() {
     // A stream whose client half-closes at once, and one whose client leaves after a few bytes.
     for read_some in [false, true] {
         let mut client = raw_connection(&server);
-        let mut streaming = greedy("In the morning", 200);
-        streaming["stream"] = json!(true);
-        streaming["ignore_eos"] = json!(true);
+        let streaming = endless_stream("In the morning", 200);
         client.write_all(raw_request("/v1/completions", &streaming.to_string()).as_bytes()).unwrap();
         if read_some {
             let mut head = [0u8; 64];

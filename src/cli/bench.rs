@@ -113,8 +113,7 @@ fn summarize(args: &BenchArgs, batch: usize, seconds: f64, outputs: &[RequestOut
     let tpot = outputs
         .iter()
         .map(|o| {
-            let decode = o.metrics.latency.saturating_sub(o.metrics.time_to_first_token).as_secs_f64();
-            decode / o.metrics.completion_tokens.saturating_sub(1).max(1) as f64
+            o.metrics.decode_time().as_secs_f64() / o.metrics.completion_tokens.saturating_sub(1).max(1) as f64
         })
         .sum::<f64>()
         / n;

@@ -94,7 +94,6 @@ pub fn execute(args: RunArgs) -> Result<()> {
             }
             stdout.flush()?;
             if let Some(metrics) = output.finished {
-                let decode = metrics.latency.saturating_sub(metrics.time_to_first_token).as_secs_f64();
                 let reason = finished.map_or("aborted", |r| r.as_str());
                 writeln!(stdout)?;
                 eprintln!(
@@ -102,7 +101,7 @@ pub fn execute(args: RunArgs) -> Result<()> {
                     metrics.prompt_tokens,
                     metrics.completion_tokens,
                     metrics.time_to_first_token.as_secs_f64() * 1e3,
-                    metrics.completion_tokens.saturating_sub(1) as f64 / decode.max(f64::EPSILON),
+                    metrics.decode_tokens_per_second(),
                 );
             }
         }

@@ -70,6 +70,18 @@ pub struct RequestMetrics {
     pub latency: Duration,
 }
 
+impl RequestMetrics {
+    /// From the first token to the last.
+    pub fn decode_time(&self) -> Duration {
+        self.latency.saturating_sub(self.time_to_first_token)
+    }
+
+    /// Generation speed after the first token, for a request of one completion.
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.completion_tokens.saturating_sub(1) as f64 / self.decode_time().as_secs_f64().max(f64::EPSILON)
+    }
+}
+
 /// What a request produced in one step.
 #[derive(Debug, Clone)]
 pub struct StepOutput {

@@ -136,8 +136,7 @@ impl Metrics {
             // Decode time over the tokens after each completion's first.
             let later_tokens = metrics.completion_tokens.saturating_sub(n);
             if later_tokens > 0 {
-                let decode = metrics.latency.saturating_sub(metrics.time_to_first_token);
-                s.time_per_output_token.observe(per_token(decode, later_tokens / n.max(1)));
+                s.time_per_output_token.observe(per_token(metrics.decode_time(), later_tokens / n.max(1)));
             }
         });
     }
