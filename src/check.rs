@@ -162,13 +162,18 @@ fn other_tensors(c: &ModelConfig) -> Vec<WeightSpec> {
 
 /// Whether `spec`'s tensor is there as expected; records why not.
 fn check_spec(checkpoint: &SafetensorsCheckpoint, spec: &WeightSpec, problems: &mut Vec<String>) -> bool {
-    match checkpoint.meta(&spec.name) {
+    match checkpoint.files().iter().find_map(|file| file.meta(&spec.name)) {
         None if spec.optional => true,
         None => {
             problems.push(format!("`{}` is missing", spec.name));
             false
         }
-        Some(meta) => match spec.check(meta.dtype, &meta.shape) {
+        // Stored in a dtype Ember does not read.
+        Some(Err(e)) => {
+            problems.push(e.to_string());
+            false
+        }
+        Some(Ok(meta)) => match spec.check(meta.dtype, &meta.shape) {
             Ok(()) => true,
             Err(e) => {
                 problems.push(e.to_string());
@@ -181,10 +186,16 @@ fn check_spec(checkpoint: &SafetensorsCheckpoint, spec: &WeightSpec, problems: &
 /// Reads scale tensors (must be finite) and `g_idx` maps (must name one of the layer's
 /// groups, counted from its `scales`). Returns how many of each were checked.
 fn check_values(checkpoint: &SafetensorsCheckpoint, names: &[String], problems: &mut Vec<String>) -> (usize, usize) {
-    let read = |name: &str| checkpoint.files().iter().find_map(|f| f.tensor(name)).and_then(Result::ok);
     let (mut scales, mut maps) = (0, 0);
-    for name in names {
-        let Some(tensor) = read(name) else { continue };
+    for name in names.iter().filter(|n| is_scale(n) || n.ends_with(".g_idx")) {
+        let tensor = match checkpoint.files().iter().find_map(|f| f.tensor(name)) {
+            Some(Ok(tensor)) => tensor,
+            Some(Err(e)) => {
+                problems.push(e.to_string());
+                continue;
+            }
+            None => continue,
+        };
         if is_scale(name) && tensor.dtype.is_float() {
             scales += 1;
             if let Some(problem) = non_finite(&tensor) {

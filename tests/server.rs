@@ -188,6 +188,7 @@ fn completions_and_chat_equal_ember_run_streaming_or_not() {
         assert_eq!(chunk["model"], MODEL);
     }
     let (last, body_chunks) = chunks.split_last().unwrap();
+    assert!(body_chunks.iter().all(|c| c.get("usage") == Some(&Value::Null)), "chunks carry usage: null until the usage chunk");
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["completion_tokens"], 12);
     assert_eq!(body_chunks.last().unwrap()["choices"][0]["finish_reason"], "length");
@@ -236,6 +237,9 @@ fn sampling_fields_logprobs_several_prompts_and_n() {
     let lone = json!({ "prompt": "In the morning", "max_tokens": 6, "temperature": 0.9, "seed": 8, "ignore_eos": true });
     assert_eq!(server.ok("/v1/completions", &lone)["choices"][0]["text"], choices[3]["text"]);
 
+    // Explicit nulls mean "unset", as in OpenAI's API.
+    let nulls = json!({ "prompt": "In the morning", "max_tokens": 3, "stream": null, "echo": null, "logprobs": null, "stream_options": null, "n": null });
+    assert_eq!(server.ok("/v1/completions", &nulls)["choices"].as_array().unwrap().len(), 1);
     let echo = server.ok("/v1/completions", &json!({ "prompt": "In the morning", "max_tokens": 3, "echo": true }));
     assert!(echo["choices"][0]["text"].as_str().unwrap().starts_with("In the morning"));
 
@@ -286,6 +290,8 @@ fn bad_requests_get_openai_errors_and_leave_the_server_as_it_was() {
         ("POST", "/v1/completions", json!({ "prompt": [[]] }).to_string(), 400, None),
         ("POST", "/v1/completions", json!({ "prompt": [99999] }).to_string(), 400, None),
         ("POST", "/v1/completions", json!({ "prompt": "a", "logit_bias": { "5": 1.0 } }).to_string(), 400, None),
+        ("POST", "/v1/completions", json!({ "prompt": "a", "stop": vec!["x"; 17] }).to_string(), 400, None),
+        ("POST", "/v1/completions", json!({ "prompt": "a", "max_tokens": u64::MAX }).to_string(), 400, Some("context_length_exceeded")),
         ("POST", "/v1/completions", json!({ "prompt": "a", "model": "gpt-4" }).to_string(), 404, Some("model_not_found")),
         ("POST", "/v1/completions", json!({ "prompt": long_prompt }).to_string(), 400, Some("context_length_exceeded")),
         ("POST", "/v1/completions", json!({ "prompt": "a", "max_tokens": 100000 }).to_string(), 400, Some("context_length_exceeded")),
@@ -310,7 +316,7 @@ fn bad_requests_get_openai_errors_and_leave_the_server_as_it_was() {
         }
     }
     assert_eq!(server.ok("/v1/completions", &good)["choices"], before["choices"]);
-    assert_eq!(server.metric("ember_http_responses_total{status=\"400\"}"), 17.0);
+    assert_eq!(server.metric("ember_http_responses_total{status=\"400\"}"), 19.0);
     server.wait_idle();
 }
 
@@ -528,6 +534,12 @@ fn slow_and_malformed_clients_leave_the_server_as_it_was() {
     let mut short = raw_connection(&server);
     short.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ").unwrap();
     drop(short);
+    // A body that never finishes arriving gets 408 once the client has stalled too long.
+    let mut stuck = raw_connection(&server);
+    stuck.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ").unwrap();
+    let mut status = String::new();
+    BufReader::new(&stuck).read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
     // A stream whose client half-closes at once, and one whose client leaves after a few bytes.
     for read_some in [false, true] {
         let mut client = raw_connection(&server);

@@ -17,6 +17,7 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -83,6 +84,20 @@ pub struct AppState {
     max_model_len: usize,
     metrics: Arc<Metrics>,
     created: u64,
+    /// Cleared when the engine thread ends; `/health` reports it.
+    engine_alive: Arc<AtomicBool>,
+}
+
+/// Clears the flag when the engine thread ends, however it ends.
+struct EngineAlive(Arc<AtomicBool>);
+
+impl Drop for EngineAlive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+        if std::thread::panicking() {
+            tracing::error!("the engine thread panicked; requests will get 503 and /health reports the engine down");
+        }
+    }
 }
 
 impl AppState {
@@ -125,9 +140,14 @@ impl Server {
         let max_model_len = engine.max_model_len();
         let (commands, receiver) = mpsc::channel();
         let worker = Worker::new(engine, metrics.clone());
+        let engine_alive = Arc::new(AtomicBool::new(true));
+        let alive = EngineAlive(engine_alive.clone());
         let engine_thread = std::thread::Builder::new()
             .name("ember-engine".into())
-            .spawn(move || worker.run(receiver))
+            .spawn(move || {
+                let _alive = alive;
+                worker.run(receiver)
+            })
             .map_err(|e| Error::Device(format!("starting the engine thread: {e}")))?;
         let state = Arc::new(AppState {
             config,
@@ -137,6 +157,7 @@ impl Server {
             max_model_len,
             metrics: metrics.clone(),
             created: respond::unix_time(),
+            engine_alive,
         });
         let (stop, stopped) = oneshot::channel();
         let http = std::thread::Builder::new()
@@ -198,15 +219,32 @@ fn serve(state: Arc<AppState>, listener: std::net::TcpListener, stopped: oneshot
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io { path: "listener".into(), source })?;
         let listener = connection::StallGuardedListener::new(listener, write_timeout);
+        let (stopping, stopping_seen) = oneshot::channel::<()>();
         let shutdown = async move {
             shutdown_requested(stopped, handle_signals).await;
             tracing::info!("shutting down: finishing in-flight requests (at most {grace:?})");
+            let _ = stopping.send(());
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
                 let _ = abort_commands.send(Command::AbortAll);
             });
         };
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await.map_err(|source| Error::Io { path: "server".into(), source })
+        let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
+        // Connections that outlive the grace period and a little more (a client that
+        // never finishes sending its request) are closed with the runtime.
+        let deadline = async move {
+            match stopping_seen.await {
+                Ok(()) => tokio::time::sleep(grace + Duration::from_secs(5)).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = served => result.map_err(|source| Error::Io { path: "server".into(), source }),
+            () = deadline => {
+                tracing::warn!("closing connections still open after the grace period");
+                Ok(())
+            }
+        }
     });
     let _ = commands.send(Command::Shutdown);
     let _ = engine_thread.join();
@@ -218,7 +256,11 @@ async fn shutdown_requested(stopped: oneshot::Receiver<()>, handle_signals: bool
         let _ = stopped.await;
         return;
     }
-    let interrupt = tokio::signal::ctrl_c();
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     #[cfg(unix)]
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -243,11 +285,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
         .route("/metrics", get(prometheus))
-        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/health", get(health))
         // The fallbacks read the body too: an unread body makes the connection unusable
         // for the client's next request.
         .fallback(|uri: Uri, _body: Bytes| async move { ApiError::route_not_found(uri.path()) })
         .method_not_allowed_fallback(|_body: Bytes| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), buffer_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -265,6 +308,31 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
             "max_model_len": state.max_model_len,
         }],
     }))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.engine_alive.load(Ordering::SeqCst) {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::unavailable("the engine has stopped").into_response()
+    }
+}
+
+/// Reads the whole body before routing, within the body limit and the stalled-client
+/// timeout: a client that sends half a body cannot hold a handler (or shutdown) forever.
+async fn buffer_body(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit = state.config.max_body_bytes;
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return ApiError::payload_too_large(limit).into_response();
+    }
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(state.config.stalled_client_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Err(error)) if error.to_string().contains("length limit") => ApiError::payload_too_large(limit).into_response(),
+        Ok(Err(error)) => ApiError::bad_request(format!("could not read the body: {error}")).into_response(),
+        Err(_) => ApiError::request_timeout(state.config.stalled_client_timeout).into_response(),
+    }
 }
 
 async fn prometheus(State(state): State<Arc<AppState>>) -> Response {

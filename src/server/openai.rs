@@ -11,7 +11,7 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
-use super::protocol::{ChatRequest, CompletionRequest, PromptInput};
+use super::protocol::{ChatRequest, CompletionRequest, PromptInput, StreamOptions};
 use super::respond::{Job, Kind};
 use super::AppState;
 use crate::engine::SamplingParams;
@@ -24,12 +24,24 @@ const MAX_PROMPTS: usize = 2048;
 const MAX_N: usize = 128;
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let request: CompletionRequest = parse_body(&state, body)?;
+    // Parsing and tokenizing up to a few MiB of text: off the async workers.
+    let job = tokio::task::block_in_place(|| completion_job(&state, body))?;
+    super::respond::run(state, job).await
+}
+
+pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let job = tokio::task::block_in_place(|| chat_job(&state, body))?;
+    super::respond::run(state, job).await
+}
+
+fn completion_job(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job, ApiError> {
+    let request: CompletionRequest = parse_body(state, body)?;
     state.check_model(request.model.as_deref())?;
     if request.suffix.is_some() {
         return Err(ApiError::bad_request("`suffix` is not supported").with_param("suffix"));
     }
-    if request.echo && request.logprobs.is_some() {
+    let echo = request.echo.unwrap_or(false);
+    if echo && request.logprobs.is_some() {
         return Err(ApiError::bad_request("`echo` with `logprobs` is not supported (no prompt logprobs)").with_param("echo"));
     }
     let prompts = request.prompt.into_prompts()?;
@@ -42,22 +54,23 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Result<Bytes,
         let (ids, text) = match prompt {
             PromptInput::Text(text) => (state.tokenizer()?.encode(&text, true).map_err(crate::Error::from)?, text),
             PromptInput::Tokens(ids) => {
-                let text = if request.echo { state.decode(&ids) } else { String::new() };
+                let text = if echo { state.decode(&ids) } else { String::new() };
                 (ids, text)
             }
         };
         let max_tokens = state.completion_budget(ids.len(), request.sampling.max_tokens, Some(DEFAULT_COMPLETION_TOKENS))?;
         let params = request.sampling.to_params(&state.defaults, max_tokens, request.logprobs)?;
         requests.push((ids, params));
-        echoes.push(if request.echo { text } else { String::new() });
+        echoes.push(if echo { text } else { String::new() });
     }
     state.check_budget(&requests)?;
-    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    super::respond::run(state, Job { kind: Kind::Completion { echoes }, requests, stream: request.stream, include_usage }).await
+    let include_usage = StreamOptions::wants_usage(&request.stream_options);
+    let stream = request.stream.unwrap_or(false);
+    Ok(Job { kind: Kind::Completion { echoes }, requests, stream, include_usage })
 }
 
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let request: ChatRequest = parse_body(&state, body)?;
+fn chat_job(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Job, ApiError> {
+    let request: ChatRequest = parse_body(state, body)?;
     state.check_model(request.model.as_deref())?;
     if request.tools.as_ref().is_some_and(|tools| !tools.is_empty()) {
         return Err(ApiError::bad_request("tool calling is not supported").with_param("tools"));
@@ -65,7 +78,7 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<B
     if request.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` is empty").with_param("messages"));
     }
-    let logprobs = match (request.logprobs, request.top_logprobs) {
+    let logprobs = match (request.logprobs.unwrap_or(false), request.top_logprobs) {
         (true, top) => Some(top.unwrap_or(0)),
         (false, None) => None,
         (false, Some(_)) => return Err(ApiError::bad_request("`top_logprobs` needs `logprobs: true`").with_param("top_logprobs")),
@@ -77,12 +90,15 @@ pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<B
     }
     let ids = tokenizer.encode_chat(&messages).map_err(crate::Error::from)?;
     let requested = request.max_completion_tokens.or(request.sampling.max_tokens);
-    let max_tokens = state.completion_budget(ids.len(), requested, None)?;
+    // Without a limit, chat may use the rest of the context, within the request budget.
+    let n = request.sampling.n.unwrap_or(1).max(1);
+    let max_tokens = state.completion_budget(ids.len(), requested, Some(state.config.max_request_tokens / n))?;
     let params = request.sampling.to_params(&state.defaults, max_tokens, logprobs)?;
     let requests = vec![(ids, params)];
     state.check_budget(&requests)?;
-    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
-    super::respond::run(state, Job { kind: Kind::Chat, requests, stream: request.stream, include_usage }).await
+    let include_usage = StreamOptions::wants_usage(&request.stream_options);
+    let stream = request.stream.unwrap_or(false);
+    Ok(Job { kind: Kind::Chat, requests, stream, include_usage })
 }
 
 fn parse_body<T: DeserializeOwned>(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
@@ -126,7 +142,7 @@ impl AppState {
         match requested {
             Some(tokens) if tokens > room => Err(ApiError::context_length(format!(
                 "this model's maximum context length is {limit} tokens; you requested {} ({prompt_len} in the prompt, {tokens} for the completion)",
-                prompt_len + tokens
+                prompt_len.saturating_add(tokens)
             ))
             .with_param("max_tokens")),
             Some(tokens) => Ok(tokens),

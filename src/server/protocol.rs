@@ -42,8 +42,7 @@ pub enum StopField {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
+    pub include_usage: Option<bool>,
 }
 
 /// `prompt`: a string, a list of strings, token ids, or a list of token-id lists.
@@ -62,13 +61,11 @@ pub struct CompletionRequest {
     pub prompt: PromptField,
     #[serde(flatten)]
     pub sampling: SamplingFields,
-    #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     /// Top alternatives per token.
     pub logprobs: Option<usize>,
-    #[serde(default)]
-    pub echo: bool,
+    pub echo: Option<bool>,
     pub suffix: Option<String>,
 }
 
@@ -79,11 +76,9 @@ pub struct ChatRequest {
     #[serde(flatten)]
     pub sampling: SamplingFields,
     pub max_completion_tokens: Option<usize>,
-    #[serde(default)]
-    pub stream: bool,
+    pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    pub logprobs: bool,
+    pub logprobs: Option<bool>,
     pub top_logprobs: Option<usize>,
     pub tools: Option<Vec<Value>>,
 }
@@ -154,6 +149,18 @@ impl ChatMessageField {
     }
 }
 
+/// Stop conditions a request may carry (OpenAI allows 4 strings): each is checked on
+/// every token of every completion.
+const MAX_STOP_STRINGS: usize = 16;
+const MAX_STOP_STRING_BYTES: usize = 1024;
+const MAX_STOP_TOKEN_IDS: usize = 256;
+
+impl StreamOptions {
+    pub fn wants_usage(options: &Option<Self>) -> bool {
+        options.as_ref().and_then(|o| o.include_usage).unwrap_or(false)
+    }
+}
+
 impl SamplingFields {
     /// The engine's parameters: the request's fields over the model's defaults
     /// (generation_config.json), as vLLM does.
@@ -164,6 +171,18 @@ impl SamplingFields {
         let n = self.n.unwrap_or(1);
         if self.best_of.is_some_and(|best_of| best_of != n) {
             return Err(ApiError::bad_request("`best_of` other than `n` is not supported").with_param("best_of"));
+        }
+        let stop = match &self.stop {
+            Some(StopField::One(s)) => vec![s.clone()],
+            Some(StopField::Many(list)) => list.clone(),
+            None => Vec::new(),
+        };
+        if stop.len() > MAX_STOP_STRINGS || stop.iter().any(|s| s.len() > MAX_STOP_STRING_BYTES) {
+            return Err(ApiError::bad_request(format!("at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_STRING_BYTES} bytes")).with_param("stop"));
+        }
+        let stop_token_ids = self.stop_token_ids.clone().unwrap_or_default();
+        if stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+            return Err(ApiError::bad_request(format!("at most {MAX_STOP_TOKEN_IDS} stop token ids")).with_param("stop_token_ids"));
         }
         let d = defaults;
         let params = SamplingParams {
@@ -177,12 +196,8 @@ impl SamplingFields {
             },
             min_p: self.min_p.unwrap_or(d.min_p),
             n,
-            stop: match &self.stop {
-                Some(StopField::One(s)) => vec![s.clone()],
-                Some(StopField::Many(list)) => list.clone(),
-                None => Vec::new(),
-            },
-            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            stop,
+            stop_token_ids,
             seed: self.seed,
             presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),

@@ -72,6 +72,7 @@ pub async fn run(state: Arc<AppState>, job: Job) -> Result<Response, ApiError> {
         model: state.config.served_model_name.clone(),
         tokenizer: state.tokenizer.clone(),
         logprobs,
+        null_usage: job.stream && job.include_usage,
     };
     let echoes = match job.kind {
         Kind::Completion { echoes } => echoes,
@@ -168,6 +169,8 @@ struct Renderer {
     model: String,
     tokenizer: Option<Arc<Tokenizer>>,
     logprobs: bool,
+    /// OpenAI's chunks carry `"usage": null` until the usage chunk when it was asked for.
+    null_usage: bool,
 }
 
 impl Renderer {
@@ -219,7 +222,11 @@ impl Renderer {
     }
 
     fn envelope(&self, object: &str, choices: Vec<Value>) -> Value {
-        json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices })
+        let mut value = json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices });
+        if self.null_usage {
+            value["usage"] = Value::Null;
+        }
+        value
     }
 
     /// One streamed chunk for a choice.

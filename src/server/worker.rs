@@ -43,11 +43,13 @@ pub struct Worker {
     engine: Engine,
     routes: HashMap<RequestId, Route>,
     metrics: Arc<Metrics>,
+    /// Set by `AbortAll`: the server is going away and takes no new work.
+    draining: bool,
 }
 
 impl Worker {
     pub fn new(engine: Engine, metrics: Arc<Metrics>) -> Self {
-        Self { engine, routes: HashMap::new(), metrics }
+        Self { engine, routes: HashMap::new(), metrics, draining: false }
     }
 
     /// Runs until told to shut down or until every sender is gone.
@@ -85,18 +87,26 @@ impl Worker {
     /// Returns false on shutdown.
     fn handle(&mut self, command: Command) -> bool {
         match command {
+            // Dropping the reply tells the handler the engine is gone (503).
+            Command::Submit { .. } if self.draining => {}
             Command::Submit { requests, events, reply } => {
                 let result = self.submit(requests, &events);
-                // A handler that stopped waiting leaves its requests to be aborted at the
-                // first output, when its event channel is found closed.
-                let _ = reply.send(result);
+                // The handler stopped waiting (its client left): nothing will read these.
+                if let Err(Ok(ids)) = reply.send(result) {
+                    for id in ids {
+                        self.abort(id, Outcome::Aborted);
+                    }
+                }
             }
             Command::Abort(ids) => {
                 for id in ids {
                     self.abort(id, Outcome::Aborted);
                 }
             }
-            Command::AbortAll => self.abort_all(),
+            Command::AbortAll => {
+                self.draining = true;
+                self.abort_all();
+            }
             Command::Shutdown => return false,
         }
         true
