@@ -296,6 +296,7 @@ fn bad_requests_get_openai_errors_and_leave_the_server_as_it_was() {
         ("POST", "/v1/completions", json!({ "prompt": long_prompt }).to_string(), 400, Some("context_length_exceeded")),
         ("POST", "/v1/completions", json!({ "prompt": "a", "max_tokens": 100000 }).to_string(), 400, Some("context_length_exceeded")),
         ("POST", "/v1/completions", json!({ "prompt": "x".repeat(70_000) }).to_string(), 413, None),
+        ("POST", "/v1/completions", json!({ "prompt": "x".repeat(3 << 20) }).to_string(), 413, None),
         ("POST", "/v1/chat/completions", json!({ "messages": [] }).to_string(), 400, None),
         ("POST", "/v1/chat/completions", json!({ "messages": [{ "role": "user" , "content": [{ "type": "image_url" }] }] }).to_string(), 400, None),
         ("POST", "/v1/chat/completions", json!({ "messages": [{ "role": "user", "content": "hi" }], "top_logprobs": 2 }).to_string(), 400, None),

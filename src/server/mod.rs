@@ -322,17 +322,35 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 /// timeout: a client that sends half a body cannot hold a handler (or shutdown) forever.
 async fn buffer_body(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let limit = state.config.max_body_bytes;
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return ApiError::payload_too_large(limit).into_response();
-    }
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(state.config.stalled_client_timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
-        Ok(Err(error)) if error.to_string().contains("length limit") => ApiError::payload_too_large(limit).into_response(),
+    match tokio::time::timeout(state.config.stalled_client_timeout, read_body(body, limit)).await {
+        Ok(Ok(Some(bytes))) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Ok(Ok(None)) => ApiError::payload_too_large(limit).into_response(),
         Ok(Err(error)) => ApiError::bad_request(format!("could not read the body: {error}")).into_response(),
         Err(_) => ApiError::request_timeout(state.config.stalled_client_timeout).into_response(),
     }
+}
+
+/// The body, or `None` when it is larger than `limit`. An oversized body is still read
+/// (and dropped) up to a few times the limit, so the client, still sending, gets the 413
+/// instead of a broken pipe; beyond that the connection is simply closed.
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Option<Vec<u8>>, axum::Error> {
+    use futures_util::StreamExt;
+    let drain_limit = limit.saturating_mul(4).max(16 << 20);
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        total = total.saturating_add(chunk.len());
+        if total > drain_limit {
+            return Ok(None);
+        }
+        if total <= limit {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    Ok((total <= limit).then_some(bytes))
 }
 
 async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
