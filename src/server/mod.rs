@@ -75,7 +75,7 @@ impl ServerConfig {
 }
 
 /// What every handler shares.
-pub struct AppState {
+pub(crate) struct AppState {
     config: ServerConfig,
     commands: mpsc::Sender<Command>,
     tokenizer: Option<Arc<Tokenizer>>,
@@ -279,7 +279,7 @@ async fn shutdown_requested(stopped: oneshot::Receiver<()>, handle_signals: bool
     }
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
