@@ -162,7 +162,7 @@ fn other_tensors(c: &ModelConfig) -> Vec<WeightSpec> {
 
 /// Whether `spec`'s tensor is there as expected; records why not.
 fn check_spec(checkpoint: &SafetensorsCheckpoint, spec: &WeightSpec, problems: &mut Vec<String>) -> bool {
-    match checkpoint.files().iter().find_map(|file| file.meta(&spec.name)) {
+    match checkpoint.file_of(&spec.name).and_then(|file| file.meta(&spec.name)) {
         None if spec.optional => true,
         None => {
             problems.push(format!("`{}` is missing", spec.name));
@@ -188,7 +188,7 @@ fn check_spec(checkpoint: &SafetensorsCheckpoint, spec: &WeightSpec, problems: &
 fn check_values(checkpoint: &SafetensorsCheckpoint, names: &[String], problems: &mut Vec<String>) -> (usize, usize) {
     let (mut scales, mut maps) = (0, 0);
     for name in names.iter().filter(|n| is_scale(n) || n.ends_with(".g_idx")) {
-        let tensor = match checkpoint.files().iter().find_map(|f| f.tensor(name)) {
+        let tensor = match checkpoint.file_of(name).and_then(|f| f.tensor(name)) {
             Some(Ok(tensor)) => tensor,
             Some(Err(e)) => {
                 problems.push(e.to_string());

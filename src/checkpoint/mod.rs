@@ -84,6 +84,11 @@ impl SafetensorsCheckpoint {
         &self.files
     }
 
+    /// The file that stores `name`.
+    pub fn file_of(&self, name: &str) -> Option<&SafetensorsFile> {
+        self.owner.get(name).map(|&i| &self.files[i])
+    }
+
     /// Total bytes of tensor data.
     pub fn total_bytes(&self) -> u64 {
         self.owner.keys().filter_map(|n| self.meta(n)).map(|m| (m.shape.iter().product::<usize>() * m.dtype.size_in_bytes()) as u64).sum()
@@ -93,9 +98,8 @@ impl SafetensorsCheckpoint {
 impl TensorSource for SafetensorsCheckpoint {
     fn load(&self, spec: &WeightSpec) -> Result<HostTensor<'_>, CheckpointError> {
         let tensor = self
-            .owner
-            .get(&spec.name)
-            .and_then(|&i| self.files[i].tensor(&spec.name))
+            .file_of(&spec.name)
+            .and_then(|file| file.tensor(&spec.name))
             .ok_or_else(|| CheckpointError::MissingTensor { name: spec.name.clone(), location: self.describe() })??;
         spec.check(tensor.dtype, &tensor.shape)?;
         Ok(tensor)
@@ -106,8 +110,7 @@ impl TensorSource for SafetensorsCheckpoint {
     }
 
     fn meta(&self, name: &str) -> Option<TensorMeta> {
-        let &i = self.owner.get(name)?;
-        self.files[i].meta(name)?.ok()
+        self.file_of(name)?.meta(name)?.ok()
     }
 
     fn tensor_names(&self) -> Vec<String> {

@@ -181,8 +181,9 @@ impl Renderer {
         }
     }
 
-    /// Logprobs of `entries` in the endpoint's format, the first token at `offset`.
-    fn logprobs(&self, entries: &[TokenLogprobs], mut offset: usize) -> Value {
+    /// Logprobs of `entries` in the endpoint's format, the first token at `offset`, which
+    /// is moved past them (completions' `text_offset`).
+    fn logprobs(&self, entries: &[TokenLogprobs], offset: &mut usize) -> Value {
         if !self.logprobs {
             return Value::Null;
         }
@@ -205,8 +206,8 @@ impl Renderer {
         let mut offsets = Vec::new();
         for lp in entries {
             let token = self.token(lp.token);
-            offsets.push(offset);
-            offset += token.len();
+            offsets.push(*offset);
+            *offset += token.len();
             tokens.push(token);
         }
         let top: Vec<Value> = entries
@@ -263,7 +264,7 @@ impl Renderer {
             .iter()
             .enumerate()
             .map(|(index, choice)| {
-                let logprobs = self.logprobs(&choice.logprobs, choice.offset);
+                let logprobs = self.logprobs(&choice.logprobs, &mut choice.offset.clone());
                 if self.chat {
                     json!({
                         "index": index,
@@ -314,8 +315,7 @@ fn stream_response(render: Renderer, progress: Progress, include_usage: bool) ->
                 Step::Deltas(deltas) => {
                     for (index, delta) in deltas {
                         let choice = &mut progress.choices[index];
-                        let logprobs = render.logprobs(delta.logprobs.as_slice(), choice.offset);
-                        choice.offset += delta.logprobs.iter().map(|lp| render.token(lp.token).len()).sum::<usize>();
+                        let logprobs = render.logprobs(delta.logprobs.as_slice(), &mut choice.offset);
                         let reason = delta.finish_reason.map(FinishReason::as_str);
                         choice.finish_reason = reason;
                         if delta.token.is_some() || !delta.text.is_empty() || reason.is_some() {
