@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember::quant::kernels::{self, IntGemmKernel};
+use ember::quant::kernels::{self, GemmKernel};
 use ember::quant::packing::int_tensor;
 use ember::quant::repr::{PackedIntWeight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -53,7 +53,7 @@ fn int4_gemm(c: &mut Criterion) {
             group.sample_size(10);
             for m in [1usize, 16, 64] {
                 let x = Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (&device, DType::F32));
-                let IntGemmKernel::Portable { tile_m } = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel else {
+                let GemmKernel::Portable { tile_m } = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel else {
                     panic!("{name}: the portable kernel is not selected");
                 };
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));

@@ -3,7 +3,7 @@
 //! counts and dtypes, plus the selector's choices.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels::{self, IntGemmKernel, KernelPolicy};
+use ember_quant::kernels::{self, GemmKernel, KernelPolicy};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -92,7 +92,7 @@ fn relative_error(case: Case, rows: usize, dtype: DType, device: &Device, seed: 
     let weight = random_weight(case, device, &mut rng);
     let x = activations(rows, case.k, dtype, device, &mut rng);
     let selection = kernels::select::int_gemm(&weight, device, dtype, rows);
-    let IntGemmKernel::Portable { tile_m } = selection.kernel else {
+    let GemmKernel::Portable { tile_m } = selection.kernel else {
         panic!("{case:?}: expected the portable kernel, got {selection:?}");
     };
     let kernel = to_f32(kernels::int_weight_gemm(&weight, x.clone(), tile_m));
@@ -195,14 +195,14 @@ fn selector_explains_its_choice() {
     let flex = Device::flex();
     let weight = random_weight(PLAIN_G128, &flex, &mut rng);
     let on_flex = kernels::select::int_gemm(&weight, &flex, DType::F32, 1);
-    assert_eq!(on_flex.kernel, IntGemmKernel::Reference);
+    assert_eq!(on_flex.kernel, GemmKernel::Reference);
     assert!(on_flex.reason.contains("Flex"), "{}", on_flex.reason);
 
     let wgpu = Device::wgpu(Default::default());
     let weight = random_weight(PLAIN_G128, &wgpu, &mut rng);
-    assert_eq!(kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64).kernel, IntGemmKernel::Portable { tile_m: 8 });
+    assert_eq!(kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64).kernel, GemmKernel::Portable { tile_m: 8 });
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64));
-    assert_eq!(forced.kernel, IntGemmKernel::Reference);
+    assert_eq!(forced.kernel, GemmKernel::Reference);
     assert!(forced.reason.contains("EMBER_KERNELS"), "{}", forced.reason);
 }
 
@@ -214,6 +214,15 @@ fn every_kernel_variant_generates_cuda_cpp() {
     let attention = ember_quant::kernels::codegen::paged_decode_attention_variants();
     assert_eq!(attention.len(), 3 * 3);
     variants.extend(attention);
+    let quantize = ember_quant::kernels::codegen::quantize_activations_variants();
+    assert_eq!(quantize.len(), 2 * 2 * 3);
+    variants.extend(quantize);
+    let w8a8 = ember_quant::kernels::codegen::w8a8_gemm_variants();
+    assert_eq!(w8a8.len(), 4 * 3);
+    variants.extend(w8a8);
+    let fp8 = ember_quant::kernels::codegen::fp8_gemm_variants();
+    assert_eq!(fp8.len(), 2 * 4 * 3);
+    variants.extend(fp8);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
     for kernel in variants.iter().flatten() {

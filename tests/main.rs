@@ -3,6 +3,7 @@
 
 mod common;
 
+mod byte_kernels;
 mod checkpoint;
 mod cli;
 mod config;

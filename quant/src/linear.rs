@@ -120,8 +120,8 @@ impl QLinear {
         let mut y = match &self.repr {
             LinearRepr::Dense { weight_t } => flat.matmul(weight_t.clone()),
             LinearRepr::Int4(w) | LinearRepr::Int8(w) => crate::kernels::int_weight_forward(w, flat),
-            LinearRepr::Fp8(w) => w.forward(flat),
-            LinearRepr::W8A8(w) => w.forward(flat),
+            LinearRepr::Fp8(w) => crate::kernels::fp8_forward(w, flat),
+            LinearRepr::W8A8(w) => crate::kernels::w8a8_forward(w, flat),
             LinearRepr::Custom(op) => op.forward(flat),
         };
         if let Some(bias) = &self.bias {

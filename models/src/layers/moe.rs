@@ -10,7 +10,7 @@
 //! tokens through its `QLinear`s.
 
 use burn::tensor::{activation::silu, activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
-use ember_quant::kernels::{self, IntGemmKernel};
+use ember_quant::kernels::{self, GemmKernel};
 use ember_quant::linear::LinearRepr;
 use ember_quant::repr::{ExpertStack, PackedIntWeight};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
@@ -95,8 +95,8 @@ impl SparseMoe {
         let stacks = self.stacks.as_ref()?;
         let max_rows = routing.rows_per_expert.iter().copied().max().unwrap_or(0);
         match kernels::select::grouped_int_gemm(&stacks[0], &tokens.device(), tokens.dtype(), max_rows).kernel {
-            IntGemmKernel::Portable { tile_m } => Some((stacks, tile_m)),
-            IntGemmKernel::Reference => None,
+            GemmKernel::Portable { tile_m } => Some((stacks, tile_m)),
+            GemmKernel::Reference => None,
         }
     }
 

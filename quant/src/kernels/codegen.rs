@@ -9,7 +9,7 @@ use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
-use super::paged_attention;
+use super::{activation_quant, fp8_gemm, paged_attention, w8a8_gemm};
 
 /// One compiled variant: a readable name and its CUDA C++ source.
 #[derive(Debug, Clone)]
@@ -158,6 +158,104 @@ pub fn paged_decode_attention_variants() -> Vec<Result<GeneratedKernel, (String,
                 ElemType::Float(float),
             );
             variants.push(generate(name, kernel));
+        }
+    }
+    variants
+}
+
+/// Every variant of the activation quantizer: grid × dynamic or static scale × input dtype.
+pub fn quantize_activations_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+    let target = cuda_target();
+    let properties = offline_properties();
+    let mut variants = Vec::new();
+    for (grid, grid_name) in [(activation_quant::grid::INT8, "int8"), (activation_quant::grid::E4M3, "e4m3")] {
+        for (dynamic, scale_name) in [(true, "dynamic"), (false, "static")] {
+            for (float, float_name) in FLOATS {
+                let kernel = activation_quant::quantize_activations::QuantizeActivations::new(
+                    settings(activation_quant::CUBE_UNITS),
+                    properties.clone(),
+                    target.clone(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    grid,
+                    dynamic,
+                    ElemType::Float(float),
+                );
+                variants.push(generate(format!("quantize_{grid_name}_{scale_name}_{float_name}"), kernel));
+            }
+        }
+    }
+    variants
+}
+
+/// Every variant of the int8 W8A8 GEMM: rows per unit × output dtype.
+pub fn w8a8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+    let target = cuda_target();
+    let properties = offline_properties();
+    let mut variants = Vec::new();
+    for tile_m in [1u32, 2, 4, 8] {
+        for (float, float_name) in FLOATS {
+            let kernel = w8a8_gemm::w8a8_gemm::W8a8Gemm::new(
+                settings(CUBE_UNITS),
+                properties.clone(),
+                target.clone(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                buffer(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                tile_m,
+                ElemType::Float(float),
+            );
+            variants.push(generate(format!("w8a8_m{tile_m}_{float_name}"), kernel));
+        }
+    }
+    variants
+}
+
+/// Every variant of the FP8 GEMM: quantized or weight-only input × rows per unit × dtype.
+pub fn fp8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+    let target = cuda_target();
+    let properties = offline_properties();
+    let mut variants = Vec::new();
+    for (quantized_input, input_name) in [(true, "w8a8"), (false, "weight_only")] {
+        for tile_m in [1u32, 2, 4, 8] {
+            for (float, float_name) in FLOATS {
+                let kernel = fp8_gemm::fp8_gemm::Fp8Gemm::new(
+                    settings(CUBE_UNITS),
+                    properties.clone(),
+                    target.clone(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    buffer(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    Default::default(),
+                    quantized_input,
+                    tile_m,
+                    ElemType::Float(float),
+                );
+                variants.push(generate(format!("fp8_{input_name}_m{tile_m}_{float_name}"), kernel));
+            }
         }
     }
     variants

@@ -2,34 +2,136 @@
 //! oracle for tests and the path on Flex), a portable CubeCL kernel for every Cube runtime,
 //! and a selector that picks one per call and can say why.
 
+pub mod activation_quant;
 pub mod codegen;
+pub mod e4m3;
+pub mod fp8_gemm;
 pub mod int_gemm;
 mod ops;
 pub mod paged_attention;
 pub mod select;
+pub mod w8a8_gemm;
 
-use burn::tensor::Tensor;
+use burn::backend::Dispatch;
+use burn::tensor::{DType, Int, Tensor};
 
 use crate::packing::int_tensor;
-use crate::repr::{ExpertStack, PackedIntWeight, ZeroPoints};
+use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 
-pub use ops::{gemm_output_shape, same_shape, GroupBuffer, IntGemmLayout, KernelOps, PagedAttentionLayout, ZeroBuffer};
-pub use select::{with_policy, AttentionKernel, IntGemmKernel, KernelPolicy, Selection};
+pub use ops::{
+    byte_gemm_output_shape, gemm_output_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, Fp8GemmLayout,
+    GroupBuffer, IntGemmLayout, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
+};
+pub use select::{with_policy, AttentionKernel, GemmKernel, KernelPolicy, Selection};
 
 /// `x · W` for an `Int4` / `Int8` weight through the kernel the selector picks.
 pub fn int_weight_forward(weight: &PackedIntWeight, x: Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel {
-        IntGemmKernel::Reference => weight.forward_reference(x),
-        IntGemmKernel::Portable { tile_m } => int_weight_gemm(weight, x, tile_m),
+        GemmKernel::Reference => weight.forward_reference(x),
+        GemmKernel::Portable { tile_m } => int_weight_gemm(weight, x, tile_m),
+    }
+}
+
+/// `x · Wᵀ` for an `Fp8` weight through the kernel the selector picks.
+pub fn fp8_forward(weight: &Fp8Weight, x: Tensor<2>) -> Tensor<2> {
+    let rows = x.dims()[0];
+    match select::fp8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
+        GemmKernel::Reference => weight.forward_reference(x),
+        GemmKernel::Portable { tile_m } => fp8_gemm(weight, x, tile_m),
+    }
+}
+
+/// `x · Wᵀ` for a `W8A8` int8 weight through the kernel the selector picks.
+pub fn w8a8_forward(weight: &W8A8Weight, x: Tensor<2>) -> Tensor<2> {
+    let rows = x.dims()[0];
+    match select::w8a8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
+        GemmKernel::Reference => weight.forward_reference(x),
+        GemmKernel::Portable { tile_m } => w8a8_gemm(weight, x, tile_m),
+    }
+}
+
+/// Activations quantized by the kernel: bytes packed four per i32 word along K, `[M, K/4]`,
+/// and f32 scales `[M, 1]` (per token), `[M, K/group]` (per group) or `[1, 1]`.
+pub struct ActivationCodes {
+    pub codes: Tensor<2, Int>,
+    pub scales: Tensor<2>,
+}
+
+/// Quantizes `x` `[M, K]` per `mode` onto `grid` with the CubeCL kernel (a Cube device;
+/// K and any group a multiple of 4); `None` when `mode` is `None`. Per-tensor dynamic
+/// scales are reduced with Burn ops and applied as a static scale.
+pub fn quantize_activations(x: Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> Option<ActivationCodes> {
+    let (scale, group) = match mode {
+        ActivationQuant::None => return None,
+        ActivationQuant::DynamicPerToken => (ActivationScale::Dynamic, 0),
+        &ActivationQuant::DynamicPerGroup(group) => (ActivationScale::Dynamic, group as u32),
+        ActivationQuant::Static(scale) => (ActivationScale::Static(scale.clone().cast(DType::F32).reshape([1]).into_dispatch()), 0),
+        ActivationQuant::DynamicPerTensor => {
+            let absmax = x.clone().cast(DType::F32).abs().max_dim(1).max_dim(0);
+            (ActivationScale::Static(scale_from_absmax(absmax, grid).reshape([1]).into_dispatch()), 0)
+        }
+    };
+    let layout = ActivationQuantLayout { grid, group };
+    let (codes, scales) = <Dispatch as KernelOps>::quantize_activations(x.into_dispatch(), scale, layout);
+    Some(ActivationCodes { codes: Tensor::from_dispatch(codes), scales: Tensor::from_dispatch(scales) })
+}
+
+/// The portable W8A8 int8 kernel on a Cube device: activations quantized per token (or
+/// with their static scale) by [`quantize_activations`], then the integer GEMM.
+pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
+    let out_dtype = x.dtype();
+    let Some(a) = quantize_activations(x.clone(), &weight.activations, ActivationGrid::Int8) else {
+        // Weight-only W8A8 has no integer GEMM to run; the selector never sends it here.
+        return weight.forward_reference(x);
+    };
+    let layout = W8A8GemmLayout { tile_m, per_token: a.scales.dims()[0] > 1, out_dtype };
+    Tensor::from_dispatch(<Dispatch as KernelOps>::w8a8_gemm(
+        a.codes.into_dispatch(),
+        a.scales.into_dispatch(),
+        weight.codes.clone().into_dispatch(),
+        weight.scales.clone().into_dispatch(),
+        layout,
+    ))
+}
+
+/// The portable FP8 kernel on a Cube device: weight-only when the layer keeps float
+/// activations, otherwise activations quantized to e4m3 by [`quantize_activations`].
+pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
+    let k = weight.in_features;
+    let out_dtype = x.dtype();
+    let chunk = select::fp8_scale_chunk(weight).unwrap_or(k).max(4) as u32;
+    let [scale_rows, scale_cols] = weight.scales.dims();
+    let (w_col_div, w_row, w_chunk) = match weight.block {
+        Some([bn, _]) => (bn as u32, scale_cols as u32, 1),
+        None => (1, (scale_rows > 1) as u32, 0),
+    };
+    let mut layout = Fp8GemmLayout { tile_m, chunk, a_row: 0, a_chunk: 0, w_col_div, w_row, w_chunk, out_dtype };
+    match quantize_activations(x.clone(), &weight.activations, ActivationGrid::E4M3) {
+        None => Tensor::from_dispatch(<Dispatch as KernelOps>::fp8_weight_only_gemm(
+            x.into_dispatch(),
+            weight.codes.clone().into_dispatch(),
+            weight.scales.clone().into_dispatch(),
+            layout,
+        )),
+        Some(a) => {
+            let [a_rows, a_cols] = a.scales.dims();
+            layout.a_row = if a_rows > 1 { a_cols as u32 } else { 0 };
+            layout.a_chunk = (a_cols > 1) as u32;
+            Tensor::from_dispatch(<Dispatch as KernelOps>::fp8_gemm(
+                a.codes.into_dispatch(),
+                a.scales.into_dispatch(),
+                weight.codes.clone().into_dispatch(),
+                weight.scales.clone().into_dispatch(),
+                layout,
+            ))
+        }
     }
 }
 
 /// The portable CubeCL kernel on a Cube device (panics on Flex, which the selector never
 /// sends here).
 pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
-    use burn::backend::Dispatch;
-
     let x = weight.ordered_input(x);
     let zeros = zero_buffer(&weight.zeros);
     // The kernel's contiguous path takes one group per packed word.
@@ -52,8 +154,6 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> T
 /// One grouped launch for a mixture-of-experts projection: `x` holds `rows_per_expert[e]`
 /// rows for each expert `e`, in expert order; returns `[rows, N]` in the same order.
 pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_expert: &[usize], tile_m: u32) -> Tensor<2> {
-    use burn::backend::Dispatch;
-
     let mut tiles = Vec::new();
     let mut start = 0usize;
     for (expert, &rows) in rows_per_expert.iter().enumerate() {
@@ -76,7 +176,7 @@ pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_exper
     ))
 }
 
-fn zero_buffer(zeros: &ZeroPoints) -> ZeroBuffer<burn::backend::Dispatch> {
+fn zero_buffer(zeros: &ZeroPoints) -> ZeroBuffer<Dispatch> {
     match zeros {
         ZeroPoints::Midpoint => ZeroBuffer::Midpoint,
         ZeroPoints::Integer(z) => ZeroBuffer::Integer(z.clone().into_dispatch()),
@@ -94,8 +194,6 @@ pub fn paged_decode_attention(
     context_lens: Tensor<1, burn::tensor::Int>,
     layout: PagedAttentionLayout,
 ) -> Tensor<3> {
-    use burn::backend::Dispatch;
-
     Tensor::from_dispatch(<Dispatch as KernelOps>::paged_decode_attention(
         q.into_dispatch(),
         key_pool.into_dispatch(),

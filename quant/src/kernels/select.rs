@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use burn::tensor::{DType, Device};
 use burn_dispatch::DispatchDevice;
 
-use crate::repr::{ExpertStack, PackedIntWeight, ZeroPoints};
+use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 /// Which kernels may run. `EMBER_KERNELS=reference` (or `auto`) sets it for the process;
 /// [`with_policy`] overrides it on the calling thread.
@@ -56,9 +56,9 @@ pub fn policy() -> KernelPolicy {
     THREAD_POLICY.with(Cell::get).unwrap_or_else(|| *PROCESS.get_or_init(KernelPolicy::from_env))
 }
 
-/// A kernel for an `Int4` / `Int8` weight-only matmul.
+/// A kernel for a quantized matmul.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IntGemmKernel {
+pub enum GemmKernel {
     /// Dequantize with Burn ops, then a dense matmul.
     Reference,
     /// The portable CubeCL kernel, `tile_m` output rows per unit.
@@ -73,7 +73,7 @@ pub struct Selection<K> {
 }
 
 /// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
-pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
+pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
     let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros };
     let selection = choose(buffers, device, dtype, rows);
     log_once(|| format!(
@@ -85,7 +85,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 
 /// Picks the kernel for a mixture-of-experts projection whose largest expert batch has
 /// `max_rows` rows.
-pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
+pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<GemmKernel> {
     let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros };
     let selection = choose(buffers, device, dtype, max_rows);
     log_once(|| format!(
@@ -102,8 +102,22 @@ struct WeightBuffers<'a> {
     zeros: &'a ZeroPoints,
 }
 
-fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
-    let reference = |reason: String| Selection { kernel: IntGemmKernel::Reference, reason };
+fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
+    let layout_ok = weight.packed == DType::I32
+        && weight.scales == DType::F32
+        && match weight.zeros {
+            ZeroPoints::Integer(z) => z.dtype() == DType::I32,
+            ZeroPoints::Float(o) => o.dtype() == DType::F32,
+            ZeroPoints::Midpoint => true,
+        };
+    let refusal = (!layout_ok).then(|| "weight buffers are not i32 words with f32 scales".to_string());
+    choose_portable(device, dtype, rows, refusal, "W4A16")
+}
+
+/// The checks every quantized matmul shares: policy, backend, activation dtype, then the
+/// format's own `refusal`; the portable kernel otherwise, `tile_m` sized to the rows.
+fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, fast_path: &str) -> Selection<GemmKernel> {
+    let reference = |reason: String| Selection { kernel: GemmKernel::Reference, reason };
     if policy() == KernelPolicy::Reference {
         return reference("kernels disabled (EMBER_KERNELS=reference)".into());
     }
@@ -114,15 +128,8 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
         return reference(format!("activations in {dtype:?}; the kernels take f32, f16 or bf16"));
     }
-    let layout_ok = weight.packed == DType::I32
-        && weight.scales == DType::F32
-        && match weight.zeros {
-            ZeroPoints::Integer(z) => z.dtype() == DType::I32,
-            ZeroPoints::Float(o) => o.dtype() == DType::F32,
-            ZeroPoints::Midpoint => true,
-        };
-    if !layout_ok {
-        return reference("weight buffers are not i32 words with f32 scales".into());
+    if let Some(reason) = refusal {
+        return reference(reason);
     }
     let tile_m = match rows {
         0..=1 => 1,
@@ -131,10 +138,88 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
         _ => 8,
     };
     let reason = match runtime {
-        cubecl::Device::Cuda(_) => "portable CubeCL kernel; no tensor-core W4A16 kernel in this build",
-        _ => "portable CubeCL kernel (no tensor cores on this runtime)",
+        cubecl::Device::Cuda(_) => format!("portable CubeCL kernel; no tensor-core {fast_path} kernel in this build"),
+        _ => "portable CubeCL kernel (no tensor cores on this runtime)".into(),
     };
-    Selection { kernel: IntGemmKernel::Portable { tile_m }, reason: reason.into() }
+    Selection { kernel: GemmKernel::Portable { tile_m }, reason }
+}
+
+/// Picks the kernel for `rows × K` activations of `dtype` times an FP8 weight.
+pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
+    let refusal = fp8_refusal(weight);
+    let fast_path = match weight.activations {
+        ActivationQuant::None => "FP8 weight-only",
+        _ => "FP8",
+    };
+    let selection = choose_portable(device, dtype, rows, refusal, fast_path);
+    log_once(|| format!(
+        "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
+        weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
+    ));
+    selection
+}
+
+fn fp8_scales(weight: &Fp8Weight) -> String {
+    match weight.block {
+        Some([bn, bk]) => format!("block {bn}x{bk}"),
+        None if weight.scales.dims()[0] > 1 => "per-channel".into(),
+        None => "per-tensor".into(),
+    }
+}
+
+/// Columns per scale chunk of an FP8 weight's kernel: the weight's block width and the
+/// activations' group width (which must agree), or `None` when scales do not vary along K.
+pub fn fp8_scale_chunk(weight: &Fp8Weight) -> Option<usize> {
+    let (block, group) = fp8_scale_widths(weight);
+    block.or(group)
+}
+
+/// Columns per weight-scale block and per activation-scale group, where scales vary along K.
+fn fp8_scale_widths(weight: &Fp8Weight) -> (Option<usize>, Option<usize>) {
+    let group = match weight.activations {
+        ActivationQuant::DynamicPerGroup(group) => Some(group),
+        _ => None,
+    };
+    (weight.block.map(|[_, bk]| bk), group)
+}
+
+fn fp8_refusal(weight: &Fp8Weight) -> Option<String> {
+    if weight.codes.dtype() != DType::I32 || weight.scales.dtype() != DType::F32 {
+        return Some("weight buffers are not i32 words with f32 scales".into());
+    }
+    if !weight.in_features.is_multiple_of(4) {
+        return Some(format!("K = {} is not a multiple of 4", weight.in_features));
+    }
+    if let (Some(bk), Some(group)) = fp8_scale_widths(weight) {
+        if bk != group {
+            return Some(format!("activation groups of {group} do not match weight blocks {bk} wide"));
+        }
+    }
+    match fp8_scale_chunk(weight) {
+        Some(chunk) if chunk == 0 || !chunk.is_multiple_of(4) => Some(format!("scale blocks {chunk} wide are not a multiple of 4 columns")),
+        _ => None,
+    }
+}
+
+/// Picks the kernel for `rows × K` activations of `dtype` times a W8A8 int8 weight.
+pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
+    let refusal = if weight.codes.dtype() != DType::I32 || weight.scales.dtype() != DType::F32 {
+        Some("weight buffers are not i32 words with f32 scales".into())
+    } else if !weight.in_features.is_multiple_of(4) {
+        Some(format!("K = {} is not a multiple of 4", weight.in_features))
+    } else {
+        match weight.activations {
+            ActivationQuant::None => Some("activations stay float; the reference multiplies by the dequantized weight".into()),
+            ActivationQuant::DynamicPerGroup(_) => Some("per-group int8 activations have no kernel".into()),
+            _ => None,
+        }
+    };
+    let selection = choose_portable(device, dtype, rows, refusal, "int8 W8A8");
+    log_once(|| format!(
+        "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
+        weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason
+    ));
+    selection
 }
 
 /// A kernel for the attention of a batched step over the paged KV pool.

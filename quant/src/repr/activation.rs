@@ -21,8 +21,21 @@ pub enum ActivationQuant {
     Static(Tensor<1>),
 }
 
+impl ActivationQuant {
+    /// A short description for logs (never reads a static scale back from the device).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::None => "float".into(),
+            Self::DynamicPerToken => "dynamic per-token".into(),
+            Self::DynamicPerTensor => "dynamic per-tensor".into(),
+            Self::DynamicPerGroup(group) => format!("dynamic per-group {group}"),
+            Self::Static(_) => "static".into(),
+        }
+    }
+}
+
 /// The grid activations are rounded to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ActivationGrid {
     Int8,
     E4M3,
@@ -31,7 +44,7 @@ pub enum ActivationGrid {
 impl ActivationGrid {
     /// Symmetric scales are absmax / (range / 2): 255 / 2 for int8's [-128, 127] (as
     /// compressed-tensors computes them), 448 for e4m3.
-    fn half_range(self) -> f32 {
+    pub fn half_range(self) -> f32 {
         match self {
             Self::Int8 => 127.5,
             Self::E4M3 => E4M3_MAX,
@@ -64,7 +77,7 @@ impl QuantizedActivations {
 pub fn quantize_activations(x: Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> Option<QuantizedActivations> {
     let x = x.cast(DType::F32);
     let [rows, cols] = x.dims();
-    let from_absmax = |absmax: Tensor<2>| absmax.div_scalar(grid.half_range()).clamp_min(f32::MIN_POSITIVE);
+    let from_absmax = |absmax: Tensor<2>| scale_from_absmax(absmax, grid);
     let scales = match mode {
         ActivationQuant::None => return None,
         ActivationQuant::DynamicPerToken => from_absmax(x.clone().abs().max_dim(1)),
@@ -83,6 +96,12 @@ pub fn quantize_activations(x: Tensor<2>, mode: &ActivationQuant, grid: Activati
     };
     let values = grid.round(x / scales.clone());
     Some(QuantizedActivations { values, scales })
+}
+
+/// The symmetric scale of each absolute maximum, floored at the smallest normal f32 so
+/// all-zero rows divide safely.
+pub fn scale_from_absmax(absmax: Tensor<2>, grid: ActivationGrid) -> Tensor<2> {
+    absmax.div_scalar(grid.half_range()).clamp_min(f32::MIN_POSITIVE)
 }
 
 /// Rounds to the nearest float8 e4m3fn value (ties to even), for |v| ≤ 448. The spacing

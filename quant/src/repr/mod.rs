@@ -7,7 +7,7 @@ pub mod fp8;
 pub mod packed_int;
 pub mod w8a8;
 
-pub use activation::{quantize_activations, round_to_e4m3, ActivationGrid, ActivationQuant, QuantizedActivations};
+pub use activation::{quantize_activations, round_to_e4m3, scale_from_absmax, ActivationGrid, ActivationQuant, QuantizedActivations};
 pub use expert_stack::ExpertStack;
 pub use fp8::{e4m3_table, e4m3_value, Fp8Weight};
 pub use packed_int::{InputOrder, PackedIntWeight, ZeroPoints};

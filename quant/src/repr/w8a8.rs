@@ -33,7 +33,7 @@ impl W8A8Weight {
         self.weight_values() * self.scales.clone().transpose()
     }
 
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    pub fn forward_reference(&self, x: Tensor<2>) -> Tensor<2> {
         let dtype = x.dtype();
         let weight_t = self.weight_values().transpose();
         let y = match quantize_activations(x.clone(), &self.activations, ActivationGrid::Int8) {

@@ -1,0 +1,379 @@
+//! The W8A8 and FP8 kernels on the CubeCL runtimes CI has (wgpu on lavapipe, the CPU
+//! runtime) against the Burn-ops reference (run on Flex): activation quantization code for code, the int8
+//! GEMM bit for bit, the FP8 GEMM (quantized and weight-only, every scale layout) within
+//! f32 rounding, the fixtures' logits through the kernels, and the selector's reasons.
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use ember::quant::kernels::{self, GemmKernel, KernelPolicy};
+use ember::quant::repr::{e4m3_table, e4m3_value, quantize_activations, ActivationGrid, ActivationQuant, Fp8Weight, W8A8Weight};
+use ember::quant::ComputeDtype;
+use ember::{load_model, LoadOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common::{fixture, max_abs_diff, prompt_logits, Reference};
+
+const ROWS: [usize; 5] = [1, 3, 16, 64, 257];
+
+fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().try_to_vec::<f32>().expect("f32 data")
+}
+
+fn to_i32(t: Tensor<2, Int>) -> Vec<i32> {
+    t.into_data().convert::<i32>().try_to_vec::<i32>().expect("i32 data")
+}
+
+fn floats(values: Vec<f32>, shape: [usize; 2], dtype: DType, device: &Device) -> Tensor<2> {
+    Tensor::<2>::from_data(TensorData::new(values, shape), (device, DType::F32)).cast(dtype)
+}
+
+/// Activations whose rows span six orders of magnitude, with an all-zero row, exact
+/// ties of the int8 grid and values past the static scale's range.
+fn activations(rows: usize, k: usize, dtype: DType, device: &Device, rng: &mut StdRng) -> Tensor<2> {
+    let mut values = Vec::with_capacity(rows * k);
+    for row in 0..rows {
+        let magnitude = 10f32.powf(rng.random_range(-3.0..3.0));
+        for col in 0..k {
+            values.push(match (row % 7, col % 29) {
+                (5, _) => 0.0,
+                (_, 3) => magnitude * 0.5,
+                _ => magnitude * rng.random_range(-1.0f32..1.0),
+            });
+        }
+    }
+    floats(values, [rows, k], dtype, device)
+}
+
+/// Bytes of `[rows, k/4]` words, little end first.
+fn bytes(words: Vec<i32>) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+fn decode(grid: ActivationGrid, byte: u8) -> f32 {
+    match grid {
+        ActivationGrid::Int8 => byte as i8 as f32,
+        ActivationGrid::E4M3 => e4m3_value(byte),
+    }
+}
+
+/// The kernel's codes and scales equal the reference's grid values and scales exactly.
+fn activation_quant_on(device: Device) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let k = 320;
+    let modes = || {
+        [
+            ActivationQuant::DynamicPerToken,
+            ActivationQuant::DynamicPerTensor,
+            ActivationQuant::DynamicPerGroup(128),
+            ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.0125f32], [1]), (&device, DType::F32))),
+        ]
+    };
+    let dtypes: Vec<DType> = [DType::F32, DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
+    for grid in [ActivationGrid::Int8, ActivationGrid::E4M3] {
+        for mode in modes() {
+            for (i, rows) in ROWS.into_iter().enumerate() {
+                let dtype = dtypes[i % dtypes.len()];
+                let x = activations(rows, k, dtype, &device, &mut rng);
+                let what = format!("{grid:?} {} rows={rows} {dtype:?}", mode.describe());
+                let ours = kernels::quantize_activations(x.clone(), &mode, grid).expect("quantized");
+                let reference = quantize_activations(x.to_device(&Device::flex()), &activation_mode_on_flex(&mode), grid).expect("quantized");
+                let values: Vec<f32> = bytes(to_i32(ours.codes)).into_iter().map(|b| decode(grid, b)).collect();
+                let expected = to_f32(reference.values);
+                let mismatches = values.iter().zip(&expected).filter(|(a, b)| a != b).count();
+                assert_eq!(mismatches, 0, "{what}: {mismatches} codes differ from the reference");
+                // The reference broadcasts its scales over the columns they cover.
+                let [scale_rows, groups] = ours.scales.dims();
+                let scales = to_f32(ours.scales);
+                let [ref_rows, ref_cols] = reference.scales.dims();
+                let ref_scales = to_f32(reference.scales);
+                assert!(scale_rows == ref_rows || ref_rows == 1, "{what}: scales {scale_rows} rows, reference {ref_rows}");
+                for r in 0..scale_rows {
+                    for g in 0..groups {
+                        let col = if ref_cols == 1 { 0 } else { g * 128 };
+                        assert_eq!(scales[r * groups + g], ref_scales[r.min(ref_rows - 1) * ref_cols + col], "{what}: scale ({r}, {g})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_on_wgpu() {
+    activation_quant_on(Device::wgpu(Default::default()));
+}
+
+#[test]
+fn activation_quantization_on_cubecl_cpu() {
+    activation_quant_on(Device::cpu());
+}
+
+fn random_words(n: usize, k: usize, rng: &mut StdRng, byte: impl Fn(&mut StdRng) -> u8) -> Vec<i32> {
+    (0..n * k / 4).map(|_| i32::from_le_bytes([byte(rng), byte(rng), byte(rng), byte(rng)])).collect()
+}
+
+fn w8a8_weight(k: usize, n: usize, activations: ActivationQuant, device: &Device, rng: &mut StdRng) -> W8A8Weight {
+    let codes = random_words(n, k, rng, |rng| rng.random::<u8>());
+    let scales: Vec<f32> = (0..n).map(|_| rng.random_range(1e-3..1e-2)).collect();
+    W8A8Weight {
+        in_features: k,
+        out_features: n,
+        codes: Tensor::from_data(TensorData::new(codes, [n, k / 4]), (device, DType::I32)),
+        scales: floats(scales, [1, n], DType::F32, device),
+        activations,
+    }
+}
+
+fn activation_mode_on_flex(mode: &ActivationQuant) -> ActivationQuant {
+    match mode {
+        ActivationQuant::Static(scale) => ActivationQuant::Static(scale.clone().to_device(&Device::flex())),
+        other => other.clone(),
+    }
+}
+
+/// The same weight on Flex, where the Burn-ops reference runs without the Cube runtimes'
+/// per-shape matmul autotuning (minutes on the CPU runtime for these many shapes).
+fn w8a8_on_flex(weight: &W8A8Weight) -> W8A8Weight {
+    let flex = Device::flex();
+    W8A8Weight {
+        codes: weight.codes.clone().to_device(&flex),
+        scales: weight.scales.clone().to_device(&flex),
+        activations: activation_mode_on_flex(&weight.activations),
+        ..weight.clone()
+    }
+}
+
+fn fp8_on_flex(weight: &Fp8Weight) -> Fp8Weight {
+    let flex = Device::flex();
+    Fp8Weight {
+        codes: weight.codes.clone().to_device(&flex),
+        scales: weight.scales.clone().to_device(&flex),
+        activations: activation_mode_on_flex(&weight.activations),
+        table: weight.table.clone().to_device(&flex),
+        ..weight.clone()
+    }
+}
+
+/// int8 products accumulate exactly in i32: at K ≤ 1032 the f32 reference is exact too,
+/// so the outputs are equal bit for bit, in f32 and after rounding to f16/bf16.
+fn w8a8_on(device: Device) {
+    let mut rng = StdRng::seed_from_u64(8);
+    let (k, n) = (256, 192);
+    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&device, DType::F32)));
+    let dtypes: Vec<DType> = [DType::F32, DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
+    for (mode, rows) in ROWS.into_iter().map(|r| (ActivationQuant::DynamicPerToken, r)).chain([(static_scale(), 5), (static_scale(), 64)]) {
+        let weight = w8a8_weight(k, n, mode, &device, &mut rng);
+        let on_flex = w8a8_on_flex(&weight);
+        for &dtype in &dtypes {
+            let x = activations(rows, k, dtype, &device, &mut rng);
+            let GemmKernel::Portable { tile_m } = kernels::select::w8a8_gemm(&weight, &device, dtype, rows).kernel else {
+                panic!("expected the portable W8A8 kernel");
+            };
+            let ours = to_f32(kernels::w8a8_gemm(&weight, x.clone(), tile_m));
+            let reference = to_f32(on_flex.forward_reference(x.to_device(&Device::flex())));
+            let mismatches = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
+            assert_eq!(mismatches, 0, "{} rows={rows} {dtype:?}: {mismatches} outputs differ", weight.activations.describe());
+        }
+    }
+    // At Llama's K the i32 sums are exact and the f32 reference rounds: equal within f32.
+    let weight = w8a8_weight(4096, 64, ActivationQuant::DynamicPerToken, &device, &mut rng);
+    let x = activations(3, 4096, DType::F32, &device, &mut rng);
+    let ours = to_f32(kernels::w8a8_gemm(&weight, x.clone(), 4));
+    let reference = to_f32(w8a8_on_flex(&weight).forward_reference(x.to_device(&Device::flex())));
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(max_abs_diff(&ours, &reference) <= 1e-6 * scale, "K=4096: {}", max_abs_diff(&ours, &reference));
+}
+
+#[test]
+fn w8a8_gemm_on_wgpu() {
+    w8a8_on(Device::wgpu(Default::default()));
+}
+
+#[test]
+fn w8a8_gemm_on_cubecl_cpu() {
+    w8a8_on(Device::cpu());
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fp8Scales {
+    Tensor,
+    Channel,
+    /// 128×128 blocks (DeepSeek `weight_scale_inv`, compressed-tensors FP8_BLOCK).
+    Block,
+}
+
+/// A random e4m3 weight (every finite byte) with scales of the given layout.
+fn fp8_weight(k: usize, n: usize, scales: Fp8Scales, activations: ActivationQuant, device: &Device, rng: &mut StdRng) -> Fp8Weight {
+    let codes = random_words(n, k, rng, |rng| loop {
+        let byte = rng.random::<u8>();
+        if byte & 0x7F != 0x7F {
+            break byte;
+        }
+    });
+    let (shape, block) = match scales {
+        Fp8Scales::Tensor => ([1, 1], None),
+        Fp8Scales::Channel => ([n, 1], None),
+        Fp8Scales::Block => ([n.div_ceil(128), k.div_ceil(128)], Some([128, 128])),
+    };
+    let values: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random_range(1e-4..1e-3)).collect();
+    Fp8Weight {
+        in_features: k,
+        out_features: n,
+        codes: Tensor::from_data(TensorData::new(codes, [n, k / 4]), (device, DType::I32)),
+        scales: floats(values, shape, DType::F32, device),
+        block,
+        activations,
+        table: e4m3_table(device),
+    }
+}
+
+fn fp8_relative_error(weight: &Fp8Weight, rows: usize, dtype: DType, device: &Device, rng: &mut StdRng) -> f32 {
+    let x = activations(rows, weight.in_features, dtype, device, rng);
+    let selection = kernels::select::fp8_gemm(weight, device, dtype, rows);
+    let GemmKernel::Portable { tile_m } = selection.kernel else {
+        panic!("expected the portable FP8 kernel: {selection:?}");
+    };
+    let ours = to_f32(kernels::fp8_gemm(weight, x.clone(), tile_m));
+    let reference = to_f32(fp8_on_flex(weight).forward_reference(x.to_device(&Device::flex())));
+    assert_eq!(ours.len(), reference.len());
+    let diff = max_abs_diff(&ours, &reference);
+    assert!(diff.is_finite(), "non-finite output");
+    // Rows differ in magnitude by up to 10^6: compare each row against its own scale.
+    let n = weight.out_features;
+    (0..rows)
+        .map(|r| {
+            let (ours, reference) = (&ours[r * n..(r + 1) * n], &reference[r * n..(r + 1) * n]);
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if scale == 0.0 { max_abs_diff(ours, reference) } else { max_abs_diff(ours, reference) / scale }
+        })
+        .fold(0f32, f32::max)
+}
+
+/// Every scale layout, quantized and weight-only, against the reference: equal up to
+/// f32 summation order (the codes are the reference's, exactly) in f32, and up to the
+/// reference's rounding of dequantized values to half precision otherwise.
+fn fp8_on(device: Device) {
+    let mut rng = StdRng::seed_from_u64(21);
+    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (&device, DType::F32)));
+    let (k, n) = (320, 200);
+    for rows in ROWS {
+        let weight = fp8_weight(k, n, Fp8Scales::Channel, ActivationQuant::DynamicPerToken, &device, &mut rng);
+        let err = fp8_relative_error(&weight, rows, DType::F32, &device, &mut rng);
+        assert!(err < 2e-6, "per-channel, per-token rows={rows}: relative error {err}");
+    }
+    let cases = [
+        (Fp8Scales::Tensor, ActivationQuant::DynamicPerTensor),
+        (Fp8Scales::Tensor, static_scale()),
+        (Fp8Scales::Channel, static_scale()),
+        (Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128)),
+        (Fp8Scales::Block, ActivationQuant::DynamicPerToken),
+        (Fp8Scales::Channel, ActivationQuant::DynamicPerGroup(64)),
+        (Fp8Scales::Channel, ActivationQuant::None),
+        (Fp8Scales::Block, ActivationQuant::None),
+        (Fp8Scales::Tensor, ActivationQuant::None),
+    ];
+    for (scales, mode) in cases {
+        let what = format!("{scales:?} {}", mode.describe());
+        let weight = fp8_weight(k, n, scales, mode, &device, &mut rng);
+        for rows in [1usize, 5, 16] {
+            let err = fp8_relative_error(&weight, rows, DType::F32, &device, &mut rng);
+            assert!(err < 2e-6, "{what} rows={rows}: relative error {err}");
+        }
+        for dtype in [DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)) {
+            let err = fp8_relative_error(&weight, 7, dtype, &device, &mut rng);
+            assert!(err < 2e-2, "{what} {dtype:?}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn fp8_gemm_on_wgpu() {
+    fp8_on(Device::wgpu(Default::default()));
+}
+
+#[test]
+fn fp8_gemm_on_cubecl_cpu() {
+    fp8_on(Device::cpu());
+}
+
+#[test]
+fn byte_gemm_selector_explains_its_choice() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let flex = Device::flex();
+    let weight = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &flex, &mut rng);
+    let on_flex = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1);
+    assert_eq!(on_flex.kernel, GemmKernel::Reference);
+    assert!(on_flex.reason.contains("Flex"), "{}", on_flex.reason);
+
+    let wgpu = Device::wgpu(Default::default());
+    let block = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &wgpu, &mut rng);
+    assert_eq!(kernels::select::fp8_gemm(&block, &wgpu, DType::F32, 20).kernel, GemmKernel::Portable { tile_m: 8 });
+    let mismatched = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(64), &wgpu, &mut rng);
+    let refused = kernels::select::fp8_gemm(&mismatched, &wgpu, DType::F32, 20);
+    assert_eq!(refused.kernel, GemmKernel::Reference);
+    assert!(refused.reason.contains("do not match"), "{}", refused.reason);
+    // The refused layout still runs, on the reference.
+    let x = activations(2, 256, DType::F32, &wgpu, &mut rng);
+    assert_eq!(to_f32(kernels::fp8_forward(&mismatched, x.clone())), to_f32(mismatched.forward_reference(x)));
+
+    let float_acts = w8a8_weight(128, 64, ActivationQuant::None, &wgpu, &mut rng);
+    let refused = kernels::select::w8a8_gemm(&float_acts, &wgpu, DType::F32, 4);
+    assert_eq!(refused.kernel, GemmKernel::Reference);
+    assert!(refused.reason.contains("float"), "{}", refused.reason);
+    let per_token = w8a8_weight(128, 64, ActivationQuant::DynamicPerToken, &wgpu, &mut rng);
+    assert_eq!(kernels::select::w8a8_gemm(&per_token, &wgpu, DType::F32, 4).kernel, GemmKernel::Portable { tile_m: 4 });
+    let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::w8a8_gemm(&per_token, &wgpu, DType::F32, 4));
+    assert!(forced.reason.contains("EMBER_KERNELS"), "{}", forced.reason);
+}
+
+/// Each W8A8 / FP8 fixture on wgpu: the kernels' logits match the Burn-ops path's on the
+/// same device and still match the tool's reference (tolerances are fractions of the
+/// reference logit range). With weight-only layers the paths differ by f32 summation
+/// order alone. Where activations are quantized at every layer, a last-bit difference
+/// can move a value across an e4m3 rounding boundary in a later layer (a step of up to
+/// 1/16 of it), so the paths agree less tightly than either agrees with the tool.
+fn fixture_through_kernels(name: &str, fp8_weight_only: bool, path_tolerance: f32, tool_tolerance: f32) {
+    let device = Device::wgpu(Default::default());
+    let mut options = LoadOptions::new(device.clone(), ComputeDtype::F32);
+    options.fp8_weight_only = fp8_weight_only;
+    let loaded = load_model(&fixture(name), &options).expect("fixture loads");
+    let linears = loaded.model.linears();
+    let quantized: Vec<_> = linears.iter().filter(|l| !matches!(l.repr(), ember::quant::LinearRepr::Dense { .. })).collect();
+    assert!(!quantized.is_empty(), "{name}: no quantized layers");
+    for layer in &quantized {
+        let kernel = match layer.repr() {
+            ember::quant::LinearRepr::Fp8(w) => kernels::select::fp8_gemm(w, &device, DType::F32, 4).kernel,
+            ember::quant::LinearRepr::W8A8(w) => kernels::select::w8a8_gemm(w, &device, DType::F32, 4).kernel,
+            other => panic!("{name}: {} is {}", layer.name(), other.name()),
+        };
+        assert!(matches!(kernel, GemmKernel::Portable { .. }), "{name}: {} runs {kernel:?}", layer.name());
+    }
+    let reference = Reference::read(name);
+    let ours = prompt_logits(&loaded, &reference.input_ids);
+    let burn_ops = kernels::with_policy(KernelPolicy::Reference, || prompt_logits(&loaded, &reference.input_ids));
+    let range = reference.logit_range();
+    let vs_path = max_abs_diff(&ours, &burn_ops);
+    let vs_tool = max_abs_diff(&ours, &reference.logits);
+    println!("{name} (weight-only {fp8_weight_only}): kernels vs Burn-ops {:.2e}, vs tool {:.2e} of range", vs_path / range, vs_tool / range);
+    assert!(vs_path <= path_tolerance * range, "{name}: kernels differ from the reference path by {vs_path}");
+    assert!(vs_tool <= tool_tolerance * range, "{name}: kernels differ from the tool by {vs_tool}");
+}
+
+#[test]
+fn w8a8_int8_fixture_through_kernels() {
+    fixture_through_kernels("llama-ct-w8a8-int8", false, 1e-3, 5e-3);
+}
+
+#[test]
+fn fp8_dynamic_fixture_through_kernels() {
+    fixture_through_kernels("llama-ct-fp8-dynamic", false, 1e-3, 5e-3);
+}
+
+/// DeepSeek-style block FP8, with the scheme's e4m3 activation groups (whose effect on
+/// these logits the tool's float-activation reference does not include; see
+/// quantized_models.rs) and weight-only.
+#[test]
+fn fp8_block_fixture_through_kernels() {
+    fixture_through_kernels("llama-fp8-block-scaleinv", false, 1e-3, 1.5e-2);
+    fixture_through_kernels("llama-fp8-block-scaleinv", true, 1e-5, 5e-3);
+}
