@@ -1,0 +1,159 @@
+//! The portable quantized GEMM kernels (W4A16; FP8 and int8 W8A8 with their activation
+//! quantization) against Burn's dense matmul of the already-dequantized weight (what a
+//! float model would run) and against the Burn-ops reference path (dequantize, then
+//! matmul, every call), in one run per device. `cargo bench --bench quant_gemm [-- filter]`
+//! (filters: `int4`, `fp8`, `w8a8`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda` picks the devices
+//! (default: wgpu and cpu).
+
+use std::hint::black_box;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ember::quant::kernels::{self, GemmKernel};
+use ember::quant::packing::int_tensor;
+use ember::quant::repr::{e4m3_table, ActivationQuant, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const GROUP: usize = 128;
+
+fn devices() -> Vec<(String, Device)> {
+    let wanted = std::env::var("EMBER_BENCH_DEVICES").unwrap_or_else(|_| "wgpu,cpu".into());
+    wanted
+        .split(',')
+        .filter_map(|name| match ember::device::parse_device(name.trim()) {
+            Ok(device) => Some((name.trim().to_string(), device)),
+            Err(e) => {
+                eprintln!("skipping {name}: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+fn weight(k: usize, n: usize, device: &Device, rng: &mut StdRng) -> PackedIntWeight {
+    let words: Vec<i32> = (0..k / 8 * n).map(|_| rng.random()).collect();
+    let scales: Vec<f32> = (0..k / GROUP * n).map(|_| rng.random_range(0.002..0.02)).collect();
+    let scales = Tensor::<2>::from_data(TensorData::new(scales, [k / GROUP, n]), (device, DType::F32));
+    PackedIntWeight::new(4, int_tensor(words, [k / 8, n], device), scales, ZeroPoints::Midpoint, GROUP)
+}
+
+/// Waits for the whole result (it stays alive across the sync, so a lazy backend cannot
+/// skip any of it) so each iteration measures the complete computation.
+fn finish(t: Tensor<2>) {
+    t.device().sync().expect("device sync");
+    black_box(t);
+}
+
+fn int4_gemm(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(0);
+    for (name, device) in devices() {
+        for (k, n) in [(1024usize, 1024usize), (4096, 4096)] {
+            let w = weight(k, n, &device, &mut rng);
+            let dense = w.dequantize();
+            let mut group = c.benchmark_group(format!("int4_g{GROUP}/{name}/{k}x{n}"));
+            group.sample_size(10);
+            for m in [1usize, 16, 64] {
+                let x = Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (&device, DType::F32));
+                let GemmKernel::Portable { tile_m } = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel else {
+                    panic!("{name}: the portable kernel is not selected");
+                };
+                group.throughput(Throughput::Bytes((k * n / 2) as u64));
+                group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), tile_m))));
+                group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
+                group.bench_with_input(BenchmarkId::new("burn_ops_reference", m), &x, |b, x| b.iter(|| finish(w.forward_reference(x.clone()))));
+            }
+            group.finish();
+        }
+    }
+}
+
+fn activations(m: usize, k: usize, device: &Device, rng: &mut StdRng) -> Tensor<2> {
+    Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (device, DType::F32))
+}
+
+/// Random bytes `[n, k]` as `[n, k/4]` words; `finite` skips e4m3's NaN bytes.
+fn byte_words(n: usize, k: usize, finite: bool, device: &Device, rng: &mut StdRng) -> Tensor<2, burn::tensor::Int> {
+    let mut byte = || loop {
+        let b: u8 = rng.random();
+        if !finite || b & 0x7F != 0x7F {
+            break b;
+        }
+    };
+    let words: Vec<i32> = (0..n * k / 4).map(|_| i32::from_le_bytes([byte(), byte(), byte(), byte()])).collect();
+    int_tensor(words, [n, k / 4], device)
+}
+
+/// Per-channel FP8 weights with dynamic per-token e4m3 activations (compressed-tensors
+/// FP8_DYNAMIC), and DeepSeek-style 128×128 blocks with 1×128 activation groups.
+fn fp8_gemm(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(1);
+    for (name, device) in devices() {
+        for (k, n) in [(1024usize, 1024usize), (4096, 4096)] {
+            for (scheme, shape, block, acts) in [
+                ("channel_per_token", [n, 1], None, ActivationQuant::DynamicPerToken),
+                ("block128", [n / 128, k / 128], Some([128, 128]), ActivationQuant::DynamicPerGroup(128)),
+            ] {
+                let scales: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random_range(1e-4..1e-3)).collect();
+                let w = Fp8Weight {
+                    in_features: k,
+                    out_features: n,
+                    codes: byte_words(n, k, true, &device, &mut rng),
+                    scales: Tensor::from_data(TensorData::new(scales, shape), (&device, DType::F32)),
+                    block,
+                    activations: acts,
+                    table: e4m3_table(&device),
+                };
+                let dense = w.dequantize().transpose();
+                let mut group = c.benchmark_group(format!("fp8_{scheme}/{name}/{k}x{n}"));
+                group.sample_size(10);
+                for m in [1usize, 16, 64] {
+                    let x = activations(m, k, &device, &mut rng);
+                    let GemmKernel::Portable { tile_m } = kernels::select::fp8_gemm(&w, &device, DType::F32, m).kernel else {
+                        panic!("{name}: the portable kernel is not selected");
+                    };
+                    group.throughput(Throughput::Bytes((k * n) as u64));
+                    group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::fp8_gemm(&w, x.clone(), tile_m))));
+                    group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
+                    group.bench_with_input(BenchmarkId::new("burn_ops_reference", m), &x, |b, x| b.iter(|| finish(w.forward_reference(x.clone()))));
+                }
+                group.finish();
+            }
+        }
+    }
+}
+
+/// int8 weights with per-channel scales and dynamic per-token int8 activations
+/// (compressed-tensors W8A8).
+fn w8a8_gemm(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(2);
+    for (name, device) in devices() {
+        for (k, n) in [(1024usize, 1024usize), (4096, 4096)] {
+            let scales: Vec<f32> = (0..n).map(|_| rng.random_range(1e-3..1e-2)).collect();
+            let w = W8A8Weight {
+                in_features: k,
+                out_features: n,
+                codes: byte_words(n, k, false, &device, &mut rng),
+                scales: Tensor::from_data(TensorData::new(scales, [1, n]), (&device, DType::F32)),
+                activations: ActivationQuant::DynamicPerToken,
+            };
+            let dense = w.dequantize().transpose();
+            let mut group = c.benchmark_group(format!("w8a8/{name}/{k}x{n}"));
+            group.sample_size(10);
+            for m in [1usize, 16, 64] {
+                let x = activations(m, k, &device, &mut rng);
+                let GemmKernel::Portable { tile_m } = kernels::select::w8a8_gemm(&w, &device, DType::F32, m).kernel else {
+                    panic!("{name}: the portable kernel is not selected");
+                };
+                group.throughput(Throughput::Bytes((k * n) as u64));
+                group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&w, x.clone(), tile_m))));
+                group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
+                group.bench_with_input(BenchmarkId::new("burn_ops_reference", m), &x, |b, x| b.iter(|| finish(w.forward_reference(x.clone()))));
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, int4_gemm, fp8_gemm, w8a8_gemm);
+criterion_main!(benches);
