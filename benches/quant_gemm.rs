@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember::quant::kernels::{self, GemmKernel};
+use ember::quant::kernels::{self, GemmKernel, IntGemmTiling};
 use ember::quant::packing::int_tensor;
 use ember::quant::repr::{e4m3_table, ActivationQuant, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -53,13 +53,22 @@ fn int4_gemm(c: &mut Criterion) {
             let dense = w.dequantize();
             let mut group = c.benchmark_group(format!("int4_g{GROUP}/{name}/{k}x{n}"));
             group.sample_size(10);
-            for m in [1usize, 16, 64] {
+            for m in [1usize, 16, 32, 64] {
                 let x = Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (&device, DType::F32));
-                let GemmKernel::Portable { tile_m } = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel else {
-                    panic!("{name}: the portable kernel is not selected");
+                let selected = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel;
+                let tile_m = match selected {
+                    GemmKernel::Portable { tile_m } => tile_m,
+                    GemmKernel::SharedMemory => kernels::select::MAX_TILE_M,
+                    GemmKernel::Reference => panic!("{name}: no CubeCL kernel is selected"),
                 };
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));
-                group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), tile_m))));
+                let registers = IntGemmTiling::Registers { tile_m };
+                group.bench_with_input(BenchmarkId::new("register_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), registers))));
+                // The CPU runtime never takes the shared-memory kernel (its barriers cost a thread per unit).
+                if m >= 16 && name != "cpu" {
+                    let tiles = IntGemmTiling::SharedMemory;
+                    group.bench_with_input(BenchmarkId::new("shared_memory_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), tiles))));
+                }
                 group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
                 group.bench_with_input(BenchmarkId::new("burn_ops_reference", m), &x, |b, x| b.iter(|| finish(w.forward_reference(x.clone()))));
             }

@@ -11,7 +11,10 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai
-cargo build --release --quiet --bin ember
+# Built as the test command builds it: with the dev-dependencies' features unified in, so
+# after `cargo test --release` nothing is recompiled (a plain `cargo build --bin ember`
+# resolves features differently and rebuilds most of the dependency tree).
+cargo test --release --quiet --no-run
 
 server_log="$(mktemp)"
 "$CARGO_TARGET_DIR/release/ember" serve fixtures/llama-tiny-f16 --port 0 --served-model-name tiny \

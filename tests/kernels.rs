@@ -3,7 +3,7 @@
 //! counts and dtypes, plus the selector's choices.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels::{self, GemmKernel, KernelPolicy};
+use ember_quant::kernels::{self, GemmKernel, IntGemmTiling, KernelPolicy};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -88,14 +88,19 @@ fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 /// Runs the selected kernel and the reference on the same inputs; returns the max
 /// difference relative to the reference's largest magnitude.
 fn relative_error(case: Case, rows: usize, dtype: DType, device: &Device, seed: u64) -> f32 {
+    relative_error_of(None, case, rows, dtype, device, seed)
+}
+
+/// As [`relative_error`], with `tiling` instead of the selector's choice when given.
+fn relative_error_of(tiling: Option<IntGemmTiling>, case: Case, rows: usize, dtype: DType, device: &Device, seed: u64) -> f32 {
     let mut rng = StdRng::seed_from_u64(seed);
     let weight = random_weight(case, device, &mut rng);
     let x = activations(rows, case.k, dtype, device, &mut rng);
     let selection = kernels::select::int_gemm(&weight, device, dtype, rows);
-    let GemmKernel::Portable { tile_m } = selection.kernel else {
-        panic!("{case:?}: expected the portable kernel, got {selection:?}");
+    let Some(selected) = selection.kernel.int_tiling() else {
+        panic!("{case:?}: expected a CubeCL kernel, got {selection:?}");
     };
-    let kernel = to_f32(kernels::int_weight_gemm(&weight, x.clone(), tile_m));
+    let kernel = to_f32(kernels::int_weight_gemm(&weight, x.clone(), tiling.unwrap_or(selected)));
     let reference = to_f32(weight.forward_reference(x));
     assert_eq!(kernel.len(), rows * case.n);
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
@@ -114,7 +119,8 @@ fn tolerance(dtype: DType) -> f32 {
 
 const PLAIN_G128: Case = Case { bits: 4, k: 256, n: 192, group_size: 128, zeros: Zeros::Midpoint, order: Order::Plain };
 
-/// Every row count on both runtimes (tile_m 1, 2/4 and 8, with ragged last tiles).
+/// Every row count on both runtimes (tile_m 1, 2/4 and 8, the shared-memory kernel where
+/// the runtime takes it, with ragged last tiles).
 fn row_counts_on(device: Device) {
     for (i, rows) in [1usize, 3, 16, 64, 257].into_iter().enumerate() {
         let err = relative_error(PLAIN_G128, rows, DType::F32, &device, i as u64);
@@ -122,23 +128,43 @@ fn row_counts_on(device: Device) {
     }
 }
 
-/// Layout variants at a few rows each: bits, group sizes, zero points, act-order.
+/// The shared-memory tile kernel at every row count (partial tiles above and below 64)
+/// and on every layout, chosen or not.
+fn shared_memory_tiles_on(device: Device) {
+    for (i, rows) in [1usize, 3, 16, 64, 257].into_iter().enumerate() {
+        let err = relative_error_of(Some(IntGemmTiling::SharedMemory), PLAIN_G128, rows, DType::F32, &device, i as u64);
+        assert!(err < tolerance(DType::F32), "rows={rows}: relative error {err}");
+    }
+    for (i, case) in LAYOUT_CASES.into_iter().enumerate() {
+        let err = relative_error_of(Some(IntGemmTiling::SharedMemory), case, 70, DType::F32, &device, 200 + i as u64);
+        assert!(err < tolerance(DType::F32), "{case:?}: relative error {err}");
+    }
+    for dtype in [DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)) {
+        let case = Case { zeros: Zeros::Integer, group_size: 32, ..PLAIN_G128 };
+        let err = relative_error_of(Some(IntGemmTiling::SharedMemory), case, 40, dtype, &device, 9);
+        assert!(err < tolerance(dtype), "{dtype:?}: relative error {err}");
+    }
+}
+
+/// Layout variants: bits, group sizes, zero points, act-order.
+const LAYOUT_CASES: [Case; 11] = [
+    Case { group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 },
+    Case { group_size: 64, zeros: Zeros::Float, ..PLAIN_G128 },
+    Case { group_size: 0, ..PLAIN_G128 },
+    Case { order: Order::ActOrder, zeros: Zeros::Integer, ..PLAIN_G128 },
+    Case { order: Order::Uneven, group_size: 64, ..PLAIN_G128 },
+    Case { bits: 8, ..PLAIN_G128 },
+    Case { bits: 8, group_size: 0, zeros: Zeros::Integer, ..PLAIN_G128 },
+    Case { bits: 8, order: Order::ActOrder, ..PLAIN_G128 },
+    // The tiny fixtures' shapes: hidden 64, MLP 128 (N not a multiple of the cube's 256).
+    Case { k: 64, n: 128, group_size: 32, ..PLAIN_G128 },
+    Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 },
+    Case { k: 128, n: 72, group_size: 0, ..PLAIN_G128 },
+];
+
+/// Every layout variant at a few rows each.
 fn layouts_on(device: Device) {
-    let cases = [
-        Case { group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 },
-        Case { group_size: 64, zeros: Zeros::Float, ..PLAIN_G128 },
-        Case { group_size: 0, ..PLAIN_G128 },
-        Case { order: Order::ActOrder, zeros: Zeros::Integer, ..PLAIN_G128 },
-        Case { order: Order::Uneven, group_size: 64, ..PLAIN_G128 },
-        Case { bits: 8, ..PLAIN_G128 },
-        Case { bits: 8, group_size: 0, zeros: Zeros::Integer, ..PLAIN_G128 },
-        Case { bits: 8, order: Order::ActOrder, ..PLAIN_G128 },
-        // The tiny fixtures' shapes: hidden 64, MLP 128 (N not a multiple of the cube's 256).
-        Case { k: 64, n: 128, group_size: 32, ..PLAIN_G128 },
-        Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 },
-        Case { k: 128, n: 72, group_size: 0, ..PLAIN_G128 },
-    ];
-    for (i, case) in cases.into_iter().enumerate() {
+    for (i, case) in LAYOUT_CASES.into_iter().enumerate() {
         for rows in [1usize, 5] {
             let err = relative_error(case, rows, DType::F32, &device, 100 + i as u64);
             assert!(err < tolerance(DType::F32), "{case:?} rows={rows}: relative error {err}");
@@ -167,6 +193,11 @@ fn int_gemm_rows_on_wgpu() {
 #[test]
 fn int_gemm_rows_on_cubecl_cpu() {
     row_counts_on(Device::cpu());
+}
+
+#[test]
+fn int_gemm_shared_memory_tiles_on_wgpu() {
+    shared_memory_tiles_on(Device::wgpu(Default::default()));
 }
 
 #[test]
@@ -200,7 +231,17 @@ fn selector_explains_its_choice() {
 
     let wgpu = Device::wgpu(Default::default());
     let weight = random_weight(PLAIN_G128, &wgpu, &mut rng);
-    assert_eq!(kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64).kernel, GemmKernel::Portable { tile_m: 8 });
+    assert_eq!(kernels::select::int_gemm(&weight, &wgpu, DType::F32, 16).kernel, GemmKernel::Portable { tile_m: 8 });
+    let many_rows = kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64);
+    assert_eq!(many_rows.kernel, GemmKernel::SharedMemory, "{}", many_rows.reason);
+    let cpu = Device::cpu();
+    let on_cpu = kernels::select::int_gemm(&random_weight(PLAIN_G128, &cpu, &mut rng), &cpu, DType::F32, 64);
+    assert_eq!(on_cpu.kernel, GemmKernel::Portable { tile_m: 8 });
+    assert!(on_cpu.reason.contains("CPU runtime"), "{}", on_cpu.reason);
+    let ragged_k = random_weight(Case { k: 72, group_size: 0, ..PLAIN_G128 }, &wgpu, &mut rng);
+    let ragged = kernels::select::int_gemm(&ragged_k, &wgpu, DType::F32, 64);
+    assert_eq!(ragged.kernel, GemmKernel::Portable { tile_m: 8 });
+    assert!(ragged.reason.contains("K = 72 is not a multiple of 32"), "{}", ragged.reason);
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64));
     assert_eq!(forced.kernel, GemmKernel::Reference);
     assert!(forced.reason.contains("EMBER_KERNELS"), "{}", forced.reason);
@@ -210,7 +251,7 @@ fn selector_explains_its_choice() {
 #[test]
 fn every_kernel_variant_generates_cuda_cpp() {
     let mut variants = ember_quant::kernels::codegen::int_weight_gemm_variants();
-    assert_eq!(variants.len(), 2 * 2 * 3 * 4 * 3 * 2);
+    assert_eq!(variants.len(), 2 * 2 * 3 * 5 * 3 * 2);
     let attention = ember_quant::kernels::codegen::paged_decode_attention_variants();
     assert_eq!(attention.len(), 3 * 3);
     variants.extend(attention);
@@ -239,14 +280,20 @@ fn every_kernel_variant_generates_cuda_cpp() {
 }
 
 /// The grouped (mixture-of-experts) launch against each expert's reference matmul, with
-/// experts that get no rows, one row, and several row tiles.
-fn grouped_on(device: Device) {
+/// experts that get no rows, one row, and several row tiles. `shared_memory` adds the
+/// shared-memory kernel (not on the CPU runtime, where a cube's barriers take minutes).
+fn grouped_on(device: Device, shared_memory: bool) {
     use ember_quant::repr::ExpertStack;
-    for (case, rows_per_expert, tile_m) in [
-        (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], 1u32),
-        (Case { k: 128, n: 64, group_size: 64, ..PLAIN_G128 }, vec![9, 3, 0, 20], 8),
-        (Case { bits: 8, k: 128, n: 96, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![2, 2, 2, 2], 2),
+    let registers = |tile_m| IntGemmTiling::Registers { tile_m };
+    for (case, rows_per_expert, tiling) in [
+        (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], registers(1)),
+        (Case { k: 128, n: 64, group_size: 64, ..PLAIN_G128 }, vec![9, 3, 0, 20], registers(8)),
+        (Case { bits: 8, k: 128, n: 96, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![2, 2, 2, 2], registers(2)),
+        (Case { k: 128, n: 96, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![70, 0, 5, 130], IntGemmTiling::SharedMemory),
     ] {
+        if tiling == IntGemmTiling::SharedMemory && !shared_memory {
+            continue;
+        }
         let mut rng = StdRng::seed_from_u64(11);
         let experts: Vec<[PackedIntWeight; 2]> =
             (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
@@ -254,7 +301,7 @@ fn grouped_on(device: Device) {
         let stack = ExpertStack::stack(&parts).expect("one layout");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, DType::F32, &device, &mut rng);
-        let grouped = to_f32(kernels::grouped_int_weight_gemm(&stack, x.clone(), &rows_per_expert, tile_m));
+        let grouped = to_f32(kernels::grouped_int_weight_gemm(&stack, x.clone(), &rows_per_expert, tiling));
         let mut start = 0;
         let mut expected = Vec::new();
         for (e, &rows) in rows_per_expert.iter().enumerate() {
@@ -276,12 +323,12 @@ fn grouped_on(device: Device) {
 
 #[test]
 fn grouped_int_gemm_on_wgpu() {
-    grouped_on(Device::wgpu(Default::default()));
+    grouped_on(Device::wgpu(Default::default()), true);
 }
 
 #[test]
 fn grouped_int_gemm_on_cubecl_cpu() {
-    grouped_on(Device::cpu());
+    grouped_on(Device::cpu(), false);
 }
 
 /// Decode attention read through block tables against gathering each context and

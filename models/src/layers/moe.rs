@@ -10,7 +10,7 @@
 //! tokens through its `QLinear`s.
 
 use burn::tensor::{activation::silu, activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
-use ember_quant::kernels::{self, GemmKernel};
+use ember_quant::kernels::{self, IntGemmTiling};
 use ember_quant::linear::LinearRepr;
 use ember_quant::repr::{ExpertStack, PackedIntWeight};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
@@ -71,7 +71,7 @@ impl SparseMoe {
         let tokens = x.reshape([b * s, h]);
         let routing = self.route(tokens.clone());
         let out = match self.grouped_kernel(&tokens, &routing) {
-            Some((stacks, tile_m)) => self.forward_grouped(stacks, tokens, &routing, tile_m),
+            Some((stacks, tilings)) => self.forward_grouped(stacks, tokens, &routing, tilings),
             None => self.forward_per_expert(tokens, &routing),
         };
         out.reshape([b, s, h])
@@ -90,19 +90,17 @@ impl SparseMoe {
         Routing { expert, weight, rows_per_expert }
     }
 
-    /// The stacks and rows per unit, when the grouped kernel runs on this device.
-    fn grouped_kernel(&self, tokens: &Tensor<2>, routing: &Routing) -> Option<(&[ExpertStack; 2], u32)> {
+    /// The stacks and each one's kernel, when the grouped kernels run on this device.
+    fn grouped_kernel(&self, tokens: &Tensor<2>, routing: &Routing) -> Option<(&[ExpertStack; 2], [IntGemmTiling; 2])> {
         let stacks = self.stacks.as_ref()?;
         let max_rows = routing.rows_per_expert.iter().copied().max().unwrap_or(0);
-        match kernels::select::grouped_int_gemm(&stacks[0], &tokens.device(), tokens.dtype(), max_rows).kernel {
-            GemmKernel::Portable { tile_m } => Some((stacks, tile_m)),
-            GemmKernel::Reference => None,
-        }
+        let tiling = |stack| kernels::select::grouped_int_gemm(stack, &tokens.device(), tokens.dtype(), max_rows).kernel.int_tiling();
+        Some((stacks, [tiling(&stacks[0])?, tiling(&stacks[1])?]))
     }
 
     /// Two grouped launches: token slots sorted by expert, gate|up, SwiGLU, down; then
     /// each token's slots are weighted and summed.
-    fn forward_grouped(&self, [gate_up, down]: &[ExpertStack; 2], tokens: Tensor<2>, routing: &Routing, tile_m: u32) -> Tensor<2> {
+    fn forward_grouped(&self, [gate_up, down]: &[ExpertStack; 2], tokens: Tensor<2>, routing: &Routing, [gate_up_tiling, down_tiling]: [IntGemmTiling; 2]) -> Tensor<2> {
         let [t, h] = tokens.dims();
         let device = tokens.device();
         let dtype = tokens.dtype();
@@ -117,11 +115,11 @@ impl SparseMoe {
         let token_of_sorted = index(order.iter().map(|&slot| (slot / self.top_k) as i64).collect());
 
         let x = tokens.select(0, token_of_sorted);
-        let gate_up_out = kernels::grouped_int_weight_gemm(gate_up, x, &routing.rows_per_expert, tile_m);
+        let gate_up_out = kernels::grouped_int_weight_gemm(gate_up, x, &routing.rows_per_expert, gate_up_tiling);
         let intermediate = gate_up.parts[0];
         let gate = gate_up_out.clone().narrow(1, 0, intermediate);
         let up = gate_up_out.narrow(1, intermediate, intermediate);
-        let y = kernels::grouped_int_weight_gemm(down, silu(gate) * up, &routing.rows_per_expert, tile_m);
+        let y = kernels::grouped_int_weight_gemm(down, silu(gate) * up, &routing.rows_per_expert, down_tiling);
 
         let y = y.select(0, index(position)).reshape([t, self.top_k, h]);
         let weights = Tensor::<3>::from_data(TensorData::new(routing.weight.clone(), [t, self.top_k, 1]), (&device, dtype));

@@ -9,7 +9,7 @@ use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
-use super::{activation_quant, fp8_gemm, paged_attention, w8a8_gemm};
+use super::{activation_quant, fp8_gemm, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
 
 /// One compiled variant: a readable name and its CUDA C++ source.
 #[derive(Debug, Clone)]
@@ -77,21 +77,28 @@ fn buffer() -> BufferCompilationArg {
 
 const FLOATS: [(FloatKind, &str); 3] = [(FloatKind::F16, "f16"), (FloatKind::BF16, "bf16"), (FloatKind::F32, "f32")];
 
-/// Every variant of the integer weight-only GEMM: bits × grouping × zero points × rows
-/// per unit × activation dtype × dense or mixture-of-experts.
+/// Every variant of the integer weight-only GEMM: bits × grouping × zero points × kernel
+/// (the register kernel at each rows-per-unit, and the shared-memory tile kernel) ×
+/// activation dtype × dense or mixture-of-experts.
 pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
     let zero_modes = [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")];
+    let tilings = [1u32, 2, 4, 8].map(|tile_m| IntGemmTiling::Registers { tile_m }).into_iter().chain([IntGemmTiling::SharedMemory]);
     let mut variants = Vec::new();
     for bits in [4u32, 8] {
         for group_size in [128u32, 0] {
             for (zeros, zeros_name) in zero_modes {
-                for tile_m in [1u32, 2, 4, 8] {
+                for tiling in tilings.clone() {
                     for (float, float_name) in FLOATS {
                         for grouped in [false, true] {
                             let moe = if grouped { "_moe" } else { "" };
-                            variants.push((format!("int{bits}_g{group_size}_{zeros_name}_m{tile_m}_{float_name}{moe}"), (bits, group_size, zeros, tile_m, float, grouped)));
+                            let kernel_name = match tiling {
+                                IntGemmTiling::Registers { tile_m } => format!("m{tile_m}"),
+                                IntGemmTiling::SharedMemory => "smem".into(),
+                            };
+                            let name = format!("int{bits}_g{group_size}_{zeros_name}_{kernel_name}_{float_name}{moe}");
+                            variants.push(generate_int_gemm(name, &properties, &target, bits, group_size, zeros, tiling, ElemType::Float(float), grouped));
                         }
                     }
                 }
@@ -99,20 +106,38 @@ pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String
         }
     }
     variants
-        .into_iter()
-        .map(|(name, (bits, group_size, zeros, tile_m, float, grouped))| {
-            let kernel = int_gemm::int_weight_gemm::IntWeightGemm::new(
+}
+
+#[allow(clippy::too_many_arguments)]
+fn generate_int_gemm(
+    name: String,
+    properties: &Arc<DeviceProperties>,
+    target: &Arc<TargetProperties>,
+    bits: u32,
+    group_size: u32,
+    zeros: u32,
+    tiling: IntGemmTiling,
+    float: ElemType,
+    grouped: bool,
+) -> Result<GeneratedKernel, (String, String)> {
+    let (properties, target) = (properties.clone(), target.clone());
+    let buffers = || [buffer(), buffer(), buffer(), buffer(), buffer(), buffer(), buffer(), buffer()];
+    let [x, packed, scales, zero_points, offsets, group_index, tiles, out] = buffers();
+    match tiling {
+        IntGemmTiling::Registers { tile_m } => generate(
+            name,
+            int_gemm::int_weight_gemm::IntWeightGemm::new(
                 settings(CUBE_UNITS),
-                properties.clone(),
-                target.clone(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
-                buffer(),
+                properties,
+                target,
+                x,
+                packed,
+                scales,
+                zero_points,
+                offsets,
+                group_index,
+                tiles,
+                out,
                 Default::default(),
                 Default::default(),
                 Default::default(),
@@ -122,11 +147,35 @@ pub fn int_weight_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String
                 zeros,
                 tile_m,
                 grouped,
-                ElemType::Float(float),
-            );
-            generate(name, kernel)
-        })
-        .collect()
+                float,
+            ),
+        ),
+        IntGemmTiling::SharedMemory => generate(
+            name,
+            int_gemm_tiled::int_weight_gemm_tiled::IntWeightGemmTiled::new(
+                KernelSettings::new(*CubeDim::new_2d(int_gemm_tiled::CUBE_SIDE, int_gemm_tiled::CUBE_SIDE), ExecutionMode::Unchecked, AddressType::U32),
+                properties,
+                target,
+                x,
+                packed,
+                scales,
+                zero_points,
+                offsets,
+                group_index,
+                tiles,
+                out,
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                bits,
+                group_size,
+                zeros,
+                grouped,
+                float,
+            ),
+        ),
+    }
 }
 
 /// Every variant of the paged decode attention: head size × activation dtype.

@@ -7,6 +7,7 @@ pub mod codegen;
 pub mod e4m3;
 pub mod fp8_gemm;
 pub mod int_gemm;
+pub mod int_gemm_tiled;
 mod ops;
 pub mod paged_attention;
 pub mod select;
@@ -20,16 +21,16 @@ use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStac
 
 pub use ops::{
     byte_gemm_output_shape, gemm_output_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, Fp8GemmLayout,
-    GroupBuffer, IntGemmLayout, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
+    GroupBuffer, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
 pub use select::{with_policy, AttentionKernel, GemmKernel, KernelPolicy, Selection};
 
 /// `x · W` for an `Int4` / `Int8` weight through the kernel the selector picks.
 pub fn int_weight_forward(weight: &PackedIntWeight, x: Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
-    match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel {
-        GemmKernel::Reference => weight.forward_reference(x),
-        GemmKernel::Portable { tile_m } => int_weight_gemm(weight, x, tile_m),
+    match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel.int_tiling() {
+        None => weight.forward_reference(x),
+        Some(tiling) => int_weight_gemm(weight, x, tiling),
     }
 }
 
@@ -39,6 +40,8 @@ pub fn fp8_forward(weight: &Fp8Weight, x: Tensor<2>) -> Tensor<2> {
     match select::fp8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
         GemmKernel::Portable { tile_m } => fp8_gemm(weight, x, tile_m),
+        // The byte kernels have no shared-memory variant; their selector never picks one.
+        GemmKernel::SharedMemory => fp8_gemm(weight, x, select::MAX_TILE_M),
     }
 }
 
@@ -48,6 +51,7 @@ pub fn w8a8_forward(weight: &W8A8Weight, x: Tensor<2>) -> Tensor<2> {
     match select::w8a8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
         GemmKernel::Portable { tile_m } => w8a8_gemm(weight, x, tile_m),
+        GemmKernel::SharedMemory => w8a8_gemm(weight, x, select::MAX_TILE_M),
     }
 }
 
@@ -129,9 +133,9 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
     }
 }
 
-/// The portable CubeCL kernel on a Cube device (panics on Flex, which the selector never
+/// A portable CubeCL kernel on a Cube device (panics on Flex, which the selector never
 /// sends here).
-pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
+pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tiling: IntGemmTiling) -> Tensor<2> {
     let x = weight.ordered_input(x);
     let zeros = zero_buffer(&weight.zeros);
     // The kernel's contiguous path takes one group per packed word.
@@ -140,7 +144,7 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> T
         true => GroupBuffer::Contiguous,
         false => GroupBuffer::Indexed(weight.group_index.clone().into_dispatch()),
     };
-    let layout = IntGemmLayout { bits: weight.bits, group_size: weight.group_size as u32, tile_m };
+    let layout = IntGemmLayout { bits: weight.bits, group_size: weight.group_size as u32, tiling };
     Tensor::from_dispatch(<Dispatch as KernelOps>::int_weight_gemm(
         x.into_dispatch(),
         weight.packed.clone().into_dispatch(),
@@ -153,7 +157,8 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tile_m: u32) -> T
 
 /// One grouped launch for a mixture-of-experts projection: `x` holds `rows_per_expert[e]`
 /// rows for each expert `e`, in expert order; returns `[rows, N]` in the same order.
-pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_expert: &[usize], tile_m: u32) -> Tensor<2> {
+pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_expert: &[usize], tiling: IntGemmTiling) -> Tensor<2> {
+    let tile_m = tiling.rows_per_tile();
     let mut tiles = Vec::new();
     let mut start = 0usize;
     for (expert, &rows) in rows_per_expert.iter().enumerate() {
@@ -165,7 +170,7 @@ pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_exper
     }
     let len = tiles.len();
     let tiles = int_tensor(tiles, [len], &x.device());
-    let layout = IntGemmLayout { bits: stack.bits, group_size: stack.group_size as u32, tile_m };
+    let layout = IntGemmLayout { bits: stack.bits, group_size: stack.group_size as u32, tiling };
     Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int_weight_gemm(
         x.into_dispatch(),
         stack.packed.clone().into_dispatch(),

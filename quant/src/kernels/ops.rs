@@ -13,7 +13,7 @@ use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_MAP_STRIDE, TILE_N};
-use super::{activation_quant, fp8_gemm, paged_attention, w8a8_gemm};
+use super::{activation_quant, fp8_gemm, int_gemm_tiled, paged_attention, w8a8_gemm};
 use crate::repr::ActivationGrid;
 
 /// How an integer weight is laid out, for [`KernelOps::int_weight_gemm`].
@@ -22,8 +22,26 @@ pub struct IntGemmLayout {
     pub bits: u32,
     /// Rows per group when groups are contiguous ([`GroupBuffer::Contiguous`]).
     pub group_size: u32,
-    /// Output rows per unit.
-    pub tile_m: u32,
+    pub tiling: IntGemmTiling,
+}
+
+/// Which portable integer GEMM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IntGemmTiling {
+    /// The barrier-free register kernel, `tile_m` output rows per unit.
+    Registers { tile_m: u32 },
+    /// The shared-memory tile kernel ([`int_gemm_tiled`]); K a multiple of its `TILE_K`.
+    SharedMemory,
+}
+
+impl IntGemmTiling {
+    /// Rows per tile of the grouped tile map.
+    pub fn rows_per_tile(self) -> u32 {
+        match self {
+            Self::Registers { tile_m } => tile_m,
+            Self::SharedMemory => int_gemm_tiled::TILE_M,
+        }
+    }
 }
 
 /// How each group is centred, as kernel buffers.
@@ -409,39 +427,68 @@ fn launch_int_gemm(
     let elem = float_elem(x.dtype);
     let row_tiles = match &tiles {
         Some(map) => (map.shape()[0] as u32) / TILE_MAP_STRIDE,
-        None => (m as u32).div_ceil(layout.tile_m),
+        None => (m as u32).div_ceil(layout.tiling.rows_per_tile()),
     };
     let grouped = tiles.is_some();
     let tiles = tiles.unwrap_or_else(|| placeholder(DType::U32));
-    let cube_count = CubeCount::Static((n as u32).div_ceil(CUBE_UNITS * TILE_N), row_tiles, 1);
-    // SAFETY: every index the kernel forms is bounded by m, k and n, which are the
+    let (x, packed, scales) = (into_contiguous(x).into_buffer_arg(), into_contiguous(packed).into_buffer_arg(), into_contiguous(scales).into_buffer_arg());
+    let (zeros, offsets) = (into_contiguous(zeros).into_buffer_arg(), into_contiguous(offsets).into_buffer_arg());
+    let (group_index, tiles) = (into_contiguous(group_index).into_buffer_arg(), into_contiguous(tiles).into_buffer_arg());
+    let (m, k, n, groups_per_expert) = (m as u32, k as u32, n as u32, groups_per_expert as u32);
+    // SAFETY: every index the kernels form is bounded by m, k and n, which are the
     // buffers' own shapes (x `[m, k]`, packed `[E·k/per_word, n]`, scales and zeros
     // `[E·G, n]` with G covering every group, out `[m, n]`), and by the tile map,
-    // whose experts and row ranges the caller builds within those shapes.
+    // whose experts and row ranges the caller builds within those shapes. The
+    // shared-memory kernel steps through K in whole tiles, so it needs k to be a
+    // multiple of TILE_K, which the selector checks.
     unsafe {
-        int_gemm::int_weight_gemm::launch_unchecked(
-            &client,
-            cube_count,
-            CubeDim::new_1d(CUBE_UNITS),
-            into_contiguous(x).into_buffer_arg(),
-            into_contiguous(packed).into_buffer_arg(),
-            into_contiguous(scales).into_buffer_arg(),
-            into_contiguous(zeros).into_buffer_arg(),
-            into_contiguous(offsets).into_buffer_arg(),
-            into_contiguous(group_index).into_buffer_arg(),
-            into_contiguous(tiles).into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-            m as u32,
-            k as u32,
-            n as u32,
-            groups_per_expert as u32,
-            layout.bits,
-            group_size,
-            zeros_mode,
-            layout.tile_m,
-            grouped,
-            elem,
-        );
+        match layout.tiling {
+            IntGemmTiling::Registers { tile_m } => int_gemm::int_weight_gemm::launch_unchecked(
+                &client,
+                CubeCount::Static(n.div_ceil(CUBE_UNITS * TILE_N), row_tiles, 1),
+                CubeDim::new_1d(CUBE_UNITS),
+                x,
+                packed,
+                scales,
+                zeros,
+                offsets,
+                group_index,
+                tiles,
+                out.clone().into_buffer_arg(),
+                m,
+                k,
+                n,
+                groups_per_expert,
+                layout.bits,
+                group_size,
+                zeros_mode,
+                tile_m,
+                grouped,
+                elem,
+            ),
+            IntGemmTiling::SharedMemory => int_gemm_tiled::int_weight_gemm_tiled::launch_unchecked(
+                &client,
+                CubeCount::Static(n.div_ceil(int_gemm_tiled::TILE_N), row_tiles, 1),
+                CubeDim::new_2d(int_gemm_tiled::CUBE_SIDE, int_gemm_tiled::CUBE_SIDE),
+                x,
+                packed,
+                scales,
+                zeros,
+                offsets,
+                group_index,
+                tiles,
+                out.clone().into_buffer_arg(),
+                m,
+                k,
+                n,
+                groups_per_expert,
+                layout.bits,
+                group_size,
+                zeros_mode,
+                grouped,
+                elem,
+            ),
+        }
     }
     out
 }

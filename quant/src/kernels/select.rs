@@ -9,6 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use burn::tensor::{DType, Device};
 use burn_dispatch::DispatchDevice;
 
+use super::{int_gemm_tiled, IntGemmTiling};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 /// Which kernels may run. `EMBER_KERNELS=reference` (or `auto`) sets it for the process;
@@ -63,7 +64,27 @@ pub enum GemmKernel {
     Reference,
     /// The portable CubeCL kernel, `tile_m` output rows per unit.
     Portable { tile_m: u32 },
+    /// The shared-memory tile kernel (integer weights, many rows, GPU-like runtimes).
+    SharedMemory,
 }
+
+impl GemmKernel {
+    /// The integer GEMM's CubeCL kernel, or `None` for the reference.
+    pub fn int_tiling(self) -> Option<IntGemmTiling> {
+        match self {
+            Self::Reference => None,
+            Self::Portable { tile_m } => Some(IntGemmTiling::Registers { tile_m }),
+            Self::SharedMemory => Some(IntGemmTiling::SharedMemory),
+        }
+    }
+}
+
+/// Most output rows a register-kernel unit holds.
+pub const MAX_TILE_M: u32 = 8;
+
+/// Fewest rows for which the shared-memory tile kernel beats the register kernel: below
+/// it, a tile's rows are mostly padding.
+pub const SHARED_MEMORY_MIN_ROWS: usize = 32;
 
 /// The kernel chosen and the reason the faster ones were not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +95,7 @@ pub struct Selection<K> {
 
 /// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
-    let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros };
+    let buffers = WeightBuffers { bits: weight.bits, packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
     let selection = choose(buffers, device, dtype, rows);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
@@ -86,7 +107,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 /// Picks the kernel for a mixture-of-experts projection whose largest expert batch has
 /// `max_rows` rows.
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<GemmKernel> {
-    let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros };
+    let buffers = WeightBuffers { bits: stack.bits, packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
     let selection = choose(buffers, device, dtype, max_rows);
     log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
@@ -95,11 +116,13 @@ pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_
     selection
 }
 
-/// The dtypes the kernels read weight buffers in.
+/// The dtypes the kernels read weight buffers in, the bits per value and the input features.
 struct WeightBuffers<'a> {
+    bits: u32,
     packed: DType,
     scales: DType,
     zeros: &'a ZeroPoints,
+    k: usize,
 }
 
 fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
@@ -111,7 +134,23 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
             ZeroPoints::Midpoint => true,
         };
     let refusal = (!layout_ok).then(|| "weight buffers are not i32 words with f32 scales".to_string());
-    choose_portable(device, dtype, rows, refusal, "W4A16")
+    let fast_path = format!("W{}A16", weight.bits);
+    let selection = choose_portable(device, dtype, rows, refusal, &fast_path);
+    if selection.kernel == GemmKernel::Reference || rows < SHARED_MEMORY_MIN_ROWS {
+        return selection;
+    }
+    let tile_k = int_gemm_tiled::TILE_K as usize;
+    let no_tiles = if matches!(device.as_dispatch(), DispatchDevice::Cube(cubecl::Device::Cpu(_))) {
+        Some("the CPU runtime's cube barriers cost one OS thread per unit".to_string())
+    } else if !weight.k.is_multiple_of(tile_k) {
+        Some(format!("K = {} is not a multiple of {tile_k}", weight.k))
+    } else {
+        None
+    };
+    match no_tiles {
+        Some(why) => Selection { reason: format!("{}; no shared-memory tiles: {why}", selection.reason), ..selection },
+        None => Selection { kernel: GemmKernel::SharedMemory, reason: format!("shared-memory tile kernel for {rows} rows; {}", no_fast_path(device, &fast_path)) },
+    }
 }
 
 /// The checks every quantized matmul shares: policy, backend, activation dtype, then the
@@ -121,10 +160,9 @@ fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<S
     if policy() == KernelPolicy::Reference {
         return reference("kernels disabled (EMBER_KERNELS=reference)".into());
     }
-    let runtime = match device.as_dispatch() {
-        DispatchDevice::Cube(cube) => cube,
-        _ => return reference("the Flex backend runs the Burn-ops reference".into()),
-    };
+    if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
+        return reference("the Flex backend runs the Burn-ops reference".into());
+    }
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
         return reference(format!("activations in {dtype:?}; the kernels take f32, f16 or bf16"));
     }
@@ -135,13 +173,17 @@ fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<S
         0..=1 => 1,
         2 => 2,
         3..=4 => 4,
-        _ => 8,
+        _ => MAX_TILE_M,
     };
-    let reason = match runtime {
-        cubecl::Device::Cuda(_) => format!("portable CubeCL kernel; no tensor-core {fast_path} kernel in this build"),
-        _ => "portable CubeCL kernel (no tensor cores on this runtime)".into(),
-    };
-    Selection { kernel: GemmKernel::Portable { tile_m }, reason }
+    Selection { kernel: GemmKernel::Portable { tile_m }, reason: format!("portable CubeCL kernel; {}", no_fast_path(device, fast_path)) }
+}
+
+/// Why the tensor-core kernel for `fast_path` did not run on `device`.
+fn no_fast_path(device: &Device, fast_path: &str) -> String {
+    match device.as_dispatch() {
+        DispatchDevice::Cube(cubecl::Device::Cuda(_)) => format!("no tensor-core {fast_path} kernel in this build"),
+        _ => "no tensor cores on this runtime".into(),
+    }
 }
 
 /// Picks the kernel for `rows × K` activations of `dtype` times an FP8 weight.
