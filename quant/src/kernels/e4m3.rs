@@ -43,19 +43,14 @@ pub fn encode_e4m3(v: f32) -> u32 {
 }
 
 /// The value of an e4m3fn byte (the low 8 bits of `code`). NaN bytes (0x7F, 0xFF) decode
-/// as 480; quantizers never produce them.
+/// as 480; quantizers never produce them. Branch-free (both forms computed, one selected,
+/// the sign or-ed in), since GEMMs decode every byte in their inner loop.
 #[cube]
 pub fn decode_e4m3(code: u32) -> f32 {
     let exponent = (code >> 3) & 0xF;
     let mantissa = code & 0x7;
-    let magnitude = if exponent > 0 {
-        f32::reinterpret(((exponent + 120) << 23) | (mantissa << 20))
-    } else {
-        f32::cast_from(mantissa) * SUBNORMAL_STEP
-    };
-    if (code & 0x80) != 0 {
-        -magnitude
-    } else {
-        magnitude
-    }
+    let normal = f32::reinterpret(((exponent + 120) << 23) | (mantissa << 20));
+    let subnormal = f32::cast_from(mantissa) * SUBNORMAL_STEP;
+    let magnitude = select(exponent > 0, normal, subnormal);
+    f32::reinterpret(u32::reinterpret(magnitude) | ((code & 0x80) << 24))
 }

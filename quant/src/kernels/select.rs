@@ -82,8 +82,9 @@ impl GemmKernel {
 /// Most output rows a register-kernel unit holds.
 pub const MAX_TILE_M: u32 = 8;
 
-/// Fewest rows for which the shared-memory tile kernel beats the register kernel: below
-/// it, a tile's rows are mostly padding.
+/// Fewest rows for which a GPU card runs the shared-memory tile kernel: below it, a
+/// tile's 64 rows are mostly padding. (Not yet tuned on a GPU; on CPU devices the
+/// register kernel always runs, as measured in BENCHMARKS.md.)
 pub const SHARED_MEMORY_MIN_ROWS: usize = 32;
 
 /// The kernel chosen and the reason the faster ones were not.
@@ -140,12 +141,10 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
         return selection;
     }
     let tile_k = int_gemm_tiled::TILE_K as usize;
-    let no_tiles = if matches!(device.as_dispatch(), DispatchDevice::Cube(cubecl::Device::Cpu(_))) {
-        Some("the CPU runtime's cube barriers cost one OS thread per unit".to_string())
-    } else if !weight.k.is_multiple_of(tile_k) {
+    let no_tiles = if !weight.k.is_multiple_of(tile_k) {
         Some(format!("K = {} is not a multiple of {tile_k}", weight.k))
     } else {
-        None
+        software_device(device).map(|name| format!("{name} is a CPU, not a GPU card: its barriers and shared memory cost more than the tiles save"))
     };
     match no_tiles {
         Some(why) => Selection { reason: format!("{}; no shared-memory tiles: {why}", selection.reason), ..selection },
@@ -176,6 +175,17 @@ fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<S
         _ => MAX_TILE_M,
     };
     Selection { kernel: GemmKernel::Portable { tile_m }, reason: format!("portable CubeCL kernel; {}", no_fast_path(device, fast_path)) }
+}
+
+/// The device's name when it is the CPU runtime or a software rasterizer (wgpu on Mesa's
+/// lavapipe) rather than a GPU card.
+fn software_device(device: &Device) -> Option<String> {
+    let DispatchDevice::Cube(cube) = device.as_dispatch() else {
+        return None;
+    };
+    let client = cube.client();
+    let identity = &client.properties().identity;
+    identity.physical.is_none().then(|| identity.name.clone())
 }
 
 /// Why the tensor-core kernel for `fast_path` did not run on `device`.
