@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember::quant::kernels::{self, GemmKernel, IntGemmTiling};
+use ember::quant::kernels::{self, GemmKernel, IntGemmKernel, IntGemmTiling};
 use ember::quant::packing::int_tensor;
 use ember::quant::repr::{e4m3_table, ActivationQuant, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -57,9 +57,9 @@ fn int4_gemm(c: &mut Criterion) {
                 let x = Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (&device, DType::F32));
                 let selected = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel;
                 let tile_m = match selected {
-                    GemmKernel::Portable { tile_m } => tile_m,
-                    GemmKernel::SharedMemory => kernels::select::MAX_TILE_M,
-                    GemmKernel::Reference => panic!("{name}: no CubeCL kernel is selected"),
+                    IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m }) => tile_m,
+                    IntGemmKernel::Cube(IntGemmTiling::SharedMemory) => kernels::select::MAX_TILE_M,
+                    IntGemmKernel::Reference => panic!("{name}: no CubeCL kernel is selected"),
                 };
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));
                 let registers = IntGemmTiling::Registers { tile_m };

@@ -3,7 +3,7 @@
 //! counts and dtypes, plus the selector's choices.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels::{self, GemmKernel, IntGemmTiling, KernelPolicy};
+use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling, KernelPolicy};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -97,7 +97,7 @@ fn relative_error_of(tiling: Option<IntGemmTiling>, case: Case, rows: usize, dty
     let weight = random_weight(case, device, &mut rng);
     let x = activations(rows, case.k, dtype, device, &mut rng);
     let selection = kernels::select::int_gemm(&weight, device, dtype, rows);
-    let Some(selected) = selection.kernel.int_tiling() else {
+    let IntGemmKernel::Cube(selected) = selection.kernel else {
         panic!("{case:?}: expected a CubeCL kernel, got {selection:?}");
     };
     let kernel = to_f32(kernels::int_weight_gemm(&weight, x.clone(), tiling.unwrap_or(selected)));
@@ -226,26 +226,26 @@ fn selector_explains_its_choice() {
     let flex = Device::flex();
     let weight = random_weight(PLAIN_G128, &flex, &mut rng);
     let on_flex = kernels::select::int_gemm(&weight, &flex, DType::F32, 1);
-    assert_eq!(on_flex.kernel, GemmKernel::Reference);
+    assert_eq!(on_flex.kernel, IntGemmKernel::Reference);
     assert!(on_flex.reason.contains("Flex"), "{}", on_flex.reason);
 
     let wgpu = Device::wgpu(Default::default());
     let weight = random_weight(PLAIN_G128, &wgpu, &mut rng);
-    assert_eq!(kernels::select::int_gemm(&weight, &wgpu, DType::F32, 16).kernel, GemmKernel::Portable { tile_m: 8 });
+    assert_eq!(kernels::select::int_gemm(&weight, &wgpu, DType::F32, 16).kernel, IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m: 8 }));
     // wgpu here is Mesa's lavapipe and cpu the CubeCL CPU runtime: neither is a GPU card,
     // so many rows keep the register kernel and the log says why.
     let cpu = Device::cpu();
     for (device, weight) in [(&wgpu, weight.clone()), (&cpu, random_weight(PLAIN_G128, &cpu, &mut rng))] {
         let many_rows = kernels::select::int_gemm(&weight, device, DType::F32, 64);
-        assert_eq!(many_rows.kernel, GemmKernel::Portable { tile_m: 8 });
+        assert_eq!(many_rows.kernel, IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m: 8 }));
         assert!(many_rows.reason.contains("not a GPU card"), "{}", many_rows.reason);
     }
     let ragged_k = random_weight(Case { k: 72, group_size: 0, ..PLAIN_G128 }, &wgpu, &mut rng);
     let ragged = kernels::select::int_gemm(&ragged_k, &wgpu, DType::F32, 64);
-    assert_eq!(ragged.kernel, GemmKernel::Portable { tile_m: 8 });
+    assert_eq!(ragged.kernel, IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m: 8 }));
     assert!(ragged.reason.contains("K = 72 is not a multiple of 32"), "{}", ragged.reason);
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64));
-    assert_eq!(forced.kernel, GemmKernel::Reference);
+    assert_eq!(forced.kernel, IntGemmKernel::Reference);
     assert!(forced.reason.contains("EMBER_KERNELS"), "{}", forced.reason);
 }
 

@@ -10,7 +10,7 @@
 //! tokens through its `QLinear`s.
 
 use burn::tensor::{activation::silu, activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
-use ember_quant::kernels::{self, IntGemmTiling};
+use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling};
 use ember_quant::linear::LinearRepr;
 use ember_quant::repr::{ExpertStack, PackedIntWeight};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
@@ -94,7 +94,10 @@ impl SparseMoe {
     fn grouped_kernel(&self, tokens: &Tensor<2>, routing: &Routing) -> Option<(&[ExpertStack; 2], [IntGemmTiling; 2])> {
         let stacks = self.stacks.as_ref()?;
         let max_rows = routing.rows_per_expert.iter().copied().max().unwrap_or(0);
-        let tiling = |stack| kernels::select::grouped_int_gemm(stack, &tokens.device(), tokens.dtype(), max_rows).kernel.int_tiling();
+        let tiling = |stack| match kernels::select::grouped_int_gemm(stack, &tokens.device(), tokens.dtype(), max_rows).kernel {
+            IntGemmKernel::Cube(tiling) => Some(tiling),
+            IntGemmKernel::Reference => None,
+        };
         Some((stacks, [tiling(&stacks[0])?, tiling(&stacks[1])?]))
     }
 

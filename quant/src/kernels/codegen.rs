@@ -121,8 +121,7 @@ fn generate_int_gemm(
     grouped: bool,
 ) -> Result<GeneratedKernel, (String, String)> {
     let (properties, target) = (properties.clone(), target.clone());
-    let buffers = || [buffer(), buffer(), buffer(), buffer(), buffer(), buffer(), buffer(), buffer()];
-    let [x, packed, scales, zero_points, offsets, group_index, tiles, out] = buffers();
+    let [x, packed, scales, zero_points, offsets, group_index, tiles, out] = std::array::from_fn(|_| buffer());
     match tiling {
         IntGemmTiling::Registers { tile_m } => generate(
             name,

@@ -23,14 +23,14 @@ pub use ops::{
     byte_gemm_output_shape, gemm_output_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, Fp8GemmLayout,
     GroupBuffer, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
-pub use select::{with_policy, AttentionKernel, GemmKernel, KernelPolicy, Selection};
+pub use select::{with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// `x · W` for an `Int4` / `Int8` weight through the kernel the selector picks.
 pub fn int_weight_forward(weight: &PackedIntWeight, x: Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
-    match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel.int_tiling() {
-        None => weight.forward_reference(x),
-        Some(tiling) => int_weight_gemm(weight, x, tiling),
+    match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel {
+        IntGemmKernel::Reference => weight.forward_reference(x),
+        IntGemmKernel::Cube(tiling) => int_weight_gemm(weight, x, tiling),
     }
 }
 
@@ -40,8 +40,6 @@ pub fn fp8_forward(weight: &Fp8Weight, x: Tensor<2>) -> Tensor<2> {
     match select::fp8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
         GemmKernel::Portable { tile_m } => fp8_gemm(weight, x, tile_m),
-        // The byte kernels have no shared-memory variant; their selector never picks one.
-        GemmKernel::SharedMemory => fp8_gemm(weight, x, select::MAX_TILE_M),
     }
 }
 
@@ -51,7 +49,6 @@ pub fn w8a8_forward(weight: &W8A8Weight, x: Tensor<2>) -> Tensor<2> {
     match select::w8a8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
         GemmKernel::Portable { tile_m } => w8a8_gemm(weight, x, tile_m),
-        GemmKernel::SharedMemory => w8a8_gemm(weight, x, select::MAX_TILE_M),
     }
 }
 

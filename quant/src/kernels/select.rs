@@ -64,19 +64,15 @@ pub enum GemmKernel {
     Reference,
     /// The portable CubeCL kernel, `tile_m` output rows per unit.
     Portable { tile_m: u32 },
-    /// The shared-memory tile kernel (integer weights, many rows, GPU-like runtimes).
-    SharedMemory,
 }
 
-impl GemmKernel {
-    /// The integer GEMM's CubeCL kernel, or `None` for the reference.
-    pub fn int_tiling(self) -> Option<IntGemmTiling> {
-        match self {
-            Self::Reference => None,
-            Self::Portable { tile_m } => Some(IntGemmTiling::Registers { tile_m }),
-            Self::SharedMemory => Some(IntGemmTiling::SharedMemory),
-        }
-    }
+/// A kernel for an integer weight-only matmul.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntGemmKernel {
+    /// Dequantize with Burn ops, then a dense matmul.
+    Reference,
+    /// A CubeCL kernel: the register kernel or the shared-memory tile kernel.
+    Cube(IntGemmTiling),
 }
 
 /// Most output rows a register-kernel unit holds.
@@ -95,7 +91,7 @@ pub struct Selection<K> {
 }
 
 /// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
-pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
+pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { bits: weight.bits, packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
     let selection = choose(buffers, device, dtype, rows);
     log_once(|| format!(
@@ -107,7 +103,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 
 /// Picks the kernel for a mixture-of-experts projection whose largest expert batch has
 /// `max_rows` rows.
-pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<GemmKernel> {
+pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { bits: stack.bits, packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
     let selection = choose(buffers, device, dtype, max_rows);
     log_once(|| format!(
@@ -126,7 +122,7 @@ struct WeightBuffers<'a> {
     k: usize,
 }
 
-fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
+fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let layout_ok = weight.packed == DType::I32
         && weight.scales == DType::F32
         && match weight.zeros {
@@ -136,9 +132,14 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
         };
     let refusal = (!layout_ok).then(|| "weight buffers are not i32 words with f32 scales".to_string());
     let fast_path = format!("W{}A16", weight.bits);
-    let selection = choose_portable(device, dtype, rows, refusal, &fast_path);
-    if selection.kernel == GemmKernel::Reference || rows < SHARED_MEMORY_MIN_ROWS {
-        return selection;
+    let portable = choose_portable(device, dtype, rows, refusal, &fast_path);
+    let tile_m = match portable.kernel {
+        GemmKernel::Reference => return Selection { kernel: IntGemmKernel::Reference, reason: portable.reason },
+        GemmKernel::Portable { tile_m } => tile_m,
+    };
+    let registers = |reason| Selection { kernel: IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m }), reason };
+    if rows < SHARED_MEMORY_MIN_ROWS {
+        return registers(portable.reason);
     }
     let tile_k = int_gemm_tiled::TILE_K as usize;
     let no_tiles = if !weight.k.is_multiple_of(tile_k) {
@@ -147,8 +148,11 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
         software_device(device).map(|name| format!("{name} is a CPU, not a GPU card: its barriers and shared memory cost more than the tiles save"))
     };
     match no_tiles {
-        Some(why) => Selection { reason: format!("{}; no shared-memory tiles: {why}", selection.reason), ..selection },
-        None => Selection { kernel: GemmKernel::SharedMemory, reason: format!("shared-memory tile kernel for {rows} rows; {}", no_fast_path(device, &fast_path)) },
+        Some(why) => registers(format!("{}; no shared-memory tiles: {why}", portable.reason)),
+        None => Selection {
+            kernel: IntGemmKernel::Cube(IntGemmTiling::SharedMemory),
+            reason: format!("shared-memory tile kernel for {rows} rows; {}", no_fast_path(device, &fast_path)),
+        },
     }
 }
 
