@@ -266,8 +266,21 @@ fn every_kernel_variant_generates_cuda_cpp() {
     let fp8 = ember_quant::kernels::codegen::fp8_gemm_variants();
     assert_eq!(fp8.len(), 2 * 4 * 3);
     variants.extend(fp8);
+    let int4_mma = ember_quant::kernels::codegen::int4_mma_gemm_variants();
+    assert_eq!(int4_mma.len(), 3 * 3 * 3 * 2);
+    for kernel in int4_mma.iter().flatten() {
+        assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
+    }
+    variants.extend(int4_mma);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
+    // `scripts/nvrtc_check.sh` compiles the dumped sources with NVRTC.
+    if let Some(dir) = std::env::var_os("EMBER_CUDA_DUMP_DIR") {
+        std::fs::create_dir_all(&dir).expect("dump directory");
+        for kernel in variants.iter().flatten() {
+            std::fs::write(std::path::Path::new(&dir).join(format!("{}.cu", kernel.name)), &kernel.source).expect("write source");
+        }
+    }
     for kernel in variants.iter().flatten() {
         assert!(kernel.source.contains("__global__"), "{}: no kernel entry point", kernel.name);
         let half_type = match &kernel.name {
@@ -408,4 +421,70 @@ fn paged_decode_attention_on_wgpu() {
 #[test]
 fn paged_decode_attention_on_cubecl_cpu() {
     paged_decode_on(Device::cpu());
+}
+
+/// The fragment repack loses nothing: unpacking it gives back the K-packed values.
+#[test]
+fn int4_fragment_repack_round_trips() {
+    use ember_quant::packing::unpack;
+    use ember_quant::repr::Int4Fragments;
+    let device = Device::flex();
+    let mut rng = StdRng::seed_from_u64(21);
+    for case in [PLAIN_G128, Case { k: 64, n: 16, group_size: 32, ..PLAIN_G128 }, Case { order: Order::ActOrder, ..PLAIN_G128 }] {
+        let weight = random_weight(case, &device, &mut rng);
+        let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
+        let expected = unpack(weight.packed.clone(), 4, 0).into_data().try_to_vec::<i32>().expect("i32");
+        let got = fragments.values().into_data().try_to_vec::<i32>().expect("i32");
+        assert_eq!(got, expected, "{case:?}");
+    }
+    let eight_bit = random_weight(Case { bits: 8, ..PLAIN_G128 }, &device, &mut rng);
+    assert!(Int4Fragments::repack(&eight_bit).unwrap_err().contains("8-bit"));
+    let ragged = random_weight(Case { k: 128, n: 72, group_size: 0, ..PLAIN_G128 }, &device, &mut rng);
+    assert!(Int4Fragments::repack(&ragged).unwrap_err().contains("does not tile"));
+    let uneven = random_weight(Case { order: Order::Uneven, group_size: 64, ..PLAIN_G128 }, &device, &mut rng);
+    assert!(Int4Fragments::repack(&uneven).unwrap_err().contains("uneven"));
+}
+
+/// The tensor-core kernel's fragments, bit-level dequantization and split-K, through its
+/// shared-memory emulation of `mma.m16n8k16` (neither runtime has tensor cores), against
+/// the reference: zero-point modes, group sizes, act-order, row tiles and splits.
+fn int4_mma_emulated_on(device: Device) {
+    use ember_quant::repr::Int4Fragments;
+    let cases = [
+        (PLAIN_G128, 1usize, 1u32, 1u32),
+        (PLAIN_G128, 17, 2, 3),
+        (Case { group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, 3, 1, 2),
+        (Case { group_size: 64, zeros: Zeros::Float, ..PLAIN_G128 }, 16, 1, 1),
+        (Case { group_size: 0, ..PLAIN_G128 }, 5, 1, 4),
+        (Case { order: Order::ActOrder, zeros: Zeros::Integer, ..PLAIN_G128 }, 2, 1, 2),
+        (Case { k: 64, n: 48, group_size: 16, zeros: Zeros::Integer, ..PLAIN_G128 }, 33, 2, 1),
+        (Case { k: 128, n: 64, group_size: 64, ..PLAIN_G128 }, 4, 1, 2),
+    ];
+    let dtypes: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
+    assert!(!dtypes.is_empty(), "{device:?} supports neither f16 nor bf16");
+    for dtype in dtypes {
+        for (i, (case, rows, m_tiles, splits)) in cases.into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(300 + i as u64);
+            let weight = random_weight(case, &device, &mut rng);
+            let x = activations(rows, case.k, dtype, &device, &mut rng);
+            let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
+            let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), splits, m_tiles, 2, false);
+            assert_eq!(kernel.dtype(), dtype);
+            let kernel = to_f32(kernel);
+            let reference = to_f32(weight.forward_reference(x));
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let err = kernel.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn int4_mma_emulated_on_wgpu() {
+    int4_mma_emulated_on(Device::wgpu(Default::default()));
+}
+
+#[test]
+fn int4_mma_emulated_on_cubecl_cpu() {
+    int4_mma_emulated_on(Device::cpu());
 }

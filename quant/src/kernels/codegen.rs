@@ -9,7 +9,7 @@ use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
-use super::{activation_quant, fp8_gemm, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
+use super::{activation_quant, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
 
 /// One compiled variant: a readable name and its CUDA C++ source.
 #[derive(Debug, Clone)]
@@ -303,6 +303,51 @@ pub fn fp8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
                     ElemType::Float(float),
                 );
                 variants.push(generate(format!("fp8_{input_name}_m{tile_m}_{float_name}"), kernel));
+            }
+        }
+    }
+    variants
+}
+
+/// Every variant of the tensor-core W4A16 kernel as it runs on CUDA (the `mma`
+/// instruction, four warps per cube): group size × zero points × row tiles per warp ×
+/// activation dtype.
+pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+    let target = cuda_target();
+    let properties = offline_properties();
+    let zero_modes = [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")];
+    let halves = [(FloatKind::F16, "f16", false), (FloatKind::BF16, "bf16", true)];
+    let warps = 4u32;
+    let mut variants = Vec::new();
+    for group_size in [128u32, 32, 0] {
+        for (zeros, zeros_name) in zero_modes {
+            for m_tiles in [1u32, 2, 4] {
+                for (float, float_name, bf16) in halves {
+                    let kernel = int4_mma::int4_mma_gemm::Int4MmaGemm::new(
+                        KernelSettings::new(*CubeDim::new_2d(int4_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
+                        properties.clone(),
+                        target.clone(),
+                        buffer(),
+                        buffer(),
+                        buffer(),
+                        buffer(),
+                        buffer(),
+                        buffer(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        group_size,
+                        zeros,
+                        bf16,
+                        m_tiles,
+                        warps,
+                        true,
+                        true,
+                        ElemType::Float(float),
+                    );
+                    variants.push(generate(format!("int4_mma_g{group_size}_{zeros_name}_m{}_{float_name}", m_tiles * 16), kernel));
+                }
             }
         }
     }

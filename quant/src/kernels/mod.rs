@@ -6,6 +6,7 @@ pub mod activation_quant;
 pub mod codegen;
 pub mod e4m3;
 pub mod fp8_gemm;
+pub mod int4_mma;
 pub mod int_gemm;
 pub mod int_gemm_tiled;
 mod ops;
@@ -14,14 +15,15 @@ pub mod select;
 pub mod w8a8_gemm;
 
 use burn::backend::Dispatch;
+use burn_dispatch::DispatchDevice;
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::packing::int_tensor;
-use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
+use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, Int4Fragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 pub use ops::{
-    byte_gemm_output_shape, gemm_output_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, Fp8GemmLayout,
-    GroupBuffer, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
+    byte_gemm_output_shape, gemm_output_shape, int4_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, Fp8GemmLayout,
+    GroupBuffer, Int4MmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
 pub use select::{with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
@@ -150,6 +152,31 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tiling: IntGemmTi
         groups,
         layout,
     ))
+}
+
+/// `x · W` through the tensor-core W4A16 kernel (or, with `tensor_cores` off, its
+/// emulation) on a Cube device, for f16 / bf16 activations in `weight`'s stored row order.
+/// `splits` divides K into slices whose f32 partial products are summed here.
+pub fn int4_mma_gemm(weight: &Int4Fragments, x: Tensor<2>, splits: u32, m_tiles: u32, warps: u32, tensor_cores: bool) -> Tensor<2> {
+    let bit_dequant = !matches!(x.device().as_dispatch(), DispatchDevice::Cube(cubecl::Device::Wgpu(_)));
+    let [m, _] = x.dims();
+    let n = weight.out_features;
+    let dtype = x.dtype();
+    let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
+    let splits = splits.clamp(1, (weight.in_features as u32 / int4_mma::K_BLOCK).max(1));
+    let layout = Int4MmaLayout { group_size, m_tiles, warps, splits, tensor_cores, bit_dequant };
+    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::int4_mma_gemm(
+        x.into_dispatch(),
+        weight.words.clone().into_dispatch(),
+        weight.scales.clone().into_dispatch(),
+        zero_buffer(&weight.zeros),
+        layout,
+    ));
+    let summed = match splits {
+        1 => partials,
+        _ => partials.reshape([splits as usize, m, n]).sum_dim(0).reshape([m, n]),
+    };
+    summed.cast(dtype)
 }
 
 /// One grouped launch for a mixture-of-experts projection: `x` holds `rows_per_expert[e]`

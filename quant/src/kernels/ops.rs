@@ -13,7 +13,7 @@ use cubecl::ir::{ElemType, FloatKind};
 use cubecl::prelude::*;
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_MAP_STRIDE, TILE_N};
-use super::{activation_quant, fp8_gemm, int_gemm_tiled, paged_attention, w8a8_gemm};
+use super::{activation_quant, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm};
 use crate::repr::ActivationGrid;
 
 /// How an integer weight is laid out, for [`KernelOps::int_weight_gemm`].
@@ -64,6 +64,29 @@ pub enum GroupBuffer<B: Backend> {
     Contiguous,
     /// Row `k` is in group `index[k]` (i32 `[K]`).
     Indexed(IntTensor<B>),
+}
+
+/// How the tensor-core W4A16 kernel runs, for [`KernelOps::int4_mma_gemm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Int4MmaLayout {
+    /// A multiple of 16, or 0 for one group spanning K.
+    pub group_size: u32,
+    /// Row tiles of 16 per warp.
+    pub m_tiles: u32,
+    /// Warps per cube, side by side along N.
+    pub warps: u32,
+    /// Slices K is split into (one f32 partial product each).
+    pub splits: u32,
+    /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
+    pub tensor_cores: bool,
+    /// Nibbles become half-precision values by bit operations (every runtime but wgpu,
+    /// whose WGSL compiler mistypes the bitcast) rather than by conversion.
+    pub bit_dequant: bool,
+}
+
+/// `[splits · M, N]` f32 partial products.
+pub fn int4_mma_partials_shape(x: &Shape, scales: &Shape, layout: &Int4MmaLayout) -> Shape {
+    Shape::from([layout.splits as usize * x[0], scales[1]])
 }
 
 /// `[M, K] · [K, N]` → `[M, N]`, from `x` and the `[G, N]` scales.
@@ -179,6 +202,17 @@ pub trait KernelOps: Backend {
         layout: IntGemmLayout,
     ) -> FloatTensor<Self>;
 
+    /// `x` `[M, K]` (f16 or bf16) times a fragment-ordered 4-bit weight
+    /// (`crate::repr::Int4Fragments`), as f32 partial products per K split.
+    #[fusion(dtype = DType::F32, shape = int4_mma_partials_shape(x, scales, layout))]
+    fn int4_mma_gemm(
+        x: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        #[extension_type] zeros: ZeroBuffer<Self>,
+        layout: Int4MmaLayout,
+    ) -> FloatTensor<Self>;
+
     /// Quantizes `x` `[M, K]` (K a multiple of 4) to int8 or e4m3 bytes, four per i32 word
     /// along K, with their f32 scales (see [`quantized_activation_specs`]).
     #[fusion(meta = quantized_activation_specs)]
@@ -255,6 +289,62 @@ impl KernelOps for CubeBackend {
         layout: IntGemmLayout,
     ) -> CubeTensor {
         launch_int_gemm(x, packed, scales, zeros, GroupBuffer::Contiguous, Some(tiles), layout)
+    }
+
+    fn int4_mma_gemm(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<Self>, layout: Int4MmaLayout) -> CubeTensor {
+        let (m, k, n) = (x.shape()[0], x.shape()[1], scales.shape()[1]);
+        let client = x.client.clone();
+        let partials = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([layout.splits as usize * m, n]), DType::F32);
+        if m == 0 || n == 0 {
+            return partials;
+        }
+        let placeholder = |dtype: DType| empty_device_dtype(client.clone(), x.device.clone(), Shape::from([1]), dtype);
+        let (zeros_mode, zeros, offsets) = match zeros {
+            ZeroBuffer::Midpoint => (zero_mode::MIDPOINT, placeholder(DType::I32), placeholder(DType::F32)),
+            ZeroBuffer::Integer(z) => (zero_mode::INTEGER, z, placeholder(DType::F32)),
+            ZeroBuffer::Float(o) => (zero_mode::FLOAT, placeholder(DType::I32), o),
+        };
+        let (m, k, n) = (m as u32, k as u32, n as u32);
+        let k_blocks = k / int4_mma::K_BLOCK;
+        let blocks_per_split = k_blocks.div_ceil(layout.splits.max(1));
+        let cube_count = CubeCount::Static(
+            (n / int4_mma::N_BLOCK).div_ceil(layout.warps),
+            layout.splits,
+            m.div_ceil(int4_mma::M_TILE * layout.m_tiles),
+        );
+        let bf16 = x.dtype == DType::BF16;
+        let elem = float_elem(x.dtype);
+        // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (Int4Fragments checks
+        // both), words `[k/64 · n/16 · 128]`, scales and zeros `[G, n]` with G·group_size
+        // covering k, and x `[m, k]` with k even. The kernel clamps rows to m-1 and column
+        // blocks to n/16-1 before reading, reads K blocks below k/64 only, and writes
+        // partials `[splits·m, n]` for rows below m and column blocks below n/16 only.
+        unsafe {
+            int4_mma::int4_mma_gemm::launch_unchecked(
+                &client,
+                cube_count,
+                CubeDim::new_2d(int4_mma::LANES, layout.warps),
+                into_contiguous(x).into_buffer_arg(),
+                into_contiguous(words).into_buffer_arg(),
+                into_contiguous(scales).into_buffer_arg(),
+                into_contiguous(zeros).into_buffer_arg(),
+                into_contiguous(offsets).into_buffer_arg(),
+                partials.clone().into_buffer_arg(),
+                m,
+                k,
+                n,
+                blocks_per_split,
+                layout.group_size,
+                zeros_mode,
+                bf16,
+                layout.m_tiles,
+                layout.warps,
+                layout.tensor_cores,
+                layout.bit_dequant,
+                elem,
+            );
+        }
+        partials
     }
 
     fn quantize_activations(x: CubeTensor, scale: ActivationScale<Self>, layout: ActivationQuantLayout) -> (CubeTensor, CubeTensor) {
