@@ -445,30 +445,32 @@ fn int4_fragment_repack_round_trips() {
     assert!(Int4Fragments::repack(&uneven).unwrap_err().contains("uneven"));
 }
 
+/// Zero-point modes, group sizes, act-order, row tiles and splits.
+const INT4_MMA_CASES: [(Case, usize, u32, u32); 8] = [
+    (PLAIN_G128, 1usize, 1u32, 1u32),
+    (PLAIN_G128, 17, 2, 3),
+    (Case { group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, 3, 1, 2),
+    (Case { group_size: 64, zeros: Zeros::Float, ..PLAIN_G128 }, 16, 1, 1),
+    (Case { group_size: 0, ..PLAIN_G128 }, 5, 1, 4),
+    (Case { order: Order::ActOrder, zeros: Zeros::Integer, ..PLAIN_G128 }, 2, 1, 2),
+    (Case { k: 64, n: 48, group_size: 16, zeros: Zeros::Integer, ..PLAIN_G128 }, 33, 2, 1),
+    (Case { k: 128, n: 64, group_size: 64, ..PLAIN_G128 }, 4, 1, 2),
+];
+
 /// The tensor-core kernel's fragments, bit-level dequantization and split-K, through its
 /// shared-memory emulation of `mma.m16n8k16` (neither runtime has tensor cores), against
-/// the reference: zero-point modes, group sizes, act-order, row tiles and splits.
-fn int4_mma_emulated_on(device: Device) {
+/// the reference, for `(case, rows, row tiles per warp, K splits)` with `warps` per cube.
+fn int4_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps: u32) {
     use ember_quant::repr::Int4Fragments;
-    let cases = [
-        (PLAIN_G128, 1usize, 1u32, 1u32),
-        (PLAIN_G128, 17, 2, 3),
-        (Case { group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, 3, 1, 2),
-        (Case { group_size: 64, zeros: Zeros::Float, ..PLAIN_G128 }, 16, 1, 1),
-        (Case { group_size: 0, ..PLAIN_G128 }, 5, 1, 4),
-        (Case { order: Order::ActOrder, zeros: Zeros::Integer, ..PLAIN_G128 }, 2, 1, 2),
-        (Case { k: 64, n: 48, group_size: 16, zeros: Zeros::Integer, ..PLAIN_G128 }, 33, 2, 1),
-        (Case { k: 128, n: 64, group_size: 64, ..PLAIN_G128 }, 4, 1, 2),
-    ];
     let dtypes: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
     assert!(!dtypes.is_empty(), "{device:?} supports neither f16 nor bf16");
     for dtype in dtypes {
-        for (i, (case, rows, m_tiles, splits)) in cases.into_iter().enumerate() {
+        for (i, &(case, rows, m_tiles, splits)) in cases.iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(300 + i as u64);
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
-            let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), splits, m_tiles, 2, false);
+            let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), splits, m_tiles, warps, false);
             assert_eq!(kernel.dtype(), dtype);
             let kernel = to_f32(kernel);
             let reference = to_f32(weight.forward_reference(x));
@@ -481,10 +483,14 @@ fn int4_mma_emulated_on(device: Device) {
 
 #[test]
 fn int4_mma_emulated_on_wgpu() {
-    int4_mma_emulated_on(Device::wgpu(Default::default()));
+    int4_mma_emulated_on(Device::wgpu(Default::default()), &INT4_MMA_CASES, 2);
 }
 
+/// One small case per dtype: on the CPU runtime every unit of a cube is an OS thread and
+/// the emulation's barriers dominate. This is where the bit-level f16 / bf16
+/// dequantization runs (wgpu converts instead).
 #[test]
 fn int4_mma_emulated_on_cubecl_cpu() {
-    int4_mma_emulated_on(Device::cpu());
+    let case = Case { k: 64, n: 16, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 };
+    int4_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1)], 1);
 }

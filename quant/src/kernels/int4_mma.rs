@@ -41,15 +41,15 @@ const EMULATION_SCRATCH: u32 = 16 * 16 + 16 * 8;
 
 type Pair<E> = Vector<E, Const<2>>;
 
-/// See the module documentation. `words` is `[K/64, N/16, 32, 4]` (i32), scales and the
-/// zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
+/// See the module documentation. `x` is `[M, K/2]` pairs, `words` `[K/64, N/16, 32]`
+/// groups of four i32, scales and the zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
 /// Cube `(x, y, z)` covers column blocks `x·warps ..`, K blocks `y·blocks_per_split ..` and
 /// rows `z·16·m_tiles ..`; units are `(lane, warp)`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn int4_mma_gemm<F: Float>(
-    x: &[F],
-    words: &[i32],
+    x: &[Pair<F>],
+    words: &[Vector<i32, Const<4>>],
     scales: &[f32],
     zeros: &[i32],
     offsets: &[f32],
@@ -90,12 +90,12 @@ pub fn int4_mma_gemm<F: Float>(
     for i in 0..m_tiles * 4 {
         acc[i as usize] = Pair::<f32>::new(0.0f32);
     }
-    // Row offsets of each lane's two A-fragment rows per row tile; rows past M read row
+    // Pair offsets of each lane's two A-fragment rows per row tile; rows past M read row
     // M-1 and are never stored.
     let mut a_rows = Array::<u32>::new(comptime!((m_tiles * 2) as usize));
     #[unroll]
     for i in 0..m_tiles * 2 {
-        a_rows[i as usize] = min(row0 + i * 8 + group_id, m - 1) * k;
+        a_rows[i as usize] = min(row0 + i * 8 + group_id, m - 1) * (k / 2);
     }
 
     // Per 8-column subtile: `magic + zero`, the scale, and the float offset, as pairs.
@@ -114,11 +114,12 @@ pub fn int4_mma_gemm<F: Float>(
     let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (EMULATION_SCRATCH * warps) as usize }));
 
     for kb in kb_begin..kb_end {
-        let word_at = ((kb * n_blocks + nb) * LANES + lane) * WORDS_PER_LANE;
-        #[unroll]
-        for w in 0..WORDS_PER_LANE {
-            quad[w as usize] = u32::cast_from(words[(word_at + w) as usize]);
-        }
+        // One 16-byte load: the lane's B registers for the block's four K steps.
+        let loaded = words[((kb * n_blocks + nb) * LANES + lane) as usize];
+        quad[0] = u32::cast_from(loaded.extract(0usize));
+        quad[1] = u32::cast_from(loaded.extract(1usize));
+        quad[2] = u32::cast_from(loaded.extract(2usize));
+        quad[3] = u32::cast_from(loaded.extract(3usize));
         if comptime!(group_size >= K_BLOCK) {
             let at = (kb * K_BLOCK / group_size) * n + col_of_lane;
             load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
@@ -136,15 +137,15 @@ pub fn int4_mma_gemm<F: Float>(
             b_high[0] = dequantize_pair::<F>(quad[w as usize], 8u32, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
             b_high[1] = dequantize_pair::<F>(quad[w as usize], 12u32, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
 
-            let col = k0 + thread_in_group * 2;
+            let col = k0 / 2 + thread_in_group;
             #[unroll]
             for mt in 0..m_tiles {
                 let top = a_rows[(mt * 2) as usize];
                 let bottom = a_rows[(mt * 2 + 1) as usize];
-                a[0] = load_pair::<F>(x, top + col);
-                a[1] = load_pair::<F>(x, bottom + col);
-                a[2] = load_pair::<F>(x, top + col + 8);
-                a[3] = load_pair::<F>(x, bottom + col + 8);
+                a[0] = x[(top + col) as usize];
+                a[1] = x[(bottom + col) as usize];
+                a[2] = x[(top + col + 4) as usize];
+                a[3] = x[(bottom + col + 4) as usize];
                 mma::<F>(&a, &b_low, &mut acc, mt * 4, &mut scratch, tensor_cores);
                 mma::<F>(&a, &b_high, &mut acc, mt * 4 + 2, &mut scratch, tensor_cores);
             }
@@ -170,15 +171,6 @@ pub fn int4_mma_gemm<F: Float>(
             }
         }
     }
-}
-
-/// `x[at], x[at + 1]` as one register pair.
-#[cube]
-fn load_pair<F: Float>(x: &[F], at: u32) -> Pair<F> {
-    let mut pair = Pair::<F>::empty();
-    pair.insert(0usize, x[at as usize]);
-    pair.insert(1usize, x[(at + 1) as usize]);
-    pair
 }
 
 /// Loads both subtiles' group parameters for the lane's column (`at` indexes subtile 0;
