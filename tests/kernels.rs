@@ -472,10 +472,7 @@ fn int4_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps
             let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
             let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), splits, m_tiles, warps, false);
             assert_eq!(kernel.dtype(), dtype);
-            let kernel = to_f32(kernel);
-            let reference = to_f32(weight.forward_reference(x));
-            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let err = kernel.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+            let err = max_relative_error(&to_f32(kernel), &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
         }
     }
@@ -493,4 +490,45 @@ fn int4_mma_emulated_on_wgpu() {
 fn int4_mma_emulated_on_cubecl_cpu() {
     let case = Case { k: 64, n: 16, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 };
     int4_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1)], 1);
+}
+
+/// The tensor-core kernel itself (the `mma` instruction, four warps per cube) against the
+/// reference on a CUDA GPU: every emulated case, then Mixtral-8x7B shapes at decode and
+/// prefill row counts with the launch shape the device gets.
+#[test]
+#[ignore = "needs a CUDA GPU: cargo test --release -- --ignored int4_mma_tensor_cores_on_cuda"]
+fn int4_mma_tensor_cores_on_cuda() {
+    use ember_quant::repr::Int4Fragments;
+    let device = Device::cuda(0);
+    for dtype in [DType::F16, DType::BF16] {
+        for (i, &(case, rows, m_tiles, splits)) in INT4_MMA_CASES.iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(400 + i as u64);
+            let weight = random_weight(case, &device, &mut rng);
+            let x = activations(rows, case.k, dtype, &device, &mut rng);
+            let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
+            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), splits, m_tiles, 4, true));
+            let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
+            assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
+        }
+        let mixtral = Case { k: 4096, n: 14336, group_size: 128, zeros: Zeros::Midpoint, order: Order::Plain, bits: 4 };
+        for (case, rows) in [(mixtral, 1usize), (mixtral, 16), (mixtral, 128), (Case { k: 14336, n: 4096, zeros: Zeros::Integer, ..mixtral }, 8)] {
+            let mut rng = StdRng::seed_from_u64(rows as u64);
+            let weight = random_weight(case, &device, &mut rng);
+            let x = activations(rows, case.k, dtype, &device, &mut rng);
+            let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
+            let (m_tiles, splits) = kernels::select::int4_mma_shape(&device, rows, case.k, case.n);
+            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, x.clone(), splits, m_tiles, 4, true));
+            let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
+            assert!(err < tolerance(dtype), "{dtype:?} [{}x{}] rows={rows}: relative error {err}", case.k, case.n);
+        }
+    }
+}
+
+/// Largest difference relative to the reference's largest magnitude.
+fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(kernel.len(), reference.len());
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = kernel.iter().zip(reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff.is_finite(), "non-finite output");
+    diff / scale
 }

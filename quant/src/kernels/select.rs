@@ -192,9 +192,35 @@ fn software_device(device: &Device) -> Option<String> {
     identity.physical.is_none().then(|| identity.name.clone())
 }
 
+/// How the tensor-core W4A16 kernel covers `rows × [k, n]` on `device`: row tiles of 16
+/// per warp (1, 2 or 4) and K splits, enough that the grid holds about four cubes of four
+/// warps per streaming multiprocessor (one split when the device does not say how many
+/// it has). Returns `(m_tiles, splits)`.
+pub fn int4_mma_shape(device: &Device, rows: usize, k: usize, n: usize) -> (u32, u32) {
+    let m_tiles = match rows {
+        0..=16 => 1,
+        17..=32 => 2,
+        _ => 4,
+    };
+    let DispatchDevice::Cube(cube) = device.as_dispatch() else {
+        return (m_tiles, 1);
+    };
+    let Some(sms) = cube.client().properties().hardware.num_streaming_multiprocessors else {
+        return (m_tiles, 1);
+    };
+    let warps = 4;
+    let cubes = (n / 16).div_ceil(warps) * rows.div_ceil(16 * m_tiles as usize).max(1);
+    let wanted = 4 * sms as usize;
+    let k_blocks = (k / 64).max(1);
+    (m_tiles, wanted.div_ceil(cubes.max(1)).clamp(1, k_blocks) as u32)
+}
+
 /// Why the tensor-core kernel for `fast_path` did not run on `device`.
 fn no_fast_path(device: &Device, fast_path: &str) -> String {
     match device.as_dispatch() {
+        DispatchDevice::Cube(cubecl::Device::Cuda(_)) if fast_path == "W4A16" => {
+            "the tensor-core W4A16 kernel (int4_mma) is not used by layers until it is verified on a GPU".into()
+        }
         DispatchDevice::Cube(cubecl::Device::Cuda(_)) => format!("no tensor-core {fast_path} kernel in this build"),
         _ => "no tensor cores on this runtime".into(),
     }
