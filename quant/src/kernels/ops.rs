@@ -298,12 +298,7 @@ impl KernelOps for CubeBackend {
         if m == 0 || n == 0 {
             return partials;
         }
-        let placeholder = |dtype: DType| empty_device_dtype(client.clone(), x.device.clone(), Shape::from([1]), dtype);
-        let (zeros_mode, zeros, offsets) = match zeros {
-            ZeroBuffer::Midpoint => (zero_mode::MIDPOINT, placeholder(DType::I32), placeholder(DType::F32)),
-            ZeroBuffer::Integer(z) => (zero_mode::INTEGER, z, placeholder(DType::F32)),
-            ZeroBuffer::Float(o) => (zero_mode::FLOAT, placeholder(DType::I32), o),
-        };
+        let (zeros_mode, zeros, offsets) = zero_point_buffers(zeros, &x);
         let (m, k, n) = (m as u32, k as u32, n as u32);
         let k_blocks = k / int4_mma::K_BLOCK;
         let blocks_per_split = k_blocks.div_ceil(layout.splits.max(1));
@@ -505,11 +500,7 @@ fn launch_int_gemm(
         return out;
     }
     let placeholder = |dtype: DType| empty_device_dtype(client.clone(), x.device.clone(), Shape::from([1]), dtype);
-    let (zeros_mode, zeros, offsets) = match zeros {
-        ZeroBuffer::Midpoint => (zero_mode::MIDPOINT, placeholder(DType::I32), placeholder(DType::F32)),
-        ZeroBuffer::Integer(z) => (zero_mode::INTEGER, z, placeholder(DType::F32)),
-        ZeroBuffer::Float(o) => (zero_mode::FLOAT, placeholder(DType::I32), o),
-    };
+    let (zeros_mode, zeros, offsets) = zero_point_buffers(zeros, &x);
     let (group_size, group_index) = match groups {
         GroupBuffer::Contiguous => (layout.group_size, placeholder(DType::I32)),
         GroupBuffer::Indexed(index) => (0, index),
@@ -634,6 +625,17 @@ fn launch_fp8_gemm(
         );
     }
     out
+}
+
+/// The zero-point mode and the integer-zeros and float-offsets buffers the integer
+/// kernels take, with one-element placeholders for the ones the mode does not read.
+fn zero_point_buffers(zeros: ZeroBuffer<CubeBackend>, like: &CubeTensor) -> (u32, CubeTensor, CubeTensor) {
+    let placeholder = |dtype: DType| empty_device_dtype(like.client.clone(), like.device.clone(), Shape::from([1]), dtype);
+    match zeros {
+        ZeroBuffer::Midpoint => (zero_mode::MIDPOINT, placeholder(DType::I32), placeholder(DType::F32)),
+        ZeroBuffer::Integer(z) => (zero_mode::INTEGER, z, placeholder(DType::F32)),
+        ZeroBuffer::Float(o) => (zero_mode::FLOAT, placeholder(DType::I32), o),
+    }
 }
 
 fn float_elem(dtype: DType) -> ElemType {
