@@ -495,13 +495,33 @@ fn a_client_that_never_reads_is_disconnected_and_aborted() {
     let server = start_with(|c| c.stalled_client_timeout = Duration::from_millis(500));
     let expected = server.ok("/v1/completions", &greedy("The government said", 12));
     let body = json!({ "prompt": "The government said", "n": 64, "max_tokens": 480, "ignore_eos": true, "stream": true, "temperature": 0 });
-    let mut silent = raw_connection(&server);
+    // A small receive buffer, so the server's writes wait after a few kilobytes whatever
+    // the kernel's buffer autotuning would allow.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut silent = std::net::TcpStream::from(socket);
     silent.write_all(raw_request("/v1/completions", &body.to_string()).as_bytes()).unwrap();
     // Meanwhile the server answers others.
     assert_eq!(server.ok("/v1/completions", &greedy("The government said", 12))["choices"], expected["choices"]);
     server.wait_idle();
     assert_eq!(server.metric("ember_requests_total{outcome=\"aborted\"}"), 1.0, "the silent client's request was aborted, not run to the end");
     drop(silent);
+}
+
+/// A client that sends half its request headers and then nothing is disconnected (the
+/// read ends at the server's close, not at the client's 30 s read timeout), and the
+/// server goes on answering others.
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let server = start_with(|c| c.stalled_client_timeout = Duration::from_millis(500));
+    let mut half = raw_connection(&server);
+    half.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut rest = Vec::new();
+    let closed = half.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "the connection stayed open: {closed:?}");
+    assert!(server.ok("/v1/completions", &greedy("The government said", 4))["choices"][0]["text"].is_string());
 }
 
 #[test]

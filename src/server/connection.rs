@@ -1,6 +1,7 @@
-//! Connections that drop clients who stop reading. A client that opens a stream and
-//! never reads fills the socket buffers; from then on every write waits. Without a
-//! limit its connection, response and buffered tokens would stay forever.
+//! Connections that drop stalled clients. A client that opens a stream and never reads
+//! fills the socket buffers; from then on every write waits. A client that never finishes
+//! its request headers holds a connection without a request. Without limits either would
+//! keep its connection (and, for the first, its response and buffered tokens) forever.
 
 use std::future::Future;
 use std::io;
@@ -98,4 +99,44 @@ impl AsyncWrite for StallGuardedStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets every open
+/// connection finish its in-flight request and closes it. A connection whose request
+/// headers take longer than `header_timeout` to arrive is closed.
+pub async fn serve_connections(mut listener: StallGuardedListener, app: axum::Router, header_timeout: Duration, shutdown: impl Future<Output = ()>) {
+    use axum::serve::Listener;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let (closing, closing_seen) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut closing_seen = closing_seen.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = closing_seen.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow with every client.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while connections.join_next().await.is_some() {}
 }

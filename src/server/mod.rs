@@ -51,7 +51,8 @@ pub struct ServerConfig {
     /// aborted.
     pub shutdown_grace: Duration,
     /// A client that reads nothing of its response for this long is disconnected (and
-    /// its request aborted).
+    /// its request aborted); so is one whose request headers or body take longer to
+    /// arrive.
     pub stalled_client_timeout: Duration,
     /// Most tokens one request may ask to generate: prompts × `n` × `max_tokens`.
     pub max_request_tokens: usize,
@@ -215,10 +216,10 @@ fn serve(state: Arc<AppState>, listener: std::net::TcpListener, stopped: oneshot
     let abort_commands = commands.clone();
     let grace = state.config.shutdown_grace;
     let handle_signals = state.config.handle_signals;
-    let write_timeout = state.config.stalled_client_timeout;
+    let stall_timeout = state.config.stalled_client_timeout;
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io { path: "listener".into(), source })?;
-        let listener = connection::StallGuardedListener::new(listener, write_timeout);
+        let listener = connection::StallGuardedListener::new(listener, stall_timeout);
         let (stopping, stopping_seen) = oneshot::channel::<()>();
         let shutdown = async move {
             shutdown_requested(stopped, handle_signals).await;
@@ -229,7 +230,7 @@ fn serve(state: Arc<AppState>, listener: std::net::TcpListener, stopped: oneshot
                 let _ = abort_commands.send(Command::AbortAll);
             });
         };
-        let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown);
+        let served = connection::serve_connections(listener, router(state), stall_timeout, shutdown);
         // Connections that outlive the grace period and a little more (a client that
         // never finishes sending its request) are closed with the runtime.
         let deadline = async move {
@@ -239,7 +240,7 @@ fn serve(state: Arc<AppState>, listener: std::net::TcpListener, stopped: oneshot
             }
         };
         tokio::select! {
-            result = served => result.map_err(|source| Error::Io { path: "server".into(), source }),
+            () = served => Ok(()),
             () = deadline => {
                 tracing::warn!("closing connections still open after the grace period");
                 Ok(())
