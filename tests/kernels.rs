@@ -267,7 +267,7 @@ fn every_kernel_variant_generates_cuda_cpp() {
     assert_eq!(fp8.len(), 2 * 4 * 3);
     variants.extend(fp8);
     let int4_mma = ember_quant::kernels::codegen::int4_mma_gemm_variants();
-    assert_eq!(int4_mma.len(), 3 * 3 * 3 * 2);
+    assert_eq!(int4_mma.len(), 3 * 3 * 3 * 2 * 2);
     for kernel in int4_mma.iter().flatten() {
         assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
     }
@@ -522,6 +522,7 @@ fn int4_mma_tensor_cores_on_cuda() {
             assert!(err < tolerance(dtype), "{dtype:?} [{}x{}] rows={rows}: relative error {err}", case.k, case.n);
         }
     }
+    grouped_int4_mma_on(device, true, 4);
 }
 
 /// Largest difference relative to the reference's largest magnitude.
@@ -531,4 +532,41 @@ fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
     let diff = kernel.iter().zip(reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff.is_finite(), "non-finite output");
     diff / scale
+}
+
+/// The grouped (mixture-of-experts) form of the tensor-core kernel, emulated, against each
+/// expert's reference: experts with no rows, one row, and several row tiles.
+fn grouped_int4_mma_on(device: Device, tensor_cores: bool, warps: u32) {
+    use ember_quant::repr::{ExpertStack, Int4Fragments};
+    let dtype = DType::F16;
+    for (case, rows_per_expert, m_tiles, splits) in [
+        (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], 1u32, 1u32),
+        (Case { k: 128, n: 48, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![17, 3, 0, 40], 2, 2),
+    ] {
+        let mut rng = StdRng::seed_from_u64(12);
+        let experts: Vec<[PackedIntWeight; 2]> =
+            (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
+        let parts: Vec<Vec<&PackedIntWeight>> = experts.iter().map(|[a, b]| vec![a, b]).collect();
+        let stack = ExpertStack::stack(&parts).expect("one layout");
+        let fragments = Int4Fragments::repack_stack(&stack).expect("4-bit, tiled shape");
+        let total: usize = rows_per_expert.iter().sum();
+        let x = activations(total, case.k, dtype, &device, &mut rng);
+        let grouped = to_f32(kernels::grouped_int4_mma_gemm(&fragments, x.clone(), &rows_per_expert, splits, m_tiles, warps, tensor_cores));
+        let mut start = 0;
+        let mut expected = Vec::new();
+        for (e, &rows) in rows_per_expert.iter().enumerate() {
+            if rows > 0 {
+                let xe = x.clone().narrow(0, start, rows);
+                expected.extend(to_f32(Tensor::cat(vec![experts[e][0].forward_reference(xe.clone()), experts[e][1].forward_reference(xe)], 1)));
+            }
+            start += rows;
+        }
+        let err = max_relative_error(&grouped, &expected);
+        assert!(err < tolerance(dtype), "{case:?} {rows_per_expert:?}: relative error {err}");
+    }
+}
+
+#[test]
+fn grouped_int4_mma_emulated_on_wgpu() {
+    grouped_int4_mma_on(Device::wgpu(Default::default()), false, 2);
 }

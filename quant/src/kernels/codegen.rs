@@ -311,7 +311,7 @@ pub fn fp8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
 
 /// Every variant of the tensor-core W4A16 kernel as it runs on CUDA (the `mma`
 /// instruction, four warps per cube): group size × zero points × row tiles per warp ×
-/// activation dtype.
+/// activation dtype × dense or mixture-of-experts.
 pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
@@ -323,30 +323,37 @@ pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
         for (zeros, zeros_name) in zero_modes {
             for m_tiles in [1u32, 2, 4] {
                 for (float, float_name, bf16) in halves {
-                    let kernel = int4_mma::int4_mma_gemm::Int4MmaGemm::new(
-                        KernelSettings::new(*CubeDim::new_2d(int4_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
-                        properties.clone(),
-                        target.clone(),
-                        buffer(),
-                        buffer(),
-                        buffer(),
-                        buffer(),
-                        buffer(),
-                        buffer(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        group_size,
-                        zeros,
-                        bf16,
-                        m_tiles,
-                        warps,
-                        true,
-                        true,
-                        ElemType::Float(float),
-                    );
-                    variants.push(generate(format!("int4_mma_g{group_size}_{zeros_name}_m{}_{float_name}", m_tiles * 16), kernel));
+                    for grouped in [false, true] {
+                        let [x, words, scales, zero_points, offsets, tiles, partials] = std::array::from_fn(|_| buffer());
+                        let kernel = int4_mma::int4_mma_gemm::Int4MmaGemm::new(
+                            KernelSettings::new(*CubeDim::new_2d(int4_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
+                            properties.clone(),
+                            target.clone(),
+                            x,
+                            words,
+                            scales,
+                            zero_points,
+                            offsets,
+                            tiles,
+                            partials,
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            group_size,
+                            zeros,
+                            bf16,
+                            m_tiles,
+                            warps,
+                            true,
+                            true,
+                            grouped,
+                            ElemType::Float(float),
+                        );
+                        let moe = if grouped { "_moe" } else { "" };
+                        variants.push(generate(format!("int4_mma_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", m_tiles * 16), kernel));
+                    }
                 }
             }
         }

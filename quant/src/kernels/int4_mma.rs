@@ -24,7 +24,7 @@
 use cubecl::cmma::MmaDefinition;
 use cubecl::prelude::*;
 
-use super::int_gemm::zero_mode;
+use super::int_gemm::{zero_mode, TILE_MAP_STRIDE};
 
 /// Lanes per warp (the `mma` instruction's plane).
 pub const LANES: u32 = 32;
@@ -44,7 +44,10 @@ type Pair<E> = Vector<E, Const<2>>;
 /// See the module documentation. `x` is `[M, K/2]` pairs, `words` `[K/64, N/16, 32]`
 /// groups of four i32, scales and the zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
 /// Cube `(x, y, z)` covers column blocks `x·warps ..`, K blocks `y·blocks_per_split ..` and
-/// rows `z·16·m_tiles ..`; units are `(lane, warp)`.
+/// rows `z·16·m_tiles ..`; units are `(lane, warp)`. With `grouped` (mixture of experts),
+/// the rows of `x` are sorted by expert, the experts' fragments and group buffers are
+/// stacked (`groups` scale rows each), and row tile `z` multiplies rows
+/// `tiles[3z+1]..tiles[3z+2]` by expert `tiles[3z]`, as in the portable kernels.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn int4_mma_gemm<F: Float>(
@@ -53,10 +56,12 @@ pub fn int4_mma_gemm<F: Float>(
     scales: &[f32],
     zeros: &[i32],
     offsets: &[f32],
+    tiles: &[u32],
     partials: &mut [f32],
     m: u32,
     k: u32,
     n: u32,
+    groups: u32,
     blocks_per_split: u32,
     #[comptime] group_size: u32,
     #[comptime] zeros_mode: u32,
@@ -65,6 +70,7 @@ pub fn int4_mma_gemm<F: Float>(
     #[comptime] warps: u32,
     #[comptime] tensor_cores: bool,
     #[comptime] bit_dequant: bool,
+    #[comptime] grouped: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let lane = UNIT_POS_X;
@@ -78,7 +84,20 @@ pub fn int4_mma_gemm<F: Float>(
     let nb = min(block_n, n_blocks - 1);
     let kb_begin = CUBE_POS_Y * blocks_per_split;
     let kb_end = min(kb_begin + blocks_per_split, k / K_BLOCK);
-    let row0 = CUBE_POS_Z * comptime!(M_TILE * m_tiles);
+    let mut row0 = CUBE_POS_Z * comptime!(M_TILE * m_tiles);
+    let mut row_end = m;
+    // Offsets of this row tile's expert in the stacked buffers, in 16-byte word groups and
+    // in scale rows.
+    let mut word_base = 0u32;
+    let mut group_base = 0u32;
+    if comptime!(grouped) {
+        let entry = CUBE_POS_Z * TILE_MAP_STRIDE;
+        let expert = tiles[entry as usize];
+        row0 = tiles[(entry + 1) as usize];
+        row_end = tiles[(entry + 2) as usize];
+        word_base = expert * (k / K_BLOCK) * n_blocks * LANES;
+        group_base = expert * groups * n;
+    }
 
     // The f16 / bf16 bit pattern of 1024 / 128, whose last mantissa bit is worth 1.
     let magic_bits = comptime!(if bf16 { 0x4300u32 } else { 0x6400u32 });
@@ -95,16 +114,17 @@ pub fn int4_mma_gemm<F: Float>(
     let mut a_rows = Array::<u32>::new(comptime!((m_tiles * 2) as usize));
     #[unroll]
     for i in 0..m_tiles * 2 {
-        a_rows[i as usize] = min(row0 + i * 8 + group_id, m - 1) * (k / 2);
+        a_rows[i as usize] = min(row0 + i * 8 + group_id, row_end - 1) * (k / 2);
     }
 
     // Per 8-column subtile: `magic + zero`, the scale, and the float offset, as pairs.
     let mut centre = Array::<Pair<F>>::new(2usize);
     let mut scale = Array::<Pair<F>>::new(2usize);
     let mut offset = Array::<Pair<F>>::new(2usize);
-    let col_of_lane = nb * N_BLOCK + group_id;
+    // The lane's first column in its expert's first group row of the scale buffers.
+    let lane_scale_at = group_base + nb * N_BLOCK + group_id;
     if comptime!(group_size == 0) {
-        load_group::<F>(scales, zeros, offsets, col_of_lane, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
+        load_group::<F>(scales, zeros, offsets, lane_scale_at, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
     }
 
     let mut quad = Array::<u32>::new(comptime!(WORDS_PER_LANE as usize));
@@ -115,20 +135,20 @@ pub fn int4_mma_gemm<F: Float>(
 
     for kb in kb_begin..kb_end {
         // One 16-byte load: the lane's B registers for the block's four K steps.
-        let loaded = words[((kb * n_blocks + nb) * LANES + lane) as usize];
+        let loaded = words[(word_base + (kb * n_blocks + nb) * LANES + lane) as usize];
         quad[0] = u32::cast_from(loaded.extract(0usize));
         quad[1] = u32::cast_from(loaded.extract(1usize));
         quad[2] = u32::cast_from(loaded.extract(2usize));
         quad[3] = u32::cast_from(loaded.extract(3usize));
         if comptime!(group_size >= K_BLOCK) {
-            let at = (kb * K_BLOCK / group_size) * n + col_of_lane;
+            let at = (kb * K_BLOCK / group_size) * n + lane_scale_at;
             load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
         }
         #[unroll]
         for w in 0..WORDS_PER_LANE {
             let k0 = kb * K_BLOCK + w * 16;
             if comptime!(group_size > 0 && group_size < K_BLOCK) {
-                let at = (k0 / group_size) * n + col_of_lane;
+                let at = (k0 / group_size) * n + lane_scale_at;
                 load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
             }
             // Nibble slot p (and p + 4 in the high half) holds subtile p / 2, K half p % 2.
@@ -162,7 +182,7 @@ pub fn int4_mma_gemm<F: Float>(
                 for half in 0..2u32 {
                     let row = row0 + mt * M_TILE + half * 8 + group_id;
                     let pair = acc[(mt * 4 + j * 2 + half) as usize];
-                    if row < m {
+                    if row < row_end {
                         let at = (out_base + row) * n + nb * N_BLOCK + j * 8 + thread_in_group * 2;
                         partials[at as usize] = pair.extract(0usize);
                         partials[(at + 1) as usize] = pair.extract(1usize);

@@ -158,13 +158,10 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tiling: IntGemmTi
 /// emulation) on a Cube device, for f16 / bf16 activations in `weight`'s stored row order.
 /// `splits` divides K into slices whose f32 partial products are summed here.
 pub fn int4_mma_gemm(weight: &Int4Fragments, x: Tensor<2>, splits: u32, m_tiles: u32, warps: u32, tensor_cores: bool) -> Tensor<2> {
-    let bit_dequant = !matches!(x.device().as_dispatch(), DispatchDevice::Cube(cubecl::Device::Wgpu(_)));
     let [m, _] = x.dims();
     let n = weight.out_features;
     let dtype = x.dtype();
-    let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
-    let splits = splits.clamp(1, (weight.in_features as u32 / int4_mma::K_BLOCK).max(1));
-    let layout = Int4MmaLayout { group_size, m_tiles, warps, splits, tensor_cores, bit_dequant };
+    let layout = int4_mma_layout(weight, &x, splits, m_tiles, warps, tensor_cores);
     let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::int4_mma_gemm(
         x.into_dispatch(),
         weight.words.clone().into_dispatch(),
@@ -172,28 +169,64 @@ pub fn int4_mma_gemm(weight: &Int4Fragments, x: Tensor<2>, splits: u32, m_tiles:
         zero_buffer(&weight.zeros),
         layout,
     ));
-    let summed = match splits {
+    sum_splits(partials, layout.splits, m, n).cast(dtype)
+}
+
+/// One grouped launch of the tensor-core W4A16 kernel (or its emulation) for a
+/// mixture-of-experts projection: `x` holds `rows_per_expert[e]` rows for each expert `e`,
+/// in expert order, and `stack` the experts' fragments ([`Int4Fragments::repack_stack`]).
+pub fn grouped_int4_mma_gemm(stack: &Int4Fragments, x: Tensor<2>, rows_per_expert: &[usize], splits: u32, m_tiles: u32, warps: u32, tensor_cores: bool) -> Tensor<2> {
+    let [m, _] = x.dims();
+    let n = stack.out_features;
+    let dtype = x.dtype();
+    let layout = int4_mma_layout(stack, &x, splits, m_tiles, warps, tensor_cores);
+    let tiles = tile_map(rows_per_expert, (int4_mma::M_TILE * m_tiles) as usize, &x.device());
+    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int4_mma_gemm(
+        x.into_dispatch(),
+        stack.words.clone().into_dispatch(),
+        stack.scales.clone().into_dispatch(),
+        zero_buffer(&stack.zeros),
+        tiles.into_dispatch(),
+        layout,
+    ));
+    sum_splits(partials, layout.splits, m, n).cast(dtype)
+}
+
+fn int4_mma_layout(weight: &Int4Fragments, x: &Tensor<2>, splits: u32, m_tiles: u32, warps: u32, tensor_cores: bool) -> Int4MmaLayout {
+    let bit_dequant = !matches!(x.device().as_dispatch(), DispatchDevice::Cube(cubecl::Device::Wgpu(_)));
+    let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
+    let splits = splits.clamp(1, (weight.in_features as u32 / int4_mma::K_BLOCK).max(1));
+    Int4MmaLayout { group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
+}
+
+/// `[splits · m, n]` f32 partial products summed over the splits.
+fn sum_splits(partials: Tensor<2>, splits: u32, m: usize, n: usize) -> Tensor<2> {
+    match splits {
         1 => partials,
         _ => partials.reshape([splits as usize, m, n]).sum_dim(0).reshape([m, n]),
-    };
-    summed.cast(dtype)
+    }
+}
+
+/// The grouped kernels' tile map: for each expert's rows in `tile_rows` chunks, the
+/// expert, the first row and the end row (u32 triples).
+fn tile_map(rows_per_expert: &[usize], tile_rows: usize, device: &burn::tensor::Device) -> Tensor<1, Int> {
+    let mut tiles = Vec::new();
+    let mut start = 0usize;
+    for (expert, &rows) in rows_per_expert.iter().enumerate() {
+        let end = start + rows;
+        for first in (start..end).step_by(tile_rows) {
+            tiles.extend([expert, first, (first + tile_rows).min(end)].map(|v| v as i32));
+        }
+        start = end;
+    }
+    let len = tiles.len();
+    int_tensor(tiles, [len], device)
 }
 
 /// One grouped launch for a mixture-of-experts projection: `x` holds `rows_per_expert[e]`
 /// rows for each expert `e`, in expert order; returns `[rows, N]` in the same order.
 pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_expert: &[usize], tiling: IntGemmTiling) -> Tensor<2> {
-    let tile_m = tiling.rows_per_tile();
-    let mut tiles = Vec::new();
-    let mut start = 0usize;
-    for (expert, &rows) in rows_per_expert.iter().enumerate() {
-        let end = start + rows;
-        for first in (start..end).step_by(tile_m as usize) {
-            tiles.extend([expert, first, (first + tile_m as usize).min(end)].map(|v| v as i32));
-        }
-        start = end;
-    }
-    let len = tiles.len();
-    let tiles = int_tensor(tiles, [len], &x.device());
+    let tiles = tile_map(rows_per_expert, tiling.rows_per_tile() as usize, &x.device());
     let layout = IntGemmLayout { bits: stack.bits, group_size: stack.group_size as u32, tiling };
     Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int_weight_gemm(
         x.into_dispatch(),

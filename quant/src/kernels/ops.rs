@@ -213,6 +213,19 @@ pub trait KernelOps: Backend {
         layout: Int4MmaLayout,
     ) -> FloatTensor<Self>;
 
+    /// Mixture-of-experts form of [`KernelOps::int4_mma_gemm`]: `x` rows sorted by expert,
+    /// fragments and group buffers stacked per expert, and `tiles` (u32, three per row
+    /// tile of `16 · m_tiles` rows: expert, first row, end row) covering every row once.
+    #[fusion(dtype = DType::F32, shape = int4_mma_partials_shape(x, scales, layout))]
+    fn grouped_int4_mma_gemm(
+        x: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        scales: FloatTensor<Self>,
+        #[extension_type] zeros: ZeroBuffer<Self>,
+        tiles: IntTensor<Self>,
+        layout: Int4MmaLayout,
+    ) -> FloatTensor<Self>;
+
     /// Quantizes `x` `[M, K]` (K a multiple of 4) to int8 or e4m3 bytes, four per i32 word
     /// along K, with their f32 scales (see [`quantized_activation_specs`]).
     #[fusion(meta = quantized_activation_specs)]
@@ -292,54 +305,11 @@ impl KernelOps for CubeBackend {
     }
 
     fn int4_mma_gemm(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<Self>, layout: Int4MmaLayout) -> CubeTensor {
-        let (m, k, n) = (x.shape()[0], x.shape()[1], scales.shape()[1]);
-        let client = x.client.clone();
-        let partials = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([layout.splits as usize * m, n]), DType::F32);
-        if m == 0 || n == 0 {
-            return partials;
-        }
-        let (zeros_mode, zeros, offsets) = zero_point_buffers(zeros, &x);
-        let (m, k, n) = (m as u32, k as u32, n as u32);
-        let k_blocks = k / int4_mma::K_BLOCK;
-        let blocks_per_split = k_blocks.div_ceil(layout.splits.max(1));
-        let cube_count = CubeCount::Static(
-            (n / int4_mma::N_BLOCK).div_ceil(layout.warps),
-            layout.splits,
-            m.div_ceil(int4_mma::M_TILE * layout.m_tiles),
-        );
-        let bf16 = x.dtype == DType::BF16;
-        let elem = float_elem(x.dtype);
-        // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (Int4Fragments checks
-        // both), words `[k/64 · n/16 · 128]`, scales and zeros `[G, n]` with G·group_size
-        // covering k, and x `[m, k]` with k even. The kernel clamps rows to m-1 and column
-        // blocks to n/16-1 before reading, reads K blocks below k/64 only, and writes
-        // partials `[splits·m, n]` for rows below m and column blocks below n/16 only.
-        unsafe {
-            int4_mma::int4_mma_gemm::launch_unchecked(
-                &client,
-                cube_count,
-                CubeDim::new_2d(int4_mma::LANES, layout.warps),
-                into_contiguous(x).into_buffer_arg(),
-                into_contiguous(words).into_buffer_arg(),
-                into_contiguous(scales).into_buffer_arg(),
-                into_contiguous(zeros).into_buffer_arg(),
-                into_contiguous(offsets).into_buffer_arg(),
-                partials.clone().into_buffer_arg(),
-                m,
-                k,
-                n,
-                blocks_per_split,
-                layout.group_size,
-                zeros_mode,
-                bf16,
-                layout.m_tiles,
-                layout.warps,
-                layout.tensor_cores,
-                layout.bit_dequant,
-                elem,
-            );
-        }
-        partials
+        launch_int4_mma(x, words, scales, zeros, None, layout)
+    }
+
+    fn grouped_int4_mma_gemm(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<Self>, tiles: CubeTensor, layout: Int4MmaLayout) -> CubeTensor {
+        launch_int4_mma(x, words, scales, zeros, Some(tiles), layout)
     }
 
     fn quantize_activations(x: CubeTensor, scale: ActivationScale<Self>, layout: ActivationQuantLayout) -> (CubeTensor, CubeTensor) {
@@ -572,6 +542,65 @@ fn launch_int_gemm(
         }
     }
     out
+}
+
+/// Launches the tensor-core W4A16 kernel, grouped by expert when `tiles` is given.
+fn launch_int4_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<CubeBackend>, tiles: Option<CubeTensor>, layout: Int4MmaLayout) -> CubeTensor {
+    let (m, k, n) = (x.shape()[0], x.shape()[1], scales.shape()[1]);
+    let client = x.client.clone();
+    let partials = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([layout.splits as usize * m, n]), DType::F32);
+    if m == 0 || n == 0 || k == 0 {
+        return partials;
+    }
+    let experts = (words.shape()[0] / (k * n / 8)).max(1);
+    let groups_per_expert = scales.shape()[0] / experts;
+    let (zeros_mode, zeros, offsets) = zero_point_buffers(zeros, &x);
+    let (m, k, n) = (m as u32, k as u32, n as u32);
+    let blocks_per_split = (k / int4_mma::K_BLOCK).div_ceil(layout.splits.max(1));
+    let row_tiles = match &tiles {
+        Some(map) => (map.shape()[0] as u32) / TILE_MAP_STRIDE,
+        None => m.div_ceil(int4_mma::M_TILE * layout.m_tiles),
+    };
+    let grouped = tiles.is_some();
+    let tiles = tiles.unwrap_or_else(|| empty_device_dtype(client.clone(), x.device.clone(), Shape::from([1]), DType::U32));
+    let cube_count = CubeCount::Static((n / int4_mma::N_BLOCK).div_ceil(layout.warps), layout.splits, row_tiles);
+    let bf16 = x.dtype == DType::BF16;
+    let elem = float_elem(x.dtype);
+    // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (Int4Fragments checks
+    // both), x `[m, k]`, words `[E · k/64 · n/16 · 128]` for E experts, scales and zeros
+    // `[E·G, n]` with G·group_size covering k, and a tile map whose experts and row ranges
+    // lie within those shapes. The kernel clamps rows to the tile's last row and column
+    // blocks to n/16-1 before reading, reads K blocks below k/64 only, and writes partials
+    // `[splits·m, n]` for rows inside its tile and column blocks below n/16 only.
+    unsafe {
+        int4_mma::int4_mma_gemm::launch_unchecked(
+            &client,
+            cube_count,
+            CubeDim::new_2d(int4_mma::LANES, layout.warps),
+            into_contiguous(x).into_buffer_arg(),
+            into_contiguous(words).into_buffer_arg(),
+            into_contiguous(scales).into_buffer_arg(),
+            into_contiguous(zeros).into_buffer_arg(),
+            into_contiguous(offsets).into_buffer_arg(),
+            into_contiguous(tiles).into_buffer_arg(),
+            partials.clone().into_buffer_arg(),
+            m,
+            k,
+            n,
+            groups_per_expert as u32,
+            blocks_per_split,
+            layout.group_size,
+            zeros_mode,
+            bf16,
+            layout.m_tiles,
+            layout.warps,
+            layout.tensor_cores,
+            layout.bit_dequant,
+            grouped,
+            elem,
+        );
+    }
+    partials
 }
 
 /// Launches the FP8 kernel on `x` (weight-only) or `a_codes` (quantized activations);
