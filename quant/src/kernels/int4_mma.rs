@@ -109,8 +109,8 @@ pub fn int4_mma_gemm<F: Float>(
     for i in 0..m_tiles * 4 {
         acc[i as usize] = Pair::<f32>::new(0.0f32);
     }
-    // Pair offsets of each lane's two A-fragment rows per row tile; rows past M read row
-    // M-1 and are never stored.
+    // Pair offsets of each lane's two A-fragment rows per row tile; rows past the tile's
+    // end read its last row and are never stored.
     let mut a_rows = Array::<u32>::new(comptime!((m_tiles * 2) as usize));
     #[unroll]
     for i in 0..m_tiles * 2 {
