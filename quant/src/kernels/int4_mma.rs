@@ -24,7 +24,7 @@
 use cubecl::cmma::MmaDefinition;
 use cubecl::prelude::*;
 
-use super::int_gemm::{zero_mode, TILE_MAP_STRIDE};
+use super::int_gemm::{row_tile, zero_mode};
 
 /// Lanes per warp (the `mma` instruction's plane).
 pub const LANES: u32 = 32;
@@ -84,20 +84,13 @@ pub fn int4_mma_gemm<F: Float>(
     let nb = min(block_n, n_blocks - 1);
     let kb_begin = CUBE_POS_Y * blocks_per_split;
     let kb_end = min(kb_begin + blocks_per_split, k / K_BLOCK);
-    let mut row0 = CUBE_POS_Z * comptime!(M_TILE * m_tiles);
-    let mut row_end = m;
+    let tile = row_tile(tiles, CUBE_POS_Z, comptime!(M_TILE * m_tiles), m, grouped);
+    let row0 = tile.first;
+    let row_end = tile.end;
     // Offsets of this row tile's expert in the stacked buffers, in 16-byte word groups and
     // in scale rows.
-    let mut word_base = 0u32;
-    let mut group_base = 0u32;
-    if comptime!(grouped) {
-        let entry = CUBE_POS_Z * TILE_MAP_STRIDE;
-        let expert = tiles[entry as usize];
-        row0 = tiles[(entry + 1) as usize];
-        row_end = tiles[(entry + 2) as usize];
-        word_base = expert * (k / K_BLOCK) * n_blocks * LANES;
-        group_base = expert * groups * n;
-    }
+    let word_base = tile.expert * (k / K_BLOCK) * n_blocks * LANES;
+    let group_base = tile.expert * groups * n;
 
     // The f16 / bf16 bit pattern of 1024 / 128, whose last mantissa bit is worth 1.
     let magic_bits = comptime!(if bf16 { 0x4300u32 } else { 0x6400u32 });

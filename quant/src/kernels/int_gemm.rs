@@ -70,19 +70,12 @@ pub fn int_weight_gemm<F: Float>(
     if col0 >= n {
         terminate!();
     }
-    let mut row0 = CUBE_POS_Y * tile_m;
-    let mut row_end = m;
+    let tile = row_tile(tiles, CUBE_POS_Y, tile_m, m, grouped);
+    let row0 = tile.first;
+    let row_end = tile.end;
     // Offsets of this tile's expert in the stacked buffers.
-    let mut word_base = 0u32;
-    let mut group_base = 0u32;
-    if comptime!(grouped) {
-        let entry = CUBE_POS_Y * TILE_MAP_STRIDE;
-        let expert = tiles[entry as usize];
-        row0 = tiles[(entry + 1) as usize];
-        row_end = tiles[(entry + 2) as usize];
-        word_base = expert * (k / per_word) * n;
-        group_base = expert * groups * n;
-    }
+    let word_base = tile.expert * (k / per_word) * n;
+    let group_base = tile.expert * groups * n;
 
     let mut acc = Array::<f32>::new(comptime!((tile_m * TILE_N) as usize));
     #[unroll]
@@ -150,6 +143,31 @@ pub fn int_weight_gemm<F: Float>(
             }
         }
     }
+}
+
+/// A row tile of a launch: the expert whose weights it multiplies, its first row and its
+/// end row.
+#[derive(CubeType)]
+pub struct RowTile {
+    pub expert: u32,
+    pub first: u32,
+    pub end: u32,
+}
+
+/// Row tile `tile`: read from the grouped tile map, or else the tile's `rows_per_tile`
+/// rows of the one weight (expert 0), ending at `m`.
+#[cube]
+pub fn row_tile(tiles: &[u32], tile: u32, rows_per_tile: u32, m: u32, #[comptime] grouped: bool) -> RowTile {
+    let mut expert = 0u32;
+    let mut first = tile * rows_per_tile;
+    let mut end = m;
+    if comptime!(grouped) {
+        let entry = tile * TILE_MAP_STRIDE;
+        expert = tiles[entry as usize];
+        first = tiles[(entry + 1) as usize];
+        end = tiles[(entry + 2) as usize];
+    }
+    RowTile { expert, first, end }
 }
 
 /// Loads the scale, zero point and float offset of each of the unit's `TILE_N` columns

@@ -14,7 +14,7 @@
 
 use cubecl::prelude::*;
 
-use super::int_gemm::{zero_mode, TILE_MAP_STRIDE};
+use super::int_gemm::{row_tile, zero_mode};
 
 /// Units per cube side; the cube is `CUBE_SIDE × CUBE_SIDE`.
 pub const CUBE_SIDE: u32 = 16;
@@ -55,18 +55,11 @@ pub fn int_weight_gemm_tiled<F: Float>(
     let unit = UNIT_POS_Y * CUBE_SIDE + UNIT_POS_X;
     let col_base = CUBE_POS_X * TILE_N;
 
-    let mut row0 = CUBE_POS_Y * TILE_M;
-    let mut row_end = m;
-    let mut word_base = 0u32;
-    let mut group_base = 0u32;
-    if comptime!(grouped) {
-        let entry = CUBE_POS_Y * TILE_MAP_STRIDE;
-        let expert = tiles[entry as usize];
-        row0 = tiles[(entry + 1) as usize];
-        row_end = tiles[(entry + 2) as usize];
-        word_base = expert * (k / per_word) * n;
-        group_base = expert * groups * n;
-    }
+    let tile = row_tile(tiles, CUBE_POS_Y, TILE_M, m, grouped);
+    let row0 = tile.first;
+    let row_end = tile.end;
+    let word_base = tile.expert * (k / per_word) * n;
+    let group_base = tile.expert * groups * n;
 
     let mut x_tile = Shared::<[f32]>::new_slice(comptime!((TILE_M * TILE_K) as usize));
     let mut w_tile = Shared::<[f32]>::new_slice(comptime!((TILE_K * TILE_N) as usize));
