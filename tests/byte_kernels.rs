@@ -4,7 +4,7 @@
 //! f32 rounding, the fixtures' logits through the kernels, and the selector's reasons.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use ember::quant::kernels::{self, GemmKernel, KernelPolicy};
+use ember::quant::kernels::{self, GemmKernel, KernelPolicy, MmaTiling};
 use ember::quant::repr::{e4m3_table, e4m3_value, quantize_activations, ActivationGrid, ActivationQuant, Fp8Weight, W8A8Weight};
 use ember::quant::ComputeDtype;
 use ember::{load_model, LoadOptions};
@@ -228,12 +228,18 @@ fn fp8_weight(k: usize, n: usize, scales: Fp8Scales, activations: ActivationQuan
 }
 
 fn fp8_relative_error(weight: &Fp8Weight, rows: usize, dtype: DType, device: &Device, rng: &mut StdRng) -> f32 {
-    let x = activations(rows, weight.in_features, dtype, device, rng);
     let selection = kernels::select::fp8_gemm(weight, device, dtype, rows);
     let GemmKernel::Portable { tile_m } = selection.kernel else {
         panic!("expected the portable FP8 kernel: {selection:?}");
     };
-    let ours = to_f32(kernels::fp8_gemm(weight, x.clone(), tile_m));
+    fp8_relative_error_of(weight, rows, dtype, device, rng, |w, x| kernels::fp8_gemm(w, x, tile_m))
+}
+
+/// The largest error of `kernel`'s output against the reference, relative to each row's
+/// largest reference value.
+fn fp8_relative_error_of(weight: &Fp8Weight, rows: usize, dtype: DType, device: &Device, rng: &mut StdRng, kernel: impl Fn(&Fp8Weight, Tensor<2>) -> Tensor<2>) -> f32 {
+    let x = activations(rows, weight.in_features, dtype, device, rng);
+    let ours = to_f32(kernel(weight, x.clone()));
     let reference = to_f32(fp8_on_flex(weight).forward_reference(x.to_device(&Device::flex())));
     assert_eq!(ours.len(), reference.len());
     let diff = max_abs_diff(&ours, &reference);
@@ -376,4 +382,121 @@ fn fp8_dynamic_fixture_through_kernels() {
 fn fp8_block_fixture_through_kernels() {
     fixture_through_kernels("llama-fp8-block-scaleinv", false, 1e-3, 1.5e-2);
     fixture_through_kernels("llama-fp8-block-scaleinv", true, 1e-5, 5e-3);
+}
+
+/// Row tiles per warp, K splits, rows: the tensor-core kernels' coverage cases, from one
+/// row to three row tiles, one K slice to several (direct output and f32 partials).
+const MMA_SHAPES: [(u32, u32, usize); 5] = [(1, 1, 1), (1, 3, 5), (2, 1, 17), (1, 2, 33), (4, 2, 64)];
+
+fn mma_tiling(m_tiles: u32, splits: u32, warps: u32, tensor_cores: bool) -> MmaTiling {
+    MmaTiling { m_tiles, warps, splits, tensor_cores }
+}
+
+/// The int8 tensor-core kernel against the portable one: the i32 sums are the same
+/// integers, so with one K slice the outputs are equal bit for bit (same epilogue), and
+/// with several they differ by the f32 rounding of adding scaled slices.
+fn w8a8_mma_on(device: &Device, warps: u32, tensor_cores: bool, shapes: &[(u32, u32, usize)], dtypes: &[DType]) {
+    let mut rng = StdRng::seed_from_u64(40);
+    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (device, DType::F32)));
+    // N = 40 leaves a partial column block and, with two warps, an idle warp.
+    for (mode, (k, n)) in [(ActivationQuant::DynamicPerToken, (256, 40)), (static_scale(), (128, 48))] {
+        let weight = w8a8_weight(k, n, mode, device, &mut rng);
+        for &(m_tiles, splits, rows) in shapes {
+            for &dtype in dtypes {
+                let what = format!("{} k={k} n={n} rows={rows} m_tiles={m_tiles} splits={splits} {dtype:?}", weight.activations.describe());
+                let x = activations(rows, k, dtype, device, &mut rng);
+                let ours = to_f32(kernels::w8a8_mma_gemm(&weight, x.clone(), mma_tiling(m_tiles, splits, warps, tensor_cores)));
+                let portable = to_f32(kernels::w8a8_gemm(&weight, x, 4));
+                if splits == 1 {
+                    let mismatches = ours.iter().zip(&portable).filter(|(a, b)| a != b).count();
+                    assert_eq!(mismatches, 0, "{what}: {mismatches} outputs differ");
+                } else {
+                    let tolerance = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
+                    let err = max_relative_error(&ours, &portable, n);
+                    assert!(err <= tolerance, "{what}: relative error {err}");
+                }
+            }
+        }
+    }
+}
+
+/// The FP8 tensor-core kernel against the reference for every scale layout with e4m3
+/// activations (the codes are the reference's; sums differ in order).
+fn fp8_mma_on(device: &Device, warps: u32, tensor_cores: bool, shapes: &[(u32, u32, usize)], dtypes: &[DType]) {
+    let mut rng = StdRng::seed_from_u64(41);
+    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (device, DType::F32)));
+    let cases = [
+        (Fp8Scales::Channel, ActivationQuant::DynamicPerToken, (256, 40)),
+        (Fp8Scales::Tensor, static_scale(), (128, 24)),
+        (Fp8Scales::Tensor, ActivationQuant::DynamicPerTensor, (192, 16)),
+        // Two weight blocks along N and three 128-column chunks, the last one split.
+        (Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), (384, 200)),
+        (Fp8Scales::Channel, ActivationQuant::DynamicPerGroup(64), (256, 32)),
+    ];
+    for (scales, mode, (k, n)) in cases {
+        let weight = fp8_weight(k, n, scales, mode, device, &mut rng);
+        for &(m_tiles, splits, rows) in shapes {
+            for &dtype in dtypes {
+                let what = format!("{scales:?} {} k={k} n={n} rows={rows} m_tiles={m_tiles} splits={splits} {dtype:?}", weight.activations.describe());
+                let tiling = mma_tiling(m_tiles, splits, warps, tensor_cores);
+                let err = fp8_relative_error_of(&weight, rows, dtype, device, &mut rng, |w, x| kernels::fp8_mma_gemm(w, x, tiling));
+                let tolerance = if dtype == DType::F32 { 2e-6 } else { 2e-2 };
+                assert!(err < tolerance, "{what}: relative error {err}");
+            }
+        }
+    }
+}
+
+/// Largest `|a - b|` per row of `n`, relative to the row's largest `|b|`.
+fn max_relative_error(ours: &[f32], reference: &[f32], n: usize) -> f32 {
+    ours.chunks(n)
+        .zip(reference.chunks(n))
+        .map(|(ours, reference)| {
+            let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(ours, reference);
+            if scale == 0.0 { diff } else { diff / scale }
+        })
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn byte_mma_emulated_on_wgpu() {
+    let device = Device::wgpu(Default::default());
+    w8a8_mma_on(&device, 2, false, &MMA_SHAPES, &[DType::F32]);
+    w8a8_mma_on(&device, 2, false, &MMA_SHAPES[2..3], &[DType::F16]);
+    fp8_mma_on(&device, 2, false, &MMA_SHAPES, &[DType::F32]);
+    fp8_mma_on(&device, 2, false, &MMA_SHAPES[1..2], &[DType::F16]);
+}
+
+/// The CPU runtime runs the same emulation with its barriers much more slowly: one shape.
+#[test]
+fn byte_mma_emulated_on_cubecl_cpu() {
+    let device = Device::cpu();
+    w8a8_mma_on(&device, 1, false, &MMA_SHAPES[1..2], &[DType::F32, DType::BF16]);
+    fp8_mma_on(&device, 1, false, &MMA_SHAPES[1..2], &[DType::F32]);
+}
+
+/// The real `mma.sync` instructions (sm_89+), on every emulated case and at Llama-3-8B's
+/// shapes. Needs an NVIDIA GPU: `cargo test --release -- --ignored byte_mma_tensor_cores_on_cuda`.
+#[test]
+#[ignore = "needs a CUDA device with FP8 tensor cores (sm_89+)"]
+fn byte_mma_tensor_cores_on_cuda() {
+    let device = Device::cuda(0);
+    let dtypes = [DType::F32, DType::F16, DType::BF16];
+    w8a8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
+    fp8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
+    let mut rng = StdRng::seed_from_u64(42);
+    for (k, n) in [(4096, 4096), (4096, 14336), (14336, 4096)] {
+        let weight = w8a8_weight(k, n, ActivationQuant::DynamicPerToken, &device, &mut rng);
+        let block = fp8_weight(k, n, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &device, &mut rng);
+        for rows in [1, 16, 128] {
+            let x = activations(rows, k, DType::BF16, &device, &mut rng);
+            let ours = to_f32(kernels::w8a8_mma_gemm(&weight, x.clone(), mma_tiling(2, 4, 4, true)));
+            let portable = to_f32(kernels::w8a8_gemm(&weight, x, 4));
+            let err = max_relative_error(&ours, &portable, n);
+            assert!(err <= 1e-2, "int8 [{k}x{n}] rows={rows}: relative error {err}");
+            let err = fp8_relative_error_of(&block, rows, DType::BF16, &device, &mut rng, |w, x| kernels::fp8_mma_gemm(w, x, mma_tiling(2, 4, 4, true)));
+            assert!(err < 2e-2, "fp8 block [{k}x{n}] rows={rows}: relative error {err}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! and a selector that picks one per call and can say why.
 
 pub mod activation_quant;
+pub mod byte_mma;
 pub mod codegen;
 pub mod e4m3;
 pub mod fp8_gemm;
@@ -22,7 +23,7 @@ use crate::packing::int_tensor;
 use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, Int4Fragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 pub use ops::{
-    byte_gemm_output_shape, gemm_output_shape, int4_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, Fp8GemmLayout,
+    byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int4_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout,
     GroupBuffer, Int4MmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
 pub use select::{with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
@@ -101,26 +102,21 @@ pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
 /// The portable FP8 kernel on a Cube device: weight-only when the layer keeps float
 /// activations, otherwise activations quantized to e4m3 by [`quantize_activations`].
 pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
-    let k = weight.in_features;
     let out_dtype = x.dtype();
-    let chunk = select::fp8_scale_chunk(weight).unwrap_or(k).max(4) as u32;
-    let [scale_rows, scale_cols] = weight.scales.dims();
-    let (w_col_div, w_row, w_chunk) = match weight.block {
-        Some([bn, _]) => (bn as u32, scale_cols as u32, 1),
-        None => (1, (scale_rows > 1) as u32, 0),
-    };
-    let mut layout = Fp8GemmLayout { tile_m, chunk, a_row: 0, a_chunk: 0, w_col_div, w_row, w_chunk, out_dtype };
     match quantize_activations(x.clone(), &weight.activations, ActivationGrid::E4M3) {
-        None => Tensor::from_dispatch(<Dispatch as KernelOps>::fp8_weight_only_gemm(
-            x.into_dispatch(),
-            weight.codes.clone().into_dispatch(),
-            weight.scales.clone().into_dispatch(),
-            layout,
-        )),
+        None => {
+            let strides = fp8_scale_strides(weight, None);
+            let layout = Fp8GemmLayout { tile_m, chunk: strides.chunk, a_row: 0, a_chunk: 0, w_col_div: strides.w_col_div, w_row: strides.w_row, w_chunk: strides.w_chunk, out_dtype };
+            Tensor::from_dispatch(<Dispatch as KernelOps>::fp8_weight_only_gemm(
+                x.into_dispatch(),
+                weight.codes.clone().into_dispatch(),
+                weight.scales.clone().into_dispatch(),
+                layout,
+            ))
+        }
         Some(a) => {
-            let [a_rows, a_cols] = a.scales.dims();
-            layout.a_row = if a_rows > 1 { a_cols as u32 } else { 0 };
-            layout.a_chunk = (a_cols > 1) as u32;
+            let s = fp8_scale_strides(weight, Some(&a.scales));
+            let layout = Fp8GemmLayout { tile_m, chunk: s.chunk, a_row: s.a_row, a_chunk: s.a_chunk, w_col_div: s.w_col_div, w_row: s.w_row, w_chunk: s.w_chunk, out_dtype };
             Tensor::from_dispatch(<Dispatch as KernelOps>::fp8_gemm(
                 a.codes.into_dispatch(),
                 a.scales.into_dispatch(),
@@ -129,6 +125,105 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
                 layout,
             ))
         }
+    }
+}
+
+/// Where the scales of an FP8 product are: per chunk of `chunk` K columns, activation
+/// scale `(row, chunk)` at `row · a_row + chunk · a_chunk` and weight scale
+/// `(column, chunk)` at `(column / w_col_div) · w_row + chunk · w_chunk`.
+struct ScaleStrides {
+    chunk: u32,
+    a_row: u32,
+    a_chunk: u32,
+    w_col_div: u32,
+    w_row: u32,
+    w_chunk: u32,
+}
+
+/// The strides of `weight`'s scales and of the activation scales `a_scales` (`[M, groups]`
+/// or `[1, 1]`; none for weight-only).
+fn fp8_scale_strides(weight: &Fp8Weight, a_scales: Option<&Tensor<2>>) -> ScaleStrides {
+    let chunk = select::fp8_scale_chunk(weight).unwrap_or(weight.in_features).max(4) as u32;
+    let [scale_rows, scale_cols] = weight.scales.dims();
+    let (w_col_div, w_row, w_chunk) = match weight.block {
+        Some([bn, _]) => (bn as u32, scale_cols as u32, 1),
+        None => (1, (scale_rows > 1) as u32, 0),
+    };
+    let (a_row, a_chunk) = match a_scales.map(|s| s.dims()) {
+        Some([a_rows, a_cols]) => (if a_rows > 1 { a_cols as u32 } else { 0 }, (a_cols > 1) as u32),
+        None => (0, 0),
+    };
+    ScaleStrides { chunk, a_row, a_chunk, w_col_div, w_row, w_chunk }
+}
+
+/// How a tensor-core launch covers its output: row tiles of 16 per warp, warps per cube,
+/// K splits, and whether the `mma` instruction runs or its emulation (runtimes without
+/// tensor cores, for tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmaTiling {
+    pub m_tiles: u32,
+    pub warps: u32,
+    pub splits: u32,
+    pub tensor_cores: bool,
+}
+
+/// `x · Wᵀ` for a `W8A8` int8 weight on tensor cores (or their emulation): activations
+/// quantized per token (or with their static scale), then the int8 `mma` GEMM. K must be
+/// a multiple of 64 ([`select::w8a8_gemm`] checks).
+pub fn w8a8_mma_gemm(weight: &W8A8Weight, x: Tensor<2>, tiling: MmaTiling) -> Tensor<2> {
+    let out_dtype = x.dtype();
+    let Some(a) = quantize_activations(x.clone(), &weight.activations, ActivationGrid::Int8) else {
+        // Weight-only W8A8 has no integer GEMM to run; the selector never sends it here.
+        return weight.forward_reference(x);
+    };
+    let per_token = a.scales.dims()[0] > 1;
+    let strides = ScaleStrides { chunk: weight.in_features as u32, a_row: per_token as u32, a_chunk: 0, w_col_div: 1, w_row: 1, w_chunk: 0 };
+    byte_mma(a, &weight.codes, &weight.scales, strides, false, tiling, out_dtype)
+}
+
+/// `x · Wᵀ` for an `Fp8` weight with e4m3 activations on tensor cores (or their
+/// emulation). K and any scale block or activation group must be multiples of 64
+/// ([`select::fp8_gemm`] checks).
+pub fn fp8_mma_gemm(weight: &Fp8Weight, x: Tensor<2>, tiling: MmaTiling) -> Tensor<2> {
+    let out_dtype = x.dtype();
+    let Some(a) = quantize_activations(x.clone(), &weight.activations, ActivationGrid::E4M3) else {
+        // Weight-only FP8 has float activations; the selector never sends it here.
+        return weight.forward_reference(x);
+    };
+    let strides = fp8_scale_strides(weight, Some(&a.scales));
+    byte_mma(a, &weight.codes, &weight.scales, strides, true, tiling, out_dtype)
+}
+
+/// The 8-bit tensor-core GEMM of quantized activations `a` and weight codes, partial
+/// products summed when K is split.
+fn byte_mma(a: ActivationCodes, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, s: ScaleStrides, fp8: bool, tiling: MmaTiling, out_dtype: DType) -> Tensor<2> {
+    let [m, k_words] = a.codes.dims();
+    let n = w_codes.dims()[0];
+    let k_blocks = (k_words * 4 / byte_mma::K_BLOCK as usize).max(1) as u32;
+    let layout = ByteMmaLayout {
+        fp8,
+        m_tiles: tiling.m_tiles,
+        warps: tiling.warps,
+        splits: tiling.splits.clamp(1, k_blocks),
+        tensor_cores: tiling.tensor_cores,
+        chunk_blocks: (s.chunk / byte_mma::K_BLOCK).max(1),
+        a_row: s.a_row,
+        a_chunk: s.a_chunk,
+        w_col_div: s.w_col_div,
+        w_row: s.w_row,
+        w_chunk: s.w_chunk,
+        out_dtype,
+    };
+    let output: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::byte_mma_gemm(
+        a.codes.into_dispatch(),
+        a.scales.into_dispatch(),
+        w_codes.clone().into_dispatch(),
+        w_scales.clone().into_dispatch(),
+        layout,
+    ));
+    match layout.splits {
+        1 => output,
+        splits => sum_splits(output, splits, m, n).cast(out_dtype),
     }
 }
 

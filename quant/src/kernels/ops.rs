@@ -9,11 +9,11 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
-use cubecl::ir::{ElemType, FloatKind};
+use cubecl::ir::{ElemType, FloatKind, IntKind};
 use cubecl::prelude::*;
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_MAP_STRIDE, TILE_N};
-use super::{activation_quant, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm};
+use super::{activation_quant, byte_mma, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm};
 use crate::repr::ActivationGrid;
 
 /// How an integer weight is laid out, for [`KernelOps::int_weight_gemm`].
@@ -176,6 +176,41 @@ pub fn byte_gemm_output_shape(a: &Shape, w: &Shape) -> Shape {
     Shape::from([a[0], w[0]])
 }
 
+/// How the tensor-core 8-bit GEMM runs, for [`KernelOps::byte_mma_gemm`]. Scales apply per
+/// chunk of `chunk_blocks` 64-column K blocks at the strides of [`Fp8GemmLayout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ByteMmaLayout {
+    /// e4m3 operands with f32 accumulation rather than int8 with i32.
+    pub fp8: bool,
+    /// Row tiles of 16 per warp.
+    pub m_tiles: u32,
+    /// Warps per cube, side by side along N.
+    pub warps: u32,
+    /// Slices K is split into; with one, the output is written in `out_dtype`.
+    pub splits: u32,
+    /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
+    pub tensor_cores: bool,
+    pub chunk_blocks: u32,
+    pub a_row: u32,
+    pub a_chunk: u32,
+    pub w_col_div: u32,
+    pub w_row: u32,
+    pub w_chunk: u32,
+    pub out_dtype: DType,
+}
+
+impl ByteMmaLayout {
+    /// The output's dtype: `out_dtype` itself, or f32 partial products when K is split.
+    pub fn output_dtype(&self) -> DType {
+        if self.splits > 1 { DType::F32 } else { self.out_dtype }
+    }
+}
+
+/// `[splits · M, N]`: the output, or the partial products of each K split.
+pub fn byte_mma_output_shape(a: &Shape, w: &Shape, layout: &ByteMmaLayout) -> Shape {
+    Shape::from([layout.splits.max(1) as usize * a[0], w[0]])
+}
+
 #[backend_extension(Cube, Fusion)]
 pub trait KernelOps: Backend {
     /// `x · dequant(W)` for a K-packed integer weight (see `crate::repr::PackedIntWeight`).
@@ -255,6 +290,17 @@ pub trait KernelOps: Backend {
         w_codes: IntTensor<Self>,
         w_scales: FloatTensor<Self>,
         layout: Fp8GemmLayout,
+    ) -> FloatTensor<Self>;
+
+    /// Activation codes `[M, K/4]` times weight codes `[N, K/4]` (both int8 or both e4m3;
+    /// K a multiple of 64) on tensor cores, scaled per [`ByteMmaLayout`].
+    #[fusion(dtype = layout.output_dtype(), shape = byte_mma_output_shape(a_codes, w_codes, layout))]
+    fn byte_mma_gemm(
+        a_codes: IntTensor<Self>,
+        a_scales: FloatTensor<Self>,
+        w_codes: IntTensor<Self>,
+        w_scales: FloatTensor<Self>,
+        layout: ByteMmaLayout,
     ) -> FloatTensor<Self>;
 
     /// Float activations `[M, K]` times e4m3 weight codes `[N, K/4]` (weight-only FP8);
@@ -400,6 +446,63 @@ impl KernelOps for CubeBackend {
         let (codes, scales) = (placeholder(DType::I32), placeholder(DType::F32));
         let layout = Fp8GemmLayout { out_dtype: x.dtype, ..layout };
         launch_fp8_gemm(x, codes, scales, w_codes, w_scales, m, false, layout)
+    }
+
+    fn byte_mma_gemm(a_codes: CubeTensor, a_scales: CubeTensor, w_codes: CubeTensor, w_scales: CubeTensor, layout: ByteMmaLayout) -> CubeTensor {
+        let (m, k, n) = (a_codes.shape()[0], a_codes.shape()[1] * 4, w_codes.shape()[0]);
+        let client = a_codes.client.clone();
+        let output = empty_device_dtype(client.clone(), a_codes.device.clone(), byte_mma_output_shape(&a_codes.shape(), &w_codes.shape(), &layout), layout.output_dtype());
+        if m == 0 || n == 0 || k == 0 {
+            return output;
+        }
+        let placeholder = |dtype: DType| empty_device_dtype(client.clone(), a_codes.device.clone(), Shape::from([1]), dtype);
+        let direct = layout.splits <= 1;
+        let (out, partials) = match direct {
+            true => (output.clone(), placeholder(DType::F32)),
+            false => (placeholder(layout.out_dtype), output.clone()),
+        };
+        let (m, k, n) = (m as u32, k as u32, n as u32);
+        let blocks_per_split = (k / byte_mma::K_BLOCK).div_ceil(layout.splits.max(1));
+        let cube_count = CubeCount::Static(n.div_ceil(byte_mma::N_BLOCK).div_ceil(layout.warps), layout.splits.max(1), m.div_ceil(byte_mma::M_TILE * layout.m_tiles));
+        let accumulator = match layout.fp8 {
+            true => ElemType::Float(FloatKind::F32),
+            false => ElemType::Int(IntKind::I32),
+        };
+        // SAFETY: the caller guarantees k % 64 == 0 (a_codes `[m, k/4]`, w_codes `[n, k/4]`)
+        // and strides that address the scale buffers within their shapes for every row,
+        // column and chunk below ⌈k/64 / chunk_blocks⌉. The kernel clamps rows to m-1 and
+        // columns to n-1 before reading, reads K blocks below k/64 only, and writes out
+        // `[m, n]` or partials `[splits·m, n]` below (m, n) only.
+        unsafe {
+            byte_mma::byte_mma_gemm::launch_unchecked(
+                &client,
+                cube_count,
+                CubeDim::new_2d(byte_mma::LANES, layout.warps),
+                into_contiguous(a_codes).into_buffer_arg(),
+                into_contiguous(a_scales).into_buffer_arg(),
+                into_contiguous(w_codes).into_buffer_arg(),
+                into_contiguous(w_scales).into_buffer_arg(),
+                partials.into_buffer_arg(),
+                out.into_buffer_arg(),
+                m,
+                k,
+                n,
+                layout.chunk_blocks.max(1),
+                layout.a_row,
+                layout.a_chunk,
+                layout.w_col_div.max(1),
+                layout.w_row,
+                layout.w_chunk,
+                blocks_per_split,
+                layout.fp8,
+                layout.m_tiles,
+                layout.warps,
+                layout.tensor_cores,
+                direct,
+                [float_elem(layout.out_dtype), accumulator],
+            );
+        }
+        output
     }
 
     fn paged_decode_attention(
