@@ -272,6 +272,13 @@ fn every_kernel_variant_generates_cuda_cpp() {
         assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
     }
     variants.extend(int4_mma);
+    let byte_mma = ember_quant::kernels::codegen::byte_mma_gemm_variants();
+    assert_eq!(byte_mma.len(), 2 * 3 * 3 * 2);
+    for kernel in byte_mma.iter().flatten() {
+        let operands = if kernel.name.contains("e4m3") { "f32.e4m3.e4m3.f32" } else { "s32.s8.s8.s32" };
+        assert!(kernel.source.contains(&format!("mma.sync.aligned.m16n8k32.row.col.{operands}")), "{}: no {operands} tensor-core instruction", kernel.name);
+    }
+    variants.extend(byte_mma);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
     // `scripts/nvrtc_check.sh` compiles the dumped sources with NVRTC.

@@ -44,7 +44,6 @@ const A_SCRATCH: u32 = 16 * 32;
 const EMULATION_SCRATCH: u32 = A_SCRATCH + 32 * 8;
 
 type Quad<E> = Vector<E, Const<4>>;
-type Pair<E> = Vector<E, Const<2>>;
 
 /// See the module documentation. `a_codes` is `[M, K/16]` and `w_codes` `[N, K/16]`
 /// groups of four words (K a multiple of 64); `Acc` is i32 for int8 and f32 for e4m3.
@@ -198,85 +197,82 @@ fn k_step<Acc: Numeric>(
     #[comptime] fp8: bool,
     #[comptime] tensor_cores: bool,
 ) {
+    let mut fragment = Array::<i32>::new(6usize);
     #[unroll]
     for j in 0..2u32 {
         let col = cols[j as usize];
-        let mut b = Pair::<i32>::empty();
-        b.insert(0usize, col.extract(comptime!(2 * step)));
-        b.insert(1usize, col.extract(comptime!(2 * step + 1)));
+        fragment[4usize] = col.extract(comptime!(2 * step));
+        fragment[5usize] = col.extract(comptime!(2 * step + 1));
         #[unroll]
         for mt in 0..m_tiles {
             let top = rows[(mt * 2) as usize];
             let bottom = rows[(mt * 2 + 1) as usize];
-            let mut a = Quad::<i32>::empty();
-            a.insert(0usize, top.extract(comptime!(2 * step)));
-            a.insert(1usize, bottom.extract(comptime!(2 * step)));
-            a.insert(2usize, top.extract(comptime!(2 * step + 1)));
-            a.insert(3usize, bottom.extract(comptime!(2 * step + 1)));
+            fragment[0usize] = top.extract(comptime!(2 * step));
+            fragment[1usize] = bottom.extract(comptime!(2 * step));
+            fragment[2usize] = top.extract(comptime!(2 * step + 1));
+            fragment[3usize] = bottom.extract(comptime!(2 * step + 1));
             let at = (mt * 2 + j) * 4;
-            let mut c = Quad::<Acc>::empty();
-            c.insert(0usize, acc[at as usize]);
-            c.insert(1usize, acc[(at + 1) as usize]);
-            c.insert(2usize, acc[(at + 2) as usize]);
-            c.insert(3usize, acc[(at + 3) as usize]);
-            let d = if comptime!(tensor_cores) { tensor_core_mma::<Acc>(a, b, c, fp8) } else { emulated_mma::<Acc>(a, b, c, scratch, fp8) };
-            acc[at as usize] = d.extract(0usize);
-            acc[(at + 1) as usize] = d.extract(1usize);
-            acc[(at + 2) as usize] = d.extract(2usize);
-            acc[(at + 3) as usize] = d.extract(3usize);
+            if comptime!(tensor_cores) {
+                tensor_core_mma::<Acc>(&fragment, acc, at, fp8);
+            } else {
+                emulated_mma::<Acc>(&fragment, acc, at, scratch, fp8);
+            }
         }
     }
 }
 
-/// `d = a · b + c` for one 16×8×32 product: `mma.sync` with e4m3 operands and f32
+/// `acc[at..at + 4] += a · b` for one 16×8×32 product, with A registers `fragment[0..4]`
+/// and B registers `fragment[4..6]`: `mma.sync` with e4m3 operands and f32
 /// accumulators, or s8 operands and s32 accumulators (sm_89+ for e4m3, sm_80+ for s8).
 /// Written as PTX because CubeCL's matrix API adds the `.kind::f8f6f4` qualifier to 8-bit
-/// float types, which only sm_120 accepts.
+/// float types, which only sm_120 accepts. The registers are passed one by one, as values
+/// (a vector built in place would be passed by address).
 #[cube]
-fn tensor_core_mma<Acc: Numeric>(a: Quad<i32>, b: Pair<i32>, c: Quad<Acc>, #[comptime] fp8: bool) -> Quad<Acc> {
+fn tensor_core_mma<Acc: Numeric>(fragment: &Array<i32>, acc: &mut Array<Acc>, at: u32, #[comptime] fp8: bool) {
     let operand = comptime!(if fp8 { "e4m3" } else { "s8" });
     let accumulator = comptime!(if fp8 { "f32" } else { "s32" });
+    let (a0, a1, a2, a3, b0, b1) = (fragment[0usize], fragment[1usize], fragment[2usize], fragment[3usize], fragment[4usize], fragment[5usize]);
+    let (c0, c1, c2, c3) = (acc[at as usize], acc[(at + 1) as usize], acc[(at + 2) as usize], acc[(at + 3) as usize]);
     let d: Quad<Acc>;
     gpu_asm!(
-        "mma.sync.aligned.m16n8k32.row.col.{accumulator}.{operand}.{operand}.{accumulator} {d}, {a}, {b}, {c};",
-        a = in(_) a, b = in(_) b, c = in(_) c, d = out(_) d,
+        "mma.sync.aligned.m16n8k32.row.col.{accumulator}.{operand}.{operand}.{accumulator} {d}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{c0}, {c1}, {c2}, {c3}}};",
+        a0 = in(_) a0, a1 = in(_) a1, a2 = in(_) a2, a3 = in(_) a3,
+        b0 = in(_) b0, b1 = in(_) b1,
+        c0 = in(_) c0, c1 = in(_) c1, c2 = in(_) c2, c3 = in(_) c3,
+        d = out(_) d,
         options(nomem),
     );
-    d
+    acc[at as usize] = d.extract(0usize);
+    acc[(at + 1) as usize] = d.extract(1usize);
+    acc[(at + 2) as usize] = d.extract(2usize);
+    acc[(at + 3) as usize] = d.extract(3usize);
 }
 
-/// `mma.m16n8k32` on 8-bit operands rendered in shared memory, following the PTX fragment
+/// `mma.m16n8k32` on 8-bit operands (as [`tensor_core_mma`]) rendered in shared memory, following the PTX fragment
 /// layout (lane `l`, group `g = l / 4`, `t = l % 4`, bytes little end first): A register
 /// `i` holds row `g + 8·(i % 2)`, columns `4t + 16·(i / 2)` to three on; B register `i`
 /// holds rows `4t + 16i` to three on of column `g`; accumulator `i` holds row
 /// `g + 8·(i / 2)`, column `2t + i % 2`. Every unit of the cube must call it the same
 /// number of times.
 #[cube]
-fn emulated_mma<Acc: Numeric>(a: Quad<i32>, b: Pair<i32>, c: Quad<Acc>, scratch: &mut Shared<[f32]>, #[comptime] fp8: bool) -> Quad<Acc> {
+fn emulated_mma<Acc: Numeric>(fragment: &Array<i32>, acc: &mut Array<Acc>, at: u32, scratch: &mut Shared<[f32]>, #[comptime] fp8: bool) {
     let lane = UNIT_POS_X;
     let g = lane / 4;
     let t = lane % 4;
     let a_base = UNIT_POS_Y * EMULATION_SCRATCH;
     let b_base = a_base + A_SCRATCH;
-    let mut words = Array::<i32>::new(6usize);
-    words[0usize] = a.extract(0usize);
-    words[1usize] = a.extract(1usize);
-    words[2usize] = a.extract(2usize);
-    words[3usize] = a.extract(3usize);
-    words[4usize] = b.extract(0usize);
-    words[5usize] = b.extract(1usize);
     #[unroll]
     for i in 0..4u32 {
-        let word = words[i as usize];
-        let at = a_base + (g + 8 * (i % 2)) * 32 + 4 * t + 16 * (i / 2);
+        let word = fragment[i as usize];
+        let row_at = a_base + (g + 8 * (i % 2)) * 32 + 4 * t + 16 * (i / 2);
         #[unroll]
         for byte in 0..4u32 {
-            scratch[(at + byte) as usize] = byte_value(word, byte, fp8);
+            scratch[(row_at + byte) as usize] = byte_value(word, byte, fp8);
         }
     }
     #[unroll]
     for i in 0..2u32 {
-        let word = words[(4 + i) as usize];
+        let word = fragment[(4 + i) as usize];
         #[unroll]
         for byte in 0..4u32 {
             scratch[(b_base + (4 * t + 16 * i + byte) * 8 + g) as usize] = byte_value(word, byte, fp8);
@@ -284,26 +280,21 @@ fn emulated_mma<Acc: Numeric>(a: Quad<i32>, b: Pair<i32>, c: Quad<Acc>, scratch:
     }
     sync_cube();
     let mut sums = Array::<Acc>::new(4usize);
-    sums[0usize] = c.extract(0usize);
-    sums[1usize] = c.extract(1usize);
-    sums[2usize] = c.extract(2usize);
-    sums[3usize] = c.extract(3usize);
     #[unroll]
     for i in 0..4u32 {
         let row = g + 8 * (i / 2);
         let col = 2 * t + i % 2;
+        sums[i as usize] = acc[(at + i) as usize];
         for kk in 0..32u32 {
             let lhs = Acc::cast_from(scratch[(a_base + row * 32 + kk) as usize]);
             sums[i as usize] += lhs * Acc::cast_from(scratch[(b_base + kk * 8 + col) as usize]);
         }
     }
     sync_cube();
-    let mut d = Quad::<Acc>::empty();
-    d.insert(0usize, sums[0usize]);
-    d.insert(1usize, sums[1usize]);
-    d.insert(2usize, sums[2usize]);
-    d.insert(3usize, sums[3usize]);
-    d
+    #[unroll]
+    for i in 0..4u32 {
+        acc[(at + i) as usize] = sums[i as usize];
+    }
 }
 
 /// Byte `byte` of `word` as a value: e4m3 or signed int8 (exact in f32 either way).

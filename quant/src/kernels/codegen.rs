@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use cubecl::ir::{DeviceIdentity, ElemType, FloatKind, HardwareProperties, MemoryDeviceProperties};
+use cubecl::ir::{DeviceIdentity, ElemType, FloatKind, HardwareProperties, IntKind, MemoryDeviceProperties};
 use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
-use super::{activation_quant, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
+use super::{activation_quant, byte_mma, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
 
 /// One compiled variant: a readable name and its CUDA C++ source.
 #[derive(Debug, Clone)]
@@ -354,6 +354,55 @@ pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
                         let moe = if grouped { "_moe" } else { "" };
                         variants.push(generate(format!("int4_mma_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", m_tiles * 16), kernel));
                     }
+                }
+            }
+        }
+    }
+    variants
+}
+
+/// Every variant of the tensor-core 8-bit GEMM as it runs on CUDA (the `mma`
+/// instruction, four warps per cube): int8 or e4m3 × row tiles per warp × output dtype ×
+/// direct output or K-split partials.
+pub fn byte_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+    let target = cuda_target();
+    let properties = offline_properties();
+    let warps = 4u32;
+    let mut variants = Vec::new();
+    for (fp8, operand, accumulator) in [(false, "int8", ElemType::Int(IntKind::I32)), (true, "e4m3", ElemType::Float(FloatKind::F32))] {
+        for m_tiles in [1u32, 2, 4] {
+            for (float, float_name) in FLOATS {
+                for direct in [true, false] {
+                    let [a_codes, a_scales, w_codes, w_scales, partials, out] = std::array::from_fn(|_| buffer());
+                    let kernel = byte_mma::byte_mma_gemm::ByteMmaGemm::new(
+                        KernelSettings::new(*CubeDim::new_2d(byte_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
+                        properties.clone(),
+                        target.clone(),
+                        a_codes,
+                        a_scales,
+                        w_codes,
+                        w_scales,
+                        partials,
+                        out,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        fp8,
+                        m_tiles,
+                        warps,
+                        true,
+                        direct,
+                        [ElemType::Float(float), accumulator],
+                    );
+                    let output = if direct { "direct" } else { "split" };
+                    variants.push(generate(format!("byte_mma_{operand}_m{}_{output}_{float_name}", m_tiles * 16), kernel));
                 }
             }
         }
