@@ -330,6 +330,10 @@ fn byte_gemm_selector_explains_its_choice() {
     assert_eq!(kernels::select::w8a8_gemm(&per_token, &wgpu, DType::F32, 4).kernel, GemmKernel::Portable { tile_m: 4 });
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::w8a8_gemm(&per_token, &wgpu, DType::F32, 4));
     assert!(forced.reason.contains("EMBER_KERNELS"), "{}", forced.reason);
+    // Asking for tensor cores on a runtime without them keeps the portable kernel.
+    let asked = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::w8a8_gemm(&per_token, &wgpu, DType::F32, 4));
+    assert_eq!(asked.kernel, GemmKernel::Portable { tile_m: 4 });
+    assert!(asked.reason.contains("no tensor cores"), "{}", asked.reason);
 }
 
 /// Each W8A8 / FP8 fixture on wgpu: the kernels' logits match the Burn-ops path's on the
@@ -340,6 +344,17 @@ fn byte_gemm_selector_explains_its_choice() {
 /// 1/16 of it), so the paths agree less tightly than either agrees with the tool.
 fn fixture_through_kernels(name: &str, fp8_weight_only: bool, path_tolerance: f32, tool_tolerance: f32) {
     let device = Device::wgpu(Default::default());
+    fixture_through(&device, KernelPolicy::Auto, name, fp8_weight_only, path_tolerance, tool_tolerance, |kernel| matches!(kernel, GemmKernel::Portable { .. }));
+}
+
+/// [`fixture_through_kernels`] on `device` under `policy`, each quantized layer's kernel
+/// checked by `expected`.
+fn fixture_through(device: &Device, policy: KernelPolicy, name: &str, fp8_weight_only: bool, path_tolerance: f32, tool_tolerance: f32, expected: impl Fn(&GemmKernel) -> bool) {
+    kernels::with_policy(policy, || fixture_through_under_policy(device, name, fp8_weight_only, path_tolerance, tool_tolerance, expected));
+}
+
+fn fixture_through_under_policy(device: &Device, name: &str, fp8_weight_only: bool, path_tolerance: f32, tool_tolerance: f32, expected: impl Fn(&GemmKernel) -> bool) {
+    let device = device.clone();
     let mut options = LoadOptions::new(device.clone(), ComputeDtype::F32);
     options.fp8_weight_only = fp8_weight_only;
     let loaded = load_model(&fixture(name), &options).expect("fixture loads");
@@ -352,7 +367,7 @@ fn fixture_through_kernels(name: &str, fp8_weight_only: bool, path_tolerance: f3
             ember::quant::LinearRepr::W8A8(w) => kernels::select::w8a8_gemm(w, &device, DType::F32, 4).kernel,
             other => panic!("{name}: {} is {}", layer.name(), other.name()),
         };
-        assert!(matches!(kernel, GemmKernel::Portable { .. }), "{name}: {} runs {kernel:?}", layer.name());
+        assert!(expected(&kernel), "{name}: {} runs {kernel:?}", layer.name());
     }
     let reference = Reference::read(name);
     let ours = prompt_logits(&loaded, &reference.input_ids);
@@ -480,7 +495,17 @@ fn byte_mma_tensor_cores_on_cuda() {
     let dtypes = [DType::F32, DType::F16, DType::BF16];
     w8a8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
     fp8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
+    // The selector runs them only when asked to, and only for formats they cover.
     let mut rng = StdRng::seed_from_u64(42);
+    let per_token = w8a8_weight(256, 64, ActivationQuant::DynamicPerToken, &device, &mut rng);
+    let auto = kernels::select::w8a8_gemm(&per_token, &device, DType::BF16, 16);
+    assert!(matches!(auto.kernel, GemmKernel::Portable { .. }) && auto.reason.contains("EMBER_KERNELS=tensor-cores"), "{auto:?}");
+    let opted_in = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::w8a8_gemm(&per_token, &device, DType::BF16, 16));
+    assert!(matches!(opted_in.kernel, GemmKernel::TensorCores(_)), "{opted_in:?}");
+    let tensor_cores = |kernel: &GemmKernel| matches!(kernel, GemmKernel::TensorCores(_));
+    fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-w8a8-int8", false, 1e-3, 5e-3, tensor_cores);
+    fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-fp8-dynamic", false, 1e-3, 5e-3, tensor_cores);
+    fixture_through(&device, KernelPolicy::TensorCores, "llama-fp8-block-scaleinv", false, 1e-3, 1.5e-2, tensor_cores);
     for (k, n) in [(4096, 4096), (4096, 14336), (14336, 4096)] {
         let weight = w8a8_weight(k, n, ActivationQuant::DynamicPerToken, &device, &mut rng);
         let block = fp8_weight(k, n, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &device, &mut rng);

@@ -26,7 +26,7 @@ pub use ops::{
     byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int4_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout,
     GroupBuffer, Int4MmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
-pub use select::{with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
+pub use select::{mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// `x · W` for an `Int4` / `Int8` weight through the kernel the selector picks.
 pub fn int_weight_forward(weight: &PackedIntWeight, x: Tensor<2>) -> Tensor<2> {
@@ -43,6 +43,7 @@ pub fn fp8_forward(weight: &Fp8Weight, x: Tensor<2>) -> Tensor<2> {
     match select::fp8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
         GemmKernel::Portable { tile_m } => fp8_gemm(weight, x, tile_m),
+        GemmKernel::TensorCores(tiling) => fp8_mma_gemm(weight, x, tiling),
     }
 }
 
@@ -52,6 +53,7 @@ pub fn w8a8_forward(weight: &W8A8Weight, x: Tensor<2>) -> Tensor<2> {
     match select::w8a8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
         GemmKernel::Portable { tile_m } => w8a8_gemm(weight, x, tile_m),
+        GemmKernel::TensorCores(tiling) => w8a8_mma_gemm(weight, x, tiling),
     }
 }
 

@@ -9,15 +9,22 @@ use std::sync::{Mutex, OnceLock};
 use burn::tensor::{DType, Device};
 use burn_dispatch::DispatchDevice;
 
-use super::{int_gemm_tiled, IntGemmTiling};
+use cubecl::ir::features::MmaConfig;
+use cubecl::ir::{ElemType, FloatKind, IntKind};
+
+use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 
-/// Which kernels may run. `EMBER_KERNELS=reference` (or `auto`) sets it for the process;
-/// [`with_policy`] overrides it on the calling thread.
+/// Which kernels may run. `EMBER_KERNELS=reference`, `auto` or `tensor-cores` sets it for
+/// the process; [`with_policy`] overrides it on the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPolicy {
-    /// The fastest kernel the device and shape allow.
+    /// The fastest kernel the device and shape allow, among those verified on hardware.
     Auto,
+    /// `Auto`, plus the CUDA tensor-core kernels (8-bit `byte_mma`), which are tested
+    /// through their emulation and compiled for sm_90a in CI but not yet run against the
+    /// reference on a GPU.
+    TensorCores,
     /// Always the Burn-ops reference (the oracle).
     Reference,
 }
@@ -26,9 +33,10 @@ impl KernelPolicy {
     fn from_env() -> Self {
         match std::env::var("EMBER_KERNELS").ok().as_deref().map(str::trim) {
             Some("reference") => Self::Reference,
+            Some("tensor-cores") => Self::TensorCores,
             Some("auto") | Some("") | None => Self::Auto,
             Some(other) => {
-                tracing::warn!("EMBER_KERNELS={other:?} is not one of auto, reference; using auto");
+                tracing::warn!("EMBER_KERNELS={other:?} is not one of auto, tensor-cores, reference; using auto");
                 Self::Auto
             }
         }
@@ -64,6 +72,8 @@ pub enum GemmKernel {
     Reference,
     /// The portable CubeCL kernel, `tile_m` output rows per unit.
     Portable { tile_m: u32 },
+    /// The tensor-core kernel (CUDA `mma.sync`), covering the output as tiled.
+    TensorCores(MmaTiling),
 }
 
 /// A kernel for an integer weight-only matmul.
@@ -133,9 +143,8 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
     let refusal = (!layout_ok).then(|| "weight buffers are not i32 words with f32 scales".to_string());
     let fast_path = format!("W{}A16", weight.bits);
     let portable = choose_portable(device, dtype, rows, refusal, &fast_path);
-    let tile_m = match portable.kernel {
-        GemmKernel::Reference => return Selection { kernel: IntGemmKernel::Reference, reason: portable.reason },
-        GemmKernel::Portable { tile_m } => tile_m,
+    let Some(tile_m) = portable.kernel else {
+        return Selection { kernel: IntGemmKernel::Reference, reason: portable.reason };
     };
     let registers = |reason| Selection { kernel: IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m }), reason };
     if rows < SHARED_MEMORY_MIN_ROWS {
@@ -157,9 +166,10 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
 }
 
 /// The checks every quantized matmul shares: policy, backend, activation dtype, then the
-/// format's own `refusal`; the portable kernel otherwise, `tile_m` sized to the rows.
-fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, fast_path: &str) -> Selection<GemmKernel> {
-    let reference = |reason: String| Selection { kernel: GemmKernel::Reference, reason };
+/// format's own `refusal`; the portable kernel otherwise, with its `tile_m` sized to the
+/// rows (`None` is the reference).
+fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, fast_path: &str) -> Selection<Option<u32>> {
+    let reference = |reason: String| Selection { kernel: None, reason };
     if policy() == KernelPolicy::Reference {
         return reference("kernels disabled (EMBER_KERNELS=reference)".into());
     }
@@ -178,7 +188,7 @@ fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<S
         3..=4 => 4,
         _ => MAX_TILE_M,
     };
-    Selection { kernel: GemmKernel::Portable { tile_m }, reason: format!("portable CubeCL kernel; {}", no_fast_path(device, fast_path)) }
+    Selection { kernel: Some(tile_m), reason: format!("portable CubeCL kernel; {}", no_fast_path(device, fast_path)) }
 }
 
 /// The device's name when it is the CPU runtime or a software rasterizer (wgpu on Mesa's
@@ -192,27 +202,69 @@ fn software_device(device: &Device) -> Option<String> {
     identity.physical.is_none().then(|| identity.name.clone())
 }
 
-/// How the tensor-core W4A16 kernel covers `rows × [k, n]` on `device`: row tiles of 16
-/// per warp (1, 2 or 4) and K splits, enough that the grid holds about four cubes of four
-/// warps per streaming multiprocessor (one split when the device does not say how many
-/// it has). Returns `(m_tiles, splits)`.
+/// How the tensor-core W4A16 kernel covers `rows × [k, n]` on `device`. Returns
+/// `(m_tiles, splits)`; see [`mma_tiling`].
 pub fn int4_mma_shape(device: &Device, rows: usize, k: usize, n: usize) -> (u32, u32) {
+    let tiling = mma_tiling(device, rows, k, n);
+    (tiling.m_tiles, tiling.splits)
+}
+
+/// How a tensor-core kernel (16 output columns per warp, K in blocks of 64) covers
+/// `rows × [k, n]` on `device`: row tiles of 16 per warp (1, 2 or 4) and K splits, enough
+/// that the grid holds about four cubes of four warps per streaming multiprocessor (one
+/// split when the device does not say how many it has).
+pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling {
     let m_tiles = match rows {
         0..=16 => 1,
         17..=32 => 2,
         _ => 4,
     };
+    let warps = 4;
+    let tiling = |splits| MmaTiling { m_tiles, warps, splits, tensor_cores: true };
     let DispatchDevice::Cube(cube) = device.as_dispatch() else {
-        return (m_tiles, 1);
+        return tiling(1);
     };
     let Some(sms) = cube.client().properties().hardware.num_streaming_multiprocessors else {
-        return (m_tiles, 1);
+        return tiling(1);
     };
-    let warps = 4;
-    let cubes = (n / 16).div_ceil(warps) * rows.div_ceil(16 * m_tiles as usize).max(1);
+    let cubes = n.div_ceil(16).div_ceil(warps as usize) * rows.div_ceil(16 * m_tiles as usize).max(1);
     let wanted = 4 * sms as usize;
     let k_blocks = (k / 64).max(1);
-    (m_tiles, wanted.div_ceil(cubes.max(1)).clamp(1, k_blocks) as u32)
+    tiling(wanted.div_ceil(cubes.max(1)).clamp(1, k_blocks) as u32)
+}
+
+/// The tensor-core kernel for `fast_path` (`operand` × `operand` → `accumulator`, one
+/// `mma.m16n8k32`) if the policy, the device and the format's own `refusal` allow it,
+/// otherwise why not.
+fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, operand: ElemType, accumulator: ElemType, refusal: Option<String>, fast_path: &str) -> Result<MmaTiling, String> {
+    let DispatchDevice::Cube(cube @ cubecl::Device::Cuda(_)) = device.as_dispatch() else {
+        return Err("no tensor cores on this runtime".into());
+    };
+    if policy() != KernelPolicy::TensorCores {
+        return Err(format!("the tensor-core {fast_path} kernel (byte_mma) awaits verification on a GPU; EMBER_KERNELS=tensor-cores enables it"));
+    }
+    let instruction = MmaConfig { a_type: operand, b_type: operand, cd_type: accumulator, m: 16, n: 8, k: 32 };
+    if !cube.client().properties().features.matmul.mma.contains(&instruction) {
+        return Err(format!("this GPU has no {operand:?} mma.m16n8k32 (e4m3 needs sm_89+, int8 sm_80+)"));
+    }
+    if let Some(reason) = refusal {
+        return Err(reason);
+    }
+    if !k.is_multiple_of(byte_mma::K_BLOCK as usize) {
+        return Err(format!("K = {k} is not a multiple of {}", byte_mma::K_BLOCK));
+    }
+    Ok(mma_tiling(device, rows, k, n))
+}
+
+/// The portable choice, or the tensor-core kernel when [`byte_mma_tiling`] allows it.
+fn with_byte_mma(portable: Selection<Option<u32>>, tensor_cores: impl FnOnce() -> Result<MmaTiling, String>) -> Selection<GemmKernel> {
+    let Some(tile_m) = portable.kernel else {
+        return Selection { kernel: GemmKernel::Reference, reason: portable.reason };
+    };
+    match tensor_cores() {
+        Ok(tiling) => Selection { kernel: GemmKernel::TensorCores(tiling), reason: "tensor-core kernel (byte_mma)".into() },
+        Err(why) => Selection { kernel: GemmKernel::Portable { tile_m }, reason: format!("portable CubeCL kernel; {why}") },
+    }
 }
 
 /// Why the tensor-core kernel for `fast_path` did not run on `device`.
@@ -233,7 +285,16 @@ pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) 
         ActivationQuant::None => "FP8 weight-only",
         _ => "FP8",
     };
-    let selection = choose_portable(device, dtype, rows, refusal, fast_path);
+    let portable = choose_portable(device, dtype, rows, refusal, fast_path);
+    let selection = with_byte_mma(portable, || {
+        let refusal = match (&weight.activations, fp8_scale_chunk(weight)) {
+            (ActivationQuant::None, _) => Some("activations stay float (weight-only); the tensor-core kernel multiplies e4m3 by e4m3".into()),
+            (_, Some(chunk)) if !chunk.is_multiple_of(byte_mma::K_BLOCK as usize) => Some(format!("scale blocks {chunk} wide are not a multiple of {}", byte_mma::K_BLOCK)),
+            _ => None,
+        };
+        let (e4m3, f32) = (ElemType::Float(FloatKind::E4M3), ElemType::Float(FloatKind::F32));
+        byte_mma_tiling(device, rows, weight.in_features, weight.out_features, e4m3, f32, refusal, fast_path)
+    });
     log_once(|| format!(
         "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
@@ -296,7 +357,11 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
             _ => None,
         }
     };
-    let selection = choose_portable(device, dtype, rows, refusal, "int8 W8A8");
+    let portable = choose_portable(device, dtype, rows, refusal, "int8 W8A8");
+    let selection = with_byte_mma(portable, || {
+        let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
+        byte_mma_tiling(device, rows, weight.in_features, weight.out_features, int8, i32, None, "int8 W8A8")
+    });
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason
