@@ -2,8 +2,8 @@
 //! quantization) against Burn's dense matmul of the already-dequantized weight (what a
 //! float model would run) and against the Burn-ops reference path (dequantize, then
 //! matmul, every call), in one run per device. `cargo bench --bench quant_gemm [-- filter]`
-//! (filters: `int4`, `int4_mma`, `fp8`, `w8a8`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda` picks
-//! the devices (default: wgpu and cpu). The tensor-core group runs on CUDA devices only.
+//! (filters: `int4`, `int4_mma`, `fp8`, `w8a8`, `byte_mma`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda`
+//! picks the devices (default: wgpu and cpu). The tensor-core groups run on CUDA devices only.
 
 use std::hint::black_box;
 
@@ -103,16 +103,7 @@ fn fp8_gemm(c: &mut Criterion) {
                 ("channel_per_token", [n, 1], None, ActivationQuant::DynamicPerToken),
                 ("block128", [n / 128, k / 128], Some([128, 128]), ActivationQuant::DynamicPerGroup(128)),
             ] {
-                let scales: Vec<f32> = (0..shape[0] * shape[1]).map(|_| rng.random_range(1e-4..1e-3)).collect();
-                let w = Fp8Weight {
-                    in_features: k,
-                    out_features: n,
-                    codes: byte_words(n, k, true, &device, &mut rng),
-                    scales: Tensor::from_data(TensorData::new(scales, shape), (&device, DType::F32)),
-                    block,
-                    activations: acts,
-                    table: e4m3_table(&device),
-                };
+                let w = fp8_weight(k, n, shape, block, acts, &device, &mut rng);
                 let dense = w.dequantize().transpose();
                 let mut group = c.benchmark_group(format!("fp8_{scheme}/{name}/{k}x{n}"));
                 group.sample_size(10);
@@ -129,6 +120,20 @@ fn fp8_gemm(c: &mut Criterion) {
                 group.finish();
             }
         }
+    }
+}
+
+/// A random e4m3 weight `[n, k]` with scales of `scale_shape` (blocks of `block`).
+fn fp8_weight(k: usize, n: usize, scale_shape: [usize; 2], block: Option<[usize; 2]>, activations: ActivationQuant, device: &Device, rng: &mut StdRng) -> Fp8Weight {
+    let scales: Vec<f32> = (0..scale_shape[0] * scale_shape[1]).map(|_| rng.random_range(1e-4..1e-3)).collect();
+    Fp8Weight {
+        in_features: k,
+        out_features: n,
+        codes: byte_words(n, k, true, device, rng),
+        scales: Tensor::from_data(TensorData::new(scales, scale_shape), (device, DType::F32)),
+        block,
+        activations,
+        table: e4m3_table(device),
     }
 }
 
@@ -194,5 +199,41 @@ fn int4_mma_gemm(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, int4_gemm, int4_mma_gemm, fp8_gemm, w8a8_gemm);
+/// The tensor-core 8-bit kernels on CUDA devices at Llama-3-8B / Mixtral shapes with bf16
+/// activations: FP8 (per-token × per-channel and 128-blocks, activations quantized to
+/// e4m3 in the same call) and int8 W8A8, against a dense bf16 matmul in the same run
+/// (filter: `byte_mma`). Skipped on other devices.
+fn byte_mma_gemm(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(4);
+    for (name, device) in devices().into_iter().filter(|(name, _)| name.starts_with("cuda")) {
+        for (k, n) in [(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
+            let channel = fp8_weight(k, n, [n, 1], None, ActivationQuant::DynamicPerToken, &device, &mut rng);
+            let block = fp8_weight(k, n, [n / 128, k / 128], Some([128, 128]), ActivationQuant::DynamicPerGroup(128), &device, &mut rng);
+            let scales: Vec<f32> = (0..n).map(|_| rng.random_range(1e-3..1e-2)).collect();
+            let int8 = W8A8Weight {
+                in_features: k,
+                out_features: n,
+                codes: byte_words(n, k, false, &device, &mut rng),
+                scales: Tensor::from_data(TensorData::new(scales, [1, n]), (&device, DType::F32)),
+                activations: ActivationQuant::DynamicPerToken,
+            };
+            let dense = channel.dequantize().transpose().cast(DType::BF16);
+            let mut group = c.benchmark_group(format!("byte_mma/{name}/{k}x{n}"));
+            group.sample_size(20);
+            group.throughput(Throughput::Bytes((k * n) as u64));
+            for m in [1usize, 16, 128, 1024, 4096] {
+                let x = activations(m, k, &device, &mut rng).cast(DType::BF16);
+                let tiling = kernels::mma_tiling(&device, m, k, n);
+                group.bench_with_input(BenchmarkId::new("fp8_channel_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), tiling))));
+                group.bench_with_input(BenchmarkId::new("fp8_block128_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&block, x.clone(), tiling))));
+                group.bench_with_input(BenchmarkId::new("int8_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_mma_gemm(&int8, x.clone(), tiling))));
+                group.bench_with_input(BenchmarkId::new("int8_portable", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&int8, x.clone(), 8))));
+                group.bench_with_input(BenchmarkId::new("dense_bf16_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, int4_gemm, int4_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm);
 criterion_main!(benches);

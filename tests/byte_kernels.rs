@@ -502,10 +502,6 @@ fn byte_mma_tensor_cores_on_cuda() {
     assert!(matches!(auto.kernel, GemmKernel::Portable { .. }) && auto.reason.contains("EMBER_KERNELS=tensor-cores"), "{auto:?}");
     let opted_in = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::w8a8_gemm(&per_token, &device, DType::BF16, 16));
     assert!(matches!(opted_in.kernel, GemmKernel::TensorCores(_)), "{opted_in:?}");
-    let tensor_cores = |kernel: &GemmKernel| matches!(kernel, GemmKernel::TensorCores(_));
-    fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-w8a8-int8", false, 1e-3, 5e-3, tensor_cores);
-    fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-fp8-dynamic", false, 1e-3, 5e-3, tensor_cores);
-    fixture_through(&device, KernelPolicy::TensorCores, "llama-fp8-block-scaleinv", false, 1e-3, 1.5e-2, tensor_cores);
     for (k, n) in [(4096, 4096), (4096, 14336), (14336, 4096)] {
         let weight = w8a8_weight(k, n, ActivationQuant::DynamicPerToken, &device, &mut rng);
         let block = fp8_weight(k, n, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &device, &mut rng);
@@ -519,4 +515,17 @@ fn byte_mma_tensor_cores_on_cuda() {
             assert!(err < 2e-2, "fp8 block [{k}x{n}] rows={rows}: relative error {err}");
         }
     }
+}
+
+/// The W8A8 and FP8 fixtures with every quantized layer on the tensor-core kernels:
+/// logits as close to the Burn-ops path and to the tool as the portable kernels'.
+/// Needs an NVIDIA GPU (sm_89+): `cargo test --release -- --ignored fixtures_through_tensor_cores_on_cuda`.
+#[test]
+#[ignore = "needs a CUDA device with FP8 tensor cores (sm_89+)"]
+fn fixtures_through_tensor_cores_on_cuda() {
+    let device = Device::cuda(0);
+    let tensor_cores = |kernel: &GemmKernel| matches!(kernel, GemmKernel::TensorCores(_));
+    fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-w8a8-int8", false, 1e-3, 5e-3, tensor_cores);
+    fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-fp8-dynamic", false, 1e-3, 5e-3, tensor_cores);
+    fixture_through(&device, KernelPolicy::TensorCores, "llama-fp8-block-scaleinv", false, 1e-3, 1.5e-2, tensor_cores);
 }
