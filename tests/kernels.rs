@@ -3,7 +3,7 @@
 //! counts and dtypes, plus the selector's choices.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling, KernelPolicy};
+use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling, KernelPolicy, MmaTiling};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -477,7 +477,7 @@ fn int4_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
-            let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), splits, m_tiles, warps, false);
+            let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, tensor_cores: false });
             assert_eq!(kernel.dtype(), dtype);
             let err = max_relative_error(&to_f32(kernel), &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
@@ -513,7 +513,7 @@ fn int4_mma_tensor_cores_on_cuda() {
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
-            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), splits, m_tiles, 4, true));
+            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps: 4, splits, tensor_cores: true }));
             let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
         }
@@ -523,8 +523,7 @@ fn int4_mma_tensor_cores_on_cuda() {
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
-            let (m_tiles, splits) = kernels::select::int4_mma_shape(&device, rows, case.k, case.n);
-            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, x.clone(), splits, m_tiles, 4, true));
+            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, x.clone(), kernels::mma_tiling(&device, rows, case.k, case.n)));
             let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} [{}x{}] rows={rows}: relative error {err}", case.k, case.n);
         }
@@ -558,7 +557,7 @@ fn grouped_int4_mma_on(device: Device, tensor_cores: bool, warps: u32) {
         let fragments = Int4Fragments::repack_stack(&stack).expect("4-bit, tiled shape");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, dtype, &device, &mut rng);
-        let grouped = to_f32(kernels::grouped_int4_mma_gemm(&fragments, x.clone(), &rows_per_expert, splits, m_tiles, warps, tensor_cores));
+        let grouped = to_f32(kernels::grouped_int4_mma_gemm(&fragments, x.clone(), &rows_per_expert, MmaTiling { m_tiles, warps, splits, tensor_cores }));
         let mut start = 0;
         let mut expected = Vec::new();
         for (e, &rows) in rows_per_expert.iter().enumerate() {

@@ -5,6 +5,7 @@ use std::fmt::Debug;
 
 use burn::tensor::{DType, Tensor};
 
+use crate::kernels::Int4FragmentCache;
 use crate::repr::{Fp8Weight, PackedIntWeight, W8A8Weight};
 
 /// Forward pass of a representation registered from outside Ember.
@@ -53,11 +54,13 @@ pub struct QLinear {
     out_features: usize,
     repr: LinearRepr,
     bias: Option<Tensor<1>>,
+    /// The tensor-core copy of an `Int4` weight, made when that kernel is first selected.
+    fragments: Int4FragmentCache,
 }
 
 impl QLinear {
     pub fn new(in_features: usize, out_features: usize, repr: LinearRepr, bias: Option<Tensor<1>>) -> Self {
-        Self { name: String::new(), scheme: repr.name().to_string(), in_features, out_features, repr, bias }
+        Self { name: String::new(), scheme: repr.name().to_string(), in_features, out_features, repr, bias, fragments: Int4FragmentCache::new() }
     }
 
     /// A float linear from a weight in nn.Linear layout `[out, in]`.
@@ -119,7 +122,7 @@ impl QLinear {
         let flat: Tensor<2> = x.reshape([rows, self.in_features]);
         let mut y = match &self.repr {
             LinearRepr::Dense { weight_t } => flat.matmul(weight_t.clone()),
-            LinearRepr::Int4(w) | LinearRepr::Int8(w) => crate::kernels::int_weight_forward(w, flat),
+            LinearRepr::Int4(w) | LinearRepr::Int8(w) => crate::kernels::int_weight_forward(w, &self.fragments, flat),
             LinearRepr::Fp8(w) => crate::kernels::fp8_forward(w, flat),
             LinearRepr::W8A8(w) => crate::kernels::w8a8_forward(w, flat),
             LinearRepr::Custom(op) => op.forward(flat),

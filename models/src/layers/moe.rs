@@ -10,7 +10,7 @@
 //! tokens through its `QLinear`s.
 
 use burn::tensor::{activation::silu, activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
-use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling};
+use ember_quant::kernels::{self, Int4FragmentCache, IntGemmKernel};
 use ember_quant::linear::LinearRepr;
 use ember_quant::repr::{ExpertStack, PackedIntWeight};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
@@ -26,6 +26,8 @@ pub struct SparseMoe {
     experts: Vec<Mlp>,
     /// Gate|up and down projections of every expert, when they could be stacked.
     stacks: Option<[ExpertStack; 2]>,
+    /// The stacks' tensor-core copies, made when that kernel is first selected.
+    stack_fragments: [Int4FragmentCache; 2],
     top_k: usize,
 }
 
@@ -53,7 +55,7 @@ impl SparseMoe {
     pub fn load(w: &Weights, router: &LayerInfo, experts: &[[LayerInfo; 3]], top_k: usize) -> Result<Self, ModelError> {
         let experts: Vec<Mlp> = experts.iter().map(|plan| Mlp::load(w, plan)).collect::<Result<_, _>>()?;
         let (experts, stacks) = stack_experts(experts);
-        Ok(Self { router: w.linear(router)?, experts, stacks, top_k })
+        Ok(Self { router: w.linear(router)?, experts, stacks, stack_fragments: Default::default(), top_k })
     }
 
     pub fn linears(&self) -> Vec<&QLinear> {
@@ -91,19 +93,19 @@ impl SparseMoe {
     }
 
     /// The stacks and each one's kernel, when the grouped kernels run on this device.
-    fn grouped_kernel(&self, tokens: &Tensor<2>, routing: &Routing) -> Option<(&[ExpertStack; 2], [IntGemmTiling; 2])> {
+    fn grouped_kernel(&self, tokens: &Tensor<2>, routing: &Routing) -> Option<(&[ExpertStack; 2], [IntGemmKernel; 2])> {
         let stacks = self.stacks.as_ref()?;
         let max_rows = routing.rows_per_expert.iter().copied().max().unwrap_or(0);
-        let tiling = |stack| match kernels::select::grouped_int_gemm(stack, &tokens.device(), tokens.dtype(), max_rows).kernel {
-            IntGemmKernel::Cube(tiling) => Some(tiling),
+        let kernel = |stack| match kernels::select::grouped_int_gemm(stack, &tokens.device(), tokens.dtype(), max_rows).kernel {
             IntGemmKernel::Reference => None,
+            kernel => Some(kernel),
         };
-        Some((stacks, [tiling(&stacks[0])?, tiling(&stacks[1])?]))
+        Some((stacks, [kernel(&stacks[0])?, kernel(&stacks[1])?]))
     }
 
     /// Two grouped launches: token slots sorted by expert, gate|up, SwiGLU, down; then
     /// each token's slots are weighted and summed.
-    fn forward_grouped(&self, [gate_up, down]: &[ExpertStack; 2], tokens: Tensor<2>, routing: &Routing, [gate_up_tiling, down_tiling]: [IntGemmTiling; 2]) -> Tensor<2> {
+    fn forward_grouped(&self, [gate_up, down]: &[ExpertStack; 2], tokens: Tensor<2>, routing: &Routing, [gate_up_kernel, down_kernel]: [IntGemmKernel; 2]) -> Tensor<2> {
         let [t, h] = tokens.dims();
         let device = tokens.device();
         let dtype = tokens.dtype();
@@ -118,11 +120,12 @@ impl SparseMoe {
         let token_of_sorted = index(order.iter().map(|&slot| (slot / self.top_k) as i64).collect());
 
         let x = tokens.select(0, token_of_sorted);
-        let gate_up_out = kernels::grouped_int_weight_gemm(gate_up, x, &routing.rows_per_expert, gate_up_tiling);
+        let [gate_up_fragments, down_fragments] = &self.stack_fragments;
+        let gate_up_out = kernels::grouped_int_forward(gate_up, gate_up_fragments, x, &routing.rows_per_expert, gate_up_kernel);
         let intermediate = gate_up.parts[0];
         let gate = gate_up_out.clone().narrow(1, 0, intermediate);
         let up = gate_up_out.narrow(1, intermediate, intermediate);
-        let y = kernels::grouped_int_weight_gemm(down, silu(gate) * up, &routing.rows_per_expert, down_tiling);
+        let y = kernels::grouped_int_forward(down, down_fragments, silu(gate) * up, &routing.rows_per_expert, down_kernel);
 
         let y = y.select(0, index(position)).reshape([t, self.top_k, h]);
         let weights = Tensor::<3>::from_data(TensorData::new(routing.weight.clone(), [t, self.top_k, 1]), (&device, dtype));

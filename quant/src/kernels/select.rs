@@ -13,7 +13,7 @@ use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling};
-use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
+use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, Int4Fragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 /// Which kernels may run. `EMBER_KERNELS=reference`, `auto` or `tensor-cores` sets it for
 /// the process; [`with_policy`] overrides it on the calling thread.
@@ -83,6 +83,8 @@ pub enum IntGemmKernel {
     Reference,
     /// A CubeCL kernel: the register kernel or the shared-memory tile kernel.
     Cube(IntGemmTiling),
+    /// The tensor-core W4A16 kernel (CUDA `mma.sync`) on the weight's fragment-ordered copy.
+    TensorCores(MmaTiling),
 }
 
 /// Most output rows a register-kernel unit holds.
@@ -102,8 +104,9 @@ pub struct Selection<K> {
 
 /// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
-    let buffers = WeightBuffers { bits: weight.bits, packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
-    let selection = choose(buffers, device, dtype, rows);
+    let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
+    let tensor_cores = int4_mma_tiling(device, dtype, rows, weight.in_features, weight.out_features, Int4Fragments::unsupported(weight));
+    let selection = choose(buffers, device, dtype, rows, tensor_cores);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
         weight.bits, weight.in_features, weight.out_features, weight.group_size, selection.kernel, selection.reason
@@ -114,8 +117,9 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 /// Picks the kernel for a mixture-of-experts projection whose largest expert batch has
 /// `max_rows` rows.
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
-    let buffers = WeightBuffers { bits: stack.bits, packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
-    let selection = choose(buffers, device, dtype, max_rows);
+    let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
+    let tensor_cores = int4_mma_tiling(device, dtype, max_rows, stack.in_features, stack.out_features, Int4Fragments::unsupported_stack(stack));
+    let selection = choose(buffers, device, dtype, max_rows, tensor_cores);
     log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
         stack.bits, stack.experts, stack.in_features, stack.out_features, stack.group_size, selection.kernel, selection.reason
@@ -123,16 +127,15 @@ pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_
     selection
 }
 
-/// The dtypes the kernels read weight buffers in, the bits per value and the input features.
+/// The dtypes the kernels read weight buffers in, and the input features.
 struct WeightBuffers<'a> {
-    bits: u32,
     packed: DType,
     scales: DType,
     zeros: &'a ZeroPoints,
     k: usize,
 }
 
-fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
+fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, tensor_cores: Result<MmaTiling, String>) -> Selection<IntGemmKernel> {
     let layout_ok = weight.packed == DType::I32
         && weight.scales == DType::F32
         && match weight.zeros {
@@ -141,8 +144,18 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
             ZeroPoints::Midpoint => true,
         };
     let refusal = (!layout_ok).then(|| "weight buffers are not i32 words with f32 scales".to_string());
-    let fast_path = format!("W{}A16", weight.bits);
-    let portable = choose_portable(device, dtype, rows, refusal, &fast_path);
+    let no_tensor_cores = match tensor_cores {
+        Ok(tiling) if refusal.is_none() => {
+            let portable = choose_portable(device, dtype, rows, None, String::new());
+            return match portable.kernel {
+                Some(_) => Selection { kernel: IntGemmKernel::TensorCores(tiling), reason: "tensor-core kernel (int4_mma)".into() },
+                None => Selection { kernel: IntGemmKernel::Reference, reason: portable.reason },
+            };
+        }
+        Ok(_) => String::new(),
+        Err(why) => why,
+    };
+    let portable = choose_portable(device, dtype, rows, refusal, no_tensor_cores.clone());
     let Some(tile_m) = portable.kernel else {
         return Selection { kernel: IntGemmKernel::Reference, reason: portable.reason };
     };
@@ -160,7 +173,7 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
         Some(why) => registers(format!("{}; no shared-memory tiles: {why}", portable.reason)),
         None => Selection {
             kernel: IntGemmKernel::Cube(IntGemmTiling::SharedMemory),
-            reason: format!("shared-memory tile kernel for {rows} rows; {}", no_fast_path(device, &fast_path)),
+            reason: format!("shared-memory tile kernel for {rows} rows; {no_tensor_cores}"),
         },
     }
 }
@@ -168,7 +181,7 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize) -> 
 /// The checks every quantized matmul shares: policy, backend, activation dtype, then the
 /// format's own `refusal`; the portable kernel otherwise, with its `tile_m` sized to the
 /// rows (`None` is the reference).
-fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, fast_path: &str) -> Selection<Option<u32>> {
+fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, no_tensor_cores: String) -> Selection<Option<u32>> {
     let reference = |reason: String| Selection { kernel: None, reason };
     if policy() == KernelPolicy::Reference {
         return reference("kernels disabled (EMBER_KERNELS=reference)".into());
@@ -188,7 +201,7 @@ fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<S
         3..=4 => 4,
         _ => MAX_TILE_M,
     };
-    Selection { kernel: Some(tile_m), reason: format!("portable CubeCL kernel; {}", no_fast_path(device, fast_path)) }
+    Selection { kernel: Some(tile_m), reason: format!("portable CubeCL kernel; {no_tensor_cores}") }
 }
 
 /// The device's name when it is the CPU runtime or a software rasterizer (wgpu on Mesa's
@@ -200,13 +213,6 @@ fn software_device(device: &Device) -> Option<String> {
     let client = cube.client();
     let identity = &client.properties().identity;
     identity.physical.is_none().then(|| identity.name.clone())
-}
-
-/// How the tensor-core W4A16 kernel covers `rows × [k, n]` on `device`. Returns
-/// `(m_tiles, splits)`; see [`mma_tiling`].
-pub fn int4_mma_shape(device: &Device, rows: usize, k: usize, n: usize) -> (u32, u32) {
-    let tiling = mma_tiling(device, rows, k, n);
-    (tiling.m_tiles, tiling.splits)
 }
 
 /// How a tensor-core kernel (16 output columns per warp, K in blocks of 64) covers
@@ -233,68 +239,73 @@ pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling
     tiling(wanted.div_ceil(cubes.max(1)).clamp(1, k_blocks) as u32)
 }
 
-/// The tensor-core kernel for `fast_path` (`operand` × `operand` → `accumulator`, one
-/// `mma.m16n8k32`) if the policy, the device and the format's own `refusal` allow it,
-/// otherwise why not.
-fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, operand: ElemType, accumulator: ElemType, refusal: Option<String>, fast_path: &str) -> Result<MmaTiling, String> {
+/// The tiling of a tensor-core kernel (`kernel`, built on `instruction`) for
+/// `rows × [k, n]`, or why it does not run: checked in order the runtime, the format's or
+/// shape's own `refusal`, the GPU's instruction set, and the policy.
+fn tensor_core_tiling(device: &Device, rows: usize, k: usize, n: usize, instruction: MmaConfig, refusal: Option<String>, kernel: &str) -> Result<MmaTiling, String> {
     let DispatchDevice::Cube(cube @ cubecl::Device::Cuda(_)) = device.as_dispatch() else {
         return Err("no tensor cores on this runtime".into());
     };
-    if policy() != KernelPolicy::TensorCores {
-        return Err(format!("the tensor-core {fast_path} kernel (byte_mma) awaits verification on a GPU; EMBER_KERNELS=tensor-cores enables it"));
-    }
-    let instruction = MmaConfig { a_type: operand, b_type: operand, cd_type: accumulator, m: 16, n: 8, k: 32 };
-    if !cube.client().properties().features.matmul.mma.contains(&instruction) {
-        return Err(format!("this GPU has no {operand:?} mma.m16n8k32 (e4m3 needs sm_89+, int8 sm_80+)"));
-    }
     if let Some(reason) = refusal {
-        return Err(reason);
+        return Err(format!("no tensor-core kernel: {reason}"));
     }
-    if !k.is_multiple_of(byte_mma::K_BLOCK as usize) {
-        return Err(format!("K = {k} is not a multiple of {}", byte_mma::K_BLOCK));
+    if !cube.client().properties().features.matmul.mma.contains(&instruction) {
+        let MmaConfig { a_type, m, n, k, .. } = instruction;
+        return Err(format!("this GPU has no {a_type:?} mma.m{m}n{n}k{k} instruction for {kernel}"));
+    }
+    if policy() != KernelPolicy::TensorCores {
+        return Err(format!("the tensor-core kernel ({kernel}) awaits verification on a GPU; EMBER_KERNELS=tensor-cores enables it"));
     }
     Ok(mma_tiling(device, rows, k, n))
 }
 
-/// The portable choice, or the tensor-core kernel when [`byte_mma_tiling`] allows it.
-fn with_byte_mma(portable: Selection<Option<u32>>, tensor_cores: impl FnOnce() -> Result<MmaTiling, String>) -> Selection<GemmKernel> {
-    let Some(tile_m) = portable.kernel else {
-        return Selection { kernel: GemmKernel::Reference, reason: portable.reason };
+/// [`tensor_core_tiling`] for the W4A16 kernel: f16 or bf16 activations times a weight
+/// whose layout `Int4Fragments` takes (`unsupported` says why not).
+fn int4_mma_tiling(device: &Device, dtype: DType, rows: usize, k: usize, n: usize, unsupported: Option<String>) -> Result<MmaTiling, String> {
+    let (half, refusal) = match dtype {
+        DType::F16 => (FloatKind::F16, unsupported),
+        DType::BF16 => (FloatKind::BF16, unsupported),
+        _ => (FloatKind::F16, Some(format!("activations in {dtype:?} (int4_mma takes f16 or bf16)"))),
     };
-    match tensor_cores() {
-        Ok(tiling) => Selection { kernel: GemmKernel::TensorCores(tiling), reason: "tensor-core kernel (byte_mma)".into() },
-        Err(why) => Selection { kernel: GemmKernel::Portable { tile_m }, reason: format!("portable CubeCL kernel; {why}") },
-    }
+    let instruction = MmaConfig { a_type: ElemType::Float(half), b_type: ElemType::Float(half), cd_type: ElemType::Float(FloatKind::F32), m: 16, n: 8, k: 16 };
+    tensor_core_tiling(device, rows, k, n, instruction, refusal, "int4_mma")
 }
 
-/// Why the tensor-core kernel for `fast_path` did not run on `device`.
-fn no_fast_path(device: &Device, fast_path: &str) -> String {
-    match device.as_dispatch() {
-        DispatchDevice::Cube(cubecl::Device::Cuda(_)) if fast_path == "W4A16" => {
-            "the tensor-core W4A16 kernel (int4_mma) is not used by layers until it is verified on a GPU".into()
-        }
-        DispatchDevice::Cube(cubecl::Device::Cuda(_)) => format!("no tensor-core {fast_path} kernel in this build"),
-        _ => "no tensor cores on this runtime".into(),
+/// [`tensor_core_tiling`] for the 8-bit kernel on `operand` × `operand` → `accumulator`.
+fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, operand: ElemType, accumulator: ElemType, refusal: Option<String>) -> Result<MmaTiling, String> {
+    let refusal = refusal.or_else(|| (!k.is_multiple_of(byte_mma::K_BLOCK as usize)).then(|| format!("K = {k} is not a multiple of {}", byte_mma::K_BLOCK)));
+    let instruction = MmaConfig { a_type: operand, b_type: operand, cd_type: accumulator, m: 16, n: 8, k: 32 };
+    tensor_core_tiling(device, rows, k, n, instruction, refusal, "byte_mma")
+}
+
+/// The portable choice, or the tensor-core kernel where `tensor_cores` allows it (the
+/// policy, backend and dtype checks of [`choose_portable`] apply to both).
+fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, tensor_cores: Result<MmaTiling, String>) -> Selection<GemmKernel> {
+    let (tiling, why_not) = match tensor_cores {
+        Ok(tiling) => (Some(tiling), String::new()),
+        Err(why) => (None, why),
+    };
+    let portable = choose_portable(device, dtype, rows, refusal, why_not);
+    match (portable.kernel, tiling) {
+        (None, _) => Selection { kernel: GemmKernel::Reference, reason: portable.reason },
+        (Some(_), Some(tiling)) => Selection { kernel: GemmKernel::TensorCores(tiling), reason: "tensor-core kernel (byte_mma)".into() },
+        (Some(tile_m), None) => Selection { kernel: GemmKernel::Portable { tile_m }, reason: portable.reason },
     }
 }
 
 /// Picks the kernel for `rows × K` activations of `dtype` times an FP8 weight.
 pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
     let refusal = fp8_refusal(weight);
-    let fast_path = match weight.activations {
-        ActivationQuant::None => "FP8 weight-only",
-        _ => "FP8",
-    };
-    let portable = choose_portable(device, dtype, rows, refusal, fast_path);
-    let selection = with_byte_mma(portable, || {
+    let tensor_cores = {
         let refusal = match (&weight.activations, fp8_scale_chunk(weight)) {
-            (ActivationQuant::None, _) => Some("activations stay float (weight-only); the tensor-core kernel multiplies e4m3 by e4m3".into()),
+            (ActivationQuant::None, _) => Some("activations stay float (weight-only); byte_mma multiplies e4m3 by e4m3".into()),
             (_, Some(chunk)) if !chunk.is_multiple_of(byte_mma::K_BLOCK as usize) => Some(format!("scale blocks {chunk} wide are not a multiple of {}", byte_mma::K_BLOCK)),
-            _ => None,
+            _ => refusal.clone(),
         };
         let (e4m3, f32) = (ElemType::Float(FloatKind::E4M3), ElemType::Float(FloatKind::F32));
-        byte_mma_tiling(device, rows, weight.in_features, weight.out_features, e4m3, f32, refusal, fast_path)
-    });
+        byte_mma_tiling(device, rows, weight.in_features, weight.out_features, e4m3, f32, refusal)
+    };
+    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores);
     log_once(|| format!(
         "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
@@ -357,11 +368,9 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
             _ => None,
         }
     };
-    let portable = choose_portable(device, dtype, rows, refusal, "int8 W8A8");
-    let selection = with_byte_mma(portable, || {
-        let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
-        byte_mma_tiling(device, rows, weight.in_features, weight.out_features, int8, i32, None, "int8 W8A8")
-    });
+    let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
+    let tensor_cores = byte_mma_tiling(device, rows, weight.in_features, weight.out_features, int8, i32, refusal.clone());
+    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores);
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason

@@ -87,6 +87,23 @@ impl ExpertStack {
         self.in_features / self.group_size
     }
 
+    /// The Burn-ops reference of a grouped launch: `x` holds `rows_per_expert[e]` rows for
+    /// each expert `e`, in expert order, each multiplied by its expert's parts.
+    pub fn forward_reference(&self, x: Tensor<2>, rows_per_expert: &[usize]) -> Tensor<2> {
+        let mut outputs = Vec::new();
+        let mut first = 0;
+        for (expert, &rows) in rows_per_expert.iter().enumerate().filter(|(_, &rows)| rows > 0) {
+            let rows_of_expert = x.clone().narrow(0, first, rows);
+            let parts = (0..self.parts.len()).map(|part| self.part(expert, part).forward_reference(rows_of_expert.clone())).collect();
+            outputs.push(Tensor::cat(parts, 1));
+            first += rows;
+        }
+        match outputs.is_empty() {
+            true => Tensor::zeros([0, self.out_features], (&x.device(), x.dtype())),
+            false => Tensor::cat(outputs, 0),
+        }
+    }
+
     /// Part `part` of expert `expert` as a weight of its own, sharing the stack's buffers.
     pub fn part(&self, expert: usize, part: usize) -> PackedIntWeight {
         let words = self.in_features / per_word(self.bits);

@@ -41,6 +41,11 @@ impl Int4Fragments {
         Self::unsupported_layout(weight.bits, weight.in_features, weight.out_features, weight.group_size, weight.groups_contiguous)
     }
 
+    /// Why a mixture-of-experts stack cannot be repacked ([`Self::repack_stack`]), if it cannot.
+    pub fn unsupported_stack(stack: &ExpertStack) -> Option<String> {
+        Self::unsupported_layout(stack.bits, stack.in_features, stack.out_features, stack.group_size, true)
+    }
+
     fn unsupported_layout(bits: u32, k: usize, n: usize, group: usize, groups_contiguous: bool) -> Option<String> {
         if bits != 4 {
             Some(format!("{bits}-bit values (the tensor-core kernel takes 4-bit)"))
@@ -78,7 +83,7 @@ impl Int4Fragments {
     /// apart, one after another.
     pub fn repack_stack(stack: &ExpertStack) -> Result<Self, String> {
         let (k, n) = (stack.in_features, stack.out_features);
-        if let Some(reason) = Self::unsupported_layout(stack.bits, k, n, stack.group_size, true) {
+        if let Some(reason) = Self::unsupported_stack(stack) {
             return Err(reason);
         }
         Ok(Self {
