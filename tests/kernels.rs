@@ -557,7 +557,15 @@ fn grouped_int4_mma_on(device: Device, tensor_cores: bool, warps: u32) {
         let fragments = Int4Fragments::repack_stack(&stack).expect("4-bit, tiled shape");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, dtype, &device, &mut rng);
-        let grouped = to_f32(kernels::grouped_int4_mma_gemm(&fragments, x.clone(), &rows_per_expert, MmaTiling { m_tiles, warps, splits, tensor_cores }));
+        let tiling = MmaTiling { m_tiles, warps, splits, tensor_cores };
+        let grouped = to_f32(kernels::grouped_int4_mma_gemm(&fragments, x.clone(), &rows_per_expert, tiling));
+        // The MoE layer's entry point repacks into its cache on first use, and its
+        // reference arm is the experts' Burn-ops matmuls.
+        let cache = kernels::Int4FragmentCache::new();
+        let through_cache = to_f32(kernels::grouped_int_forward(&stack, &cache, x.clone(), &rows_per_expert, IntGemmKernel::TensorCores(tiling)));
+        assert_eq!(through_cache, grouped, "{case:?}: the layer's path differs from the direct launch");
+        assert!(cache.get().is_some_and(Option::is_some), "{case:?}: no fragment copy cached");
+        let reference = to_f32(kernels::grouped_int_forward(&stack, &cache, x.clone(), &rows_per_expert, IntGemmKernel::Reference));
         let mut start = 0;
         let mut expected = Vec::new();
         for (e, &rows) in rows_per_expert.iter().enumerate() {
@@ -569,6 +577,8 @@ fn grouped_int4_mma_on(device: Device, tensor_cores: bool, warps: u32) {
         }
         let err = max_relative_error(&grouped, &expected);
         assert!(err < tolerance(dtype), "{case:?} {rows_per_expert:?}: relative error {err}");
+        let err = max_relative_error(&reference, &expected);
+        assert!(err < tolerance(dtype), "{case:?} {rows_per_expert:?}: stacked reference relative error {err}");
     }
 }
 
