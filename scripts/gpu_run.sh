@@ -20,7 +20,7 @@ if [[ "$what" == tests || "$what" == all ]]; then
   .gpu/integration --ignored --test-threads=1 int4_mma_tensor_cores_on_cuda byte_mma_tensor_cores_on_cuda 2>&1 | tee "$out/tests.log"
 fi
 if [[ "$what" == fixtures ]]; then
-  .gpu/integration --ignored --test-threads=1 fixtures_through_tensor_cores_on_cuda 2>&1 | tee "$out/fixtures.log"
+  .gpu/integration --ignored --test-threads=1 --exact byte_kernels::fixtures_through_tensor_cores_on_cuda quantized_models::int4_fixtures_through_tensor_cores_on_cuda 2>&1 | tee "$out/fixtures.log"
 fi
 if [[ "$what" == bench || "$what" == all ]]; then
   # Short criterion windows: each kernel takes microseconds to milliseconds.
