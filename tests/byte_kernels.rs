@@ -484,6 +484,16 @@ fn byte_mma_emulated_on_wgpu() {
     w8a8_mma_on(&device, 2, false, &MMA_SHAPES[2..3], &[DType::F16]);
     fp8_mma_on(&device, 2, false, &MMA_SHAPES, &[DType::F32]);
     fp8_mma_on(&device, 2, false, &MMA_SHAPES[1..2], &[DType::F16]);
+
+    // K or scale chunks in partial 64-column blocks run the portable kernels instead.
+    let mut rng = StdRng::seed_from_u64(43);
+    let tiling = mma_tiling(1, 1, 2, false);
+    let int8 = w8a8_weight(96, 32, ActivationQuant::DynamicPerToken, &device, &mut rng);
+    let x = activations(3, 96, DType::F32, &device, &mut rng);
+    assert_eq!(to_f32(kernels::w8a8_mma_gemm(&int8, x.clone(), tiling)), to_f32(kernels::w8a8_gemm(&int8, x, 8)));
+    let fp8 = fp8_weight(128, 32, Fp8Scales::Channel, ActivationQuant::DynamicPerGroup(32), &device, &mut rng);
+    let x = activations(3, 128, DType::F32, &device, &mut rng);
+    assert_eq!(to_f32(kernels::fp8_mma_gemm(&fp8, x.clone(), tiling)), to_f32(kernels::fp8_gemm(&fp8, x, 8)));
 }
 
 /// The real `mma.sync` instructions (sm_89+), on every emulated case and at Llama-3-8B's

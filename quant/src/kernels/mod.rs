@@ -184,9 +184,13 @@ pub struct MmaTiling {
 }
 
 /// `x · Wᵀ` for a `W8A8` int8 weight on tensor cores (or their emulation): activations
-/// quantized per token (or with their static scale), then the int8 `mma` GEMM. K must be
-/// a multiple of 64 ([`select::w8a8_gemm`] checks).
+/// quantized per token (or with their static scale), then the int8 `mma` GEMM. A K that
+/// is not a multiple of 64 runs the portable kernel instead ([`select::w8a8_gemm`] never
+/// picks this one for it).
 pub fn w8a8_mma_gemm(weight: &W8A8Weight, x: Tensor<2>, tiling: MmaTiling) -> Tensor<2> {
+    if !weight.in_features.is_multiple_of(byte_mma::K_BLOCK as usize) {
+        return w8a8_gemm(weight, x, select::MAX_TILE_M);
+    }
     let out_dtype = x.dtype();
     let Some(a) = quantize_activations(x.clone(), &weight.activations, ActivationGrid::Int8) else {
         // Weight-only W8A8 has no integer GEMM to run; the selector never sends it here.
@@ -198,9 +202,13 @@ pub fn w8a8_mma_gemm(weight: &W8A8Weight, x: Tensor<2>, tiling: MmaTiling) -> Te
 }
 
 /// `x · Wᵀ` for an `Fp8` weight with e4m3 activations on tensor cores (or their
-/// emulation). K and any scale block or activation group must be multiples of 64
-/// ([`select::fp8_gemm`] checks).
+/// emulation). K and any scale block or activation group must be multiples of 64, or the
+/// portable kernel runs instead ([`select::fp8_gemm`] never picks this one for them).
 pub fn fp8_mma_gemm(weight: &Fp8Weight, x: Tensor<2>, tiling: MmaTiling) -> Tensor<2> {
+    let whole_blocks = |columns: usize| columns.is_multiple_of(byte_mma::K_BLOCK as usize);
+    if !whole_blocks(weight.in_features) || !select::fp8_scale_chunk(weight).is_none_or(whole_blocks) {
+        return fp8_gemm(weight, x, select::MAX_TILE_M);
+    }
     let out_dtype = x.dtype();
     let Some(a) = quantize_activations(x.clone(), &weight.activations, ActivationGrid::E4M3) else {
         // Weight-only FP8 has float activations; the selector never sends it here.
