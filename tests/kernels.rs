@@ -267,7 +267,7 @@ fn every_kernel_variant_generates_cuda_cpp() {
     assert_eq!(fp8.len(), 2 * 4 * 3);
     variants.extend(fp8);
     let int4_mma = ember_quant::kernels::codegen::int4_mma_gemm_variants();
-    assert_eq!(int4_mma.len(), 3 * 3 * 3 * 2 * 2);
+    assert_eq!(int4_mma.len(), (3 + 2) * 3 * 3 * 2 * 2);
     for kernel in int4_mma.iter().flatten() {
         assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
     }
@@ -437,23 +437,31 @@ fn int4_fragment_repack_round_trips() {
     use ember_quant::repr::Int4Fragments;
     let device = Device::flex();
     let mut rng = StdRng::seed_from_u64(21);
-    for case in [PLAIN_G128, Case { k: 64, n: 16, group_size: 32, ..PLAIN_G128 }, Case { order: Order::ActOrder, ..PLAIN_G128 }] {
+    let cases = [
+        PLAIN_G128,
+        Case { k: 64, n: 16, group_size: 32, ..PLAIN_G128 },
+        Case { order: Order::ActOrder, ..PLAIN_G128 },
+        Case { bits: 8, ..PLAIN_G128 },
+        Case { bits: 8, k: 64, n: 32, group_size: 0, ..PLAIN_G128 },
+    ];
+    for case in cases {
         let weight = random_weight(case, &device, &mut rng);
-        let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
-        let expected = unpack(weight.packed.clone(), 4, 0).into_data().try_to_vec::<i32>().expect("i32");
+        let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
+        let expected = unpack(weight.packed.clone(), case.bits, 0).into_data().try_to_vec::<i32>().expect("i32");
         let got = fragments.values().into_data().try_to_vec::<i32>().expect("i32");
         assert_eq!(got, expected, "{case:?}");
     }
-    let eight_bit = random_weight(Case { bits: 8, ..PLAIN_G128 }, &device, &mut rng);
-    assert!(Int4Fragments::repack(&eight_bit).unwrap_err().contains("8-bit"));
     let ragged = random_weight(Case { k: 128, n: 72, group_size: 0, ..PLAIN_G128 }, &device, &mut rng);
     assert!(Int4Fragments::repack(&ragged).unwrap_err().contains("does not tile"));
     let uneven = random_weight(Case { order: Order::Uneven, group_size: 64, ..PLAIN_G128 }, &device, &mut rng);
     assert!(Int4Fragments::repack(&uneven).unwrap_err().contains("uneven"));
 }
 
-/// Zero-point modes, group sizes, act-order, row tiles and splits.
-const INT4_MMA_CASES: [(Case, usize, u32, u32); 8] = [
+/// Zero-point modes, group sizes, act-order, row tiles and splits, 4- and 8-bit.
+const INT4_MMA_CASES: [(Case, usize, u32, u32); 11] = [
+    (Case { bits: 8, ..PLAIN_G128 }, 5, 1, 2),
+    (Case { bits: 8, group_size: 0, zeros: Zeros::Integer, ..PLAIN_G128 }, 17, 2, 1),
+    (Case { bits: 8, order: Order::ActOrder, zeros: Zeros::Float, ..PLAIN_G128 }, 2, 1, 3),
     (PLAIN_G128, 1usize, 1u32, 1u32),
     (PLAIN_G128, 17, 2, 3),
     (Case { group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, 3, 1, 2),
@@ -476,7 +484,7 @@ fn int4_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps
             let mut rng = StdRng::seed_from_u64(300 + i as u64);
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
-            let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
+            let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
             let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, tensor_cores: false });
             assert_eq!(kernel.dtype(), dtype);
             let err = max_relative_error(&to_f32(kernel), &to_f32(weight.forward_reference(x)));
@@ -490,13 +498,13 @@ fn int4_mma_emulated_on_wgpu() {
     int4_mma_emulated_on(Device::wgpu(Default::default()), &INT4_MMA_CASES, 2);
 }
 
-/// One small case per dtype: on the CPU runtime every unit of a cube is an OS thread and
-/// the emulation's barriers dominate. This is where the bit-level f16 / bf16
-/// dequantization runs (wgpu converts instead).
+/// One small case per bit width and dtype: on the CPU runtime every unit of a cube is an
+/// OS thread and the emulation's barriers dominate. This is where the bit-level f16 / bf16
+/// dequantization runs (wgpu converts instead), and 8-bit values convert in bf16.
 #[test]
 fn int4_mma_emulated_on_cubecl_cpu() {
     let case = Case { k: 64, n: 16, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 };
-    int4_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1)], 1);
+    int4_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1), (Case { bits: 8, zeros: Zeros::Midpoint, ..case }, 2, 1, 1)], 1);
 }
 
 /// The tensor-core kernel itself (the `mma` instruction, four warps per cube) against the
@@ -512,7 +520,7 @@ fn int4_mma_tensor_cores_on_cuda() {
             let mut rng = StdRng::seed_from_u64(400 + i as u64);
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
-            let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
+            let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
             let kernel = to_f32(kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps: 4, splits, tensor_cores: true }));
             let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
@@ -522,7 +530,7 @@ fn int4_mma_tensor_cores_on_cuda() {
             let mut rng = StdRng::seed_from_u64(rows as u64);
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
-            let fragments = Int4Fragments::repack(&weight).expect("4-bit, tiled shape");
+            let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
             let kernel = to_f32(kernels::int4_mma_gemm(&fragments, x.clone(), kernels::mma_tiling(&device, rows, case.k, case.n)));
             let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} [{}x{}] rows={rows}: relative error {err}", case.k, case.n);

@@ -309,9 +309,9 @@ pub fn fp8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     variants
 }
 
-/// Every variant of the tensor-core W4A16 kernel as it runs on CUDA (the `mma`
-/// instruction, four warps per cube): group size × zero points × row tiles per warp ×
-/// activation dtype × dense or mixture-of-experts.
+/// Every variant of the tensor-core W4A16 / W8A16 kernel as it runs on CUDA (the `mma`
+/// instruction, four warps per cube): bits × group size × zero points × row tiles per
+/// warp × activation dtype × dense or mixture-of-experts.
 pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
@@ -319,7 +319,8 @@ pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
     let halves = [(FloatKind::F16, "f16", false), (FloatKind::BF16, "bf16", true)];
     let warps = 4u32;
     let mut variants = Vec::new();
-    for group_size in [128u32, 32, 0] {
+    let layouts = [128u32, 32, 0].map(|group| (4u32, group)).into_iter().chain([128u32, 0].map(|group| (8u32, group)));
+    for (bits, group_size) in layouts {
         for (zeros, zeros_name) in zero_modes {
             for m_tiles in [1u32, 2, 4] {
                 for (float, float_name, bf16) in halves {
@@ -341,18 +342,19 @@ pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
                             Default::default(),
                             Default::default(),
                             Default::default(),
+                            bits,
                             group_size,
                             zeros,
                             bf16,
                             m_tiles,
                             warps,
                             true,
-                            true,
+                            !(bits == 8 && bf16),
                             grouped,
                             ElemType::Float(float),
                         );
                         let moe = if grouped { "_moe" } else { "" };
-                        variants.push(generate(format!("int4_mma_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", m_tiles * 16), kernel));
+                        variants.push(generate(format!("int4_mma_w{bits}_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", m_tiles * 16), kernel));
                     }
                 }
             }

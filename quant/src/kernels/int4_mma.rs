@@ -1,15 +1,17 @@
-//! Tensor-core W4A16 GEMM over fragment-ordered weights (the Marlin idea, our layout):
-//! `partials[s, M, N] = x[M, K_s] · dequant(W)[K_s, N]` for K split `s`, with f32
+//! Tensor-core W4A16 / W8A16 GEMM over fragment-ordered weights (the Marlin idea, our
+//! layout): `partials[s, M, N] = x[M, K_s] · dequant(W)[K_s, N]` for K split `s`, with f32
 //! accumulation in the warp-level `mma.m16n8k16` instruction.
 //!
-//! The weights are repacked once at load ([`crate::repr::Int4Fragments`]) so each lane of a
-//! warp reads exactly the B-fragment values it feeds to `mma`, for four K steps and two
-//! 8-column subtiles, as four consecutive words: one 16-byte load per lane, 512 contiguous
-//! bytes per warp. Within a word, the eight nibbles are ordered so that
-//! `(word >> 4p) & 0x000F000F`, OR-ed with the exponent bits of 1024 (f16) or 128 (bf16),
-//! is already a pair of half-precision values `magic + q` for the two K rows one B register
-//! holds; subtracting `magic + zero` and multiplying by the scale in the activation dtype
-//! finishes the dequantization in registers, with no int-to-float conversion.
+//! The weights are repacked once ([`crate::repr::Int4Fragments`]) so each lane of a warp
+//! reads exactly the B-fragment values it feeds to `mma`, for four K steps and two
+//! 8-column subtiles, as consecutive words: one 16-byte load per lane for 4-bit values
+//! (512 contiguous bytes per warp), two for 8-bit. Within a word, the values are ordered
+//! so that `(word >> s) & 0x000F000F` (or `0x00FF00FF`), OR-ed with the exponent bits of
+//! 1024 (f16) or 128 (bf16), is already a pair of half-precision values `magic + q` for
+//! the two K rows one B register holds; subtracting `magic + zero` and multiplying by the
+//! scale in the activation dtype finishes the dequantization in registers, with no
+//! int-to-float conversion. (bf16's 7-bit mantissa cannot hold `128 + q` for 8-bit `q`;
+//! those values convert instead.)
 //!
 //! A warp owns 16 output columns and `16 · m_tiles` rows, so each dequantized fragment is
 //! reused by every row tile; a cube holds `warps` warps side by side along N. The grid's
@@ -34,15 +36,13 @@ pub const K_BLOCK: u32 = 64;
 pub const N_BLOCK: u32 = 16;
 /// Output rows per `mma`.
 pub const M_TILE: u32 = 16;
-/// Packed words per lane per (K block, column block).
-pub const WORDS_PER_LANE: u32 = 4;
 /// f32 scratch per warp for the emulated instruction: a 16×16 A tile and a 16×8 B tile.
 const EMULATION_SCRATCH: u32 = 16 * 16 + 16 * 8;
 
 type Pair<E> = Vector<E, Const<2>>;
 
-/// See the module documentation. `x` is `[M, K/2]` pairs, `words` `[K/64, N/16, 32]`
-/// groups of four i32, scales and the zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
+/// See the module documentation. `x` is `[M, K/2]` pairs, `words` `[K/64, N/16, 32,
+/// bits/4]` groups of four i32, scales and the zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
 /// Cube `(x, y, z)` covers column blocks `x·warps ..`, K blocks `y·blocks_per_split ..` and
 /// rows `z·16·m_tiles ..`; units are `(lane, warp)`. With `grouped` (mixture of experts),
 /// the rows of `x` are sorted by expert, the experts' fragments and group buffers are
@@ -63,6 +63,7 @@ pub fn int4_mma_gemm<F: Float>(
     n: u32,
     groups: u32,
     blocks_per_split: u32,
+    #[comptime] bits: u32,
     #[comptime] group_size: u32,
     #[comptime] zeros_mode: u32,
     #[comptime] bf16: bool,
@@ -87,15 +88,20 @@ pub fn int4_mma_gemm<F: Float>(
     let tile = row_tile(tiles, CUBE_POS_Z, comptime!(M_TILE * m_tiles), m, grouped);
     let row0 = tile.first;
     let row_end = tile.end;
-    // Offsets of this row tile's expert in the stacked buffers, in 16-byte word groups and
-    // in scale rows.
-    let word_base = tile.expert * (k / K_BLOCK) * n_blocks * LANES;
+    // Each lane's words per block come in 16-byte loads: one for 4 bits, two for 8.
+    let loads = comptime!(bits / 4);
+    // Offsets of this row tile's expert in the stacked buffers, in 16-byte loads and in
+    // scale rows.
+    let word_base = tile.expert * (k / K_BLOCK) * n_blocks * LANES * loads;
     let group_base = tile.expert * groups * n;
 
-    // The f16 / bf16 bit pattern of 1024 / 128, whose last mantissa bit is worth 1.
+    // The f16 / bf16 bit pattern of 1024 / 128, whose last mantissa bit is worth 1, so
+    // OR-ing a value into the mantissa adds it. bf16 has room for 4-bit values only: its
+    // 8-bit values convert from integers, exactly, with no offset.
     let magic_bits = comptime!(if bf16 { 0x4300u32 } else { 0x6400u32 });
     let magic_pair = comptime!(magic_bits | (magic_bits << 16));
-    let magic = comptime!(if bf16 { 128.0f32 } else { 1024.0f32 });
+    let magic = comptime!(if bf16 && bits == 8 { 0.0f32 } else if bf16 { 128.0f32 } else { 1024.0f32 });
+    let midpoint = comptime!((1u32 << (bits - 1)) as f32);
 
     let mut acc = Array::<Pair<f32>>::new(comptime!((m_tiles * 4) as usize));
     #[unroll]
@@ -117,38 +123,52 @@ pub fn int4_mma_gemm<F: Float>(
     // The lane's first column in its expert's first group row of the scale buffers.
     let lane_scale_at = group_base + nb * N_BLOCK + group_id;
     if comptime!(group_size == 0) {
-        load_group::<F>(scales, zeros, offsets, lane_scale_at, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
+        load_group::<F>(scales, zeros, offsets, lane_scale_at, &mut centre, &mut scale, &mut offset, magic, midpoint, zeros_mode);
     }
 
-    let mut quad = Array::<u32>::new(comptime!(WORDS_PER_LANE as usize));
+    let mut lane_words = Array::<u32>::new(comptime!(bits as usize));
     let mut a = Array::<Pair<F>>::new(4usize);
     let mut b_low = Array::<Pair<F>>::new(2usize);
     let mut b_high = Array::<Pair<F>>::new(2usize);
     let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (EMULATION_SCRATCH * warps) as usize }));
 
     for kb in kb_begin..kb_end {
-        // One 16-byte load: the lane's B registers for the block's four K steps.
-        let loaded = words[(word_base + (kb * n_blocks + nb) * LANES + lane) as usize];
-        quad[0] = u32::cast_from(loaded.extract(0usize));
-        quad[1] = u32::cast_from(loaded.extract(1usize));
-        quad[2] = u32::cast_from(loaded.extract(2usize));
-        quad[3] = u32::cast_from(loaded.extract(3usize));
+        // One or two 16-byte loads: the lane's B registers for the block's four K steps.
+        #[unroll]
+        for l in 0..loads {
+            let loaded = words[(word_base + ((kb * n_blocks + nb) * LANES + lane) * loads + l) as usize];
+            lane_words[(l * 4) as usize] = u32::cast_from(loaded.extract(0usize));
+            lane_words[(l * 4 + 1) as usize] = u32::cast_from(loaded.extract(1usize));
+            lane_words[(l * 4 + 2) as usize] = u32::cast_from(loaded.extract(2usize));
+            lane_words[(l * 4 + 3) as usize] = u32::cast_from(loaded.extract(3usize));
+        }
         if comptime!(group_size >= K_BLOCK) {
             let at = (kb * K_BLOCK / group_size) * n + lane_scale_at;
-            load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
+            load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, midpoint, zeros_mode);
         }
         #[unroll]
-        for w in 0..WORDS_PER_LANE {
+        for w in 0..4u32 {
             let k0 = kb * K_BLOCK + w * 16;
             if comptime!(group_size > 0 && group_size < K_BLOCK) {
                 let at = (k0 / group_size) * n + lane_scale_at;
-                load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, zeros_mode);
+                load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, midpoint, zeros_mode);
             }
-            // Nibble slot p (and p + 4 in the high half) holds subtile p / 2, K half p % 2.
-            b_low[0] = dequantize_pair::<F>(quad[w as usize], 0u32, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
-            b_low[1] = dequantize_pair::<F>(quad[w as usize], 4u32, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
-            b_high[0] = dequantize_pair::<F>(quad[w as usize], 8u32, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
-            b_high[1] = dequantize_pair::<F>(quad[w as usize], 12u32, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
+            if comptime!(bits == 4) {
+                // Nibble slot p (and p + 4 in the high half) holds subtile p / 2, K half p % 2.
+                let word = lane_words[w as usize];
+                b_low[0] = dequantize_pair::<F>(word, 0u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_low[1] = dequantize_pair::<F>(word, 4u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_high[0] = dequantize_pair::<F>(word, 8u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
+                b_high[1] = dequantize_pair::<F>(word, 12u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
+            } else {
+                // Word 2w + j holds subtile j; byte slot p (and p + 2) K half p.
+                let low = lane_words[(2 * w) as usize];
+                let high = lane_words[(2 * w + 1) as usize];
+                b_low[0] = dequantize_pair::<F>(low, 0u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_low[1] = dequantize_pair::<F>(low, 8u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_high[0] = dequantize_pair::<F>(high, 0u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
+                b_high[1] = dequantize_pair::<F>(high, 8u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
+            }
 
             let col = k0 / 2 + thread_in_group;
             #[unroll]
@@ -199,6 +219,7 @@ fn load_group<F: Float>(
     scale: &mut Array<Pair<F>>,
     offset: &mut Array<Pair<F>>,
     #[comptime] magic: f32,
+    #[comptime] midpoint: f32,
     #[comptime] zeros_mode: u32,
 ) {
     #[unroll]
@@ -207,7 +228,7 @@ fn load_group<F: Float>(
         let zero = if comptime!(zeros_mode == zero_mode::INTEGER) {
             f32::cast_from(zeros[col as usize])
         } else {
-            f32::new(8.0)
+            f32::new(midpoint)
         };
         centre[j as usize] = Pair::<F>::new(F::cast_from(zero + magic));
         scale[j as usize] = Pair::<F>::new(F::cast_from(scales[col as usize]));
@@ -217,14 +238,15 @@ fn load_group<F: Float>(
     }
 }
 
-/// The two values of nibble slots `shift / 4` and `shift / 4 + 4` of `word` (one B
-/// register: two consecutive K rows of one column), dequantized for subtile `j`. With
+/// The two `bits`-bit values at bit `shift` and `shift + 16` of `word` (one B register:
+/// two consecutive K rows of one column), dequantized for subtile `j`. With
 /// `bit_dequant`, `magic + q` comes from bit operations alone; otherwise by conversion.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn dequantize_pair<F: Float>(
     word: u32,
     #[comptime] shift: u32,
+    #[comptime] bits: u32,
     #[comptime] magic_pair: u32,
     #[comptime] magic: f32,
     #[comptime] bit_dequant: bool,
@@ -234,14 +256,15 @@ fn dequantize_pair<F: Float>(
     #[comptime] j: u32,
     #[comptime] zeros_mode: u32,
 ) -> Pair<F> {
+    let mask = comptime!((1u32 << bits) - 1);
     let biased = if comptime!(bit_dequant) {
-        Pair::<F>::reinterpret(((word >> shift) & 0x000F_000Fu32) | magic_pair)
+        Pair::<F>::reinterpret(((word >> shift) & comptime!(mask | (mask << 16))) | magic_pair)
     } else {
         // The same values by conversion, for WGSL compilers that mistype a bitcast to a
-        // pair of f16.
+        // pair of f16, and for 8-bit values in bf16.
         let mut pair = Pair::<F>::empty();
-        pair.insert(0usize, F::cast_from(f32::cast_from((word >> shift) & 0xFu32) + magic));
-        pair.insert(1usize, F::cast_from(f32::cast_from((word >> comptime!(shift + 16)) & 0xFu32) + magic));
+        pair.insert(0usize, F::cast_from(f32::cast_from((word >> shift) & mask) + magic));
+        pair.insert(1usize, F::cast_from(f32::cast_from((word >> comptime!(shift + 16)) & mask) + magic));
         pair
     };
     let value = (biased - centre[j as usize]) * scale[j as usize];

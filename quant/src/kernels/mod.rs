@@ -312,11 +312,12 @@ pub fn grouped_int4_mma_gemm(stack: &Int4Fragments, x: Tensor<2>, rows_per_exper
 }
 
 fn int4_mma_layout(weight: &Int4Fragments, x: &Tensor<2>, tiling: MmaTiling) -> Int4MmaLayout {
-    let bit_dequant = !matches!(x.device().as_dispatch(), DispatchDevice::Cube(cubecl::Device::Wgpu(_)));
+    let wgpu = matches!(x.device().as_dispatch(), DispatchDevice::Cube(cubecl::Device::Wgpu(_)));
+    let bit_dequant = !wgpu && !(weight.bits == 8 && x.dtype() == DType::BF16);
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int4_mma::K_BLOCK).max(1));
     let MmaTiling { m_tiles, warps, tensor_cores, .. } = tiling;
-    Int4MmaLayout { group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
+    Int4MmaLayout { bits: weight.bits, group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
 }
 
 /// `[splits · m, n]` f32 partial products summed over the splits.

@@ -69,6 +69,8 @@ pub enum GroupBuffer<B: Backend> {
 /// How the tensor-core W4A16 kernel runs, for [`KernelOps::int4_mma_gemm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Int4MmaLayout {
+    /// Bits per value: 4 or 8.
+    pub bits: u32,
     /// A multiple of 16, or 0 for one group spanning K.
     pub group_size: u32,
     /// Row tiles of 16 per warp.
@@ -79,8 +81,8 @@ pub struct Int4MmaLayout {
     pub splits: u32,
     /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
     pub tensor_cores: bool,
-    /// Nibbles become half-precision values by bit operations (every runtime but wgpu,
-    /// whose WGSL compiler mistypes the bitcast) rather than by conversion.
+    /// Values become half-precision by bit operations (every runtime but wgpu, whose WGSL
+    /// compiler mistypes the bitcast; not 8-bit values in bf16) rather than by conversion.
     pub bit_dequant: bool,
 }
 
@@ -655,7 +657,7 @@ fn launch_int4_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: 
     if m == 0 || n == 0 || k == 0 {
         return partials;
     }
-    let experts = (words.shape()[0] / (k * n / 8)).max(1);
+    let experts = (words.shape()[0] / (k * n * layout.bits as usize / 32)).max(1);
     let groups_per_expert = scales.shape()[0] / experts;
     let (zeros_mode, zeros, offsets) = zero_point_buffers(zeros, &x);
     let (m, k, n) = (m as u32, k as u32, n as u32);
@@ -670,7 +672,7 @@ fn launch_int4_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: 
     let bf16 = x.dtype == DType::BF16;
     let elem = float_elem(x.dtype);
     // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (Int4Fragments checks
-    // both), x `[m, k]`, words `[E · k/64 · n/16 · 128]` for E experts, scales and zeros
+    // both), x `[m, k]`, words `[E · k/64 · n/16 · 32 · bits]` for E experts, scales and zeros
     // `[E·G, n]` with G·group_size covering k, and a tile map whose experts and row ranges
     // lie within those shapes. The kernel clamps rows to the tile's last row and column
     // blocks to n/16-1 before reading, reads K blocks below k/64 only, and writes partials
@@ -692,6 +694,7 @@ fn launch_int4_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: 
             n,
             groups_per_expert as u32,
             blocks_per_split,
+            layout.bits,
             layout.group_size,
             zeros_mode,
             bf16,

@@ -1,25 +1,37 @@
-//! An `Int4` weight repacked for the tensor-core kernel ([`crate::kernels::int4_mma`]):
-//! the nibbles of each 64 (K) × 16 (N) block ordered by the `mma.m16n8k16` B-fragment
-//! layout, built from the K-packed repr with Burn int ops on the weight's device.
+//! A 4- or 8-bit integer weight repacked for the tensor-core kernel
+//! ([`crate::kernels::int4_mma`]): the values of each 64 (K) × 16 (N) block ordered by the
+//! `mma.m16n8k16` B-fragment layout, built from the K-packed repr with Burn int ops on the
+//! weight's device.
 //!
 //! Value `(k, n)` of block `(k / 64, n / 16)` decomposes as `k = 64·kb + 16·w + 8·half +
-//! 2t + pair` and `n = 16·nb + 8·j + g`. It goes to lane `4g + t`, word `w`, nibble slot
-//! `4·pair + 2j + half`: the lane's four words are its B registers for the block's four
-//! K steps, and slots `p` and `p + 4` of a word are the two K rows of one register.
+//! 2t + pair` and `n = 16·nb + 8·j + g`, and goes to lane `4g + t`. With 4 bits the lane
+//! holds four words, one per K step `w`, and the value sits in nibble slot
+//! `4·pair + 2j + half`; with 8 bits it holds eight, word `2w + j`, byte slot
+//! `2·pair + half`. Either way one shift and mask (`(word >> s) & 0x000F000F` or
+//! `0x00FF00FF`) extracts the two K rows of one B register as a pair.
 
 use burn::tensor::{Int, Tensor};
 
 use super::{ExpertStack, PackedIntWeight, ZeroPoints};
-use crate::kernels::int4_mma::{K_BLOCK, LANES, N_BLOCK, WORDS_PER_LANE};
+use crate::kernels::int4_mma::{K_BLOCK, LANES, N_BLOCK};
 use crate::packing::{pack, unpack};
 
-/// Source dims `[kb, w, half, t, pair, nb, j, g]` to `[kb, nb, g, t, w, pair, j, half]`.
-const TO_FRAGMENTS: [usize; 8] = [0, 5, 7, 3, 1, 4, 6, 2];
-/// The inverse permutation.
-const FROM_FRAGMENTS: [usize; 8] = [0, 4, 7, 3, 5, 1, 6, 2];
+/// Source dims `[kb, w, half, t, pair, nb, j, g]` to `[kb, nb, g, t, w, pair, j, half]`
+/// (4 bits) or `[kb, nb, g, t, w, j, pair, half]` (8 bits), and the inverses.
+const TO_FRAGMENTS_4: [usize; 8] = [0, 5, 7, 3, 1, 4, 6, 2];
+const FROM_FRAGMENTS_4: [usize; 8] = [0, 4, 7, 3, 5, 1, 6, 2];
+const TO_FRAGMENTS_8: [usize; 8] = [0, 5, 7, 3, 1, 6, 4, 2];
+const FROM_FRAGMENTS_8: [usize; 8] = [0, 4, 7, 3, 6, 1, 5, 2];
+
+/// Words each lane holds per 64×16 block: 32 values of `bits` bits.
+pub fn words_per_lane(bits: u32) -> u32 {
+    bits
+}
 
 #[derive(Debug, Clone)]
 pub struct Int4Fragments {
+    /// 4 or 8.
+    pub bits: u32,
     /// Experts stacked along K (1 for a plain linear).
     pub experts: usize,
     /// Input features per expert.
@@ -27,7 +39,7 @@ pub struct Int4Fragments {
     pub out_features: usize,
     /// Rows per group; a multiple of 16, or `in_features` for one group per column.
     pub group_size: usize,
-    /// `[E · K/64 · N/16 · 32 · 4]` i32 words.
+    /// `[E · K/64 · N/16 · 32 · bits]` i32 words.
     pub words: Tensor<1, Int>,
     /// `[E·G, N]` f32, as in the K-packed repr.
     pub scales: Tensor<2>,
@@ -35,8 +47,8 @@ pub struct Int4Fragments {
 }
 
 impl Int4Fragments {
-    /// Why `weight` cannot be repacked, if it cannot: the kernel takes 4-bit values in
-    /// contiguous groups of a multiple of 16 rows, K a multiple of 64 and N of 16.
+    /// Why `weight` cannot be repacked, if it cannot: the kernel takes 4- or 8-bit values
+    /// in contiguous groups of a multiple of 16 rows, K a multiple of 64 and N of 16.
     pub fn unsupported(weight: &PackedIntWeight) -> Option<String> {
         Self::unsupported_layout(weight.bits, weight.in_features, weight.out_features, weight.group_size, weight.groups_contiguous)
     }
@@ -47,8 +59,8 @@ impl Int4Fragments {
     }
 
     fn unsupported_layout(bits: u32, k: usize, n: usize, group: usize, groups_contiguous: bool) -> Option<String> {
-        if bits != 4 {
-            Some(format!("{bits}-bit values (the tensor-core kernel takes 4-bit)"))
+        if bits != 4 && bits != 8 {
+            Some(format!("{bits}-bit values (the tensor-core kernel takes 4- or 8-bit)"))
         } else if !groups_contiguous {
             Some("act-order groups of uneven size".into())
         } else if k % K_BLOCK as usize != 0 || n % N_BLOCK as usize != 0 {
@@ -68,11 +80,12 @@ impl Int4Fragments {
         }
         let (k, n) = (weight.in_features, weight.out_features);
         Ok(Self {
+            bits: weight.bits,
             experts: 1,
             in_features: k,
             out_features: n,
             group_size: weight.group_size.min(k),
-            words: fragment_words(weight.packed.clone(), k, n),
+            words: fragment_words(weight.packed.clone(), k, n, weight.bits),
             scales: weight.scales.clone(),
             zeros: weight.zeros.clone(),
         })
@@ -87,29 +100,38 @@ impl Int4Fragments {
             return Err(reason);
         }
         Ok(Self {
+            bits: stack.bits,
             experts: stack.experts,
             in_features: k,
             out_features: n,
             group_size: stack.group_size.min(k),
-            words: fragment_words(stack.packed.clone(), stack.experts * k, n),
+            words: fragment_words(stack.packed.clone(), stack.experts * k, n, stack.bits),
             scales: stack.scales.clone(),
             zeros: stack.zeros.clone(),
         })
     }
 
-    /// The 4-bit values `[E·K, N]` back in stored row order (the inverse of the repack).
+    /// The values `[E·K, N]` back in stored row order (the inverse of the repack).
     pub fn values(&self) -> Tensor<2, Int> {
         let (k, n) = (self.experts * self.in_features, self.out_features);
-        unpack(self.words.clone().reshape([k * n / 8, 1]), 4, 1)
+        let (per_word, from) = match self.bits {
+            4 => (8, FROM_FRAGMENTS_4),
+            _ => (4, FROM_FRAGMENTS_8),
+        };
+        unpack(self.words.clone().reshape([k * n / per_word, 1]), self.bits, 1)
             .reshape([k / 64, n / 16, 8, 4, 4, 2, 2, 2])
-            .permute(FROM_FRAGMENTS)
+            .permute(from)
             .reshape([k, n])
     }
 }
 
-/// K-packed 4-bit words `[k/8, n]` in fragment order, `[k/64 · n/16 · 32 · 4]`.
-fn fragment_words(packed: Tensor<2, Int>, k: usize, n: usize) -> Tensor<1, Int> {
-    let blocks = unpack(packed, 4, 0).reshape([k / 64, 4, 2, 4, 2, n / 16, 2, 8]).permute(TO_FRAGMENTS).reshape([k * n / 8, 8]);
-    debug_assert_eq!(k * n / 8, (k / K_BLOCK as usize) * (n / N_BLOCK as usize) * (LANES * WORDS_PER_LANE) as usize);
-    pack(blocks, 4, 1).reshape([k * n / 8])
+/// K-packed words `[k·bits/32, n]` in fragment order, `[k/64 · n/16 · 32 · bits]`.
+fn fragment_words(packed: Tensor<2, Int>, k: usize, n: usize, bits: u32) -> Tensor<1, Int> {
+    let (per_word, to) = match bits {
+        4 => (8, TO_FRAGMENTS_4),
+        _ => (4, TO_FRAGMENTS_8),
+    };
+    let blocks = unpack(packed, bits, 0).reshape([k / 64, 4, 2, 4, 2, n / 16, 2, 8]).permute(to).reshape([k * n / per_word, per_word]);
+    debug_assert_eq!(k * n / per_word, (k / K_BLOCK as usize) * (n / N_BLOCK as usize) * (LANES * words_per_lane(bits)) as usize);
+    pack(blocks, bits, 1).reshape([k * n / per_word])
 }
