@@ -2,7 +2,7 @@
 //! quantization) against Burn's dense matmul of the already-dequantized weight (what a
 //! float model would run) and against the Burn-ops reference path (dequantize, then
 //! matmul, every call), in one run per device. `cargo bench --bench quant_gemm [-- filter]`
-//! (filters: `int4`, `int4_mma`, `fp8`, `w8a8`, `byte_mma`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda`
+//! (filters: `int4`, `int_mma`, `fp8`, `w8a8`, `byte_mma`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda`
 //! picks the devices (default: wgpu and cpu). The tensor-core groups run on CUDA devices only.
 
 use std::hint::black_box;
@@ -11,7 +11,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ember::quant::kernels::{self, GemmKernel, IntGemmKernel, IntGemmTiling};
 use ember::quant::packing::int_tensor;
-use ember::quant::repr::{e4m3_table, ActivationQuant, Fp8Weight, Int4Fragments, PackedIntWeight, W8A8Weight, ZeroPoints};
+use ember::quant::repr::{e4m3_table, ActivationQuant, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -171,16 +171,16 @@ fn w8a8_gemm(c: &mut Criterion) {
 
 /// The tensor-core W4A16 kernel on CUDA devices at Mixtral-8x7B's shapes, f16 and bf16,
 /// against the portable register kernel and a dense matmul of the dequantized weight in
-/// the same dtype, in one run (filter: `int4_mma`). Skipped on other devices.
-fn int4_mma_gemm(c: &mut Criterion) {
+/// the same dtype, in one run (filter: `int_mma`). Skipped on other devices.
+fn int_mma_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(3);
     for (name, device) in devices().into_iter().filter(|(name, _)| name.starts_with("cuda")) {
         for (k, n) in [(4096usize, 14336usize), (14336, 4096), (4096, 4096)] {
             let w = weight(k, n, &device, &mut rng);
-            let fragments = Int4Fragments::repack(&w).expect("Mixtral shapes tile");
+            let fragments = IntFragments::repack(&w).expect("Mixtral shapes tile");
             for dtype in [DType::BF16, DType::F16] {
                 let dense = w.dequantize().cast(dtype);
-                let mut group = c.benchmark_group(format!("int4_mma_g{GROUP}/{name}/{dtype:?}/{k}x{n}"));
+                let mut group = c.benchmark_group(format!("int_mma_g{GROUP}/{name}/{dtype:?}/{k}x{n}"));
                 group.sample_size(20);
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));
                 for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 256] {
@@ -188,7 +188,7 @@ fn int4_mma_gemm(c: &mut Criterion) {
                     let tiling = kernels::mma_tiling(&device, m, k, n);
                     let registers = IntGemmTiling::Registers { tile_m: m.min(kernels::select::MAX_TILE_M as usize) as u32 };
                     group.bench_with_input(BenchmarkId::new("tensor_core_kernel", m), &x, |b, x| {
-                        b.iter(|| finish(kernels::int4_mma_gemm(&fragments, x.clone(), tiling)))
+                        b.iter(|| finish(kernels::int_mma_gemm(&fragments, x.clone(), tiling)))
                     });
                     group.bench_with_input(BenchmarkId::new("register_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), registers))));
                     group.bench_with_input(BenchmarkId::new("dense_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
@@ -235,5 +235,5 @@ fn byte_mma_gemm(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, int4_gemm, int4_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm);
+criterion_group!(benches, int4_gemm, int_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm);
 criterion_main!(benches);

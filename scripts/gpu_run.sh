@@ -17,14 +17,14 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=c
 [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 
 if [[ "$what" == tests || "$what" == all ]]; then
-  .gpu/integration --ignored --test-threads=1 int4_mma_tensor_cores_on_cuda byte_mma_tensor_cores_on_cuda 2>&1 | tee "$out/tests.log"
+  .gpu/integration --ignored --test-threads=1 int_mma_tensor_cores_on_cuda byte_mma_tensor_cores_on_cuda 2>&1 | tee "$out/tests.log"
 fi
 if [[ "$what" == fixtures ]]; then
-  .gpu/integration --ignored --test-threads=1 --exact byte_kernels::fixtures_through_tensor_cores_on_cuda quantized_models::int4_fixtures_through_tensor_cores_on_cuda 2>&1 | tee "$out/fixtures.log"
+  .gpu/integration --ignored --test-threads=1 --exact byte_kernels::fixtures_through_tensor_cores_on_cuda quantized_models::int_fixtures_through_tensor_cores_on_cuda 2>&1 | tee "$out/fixtures.log"
 fi
 if [[ "$what" == bench || "$what" == all ]]; then
   # Short criterion windows: each kernel takes microseconds to milliseconds.
-  for group in int4_mma byte_mma; do
+  for group in int_mma byte_mma; do
     EMBER_BENCH_DEVICES=cuda .gpu/quant_gemm --bench "$group" --warm-up-time 0.3 --measurement-time 0.7 --noplot 2>&1 | tee "$out/bench_$group.log"
   done
   PYTHONUNBUFFERED=1 python3 scripts/torch_baselines.py all 2>&1 | tee "$out/torch.jsonl"

@@ -33,7 +33,7 @@ trap 'rm -rf "$sources"' EXIT
 # The same build as the test command, so nothing is recompiled after `cargo test --release`.
 EMBER_CUDA_DUMP_DIR="$sources/cu" cargo test --release --quiet -- every_kernel_variant_generates_cuda_cpp >/dev/null
 mkdir -p "$sources/mma"
-mv "$sources"/cu/int4_mma_*.cu "$sources"/cu/byte_mma_*.cu "$sources/mma/"
+mv "$sources"/cu/int_mma_*.cu "$sources"/cu/byte_mma_*.cu "$sources/mma/"
 python3 scripts/nvrtc_check.py "$nvrtc" "$include" "$arch" "$sources/cu"
 python3 scripts/nvrtc_check.py "$nvrtc" "$include" "$arch" "$sources/mma" "$sources/ptx"
 

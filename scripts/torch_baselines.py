@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch baselines for the CUDA kernel benchmarks, on the same GPU and in the same
-session as `cargo bench --bench quant_gemm -- int4_mma` / `-- byte_mma`:
+session as `cargo bench --bench quant_gemm -- int_mma` / `-- byte_mma`:
 
 - device-to-device copy bandwidth (the ceiling for weight-streaming GEMMs),
 - bf16 `torch.matmul` (cuBLAS),

@@ -266,12 +266,12 @@ fn every_kernel_variant_generates_cuda_cpp() {
     let fp8 = ember_quant::kernels::codegen::fp8_gemm_variants();
     assert_eq!(fp8.len(), 2 * 4 * 3);
     variants.extend(fp8);
-    let int4_mma = ember_quant::kernels::codegen::int4_mma_gemm_variants();
-    assert_eq!(int4_mma.len(), (3 + 2) * 3 * 3 * 2 * 2);
-    for kernel in int4_mma.iter().flatten() {
+    let int_mma = ember_quant::kernels::codegen::int_mma_gemm_variants();
+    assert_eq!(int_mma.len(), (3 + 2) * 3 * 3 * 2 * 2);
+    for kernel in int_mma.iter().flatten() {
         assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
     }
-    variants.extend(int4_mma);
+    variants.extend(int_mma);
     let byte_mma = ember_quant::kernels::codegen::byte_mma_gemm_variants();
     assert_eq!(byte_mma.len(), 2 * 3 * 3 * 2);
     for kernel in byte_mma.iter().flatten() {
@@ -432,9 +432,9 @@ fn paged_decode_attention_on_cubecl_cpu() {
 
 /// The fragment repack loses nothing: unpacking it gives back the K-packed values.
 #[test]
-fn int4_fragment_repack_round_trips() {
+fn int_fragment_repack_round_trips() {
     use ember_quant::packing::unpack;
-    use ember_quant::repr::Int4Fragments;
+    use ember_quant::repr::IntFragments;
     let device = Device::flex();
     let mut rng = StdRng::seed_from_u64(21);
     let cases = [
@@ -446,19 +446,19 @@ fn int4_fragment_repack_round_trips() {
     ];
     for case in cases {
         let weight = random_weight(case, &device, &mut rng);
-        let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
+        let fragments = IntFragments::repack(&weight).expect("tiled shape");
         let expected = unpack(weight.packed.clone(), case.bits, 0).into_data().try_to_vec::<i32>().expect("i32");
         let got = fragments.values().into_data().try_to_vec::<i32>().expect("i32");
         assert_eq!(got, expected, "{case:?}");
     }
     let ragged = random_weight(Case { k: 128, n: 72, group_size: 0, ..PLAIN_G128 }, &device, &mut rng);
-    assert!(Int4Fragments::repack(&ragged).unwrap_err().contains("does not tile"));
+    assert!(IntFragments::repack(&ragged).unwrap_err().contains("does not tile"));
     let uneven = random_weight(Case { order: Order::Uneven, group_size: 64, ..PLAIN_G128 }, &device, &mut rng);
-    assert!(Int4Fragments::repack(&uneven).unwrap_err().contains("uneven"));
+    assert!(IntFragments::repack(&uneven).unwrap_err().contains("uneven"));
 }
 
 /// Zero-point modes, group sizes, act-order, row tiles and splits, 4- and 8-bit.
-const INT4_MMA_CASES: [(Case, usize, u32, u32); 11] = [
+const INT_MMA_CASES: [(Case, usize, u32, u32); 11] = [
     (Case { bits: 8, ..PLAIN_G128 }, 5, 1, 2),
     (Case { bits: 8, group_size: 0, zeros: Zeros::Integer, ..PLAIN_G128 }, 17, 2, 1),
     (Case { bits: 8, order: Order::ActOrder, zeros: Zeros::Float, ..PLAIN_G128 }, 2, 1, 3),
@@ -475,8 +475,8 @@ const INT4_MMA_CASES: [(Case, usize, u32, u32); 11] = [
 /// The tensor-core kernel's fragments, bit-level dequantization and split-K, through its
 /// shared-memory emulation of `mma.m16n8k16` (neither runtime has tensor cores), against
 /// the reference, for `(case, rows, row tiles per warp, K splits)` with `warps` per cube.
-fn int4_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps: u32) {
-    use ember_quant::repr::Int4Fragments;
+fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps: u32) {
+    use ember_quant::repr::IntFragments;
     let dtypes: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
     assert!(!dtypes.is_empty(), "{device:?} supports neither f16 nor bf16");
     for dtype in dtypes {
@@ -484,8 +484,8 @@ fn int4_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps
             let mut rng = StdRng::seed_from_u64(300 + i as u64);
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
-            let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
-            let kernel = kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, tensor_cores: false });
+            let fragments = IntFragments::repack(&weight).expect("tiled shape");
+            let kernel = kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, tensor_cores: false });
             assert_eq!(kernel.dtype(), dtype);
             let err = max_relative_error(&to_f32(kernel), &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
@@ -494,34 +494,34 @@ fn int4_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps
 }
 
 #[test]
-fn int4_mma_emulated_on_wgpu() {
-    int4_mma_emulated_on(Device::wgpu(Default::default()), &INT4_MMA_CASES, 2);
+fn int_mma_emulated_on_wgpu() {
+    int_mma_emulated_on(Device::wgpu(Default::default()), &INT_MMA_CASES, 2);
 }
 
 /// One small case per bit width and dtype: on the CPU runtime every unit of a cube is an
 /// OS thread and the emulation's barriers dominate. This is where the bit-level f16 / bf16
 /// dequantization runs (wgpu converts instead), and 8-bit values convert in bf16.
 #[test]
-fn int4_mma_emulated_on_cubecl_cpu() {
+fn int_mma_emulated_on_cubecl_cpu() {
     let case = Case { k: 64, n: 16, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 };
-    int4_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1), (Case { bits: 8, zeros: Zeros::Midpoint, ..case }, 2, 1, 1)], 1);
+    int_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1), (Case { bits: 8, zeros: Zeros::Midpoint, ..case }, 2, 1, 1)], 1);
 }
 
 /// The tensor-core kernel itself (the `mma` instruction, four warps per cube) against the
 /// reference on a CUDA GPU: every emulated case, then Mixtral-8x7B shapes at decode and
 /// prefill row counts with the launch shape the device gets.
 #[test]
-#[ignore = "needs a CUDA GPU: cargo test --release -- --ignored int4_mma_tensor_cores_on_cuda"]
-fn int4_mma_tensor_cores_on_cuda() {
-    use ember_quant::repr::Int4Fragments;
+#[ignore = "needs a CUDA GPU: cargo test --release -- --ignored int_mma_tensor_cores_on_cuda"]
+fn int_mma_tensor_cores_on_cuda() {
+    use ember_quant::repr::IntFragments;
     let device = Device::cuda(0);
     for dtype in [DType::F16, DType::BF16] {
-        for (i, &(case, rows, m_tiles, splits)) in INT4_MMA_CASES.iter().enumerate() {
+        for (i, &(case, rows, m_tiles, splits)) in INT_MMA_CASES.iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(400 + i as u64);
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
-            let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
-            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps: 4, splits, tensor_cores: true }));
+            let fragments = IntFragments::repack(&weight).expect("tiled shape");
+            let kernel = to_f32(kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps: 4, splits, tensor_cores: true }));
             let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
         }
@@ -530,13 +530,13 @@ fn int4_mma_tensor_cores_on_cuda() {
             let mut rng = StdRng::seed_from_u64(rows as u64);
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
-            let fragments = Int4Fragments::repack(&weight).expect("tiled shape");
-            let kernel = to_f32(kernels::int4_mma_gemm(&fragments, x.clone(), kernels::mma_tiling(&device, rows, case.k, case.n)));
+            let fragments = IntFragments::repack(&weight).expect("tiled shape");
+            let kernel = to_f32(kernels::int_mma_gemm(&fragments, x.clone(), kernels::mma_tiling(&device, rows, case.k, case.n)));
             let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} [{}x{}] rows={rows}: relative error {err}", case.k, case.n);
         }
     }
-    grouped_int4_mma_on(device, true, 4);
+    grouped_int_mma_on(device, true, 4);
 }
 
 /// Largest difference relative to the reference's largest magnitude.
@@ -550,8 +550,8 @@ fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
 
 /// The grouped (mixture-of-experts) form of the tensor-core kernel, emulated, against each
 /// expert's reference: experts with no rows, one row, and several row tiles.
-fn grouped_int4_mma_on(device: Device, tensor_cores: bool, warps: u32) {
-    use ember_quant::repr::{ExpertStack, Int4Fragments};
+fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32) {
+    use ember_quant::repr::{ExpertStack, IntFragments};
     let dtype = DType::F16;
     for (case, rows_per_expert, m_tiles, splits) in [
         (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], 1u32, 1u32),
@@ -562,14 +562,14 @@ fn grouped_int4_mma_on(device: Device, tensor_cores: bool, warps: u32) {
             (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
         let parts: Vec<Vec<&PackedIntWeight>> = experts.iter().map(|[a, b]| vec![a, b]).collect();
         let stack = ExpertStack::stack(&parts).expect("one layout");
-        let fragments = Int4Fragments::repack_stack(&stack).expect("4-bit, tiled shape");
+        let fragments = IntFragments::repack_stack(&stack).expect("4-bit, tiled shape");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, dtype, &device, &mut rng);
         let tiling = MmaTiling { m_tiles, warps, splits, tensor_cores };
-        let grouped = to_f32(kernels::grouped_int4_mma_gemm(&fragments, x.clone(), &rows_per_expert, tiling));
+        let grouped = to_f32(kernels::grouped_int_mma_gemm(&fragments, x.clone(), &rows_per_expert, tiling));
         // The MoE layer's entry point repacks into its cache on first use, and its
         // reference arm is the experts' Burn-ops matmuls.
-        let cache = kernels::Int4FragmentCache::new();
+        let cache = kernels::FragmentCache::new();
         let through_cache = to_f32(kernels::grouped_int_forward(&stack, &cache, x.clone(), &rows_per_expert, IntGemmKernel::TensorCores(tiling)));
         assert_eq!(through_cache, grouped, "{case:?}: the layer's path differs from the direct launch");
         assert!(cache.get().is_some_and(Option::is_some), "{case:?}: no fragment copy cached");
@@ -591,6 +591,6 @@ fn grouped_int4_mma_on(device: Device, tensor_cores: bool, warps: u32) {
 }
 
 #[test]
-fn grouped_int4_mma_emulated_on_wgpu() {
-    grouped_int4_mma_on(Device::wgpu(Default::default()), false, 2);
+fn grouped_int_mma_emulated_on_wgpu() {
+    grouped_int_mma_on(Device::wgpu(Default::default()), false, 2);
 }

@@ -176,28 +176,40 @@ fn gptq_mixtral_grouped_experts_match_reference_on_wgpu() {
     assert!(diff <= 1e-4 * reference.logit_range(), "grouped experts differ from the reference path by {diff}");
 }
 
-/// The 4-bit fixtures on a CUDA GPU with the tensor-core W4A16 kernel opted in: every
-/// int4 layer, Mixtral's grouped experts included, runs `int4_mma`, and the logits match
-/// the tool's half-precision runs within the tolerances the Burn-ops path meets.
+/// The integer fixtures on a CUDA GPU with the tensor-core W4A16 / W8A16 kernel opted in:
+/// every Int4 / Int8 layer, Mixtral's grouped experts included, runs `int_mma`. The 4-bit
+/// logits match the tool's half-precision runs within the tolerances the Burn-ops path
+/// meets; the 8-bit Llama (whose tool reference is f32) matches the Burn-ops path in f16.
 #[test]
-#[ignore = "needs a CUDA GPU (sm_80+): cargo test --release -- --ignored int4_fixtures_through_tensor_cores_on_cuda"]
-fn int4_fixtures_through_tensor_cores_on_cuda() {
+#[ignore = "needs a CUDA GPU (sm_80+): cargo test --release -- --ignored int_fixtures_through_tensor_cores_on_cuda"]
+fn int_fixtures_through_tensor_cores_on_cuda() {
     use ember::quant::kernels::{self, IntGemmKernel, KernelPolicy};
     use ember::quant::LinearRepr;
     let device = Device::cuda(0);
-    kernels::with_policy(KernelPolicy::TensorCores, || {
-        for (name, dtype, tolerance) in [("llama-gptq-4bit-g128", ComputeDtype::F16, 1e-3), ("mixtral-gptq-4bit-g128", ComputeDtype::BF16, QUANTIZED_TOLERANCE)] {
-            let loaded = load_model(&fixture(name), &LoadOptions::new(device.clone(), dtype)).unwrap();
-            for layer in loaded.model.linears() {
-                if let LinearRepr::Int4(weight) = layer.repr() {
-                    let kernel = kernels::select::int_gemm(weight, &device, dtype.burn(), 4).kernel;
-                    assert!(matches!(kernel, IntGemmKernel::TensorCores(_)), "{name}: {} runs {kernel:?}", layer.name());
-                }
+    let on_tensor_cores = |name: &str, dtype: ComputeDtype| {
+        let loaded = load_model(&fixture(name), &LoadOptions::new(device.clone(), dtype)).unwrap();
+        for layer in loaded.model.linears() {
+            if let LinearRepr::Int4(weight) | LinearRepr::Int8(weight) = layer.repr() {
+                let kernel = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::int_gemm(weight, &device, dtype.burn(), 4).kernel);
+                assert!(matches!(kernel, IntGemmKernel::TensorCores(_)), "{name}: {} runs {kernel:?}", layer.name());
             }
-            let reference = Reference::read(name);
-            let diff = max_abs_diff(&prompt_logits(&loaded, &reference.input_ids), &reference.logits);
-            println!("{name} in {dtype} on tensor cores: logits max diff {diff:.3e} ({:.2e} of range)", diff / reference.logit_range());
-            assert!(diff <= tolerance * reference.logit_range(), "{name} in {dtype}: diff {diff}");
         }
-    });
+        loaded
+    };
+    for (name, dtype, tolerance) in [("llama-gptq-4bit-g128", ComputeDtype::F16, 1e-3), ("mixtral-gptq-4bit-g128", ComputeDtype::BF16, QUANTIZED_TOLERANCE)] {
+        let loaded = on_tensor_cores(name, dtype);
+        let reference = Reference::read(name);
+        let logits = kernels::with_policy(KernelPolicy::TensorCores, || prompt_logits(&loaded, &reference.input_ids));
+        let diff = max_abs_diff(&logits, &reference.logits);
+        println!("{name} in {dtype} on tensor cores: logits max diff {diff:.3e} ({:.2e} of range)", diff / reference.logit_range());
+        assert!(diff <= tolerance * reference.logit_range(), "{name} in {dtype}: diff {diff}");
+    }
+    let name = "llama-torchao-int8wo";
+    let loaded = on_tensor_cores(name, ComputeDtype::F16);
+    let reference = Reference::read(name);
+    let logits = kernels::with_policy(KernelPolicy::TensorCores, || prompt_logits(&loaded, &reference.input_ids));
+    let burn_ops = kernels::with_policy(KernelPolicy::Reference, || prompt_logits(&loaded, &reference.input_ids));
+    let diff = max_abs_diff(&logits, &burn_ops);
+    println!("{name} in f16 on tensor cores: vs Burn-ops {diff:.3e} ({:.2e} of range)", diff / reference.logit_range());
+    assert!(diff <= 1e-3 * reference.logit_range(), "{name}: tensor cores differ from the Burn-ops path by {diff}");
 }

@@ -5,7 +5,7 @@ use std::fmt::Debug;
 
 use burn::tensor::{DType, Tensor};
 
-use crate::kernels::Int4FragmentCache;
+use crate::kernels::FragmentCache;
 use crate::repr::{Fp8Weight, PackedIntWeight, W8A8Weight};
 
 /// Forward pass of a representation registered from outside Ember.
@@ -54,13 +54,13 @@ pub struct QLinear {
     out_features: usize,
     repr: LinearRepr,
     bias: Option<Tensor<1>>,
-    /// The tensor-core copy of an `Int4` weight, made when that kernel is first selected.
-    fragments: Int4FragmentCache,
+    /// The tensor-core copy of an `Int4` / `Int8` weight, made when that kernel is first selected.
+    fragments: FragmentCache,
 }
 
 impl QLinear {
     pub fn new(in_features: usize, out_features: usize, repr: LinearRepr, bias: Option<Tensor<1>>) -> Self {
-        Self { name: String::new(), scheme: repr.name().to_string(), in_features, out_features, repr, bias, fragments: Int4FragmentCache::new() }
+        Self { name: String::new(), scheme: repr.name().to_string(), in_features, out_features, repr, bias, fragments: FragmentCache::new() }
     }
 
     /// A float linear from a weight in nn.Linear layout `[out, in]`.

@@ -10,7 +10,7 @@
 //! tokens through its `QLinear`s.
 
 use burn::tensor::{activation::silu, activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
-use ember_quant::kernels::{self, Int4FragmentCache, IntGemmKernel};
+use ember_quant::kernels::{self, FragmentCache, IntGemmKernel};
 use ember_quant::linear::LinearRepr;
 use ember_quant::repr::{ExpertStack, PackedIntWeight};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
@@ -27,7 +27,7 @@ pub struct SparseMoe {
     /// Gate|up and down projections of every expert, when they could be stacked.
     stacks: Option<[ExpertStack; 2]>,
     /// The stacks' tensor-core copies, made when that kernel is first selected.
-    stack_fragments: [Int4FragmentCache; 2],
+    stack_fragments: [FragmentCache; 2],
     top_k: usize,
 }
 

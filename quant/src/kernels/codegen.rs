@@ -9,7 +9,7 @@ use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
-use super::{activation_quant, byte_mma, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
+use super::{activation_quant, byte_mma, fp8_gemm, int_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
 
 /// One compiled variant: a readable name and its CUDA C++ source.
 #[derive(Debug, Clone)]
@@ -312,7 +312,7 @@ pub fn fp8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
 /// Every variant of the tensor-core W4A16 / W8A16 kernel as it runs on CUDA (the `mma`
 /// instruction, four warps per cube): bits × group size × zero points × row tiles per
 /// warp × activation dtype × dense or mixture-of-experts.
-pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
+pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
     let zero_modes = [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")];
@@ -326,8 +326,8 @@ pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
                 for (float, float_name, bf16) in halves {
                     for grouped in [false, true] {
                         let [x, words, scales, zero_points, offsets, tiles, partials] = std::array::from_fn(|_| buffer());
-                        let kernel = int4_mma::int4_mma_gemm::Int4MmaGemm::new(
-                            KernelSettings::new(*CubeDim::new_2d(int4_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
+                        let kernel = int_mma::int_mma_gemm::IntMmaGemm::new(
+                            KernelSettings::new(*CubeDim::new_2d(int_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
                             properties.clone(),
                             target.clone(),
                             x,
@@ -354,7 +354,7 @@ pub fn int4_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
                             ElemType::Float(float),
                         );
                         let moe = if grouped { "_moe" } else { "" };
-                        variants.push(generate(format!("int4_mma_w{bits}_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", m_tiles * 16), kernel));
+                        variants.push(generate(format!("int_mma_w{bits}_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", m_tiles * 16), kernel));
                     }
                 }
             }

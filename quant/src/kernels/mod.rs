@@ -7,7 +7,7 @@ pub mod byte_mma;
 pub mod codegen;
 pub mod e4m3;
 pub mod fp8_gemm;
-pub mod int4_mma;
+pub mod int_mma;
 pub mod int_gemm;
 pub mod int_gemm_tiled;
 mod ops;
@@ -22,28 +22,29 @@ use burn_dispatch::DispatchDevice;
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::packing::int_tensor;
-use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, Int4Fragments, PackedIntWeight, W8A8Weight, ZeroPoints};
+use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 pub use ops::{
-    byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int4_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout,
-    GroupBuffer, Int4MmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
+    byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout,
+    GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
 pub use select::{mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
-/// A weight's fragment-ordered copy for the tensor-core W4A16 kernel, repacked the first
-/// time that kernel is selected for it (`None` if the repack refused the layout). Only
-/// layers that run on tensor cores pay its memory (as much again as the packed weight).
-pub type Int4FragmentCache = OnceLock<Option<Int4Fragments>>;
+/// A weight's fragment-ordered copy for the tensor-core W4A16 / W8A16 kernel, repacked
+/// the first time that kernel is selected for it (`None` if the repack refused the
+/// layout). Only layers that run on tensor cores pay its memory (as much again as the
+/// packed weight).
+pub type FragmentCache = OnceLock<Option<IntFragments>>;
 
 /// `x · W` for an `Int4` / `Int8` weight through the kernel the selector picks;
 /// `fragments` holds the weight's tensor-core copy once one is made.
-pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &Int4FragmentCache, x: Tensor<2>) -> Tensor<2> {
+pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &FragmentCache, x: Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         IntGemmKernel::Reference => weight.forward_reference(x),
         IntGemmKernel::Cube(tiling) => int_weight_gemm(weight, x, tiling),
-        IntGemmKernel::TensorCores(tiling) => match fragments.get_or_init(|| Int4Fragments::repack(weight).ok()) {
-            Some(fragments) => int4_mma_gemm(fragments, weight.ordered_input(x), tiling),
+        IntGemmKernel::TensorCores(tiling) => match fragments.get_or_init(|| IntFragments::repack(weight).ok()) {
+            Some(fragments) => int_mma_gemm(fragments, weight.ordered_input(x), tiling),
             // The selector checks the layout the repack takes; should they disagree, the
             // register kernel still gives the right answer.
             None => int_weight_gemm(weight, x, IntGemmTiling::Registers { tile_m: select::MAX_TILE_M }),
@@ -273,15 +274,15 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tiling: IntGemmTi
     ))
 }
 
-/// `x · W` through the tensor-core W4A16 kernel (or, with `tiling.tensor_cores` off, its
-/// emulation) on a Cube device, for f16 / bf16 activations in `weight`'s stored row order.
+/// `x · W` through the tensor-core W4A16 / W8A16 kernel (or, with `tiling.tensor_cores`
+/// off, its emulation) on a Cube device, for f16 / bf16 activations in `weight`'s stored row order.
 /// The f32 partial products of the K splits are summed here.
-pub fn int4_mma_gemm(weight: &Int4Fragments, x: Tensor<2>, tiling: MmaTiling) -> Tensor<2> {
+pub fn int_mma_gemm(weight: &IntFragments, x: Tensor<2>, tiling: MmaTiling) -> Tensor<2> {
     let [m, _] = x.dims();
     let n = weight.out_features;
     let dtype = x.dtype();
-    let layout = int4_mma_layout(weight, &x, tiling);
-    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::int4_mma_gemm(
+    let layout = int_mma_layout(weight, &x, tiling);
+    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::int_mma_gemm(
         x.into_dispatch(),
         weight.words.clone().into_dispatch(),
         weight.scales.clone().into_dispatch(),
@@ -291,16 +292,16 @@ pub fn int4_mma_gemm(weight: &Int4Fragments, x: Tensor<2>, tiling: MmaTiling) ->
     sum_splits(partials, layout.splits, m, n).cast(dtype)
 }
 
-/// One grouped launch of the tensor-core W4A16 kernel (or its emulation) for a
+/// One grouped launch of the tensor-core W4A16 / W8A16 kernel (or its emulation) for a
 /// mixture-of-experts projection: `x` holds `rows_per_expert[e]` rows for each expert `e`,
-/// in expert order, and `stack` the experts' fragments ([`Int4Fragments::repack_stack`]).
-pub fn grouped_int4_mma_gemm(stack: &Int4Fragments, x: Tensor<2>, rows_per_expert: &[usize], tiling: MmaTiling) -> Tensor<2> {
+/// in expert order, and `stack` the experts' fragments ([`IntFragments::repack_stack`]).
+pub fn grouped_int_mma_gemm(stack: &IntFragments, x: Tensor<2>, rows_per_expert: &[usize], tiling: MmaTiling) -> Tensor<2> {
     let [m, _] = x.dims();
     let n = stack.out_features;
     let dtype = x.dtype();
-    let layout = int4_mma_layout(stack, &x, tiling);
-    let tiles = tile_map(rows_per_expert, (int4_mma::M_TILE * tiling.m_tiles) as usize, &x.device());
-    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int4_mma_gemm(
+    let layout = int_mma_layout(stack, &x, tiling);
+    let tiles = tile_map(rows_per_expert, (int_mma::M_TILE * tiling.m_tiles) as usize, &x.device());
+    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int_mma_gemm(
         x.into_dispatch(),
         stack.words.clone().into_dispatch(),
         stack.scales.clone().into_dispatch(),
@@ -311,13 +312,13 @@ pub fn grouped_int4_mma_gemm(stack: &Int4Fragments, x: Tensor<2>, rows_per_exper
     sum_splits(partials, layout.splits, m, n).cast(dtype)
 }
 
-fn int4_mma_layout(weight: &Int4Fragments, x: &Tensor<2>, tiling: MmaTiling) -> Int4MmaLayout {
+fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> IntMmaLayout {
     let wgpu = matches!(x.device().as_dispatch(), DispatchDevice::Cube(cubecl::Device::Wgpu(_)));
     let bit_dequant = !wgpu && !(weight.bits == 8 && x.dtype() == DType::BF16);
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
-    let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int4_mma::K_BLOCK).max(1));
+    let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
     let MmaTiling { m_tiles, warps, tensor_cores, .. } = tiling;
-    Int4MmaLayout { bits: weight.bits, group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
+    IntMmaLayout { bits: weight.bits, group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
 }
 
 /// `[splits · m, n]` f32 partial products summed over the splits.
@@ -347,12 +348,12 @@ fn tile_map(rows_per_expert: &[usize], tile_rows: usize, device: &burn::tensor::
 /// A mixture-of-experts projection through `kernel` (chosen by
 /// [`select::grouped_int_gemm`]): `x` holds `rows_per_expert[e]` rows for each expert `e`,
 /// in expert order; `fragments` holds the stack's tensor-core copy once one is made.
-pub fn grouped_int_forward(stack: &ExpertStack, fragments: &Int4FragmentCache, x: Tensor<2>, rows_per_expert: &[usize], kernel: IntGemmKernel) -> Tensor<2> {
+pub fn grouped_int_forward(stack: &ExpertStack, fragments: &FragmentCache, x: Tensor<2>, rows_per_expert: &[usize], kernel: IntGemmKernel) -> Tensor<2> {
     match kernel {
         IntGemmKernel::Reference => stack.forward_reference(x, rows_per_expert),
         IntGemmKernel::Cube(tiling) => grouped_int_weight_gemm(stack, x, rows_per_expert, tiling),
-        IntGemmKernel::TensorCores(tiling) => match fragments.get_or_init(|| Int4Fragments::repack_stack(stack).ok()) {
-            Some(fragments) => grouped_int4_mma_gemm(fragments, x, rows_per_expert, tiling),
+        IntGemmKernel::TensorCores(tiling) => match fragments.get_or_init(|| IntFragments::repack_stack(stack).ok()) {
+            Some(fragments) => grouped_int_mma_gemm(fragments, x, rows_per_expert, tiling),
             None => grouped_int_weight_gemm(stack, x, rows_per_expert, IntGemmTiling::Registers { tile_m: select::MAX_TILE_M }),
         },
     }

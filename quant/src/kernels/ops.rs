@@ -13,7 +13,7 @@ use cubecl::ir::{ElemType, FloatKind, IntKind};
 use cubecl::prelude::*;
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_MAP_STRIDE, TILE_N};
-use super::{activation_quant, byte_mma, fp8_gemm, int4_mma, int_gemm_tiled, paged_attention, w8a8_gemm};
+use super::{activation_quant, byte_mma, fp8_gemm, int_mma, int_gemm_tiled, paged_attention, w8a8_gemm};
 use crate::repr::ActivationGrid;
 
 /// How an integer weight is laid out, for [`KernelOps::int_weight_gemm`].
@@ -66,9 +66,9 @@ pub enum GroupBuffer<B: Backend> {
     Indexed(IntTensor<B>),
 }
 
-/// How the tensor-core W4A16 kernel runs, for [`KernelOps::int4_mma_gemm`].
+/// How the tensor-core W4A16 / W8A16 kernel runs, for [`KernelOps::int_mma_gemm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Int4MmaLayout {
+pub struct IntMmaLayout {
     /// Bits per value: 4 or 8.
     pub bits: u32,
     /// A multiple of 16, or 0 for one group spanning K.
@@ -87,7 +87,7 @@ pub struct Int4MmaLayout {
 }
 
 /// `[splits · M, N]` f32 partial products.
-pub fn int4_mma_partials_shape(x: &Shape, scales: &Shape, layout: &Int4MmaLayout) -> Shape {
+pub fn int_mma_partials_shape(x: &Shape, scales: &Shape, layout: &IntMmaLayout) -> Shape {
     Shape::from([layout.splits as usize * x[0], scales[1]])
 }
 
@@ -240,27 +240,27 @@ pub trait KernelOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// `x` `[M, K]` (f16 or bf16) times a fragment-ordered 4-bit weight
-    /// (`crate::repr::Int4Fragments`), as f32 partial products per K split.
-    #[fusion(dtype = DType::F32, shape = int4_mma_partials_shape(x, scales, layout))]
-    fn int4_mma_gemm(
+    /// (`crate::repr::IntFragments`), as f32 partial products per K split.
+    #[fusion(dtype = DType::F32, shape = int_mma_partials_shape(x, scales, layout))]
+    fn int_mma_gemm(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
         scales: FloatTensor<Self>,
         #[extension_type] zeros: ZeroBuffer<Self>,
-        layout: Int4MmaLayout,
+        layout: IntMmaLayout,
     ) -> FloatTensor<Self>;
 
-    /// Mixture-of-experts form of [`KernelOps::int4_mma_gemm`]: `x` rows sorted by expert,
+    /// Mixture-of-experts form of [`KernelOps::int_mma_gemm`]: `x` rows sorted by expert,
     /// fragments and group buffers stacked per expert, and `tiles` (u32, three per row
     /// tile of `16 · m_tiles` rows: expert, first row, end row) covering every row once.
-    #[fusion(dtype = DType::F32, shape = int4_mma_partials_shape(x, scales, layout))]
-    fn grouped_int4_mma_gemm(
+    #[fusion(dtype = DType::F32, shape = int_mma_partials_shape(x, scales, layout))]
+    fn grouped_int_mma_gemm(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
         scales: FloatTensor<Self>,
         #[extension_type] zeros: ZeroBuffer<Self>,
         tiles: IntTensor<Self>,
-        layout: Int4MmaLayout,
+        layout: IntMmaLayout,
     ) -> FloatTensor<Self>;
 
     /// Quantizes `x` `[M, K]` (K a multiple of 4) to int8 or e4m3 bytes, four per i32 word
@@ -352,12 +352,12 @@ impl KernelOps for CubeBackend {
         launch_int_gemm(x, packed, scales, zeros, GroupBuffer::Contiguous, Some(tiles), layout)
     }
 
-    fn int4_mma_gemm(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<Self>, layout: Int4MmaLayout) -> CubeTensor {
-        launch_int4_mma(x, words, scales, zeros, None, layout)
+    fn int_mma_gemm(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<Self>, layout: IntMmaLayout) -> CubeTensor {
+        launch_int_mma(x, words, scales, zeros, None, layout)
     }
 
-    fn grouped_int4_mma_gemm(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<Self>, tiles: CubeTensor, layout: Int4MmaLayout) -> CubeTensor {
-        launch_int4_mma(x, words, scales, zeros, Some(tiles), layout)
+    fn grouped_int_mma_gemm(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<Self>, tiles: CubeTensor, layout: IntMmaLayout) -> CubeTensor {
+        launch_int_mma(x, words, scales, zeros, Some(tiles), layout)
     }
 
     fn quantize_activations(x: CubeTensor, scale: ActivationScale<Self>, layout: ActivationQuantLayout) -> (CubeTensor, CubeTensor) {
@@ -649,8 +649,8 @@ fn launch_int_gemm(
     out
 }
 
-/// Launches the tensor-core W4A16 kernel, grouped by expert when `tiles` is given.
-fn launch_int4_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<CubeBackend>, tiles: Option<CubeTensor>, layout: Int4MmaLayout) -> CubeTensor {
+/// Launches the tensor-core W4A16 / W8A16 kernel, grouped by expert when `tiles` is given.
+fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<CubeBackend>, tiles: Option<CubeTensor>, layout: IntMmaLayout) -> CubeTensor {
     let (m, k, n) = (x.shape()[0], x.shape()[1], scales.shape()[1]);
     let client = x.client.clone();
     let partials = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([layout.splits as usize * m, n]), DType::F32);
@@ -661,27 +661,27 @@ fn launch_int4_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: 
     let groups_per_expert = scales.shape()[0] / experts;
     let (zeros_mode, zeros, offsets) = zero_point_buffers(zeros, &x);
     let (m, k, n) = (m as u32, k as u32, n as u32);
-    let blocks_per_split = (k / int4_mma::K_BLOCK).div_ceil(layout.splits.max(1));
+    let blocks_per_split = (k / int_mma::K_BLOCK).div_ceil(layout.splits.max(1));
     let row_tiles = match &tiles {
         Some(map) => (map.shape()[0] as u32) / TILE_MAP_STRIDE,
-        None => m.div_ceil(int4_mma::M_TILE * layout.m_tiles),
+        None => m.div_ceil(int_mma::M_TILE * layout.m_tiles),
     };
     let grouped = tiles.is_some();
     let tiles = tiles.unwrap_or_else(|| empty_device_dtype(client.clone(), x.device.clone(), Shape::from([1]), DType::U32));
-    let cube_count = CubeCount::Static((n / int4_mma::N_BLOCK).div_ceil(layout.warps), layout.splits, row_tiles);
+    let cube_count = CubeCount::Static((n / int_mma::N_BLOCK).div_ceil(layout.warps), layout.splits, row_tiles);
     let bf16 = x.dtype == DType::BF16;
     let elem = float_elem(x.dtype);
-    // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (Int4Fragments checks
+    // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (IntFragments checks
     // both), x `[m, k]`, words `[E · k/64 · n/16 · 32 · bits]` for E experts, scales and zeros
     // `[E·G, n]` with G·group_size covering k, and a tile map whose experts and row ranges
     // lie within those shapes. The kernel clamps rows to the tile's last row and column
     // blocks to n/16-1 before reading, reads K blocks below k/64 only, and writes partials
     // `[splits·m, n]` for rows inside its tile and column blocks below n/16 only.
     unsafe {
-        int4_mma::int4_mma_gemm::launch_unchecked(
+        int_mma::int_mma_gemm::launch_unchecked(
             &client,
             cube_count,
-            CubeDim::new_2d(int4_mma::LANES, layout.warps),
+            CubeDim::new_2d(int_mma::LANES, layout.warps),
             into_contiguous(x).into_buffer_arg(),
             into_contiguous(words).into_buffer_arg(),
             into_contiguous(scales).into_buffer_arg(),

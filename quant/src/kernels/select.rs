@@ -13,7 +13,7 @@ use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling};
-use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, Int4Fragments, PackedIntWeight, W8A8Weight, ZeroPoints};
+use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 /// Which kernels may run. `EMBER_KERNELS=reference`, `auto` or `tensor-cores` sets it for
 /// the process; [`with_policy`] overrides it on the calling thread.
@@ -83,7 +83,7 @@ pub enum IntGemmKernel {
     Reference,
     /// A CubeCL kernel: the register kernel or the shared-memory tile kernel.
     Cube(IntGemmTiling),
-    /// The tensor-core W4A16 kernel (CUDA `mma.sync`) on the weight's fragment-ordered copy.
+    /// The tensor-core W4A16 / W8A16 kernel (CUDA `mma.sync`) on the weight's fragment-ordered copy.
     TensorCores(MmaTiling),
 }
 
@@ -105,7 +105,7 @@ pub struct Selection<K> {
 /// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
-    let tensor_cores = int4_mma_tiling(device, dtype, rows, weight.in_features, weight.out_features, Int4Fragments::unsupported(weight));
+    let tensor_cores = int_mma_tiling(device, dtype, rows, weight.in_features, weight.out_features, IntFragments::unsupported(weight));
     let selection = choose(buffers, device, dtype, rows, tensor_cores);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
@@ -118,7 +118,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 /// `max_rows` rows.
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
-    let tensor_cores = int4_mma_tiling(device, dtype, max_rows, stack.in_features, stack.out_features, Int4Fragments::unsupported_stack(stack));
+    let tensor_cores = int_mma_tiling(device, dtype, max_rows, stack.in_features, stack.out_features, IntFragments::unsupported_stack(stack));
     let selection = choose(buffers, device, dtype, max_rows, tensor_cores);
     log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
@@ -148,7 +148,7 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, ten
         Ok(tiling) if refusal.is_none() => {
             let portable = choose_portable(device, dtype, rows, None, String::new());
             return match portable.kernel {
-                Some(_) => Selection { kernel: IntGemmKernel::TensorCores(tiling), reason: "tensor-core kernel (int4_mma)".into() },
+                Some(_) => Selection { kernel: IntGemmKernel::TensorCores(tiling), reason: "tensor-core kernel (int_mma)".into() },
                 None => Selection { kernel: IntGemmKernel::Reference, reason: portable.reason },
             };
         }
@@ -260,15 +260,15 @@ fn tensor_core_tiling(device: &Device, rows: usize, k: usize, n: usize, instruct
 }
 
 /// [`tensor_core_tiling`] for the W4A16 kernel: f16 or bf16 activations times a weight
-/// whose layout `Int4Fragments` takes (`unsupported` says why not).
-fn int4_mma_tiling(device: &Device, dtype: DType, rows: usize, k: usize, n: usize, unsupported: Option<String>) -> Result<MmaTiling, String> {
+/// whose layout `IntFragments` takes (`unsupported` says why not).
+fn int_mma_tiling(device: &Device, dtype: DType, rows: usize, k: usize, n: usize, unsupported: Option<String>) -> Result<MmaTiling, String> {
     let (half, refusal) = match dtype {
         DType::F16 => (FloatKind::F16, unsupported),
         DType::BF16 => (FloatKind::BF16, unsupported),
-        _ => (FloatKind::F16, Some(format!("activations in {dtype:?} (int4_mma takes f16 or bf16)"))),
+        _ => (FloatKind::F16, Some(format!("activations in {dtype:?} (int_mma takes f16 or bf16)"))),
     };
     let instruction = MmaConfig { a_type: ElemType::Float(half), b_type: ElemType::Float(half), cd_type: ElemType::Float(FloatKind::F32), m: 16, n: 8, k: 16 };
-    tensor_core_tiling(device, rows, k, n, instruction, refusal, "int4_mma")
+    tensor_core_tiling(device, rows, k, n, instruction, refusal, "int_mma")
 }
 
 /// [`tensor_core_tiling`] for the 8-bit kernel on `operand` × `operand` → `accumulator`.

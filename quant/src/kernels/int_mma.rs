@@ -2,7 +2,7 @@
 //! layout): `partials[s, M, N] = x[M, K_s] · dequant(W)[K_s, N]` for K split `s`, with f32
 //! accumulation in the warp-level `mma.m16n8k16` instruction.
 //!
-//! The weights are repacked once ([`crate::repr::Int4Fragments`]) so each lane of a warp
+//! The weights are repacked once ([`crate::repr::IntFragments`]) so each lane of a warp
 //! reads exactly the B-fragment values it feeds to `mma`, for four K steps and two
 //! 8-column subtiles, as consecutive words: one 16-byte load per lane for 4-bit values
 //! (512 contiguous bytes per warp), two for 8-bit. Within a word, the values are ordered
@@ -50,7 +50,7 @@ type Pair<E> = Vector<E, Const<2>>;
 /// `tiles[3z+1]..tiles[3z+2]` by expert `tiles[3z]`, as in the portable kernels.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn int4_mma_gemm<F: Float>(
+pub fn int_mma_gemm<F: Float>(
     x: &[Pair<F>],
     words: &[Vector<i32, Const<4>>],
     scales: &[f32],

@@ -1,5 +1,5 @@
 //! A 4- or 8-bit integer weight repacked for the tensor-core kernel
-//! ([`crate::kernels::int4_mma`]): the values of each 64 (K) × 16 (N) block ordered by the
+//! ([`crate::kernels::int_mma`]): the values of each 64 (K) × 16 (N) block ordered by the
 //! `mma.m16n8k16` B-fragment layout, built from the K-packed repr with Burn int ops on the
 //! weight's device.
 //!
@@ -13,7 +13,7 @@
 use burn::tensor::{Int, Tensor};
 
 use super::{ExpertStack, PackedIntWeight, ZeroPoints};
-use crate::kernels::int4_mma::{K_BLOCK, LANES, N_BLOCK};
+use crate::kernels::int_mma::{K_BLOCK, LANES, N_BLOCK};
 use crate::packing::{pack, unpack};
 
 /// Source dims `[kb, w, half, t, pair, nb, j, g]` to `[kb, nb, g, t, w, pair, j, half]`
@@ -29,7 +29,7 @@ pub fn words_per_lane(bits: u32) -> u32 {
 }
 
 #[derive(Debug, Clone)]
-pub struct Int4Fragments {
+pub struct IntFragments {
     /// 4 or 8.
     pub bits: u32,
     /// Experts stacked along K (1 for a plain linear).
@@ -46,7 +46,7 @@ pub struct Int4Fragments {
     pub zeros: ZeroPoints,
 }
 
-impl Int4Fragments {
+impl IntFragments {
     /// Why `weight` cannot be repacked, if it cannot: the kernel takes 4- or 8-bit values
     /// in contiguous groups of a multiple of 16 rows, K a multiple of 64 and N of 16.
     pub fn unsupported(weight: &PackedIntWeight) -> Option<String> {
