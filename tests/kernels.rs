@@ -247,6 +247,10 @@ fn selector_explains_its_choice() {
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &wgpu, DType::F32, 64));
     assert_eq!(forced.kernel, IntGemmKernel::Reference);
     assert!(forced.reason.contains("EMBER_KERNELS"), "{}", forced.reason);
+    // Asking for tensor cores where there are none keeps the portable kernel.
+    let half = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::int_gemm(&weight, &wgpu, DType::F16, 4));
+    assert_eq!(half.kernel, IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m: 4 }));
+    assert!(half.reason.contains("no tensor cores"), "{}", half.reason);
 }
 
 /// Every kernel variant compiles to CUDA C++ through CubeCL's compiler, with no GPU.
