@@ -13,6 +13,12 @@ for packed in .gpu/*.xz; do
 done
 chmod +x .gpu/integration .gpu/quant_gemm 2>/dev/null
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$out/gpu.txt"
+# The CUDA runtime loads NVRTC at run time: the system's, or else the one PyTorch's
+# NVIDIA wheels bring.
+if ! ldconfig -p | grep -q 'libnvrtc\.so'; then
+  nvrtc="$(python3 -c 'import glob, site; print(next(iter(sorted(p for d in site.getsitepackages() for p in glob.glob(d + "/nvidia/**/libnvrtc.so*", recursive=True))), ""))' 2>/dev/null || true)"
+  [ -n "$nvrtc" ] && export LD_LIBRARY_PATH="$(dirname "$nvrtc"):${LD_LIBRARY_PATH:-}"
+fi
 # The test binary reads its fixtures under the path of the checkout it was built in.
 [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 
