@@ -553,13 +553,14 @@ fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
 }
 
 /// The grouped (mixture-of-experts) form of the tensor-core kernel, emulated, against each
-/// expert's reference: experts with no rows, one row, and several row tiles.
+/// expert's reference: experts with no rows, one row, and several row tiles; 4- and 8-bit.
 fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32) {
     use ember_quant::repr::{ExpertStack, IntFragments};
     let dtype = DType::F16;
     for (case, rows_per_expert, m_tiles, splits) in [
         (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], 1u32, 1u32),
         (Case { k: 128, n: 48, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![17, 3, 0, 40], 2, 2),
+        (Case { bits: 8, k: 128, n: 32, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![0, 5, 18, 1], 1, 2),
     ] {
         let mut rng = StdRng::seed_from_u64(12);
         let experts: Vec<[PackedIntWeight; 2]> =
