@@ -320,7 +320,7 @@ fn byte_gemm_selector_explains_its_choice() {
     assert!(refused.reason.contains("do not match"), "{}", refused.reason);
     // The refused layout still runs, on the reference.
     let x = activations(2, 256, DType::F32, &wgpu, &mut rng);
-    assert_eq!(to_f32(kernels::fp8_forward(&mismatched, x.clone())), to_f32(mismatched.forward_reference(x)));
+    assert_eq!(to_f32(kernels::fp8_forward(&mismatched, &kernels::FragmentCache::new(), x.clone())), to_f32(mismatched.forward_reference(x)));
 
     let float_acts = w8a8_weight(128, 64, ActivationQuant::None, &wgpu, &mut rng);
     let refused = kernels::select::w8a8_gemm(&float_acts, &wgpu, DType::F32, 4);
@@ -494,6 +494,44 @@ fn byte_mma_emulated_on_wgpu() {
     let fp8 = fp8_weight(128, 32, Fp8Scales::Channel, ActivationQuant::DynamicPerGroup(32), &device, &mut rng);
     let x = activations(3, 128, DType::F32, &device, &mut rng);
     assert_eq!(to_f32(kernels::fp8_mma_gemm(&fp8, x.clone(), tiling)), to_f32(kernels::fp8_gemm(&fp8, x, 8)));
+}
+
+/// Weight-only FP8 on the tensor-core integer kernel: the e4m3 bytes repack into 8-bit
+/// fragments losslessly, and through the emulated `mma.m16n8k16` the products match the
+/// reference for every scale layout (`dtypes` f16: bit-level decoding where the runtime
+/// allows it; bf16: conversion).
+fn fp8_weight_only_int_mma_on(device: &Device, warps: u32, tensor_cores: bool, cases: &[(Fp8Scales, usize, usize)], shapes: &[(u32, u32, usize)], dtypes: &[DType]) {
+    use ember::quant::packing::unpack;
+    use ember::quant::repr::IntFragments;
+    let mut rng = StdRng::seed_from_u64(44);
+    for &(scales, k, n) in cases {
+        let weight = fp8_weight(k, n, scales, ActivationQuant::None, device, &mut rng);
+        let fragments = IntFragments::repack_fp8(&weight).expect("whole blocks");
+        let bytes = |t: Tensor<2, Int>| t.into_data().convert::<i32>().try_to_vec::<i32>().expect("i32");
+        assert_eq!(bytes(fragments.values()), bytes(unpack(weight.codes.clone(), 8, 1).transpose()), "{scales:?}: repack lost bytes");
+        for &(m_tiles, splits, rows) in shapes {
+            for &dtype in dtypes {
+                let tiling = mma_tiling(m_tiles, splits, warps, tensor_cores);
+                let err = fp8_relative_error_of(&weight, rows, dtype, device, &mut rng, |_, x| kernels::int_mma_gemm(&fragments, x, tiling));
+                assert!(err < 2e-2, "{scales:?} k={k} n={n} rows={rows} m_tiles={m_tiles} splits={splits} {dtype:?}: relative error {err}");
+            }
+        }
+    }
+}
+
+const FP8_WEIGHT_ONLY_CASES: [(Fp8Scales, usize, usize); 3] = [(Fp8Scales::Tensor, 128, 48), (Fp8Scales::Channel, 192, 32), (Fp8Scales::Block, 256, 256)];
+
+#[test]
+fn fp8_weight_only_int_mma_emulated_on_wgpu() {
+    let device = Device::wgpu(Default::default());
+    fp8_weight_only_int_mma_on(&device, 2, false, &FP8_WEIGHT_ONLY_CASES, &MMA_SHAPES[..4], &[DType::F16]);
+}
+
+/// The CPU runtime decodes the bytes bit by bit in f16 (wgpu converts): one small case.
+#[test]
+fn fp8_weight_only_int_mma_emulated_on_cubecl_cpu() {
+    let device = Device::cpu();
+    fp8_weight_only_int_mma_on(&device, 1, false, &[(Fp8Scales::Channel, 64, 16)], &MMA_SHAPES[1..2], &[DType::F16, DType::BF16]);
 }
 
 /// The real `mma.sync` instructions (sm_89+), on every emulated case and at Llama-3-8B's

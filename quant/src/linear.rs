@@ -54,7 +54,8 @@ pub struct QLinear {
     out_features: usize,
     repr: LinearRepr,
     bias: Option<Tensor<1>>,
-    /// The tensor-core copy of an `Int4` / `Int8` weight, made when that kernel is first selected.
+    /// The tensor-core copy of an `Int4` / `Int8` / weight-only `Fp8` weight, made when that
+    /// kernel is first selected.
     fragments: FragmentCache,
 }
 
@@ -123,7 +124,7 @@ impl QLinear {
         let mut y = match &self.repr {
             LinearRepr::Dense { weight_t } => flat.matmul(weight_t.clone()),
             LinearRepr::Int4(w) | LinearRepr::Int8(w) => crate::kernels::int_weight_forward(w, &self.fragments, flat),
-            LinearRepr::Fp8(w) => crate::kernels::fp8_forward(w, flat),
+            LinearRepr::Fp8(w) => crate::kernels::fp8_forward(w, &self.fragments, flat),
             LinearRepr::W8A8(w) => crate::kernels::w8a8_forward(w, flat),
             LinearRepr::Custom(op) => op.forward(flat),
         };

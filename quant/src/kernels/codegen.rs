@@ -319,9 +319,12 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
     let halves = [(FloatKind::F16, "f16", false), (FloatKind::BF16, "bf16", true)];
     let warps = 4u32;
     let mut variants = Vec::new();
-    let layouts = [128u32, 32, 0].map(|group| (4u32, group)).into_iter().chain([128u32, 0].map(|group| (8u32, group)));
-    for (bits, group_size) in layouts {
-        for (zeros, zeros_name) in zero_modes {
+    // (bits, e4m3, group size, zero modes): 4- and 8-bit integers with every zero mode,
+    // and weight-only FP8 (128-row scale blocks or one scale per column, no zero points).
+    let integer = |bits, group| (bits, false, group, &zero_modes[..]);
+    let layouts = [integer(4, 128), integer(4, 32), integer(4, 0), integer(8, 128), integer(8, 0), (8, true, 128, &zero_modes[..1]), (8, true, 0, &zero_modes[..1])];
+    for (bits, e4m3, group_size, zero_modes) in layouts {
+        for &(zeros, zeros_name) in zero_modes {
             for m_tiles in [1u32, 2, 4] {
                 for (float, float_name, bf16) in halves {
                     for grouped in [false, true] {
@@ -343,6 +346,7 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                             Default::default(),
                             Default::default(),
                             bits,
+                            e4m3,
                             group_size,
                             zeros,
                             bf16,
@@ -354,7 +358,7 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                             ElemType::Float(float),
                         );
                         let moe = if grouped { "_moe" } else { "" };
-                        variants.push(generate(format!("int_mma_w{bits}_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", m_tiles * 16), kernel));
+                        variants.push(generate(format!("int_mma_{}_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", if e4m3 { "e4m3".to_string() } else { format!("w{bits}") }, m_tiles * 16), kernel));
                     }
                 }
             }

@@ -26,6 +26,7 @@
 use cubecl::cmma::MmaDefinition;
 use cubecl::prelude::*;
 
+use super::e4m3::decode_e4m3;
 use super::int_gemm::{row_tile, zero_mode};
 
 /// Lanes per warp (the `mma` instruction's plane).
@@ -64,6 +65,7 @@ pub fn int_mma_gemm<F: Float>(
     groups: u32,
     blocks_per_split: u32,
     #[comptime] bits: u32,
+    #[comptime] e4m3: bool,
     #[comptime] group_size: u32,
     #[comptime] zeros_mode: u32,
     #[comptime] bf16: bool,
@@ -102,6 +104,9 @@ pub fn int_mma_gemm<F: Float>(
     let magic_pair = comptime!(magic_bits | (magic_bits << 16));
     let magic = comptime!(if bf16 && bits == 8 { 0.0f32 } else if bf16 { 128.0f32 } else { 1024.0f32 });
     let midpoint = comptime!((1u32 << (bits - 1)) as f32);
+    // e4m3 bytes become f16 by moving their exponent and mantissa into place, which leaves
+    // them 2^8 too small (exponent bias 15 against 7): the scales make up for it.
+    let scale_factor = comptime!(if e4m3 && bit_dequant { 256.0f32 } else { 1.0f32 });
 
     let mut acc = Array::<Pair<f32>>::new(comptime!((m_tiles * 4) as usize));
     #[unroll]
@@ -123,7 +128,7 @@ pub fn int_mma_gemm<F: Float>(
     // The lane's first column in its expert's first group row of the scale buffers.
     let lane_scale_at = group_base + nb * N_BLOCK + group_id;
     if comptime!(group_size == 0) {
-        load_group::<F>(scales, zeros, offsets, lane_scale_at, &mut centre, &mut scale, &mut offset, magic, midpoint, zeros_mode);
+        load_group::<F>(scales, zeros, offsets, lane_scale_at, &mut centre, &mut scale, &mut offset, magic, midpoint, scale_factor, zeros_mode);
     }
 
     let mut lane_words = Array::<u32>::new(comptime!(bits as usize));
@@ -144,30 +149,30 @@ pub fn int_mma_gemm<F: Float>(
         }
         if comptime!(group_size >= K_BLOCK) {
             let at = (kb * K_BLOCK / group_size) * n + lane_scale_at;
-            load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, midpoint, zeros_mode);
+            load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, midpoint, scale_factor, zeros_mode);
         }
         #[unroll]
         for w in 0..4u32 {
             let k0 = kb * K_BLOCK + w * 16;
             if comptime!(group_size > 0 && group_size < K_BLOCK) {
                 let at = (k0 / group_size) * n + lane_scale_at;
-                load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, midpoint, zeros_mode);
+                load_group::<F>(scales, zeros, offsets, at, &mut centre, &mut scale, &mut offset, magic, midpoint, scale_factor, zeros_mode);
             }
             if comptime!(bits == 4) {
                 // Nibble slot p (and p + 4 in the high half) holds subtile p / 2, K half p % 2.
                 let word = lane_words[w as usize];
-                b_low[0] = dequantize_pair::<F>(word, 0u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
-                b_low[1] = dequantize_pair::<F>(word, 4u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
-                b_high[0] = dequantize_pair::<F>(word, 8u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
-                b_high[1] = dequantize_pair::<F>(word, 12u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
+                b_low[0] = dequantize_pair::<F>(word, 0u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_low[1] = dequantize_pair::<F>(word, 4u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_high[0] = dequantize_pair::<F>(word, 8u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 1u32, zeros_mode);
+                b_high[1] = dequantize_pair::<F>(word, 12u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 1u32, zeros_mode);
             } else {
                 // Word 2w + j holds subtile j; byte slot p (and p + 2) K half p.
                 let low = lane_words[(2 * w) as usize];
                 let high = lane_words[(2 * w + 1) as usize];
-                b_low[0] = dequantize_pair::<F>(low, 0u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
-                b_low[1] = dequantize_pair::<F>(low, 8u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 0u32, zeros_mode);
-                b_high[0] = dequantize_pair::<F>(high, 0u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
-                b_high[1] = dequantize_pair::<F>(high, 8u32, bits, magic_pair, magic, bit_dequant, &centre, &scale, &offset, 1u32, zeros_mode);
+                b_low[0] = dequantize_pair::<F>(low, 0u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_low[1] = dequantize_pair::<F>(low, 8u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 0u32, zeros_mode);
+                b_high[0] = dequantize_pair::<F>(high, 0u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 1u32, zeros_mode);
+                b_high[1] = dequantize_pair::<F>(high, 8u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 1u32, zeros_mode);
             }
 
             let col = k0 / 2 + thread_in_group;
@@ -220,6 +225,7 @@ fn load_group<F: Float>(
     offset: &mut Array<Pair<F>>,
     #[comptime] magic: f32,
     #[comptime] midpoint: f32,
+    #[comptime] scale_factor: f32,
     #[comptime] zeros_mode: u32,
 ) {
     #[unroll]
@@ -231,7 +237,7 @@ fn load_group<F: Float>(
             f32::new(midpoint)
         };
         centre[j as usize] = Pair::<F>::new(F::cast_from(zero + magic));
-        scale[j as usize] = Pair::<F>::new(F::cast_from(scales[col as usize]));
+        scale[j as usize] = Pair::<F>::new(F::cast_from(scales[col as usize] * scale_factor));
         if comptime!(zeros_mode == zero_mode::FLOAT) {
             offset[j as usize] = Pair::<F>::new(F::cast_from(offsets[col as usize]));
         }
@@ -240,7 +246,8 @@ fn load_group<F: Float>(
 
 /// The two `bits`-bit values at bit `shift` and `shift + 16` of `word` (one B register:
 /// two consecutive K rows of one column), dequantized for subtile `j`. With
-/// `bit_dequant`, `magic + q` comes from bit operations alone; otherwise by conversion.
+/// `bit_dequant`, `magic + q` (or an e4m3 value / 2^8) comes from bit operations alone;
+/// otherwise by conversion.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn dequantize_pair<F: Float>(
@@ -250,28 +257,50 @@ fn dequantize_pair<F: Float>(
     #[comptime] magic_pair: u32,
     #[comptime] magic: f32,
     #[comptime] bit_dequant: bool,
+    #[comptime] e4m3: bool,
     centre: &Array<Pair<F>>,
     scale: &Array<Pair<F>>,
     offset: &Array<Pair<F>>,
     #[comptime] j: u32,
     #[comptime] zeros_mode: u32,
 ) -> Pair<F> {
-    let mask = comptime!((1u32 << bits) - 1);
-    let biased = if comptime!(bit_dequant) {
-        Pair::<F>::reinterpret(((word >> shift) & comptime!(mask | (mask << 16))) | magic_pair)
+    if comptime!(e4m3) {
+        e4m3_pair::<F>(word, shift, bit_dequant) * scale[j as usize]
     } else {
-        // The same values by conversion, for WGSL compilers that mistype a bitcast to a
-        // pair of f16, and for 8-bit values in bf16.
+        let mask = comptime!((1u32 << bits) - 1);
+        let biased = if comptime!(bit_dequant) {
+            Pair::<F>::reinterpret(((word >> shift) & comptime!(mask | (mask << 16))) | magic_pair)
+        } else {
+            // The same values by conversion, for WGSL compilers that mistype a bitcast to a
+            // pair of f16, and for 8-bit values in bf16.
+            let mut pair = Pair::<F>::empty();
+            pair.insert(0usize, F::cast_from(f32::cast_from((word >> shift) & mask) + magic));
+            pair.insert(1usize, F::cast_from(f32::cast_from((word >> comptime!(shift + 16)) & mask) + magic));
+            pair
+        };
+        let value = (biased - centre[j as usize]) * scale[j as usize];
+        if comptime!(zeros_mode == zero_mode::FLOAT) {
+            value + offset[j as usize]
+        } else {
+            value
+        }
+    }
+}
+
+/// The e4m3 bytes at bit `shift` and `shift + 16` of `word` as a pair: with `bit_dequant`
+/// (f16 only), sign to bit 15 and exponent and mantissa to bits 13..7, which is the value
+/// / 2^8 (f16's exponent bias is 15, e4m3's 7; subnormals land on f16 subnormals exactly);
+/// otherwise decoded to f32 and converted.
+#[cube]
+fn e4m3_pair<F: Float>(word: u32, #[comptime] shift: u32, #[comptime] bit_dequant: bool) -> Pair<F> {
+    if comptime!(bit_dequant) {
+        let bytes = (word >> shift) & 0x00FF_00FFu32;
+        Pair::<F>::reinterpret(((bytes & 0x007F_007Fu32) << 7) | ((bytes & 0x0080_0080u32) << 8))
+    } else {
         let mut pair = Pair::<F>::empty();
-        pair.insert(0usize, F::cast_from(f32::cast_from((word >> shift) & mask) + magic));
-        pair.insert(1usize, F::cast_from(f32::cast_from((word >> comptime!(shift + 16)) & mask) + magic));
+        pair.insert(0usize, F::cast_from(decode_e4m3(word >> shift)));
+        pair.insert(1usize, F::cast_from(decode_e4m3(word >> comptime!(shift + 16))));
         pair
-    };
-    let value = (biased - centre[j as usize]) * scale[j as usize];
-    if comptime!(zeros_mode == zero_mode::FLOAT) {
-        value + offset[j as usize]
-    } else {
-        value
     }
 }
 

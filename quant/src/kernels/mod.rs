@@ -52,13 +52,20 @@ pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &FragmentCache, x
     }
 }
 
-/// `x · Wᵀ` for an `Fp8` weight through the kernel the selector picks.
-pub fn fp8_forward(weight: &Fp8Weight, x: Tensor<2>) -> Tensor<2> {
+/// `x · Wᵀ` for an `Fp8` weight through the kernel the selector picks; `fragments` holds
+/// the weight's tensor-core copy for the weight-only path once one is made.
+pub fn fp8_forward(weight: &Fp8Weight, fragments: &FragmentCache, x: Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     match select::fp8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
         GemmKernel::Portable { tile_m } => fp8_gemm(weight, x, tile_m),
-        GemmKernel::TensorCores(tiling) => fp8_mma_gemm(weight, x, tiling),
+        GemmKernel::TensorCores(tiling) => match weight.activations {
+            ActivationQuant::None => match fragments.get_or_init(|| IntFragments::repack_fp8(weight).ok()) {
+                Some(fragments) => int_mma_gemm(fragments, x, tiling),
+                None => fp8_gemm(weight, x, select::MAX_TILE_M),
+            },
+            _ => fp8_mma_gemm(weight, x, tiling),
+        },
     }
 }
 
@@ -318,7 +325,7 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
     let MmaTiling { m_tiles, warps, tensor_cores, .. } = tiling;
-    IntMmaLayout { bits: weight.bits, group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
+    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
 }
 
 /// `[splits · m, n]` f32 partial products summed over the splits.

@@ -71,6 +71,8 @@ pub enum GroupBuffer<B: Backend> {
 pub struct IntMmaLayout {
     /// Bits per value: 4 or 8.
     pub bits: u32,
+    /// The 8-bit values are e4m3 codes (weight-only FP8).
+    pub e4m3: bool,
     /// A multiple of 16, or 0 for one group spanning K.
     pub group_size: u32,
     /// Row tiles of 16 per warp.
@@ -695,6 +697,7 @@ fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: Z
             groups_per_expert as u32,
             blocks_per_split,
             layout.bits,
+            layout.e4m3,
             layout.group_size,
             zeros_mode,
             bf16,

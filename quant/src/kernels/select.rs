@@ -280,7 +280,7 @@ fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, operand: El
 
 /// The portable choice, or the tensor-core kernel where `tensor_cores` allows it (the
 /// policy, backend and dtype checks of [`choose_portable`] apply to both).
-fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, tensor_cores: Result<MmaTiling, String>) -> Selection<GemmKernel> {
+fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, tensor_cores: Result<MmaTiling, String>, kernel: &str) -> Selection<GemmKernel> {
     let (tiling, why_not) = match tensor_cores {
         Ok(tiling) => (Some(tiling), String::new()),
         Err(why) => (None, why),
@@ -288,7 +288,7 @@ fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Opti
     let portable = choose_portable(device, dtype, rows, refusal, why_not);
     match (portable.kernel, tiling) {
         (None, _) => Selection { kernel: GemmKernel::Reference, reason: portable.reason },
-        (Some(_), Some(tiling)) => Selection { kernel: GemmKernel::TensorCores(tiling), reason: "tensor-core kernel (byte_mma)".into() },
+        (Some(_), Some(tiling)) => Selection { kernel: GemmKernel::TensorCores(tiling), reason: format!("tensor-core kernel ({kernel})") },
         (Some(tile_m), None) => Selection { kernel: GemmKernel::Portable { tile_m }, reason: portable.reason },
     }
 }
@@ -296,16 +296,20 @@ fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Opti
 /// Picks the kernel for `rows × K` activations of `dtype` times an FP8 weight.
 pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
     let refusal = fp8_refusal(weight);
-    let tensor_cores = {
-        let refusal = match (&weight.activations, fp8_scale_chunk(weight)) {
-            (ActivationQuant::None, _) => Some("activations stay float (weight-only); byte_mma multiplies e4m3 by e4m3".into()),
-            (_, Some(chunk)) if !chunk.is_multiple_of(byte_mma::K_BLOCK as usize) => Some(format!("scale blocks {chunk} wide are not a multiple of {}", byte_mma::K_BLOCK)),
-            _ => refusal.clone(),
-        };
-        let (e4m3, f32) = (ElemType::Float(FloatKind::E4M3), ElemType::Float(FloatKind::F32));
-        byte_mma_tiling(device, rows, weight.in_features, weight.out_features, e4m3, f32, refusal)
+    let (k, n) = (weight.in_features, weight.out_features);
+    let (tensor_cores, kernel) = match (&weight.activations, fp8_scale_chunk(weight)) {
+        // Float activations: e4m3 weights dequantized to f16 / bf16 in registers.
+        (ActivationQuant::None, _) => (int_mma_tiling(device, dtype, rows, k, n, refusal.clone().or_else(|| IntFragments::unsupported_fp8(weight))), "int_mma"),
+        (_, Some(chunk)) if !chunk.is_multiple_of(byte_mma::K_BLOCK as usize) => {
+            let why = format!("scale blocks {chunk} wide are not a multiple of {}", byte_mma::K_BLOCK);
+            (Err(format!("no tensor-core kernel: {why}")), "byte_mma")
+        }
+        _ => {
+            let (e4m3, f32) = (ElemType::Float(FloatKind::E4M3), ElemType::Float(FloatKind::F32));
+            (byte_mma_tiling(device, rows, k, n, e4m3, f32, refusal.clone()), "byte_mma")
+        }
     };
-    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores);
+    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, kernel);
     log_once(|| format!(
         "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
@@ -370,7 +374,7 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
     };
     let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
     let tensor_cores = byte_mma_tiling(device, rows, weight.in_features, weight.out_features, int8, i32, refusal.clone());
-    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores);
+    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, "byte_mma");
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason

@@ -12,7 +12,7 @@
 
 use burn::tensor::{Int, Tensor};
 
-use super::{ExpertStack, PackedIntWeight, ZeroPoints};
+use super::{ExpertStack, Fp8Weight, PackedIntWeight, ZeroPoints};
 use crate::kernels::int_mma::{K_BLOCK, LANES, N_BLOCK};
 use crate::packing::{pack, unpack};
 
@@ -32,6 +32,9 @@ pub fn words_per_lane(bits: u32) -> u32 {
 pub struct IntFragments {
     /// 4 or 8.
     pub bits: u32,
+    /// The 8-bit values are e4m3 codes with no zero point (weight-only FP8) rather than
+    /// unsigned integers.
+    pub e4m3: bool,
     /// Experts stacked along K (1 for a plain linear).
     pub experts: usize,
     /// Input features per expert.
@@ -72,6 +75,47 @@ impl IntFragments {
         }
     }
 
+    /// Why an FP8 weight cannot be repacked for weight-only use ([`Self::repack_fp8`]).
+    pub fn unsupported_fp8(weight: &Fp8Weight) -> Option<String> {
+        let (k, n) = (weight.in_features, weight.out_features);
+        match weight.block {
+            Some([bn, bk]) if !n.is_multiple_of(bn) || !k.is_multiple_of(bk) => Some(format!("[{k}x{n}] is not whole {bn}x{bk} scale blocks")),
+            Some([_, bk]) => Self::unsupported_layout(8, k, n, bk, true),
+            None => Self::unsupported_layout(8, k, n, k, true),
+        }
+    }
+
+    /// The fragment-ordered copy of an FP8 weight for the weight-only path: its e4m3 bytes
+    /// in the 8-bit fragment layout, and its scales as per-column groups along K (one
+    /// group for per-tensor and per-channel scales, `bk` rows for `[bn, bk]` blocks).
+    pub fn repack_fp8(weight: &Fp8Weight) -> Result<Self, String> {
+        if let Some(reason) = Self::unsupported_fp8(weight) {
+            return Err(reason);
+        }
+        let (k, n) = (weight.in_features, weight.out_features);
+        let [scale_rows, scale_cols] = weight.scales.dims();
+        let (group_size, scales) = match weight.block {
+            Some([bn, bk]) => {
+                let per_block = weight.scales.clone().transpose().unsqueeze_dim::<3>(2).expand([scale_cols, scale_rows, bn]);
+                (bk, per_block.reshape([scale_cols, n]))
+            }
+            None if scale_rows > 1 => (k, weight.scales.clone().transpose()),
+            None => (k, weight.scales.clone().repeat_dim(1, n)),
+        };
+        let values = unpack(weight.codes.clone(), 8, 1).transpose();
+        Ok(Self {
+            bits: 8,
+            e4m3: true,
+            experts: 1,
+            in_features: k,
+            out_features: n,
+            group_size,
+            words: fragment_words(values, k, n, 8),
+            scales,
+            zeros: ZeroPoints::Midpoint,
+        })
+    }
+
     /// The fragment-ordered copy of `weight` (rows in stored order, so act-order weights
     /// keep their input permutation in `weight`), or why not.
     pub fn repack(weight: &PackedIntWeight) -> Result<Self, String> {
@@ -81,11 +125,12 @@ impl IntFragments {
         let (k, n) = (weight.in_features, weight.out_features);
         Ok(Self {
             bits: weight.bits,
+            e4m3: false,
             experts: 1,
             in_features: k,
             out_features: n,
             group_size: weight.group_size.min(k),
-            words: fragment_words(weight.packed.clone(), k, n, weight.bits),
+            words: fragment_words(unpack(weight.packed.clone(), weight.bits, 0), k, n, weight.bits),
             scales: weight.scales.clone(),
             zeros: weight.zeros.clone(),
         })
@@ -101,11 +146,12 @@ impl IntFragments {
         }
         Ok(Self {
             bits: stack.bits,
+            e4m3: false,
             experts: stack.experts,
             in_features: k,
             out_features: n,
             group_size: stack.group_size.min(k),
-            words: fragment_words(stack.packed.clone(), stack.experts * k, n, stack.bits),
+            words: fragment_words(unpack(stack.packed.clone(), stack.bits, 0), stack.experts * k, n, stack.bits),
             scales: stack.scales.clone(),
             zeros: stack.zeros.clone(),
         })
@@ -125,13 +171,13 @@ impl IntFragments {
     }
 }
 
-/// K-packed words `[k·bits/32, n]` in fragment order, `[k/64 · n/16 · 32 · bits]`.
-fn fragment_words(packed: Tensor<2, Int>, k: usize, n: usize, bits: u32) -> Tensor<1, Int> {
+/// Values `[k, n]` packed in fragment order, `[k/64 · n/16 · 32 · bits]` words.
+fn fragment_words(values: Tensor<2, Int>, k: usize, n: usize, bits: u32) -> Tensor<1, Int> {
     let (per_word, to) = match bits {
         4 => (8, TO_FRAGMENTS_4),
         _ => (4, TO_FRAGMENTS_8),
     };
-    let blocks = unpack(packed, bits, 0).reshape([k / 64, 4, 2, 4, 2, n / 16, 2, 8]).permute(to).reshape([k * n / per_word, per_word]);
+    let blocks = values.reshape([k / 64, 4, 2, 4, 2, n / 16, 2, 8]).permute(to).reshape([k * n / per_word, per_word]);
     debug_assert_eq!(k * n / per_word, (k / K_BLOCK as usize) * (n / N_BLOCK as usize) * (LANES * words_per_lane(bits)) as usize);
     pack(blocks, bits, 1).reshape([k * n / per_word])
 }
