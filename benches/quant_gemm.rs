@@ -58,7 +58,8 @@ fn int4_gemm(c: &mut Criterion) {
                 let selected = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel;
                 let tile_m = match selected {
                     IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m }) => tile_m,
-                    IntGemmKernel::Cube(IntGemmTiling::SharedMemory) => kernels::select::MAX_TILE_M,
+                    // f32 activations: the tensor-core kernel (f16 / bf16) is never selected here.
+                    IntGemmKernel::Cube(IntGemmTiling::SharedMemory) | IntGemmKernel::TensorCores(_) => kernels::select::MAX_TILE_M,
                     IntGemmKernel::Reference => panic!("{name}: no CubeCL kernel is selected"),
                 };
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));
@@ -201,7 +202,8 @@ fn int_mma_gemm(c: &mut Criterion) {
 
 /// The tensor-core 8-bit kernels on CUDA devices at Llama-3-8B / Mixtral shapes with bf16
 /// activations: FP8 (per-token × per-channel and 128-blocks, activations quantized to
-/// e4m3 in the same call) and int8 W8A8, against a dense bf16 matmul in the same run
+/// e4m3 in the same call), FP8 weight-only (`int_mma`) and int8 W8A8, against a dense
+/// bf16 matmul in the same run
 /// (filter: `byte_mma`). Skipped on other devices.
 fn byte_mma_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(4);
@@ -217,6 +219,8 @@ fn byte_mma_gemm(c: &mut Criterion) {
                 scales: Tensor::from_data(TensorData::new(scales, [1, n]), (&device, DType::F32)),
                 activations: ActivationQuant::DynamicPerToken,
             };
+            let weight_only = fp8_weight(k, n, [n, 1], None, ActivationQuant::None, &device, &mut rng);
+            let weight_only_fragments = IntFragments::repack_fp8(&weight_only).expect("Llama shapes tile");
             let dense = channel.dequantize().transpose().cast(DType::BF16);
             let mut group = c.benchmark_group(format!("byte_mma/{name}/{k}x{n}"));
             group.sample_size(20);
@@ -227,6 +231,9 @@ fn byte_mma_gemm(c: &mut Criterion) {
                 group.bench_with_input(BenchmarkId::new("fp8_channel_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), tiling))));
                 group.bench_with_input(BenchmarkId::new("fp8_block128_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&block, x.clone(), tiling))));
                 group.bench_with_input(BenchmarkId::new("int8_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_mma_gemm(&int8, x.clone(), tiling))));
+                group.bench_with_input(BenchmarkId::new("fp8_weight_only_tensor_cores", m), &x, |b, x| {
+                    b.iter(|| finish(kernels::int_mma_gemm(&weight_only_fragments, x.clone(), tiling)))
+                });
                 group.bench_with_input(BenchmarkId::new("int8_portable", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&int8, x.clone(), 8))));
                 group.bench_with_input(BenchmarkId::new("dense_bf16_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
             }

@@ -534,8 +534,8 @@ fn fp8_weight_only_int_mma_emulated_on_cubecl_cpu() {
     fp8_weight_only_int_mma_on(&device, 1, false, &[(Fp8Scales::Channel, 64, 16)], &MMA_SHAPES[1..2], &[DType::F16, DType::BF16]);
 }
 
-/// The real `mma.sync` instructions (sm_89+), on every emulated case and at Llama-3-8B's
-/// shapes. Needs an NVIDIA GPU: `cargo test --release -- --ignored byte_mma_tensor_cores_on_cuda`.
+/// The real `mma.sync` instructions (sm_89+), on every emulated case (weight-only FP8
+/// through `int_mma` too) and at Llama-3-8B's shapes. Needs an NVIDIA GPU: `cargo test --release -- --ignored byte_mma_tensor_cores_on_cuda`.
 #[test]
 #[ignore = "needs a CUDA device with FP8 tensor cores (sm_89+)"]
 fn byte_mma_tensor_cores_on_cuda() {
@@ -543,6 +543,7 @@ fn byte_mma_tensor_cores_on_cuda() {
     let dtypes = [DType::F32, DType::F16, DType::BF16];
     w8a8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
     fp8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
+    fp8_weight_only_int_mma_on(&device, 4, true, &FP8_WEIGHT_ONLY_CASES, &MMA_SHAPES, &dtypes[1..]);
     // The selector runs them only when asked to, and only for formats they cover.
     let mut rng = StdRng::seed_from_u64(42);
     let per_token = w8a8_weight(256, 64, ActivationQuant::DynamicPerToken, &device, &mut rng);
