@@ -259,7 +259,7 @@ fn tensor_core_tiling(device: &Device, rows: usize, k: usize, n: usize, instruct
     Ok(mma_tiling(device, rows, k, n))
 }
 
-/// [`tensor_core_tiling`] for the W4A16 kernel: f16 or bf16 activations times a weight
+/// [`tensor_core_tiling`] for `int_mma` (W4A16, W8A16, weight-only FP8): f16 or bf16 activations times a weight
 /// whose layout `IntFragments` takes (`unsupported` says why not).
 fn int_mma_tiling(device: &Device, dtype: DType, rows: usize, k: usize, n: usize, unsupported: Option<String>) -> Result<MmaTiling, String> {
     let (half, refusal) = match dtype {
