@@ -350,10 +350,6 @@ fn fixture_through_kernels(name: &str, fp8_weight_only: bool, path_tolerance: f3
 /// [`fixture_through_kernels`] on `device` under `policy`, each quantized layer's kernel
 /// checked by `expected`.
 fn fixture_through(device: &Device, policy: KernelPolicy, name: &str, fp8_weight_only: bool, path_tolerance: f32, tool_tolerance: f32, expected: impl Fn(&GemmKernel) -> bool) {
-    kernels::with_policy(policy, || fixture_through_under_policy(device, name, fp8_weight_only, path_tolerance, tool_tolerance, expected));
-}
-
-fn fixture_through_under_policy(device: &Device, name: &str, fp8_weight_only: bool, path_tolerance: f32, tool_tolerance: f32, expected: impl Fn(&GemmKernel) -> bool) {
     let device = device.clone();
     let mut options = LoadOptions::new(device.clone(), ComputeDtype::F32);
     options.fp8_weight_only = fp8_weight_only;
@@ -362,15 +358,15 @@ fn fixture_through_under_policy(device: &Device, name: &str, fp8_weight_only: bo
     let quantized: Vec<_> = linears.iter().filter(|l| !matches!(l.repr(), ember::quant::LinearRepr::Dense { .. })).collect();
     assert!(!quantized.is_empty(), "{name}: no quantized layers");
     for layer in &quantized {
-        let kernel = match layer.repr() {
+        let kernel = kernels::with_policy(policy, || match layer.repr() {
             ember::quant::LinearRepr::Fp8(w) => kernels::select::fp8_gemm(w, &device, DType::F32, 4).kernel,
             ember::quant::LinearRepr::W8A8(w) => kernels::select::w8a8_gemm(w, &device, DType::F32, 4).kernel,
             other => panic!("{name}: {} is {}", layer.name(), other.name()),
-        };
+        });
         assert!(expected(&kernel), "{name}: {} runs {kernel:?}", layer.name());
     }
     let reference = Reference::read(name);
-    let ours = prompt_logits(&loaded, &reference.input_ids);
+    let ours = kernels::with_policy(policy, || prompt_logits(&loaded, &reference.input_ids));
     let burn_ops = kernels::with_policy(KernelPolicy::Reference, || prompt_logits(&loaded, &reference.input_ids));
     let range = reference.logit_range();
     let vs_path = max_abs_diff(&ours, &burn_ops);

@@ -25,7 +25,7 @@ use crate::packing::int_tensor;
 use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 pub use ops::{
-    byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout,
+    byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
     GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
 pub use select::{mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
@@ -129,8 +129,7 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
     let out_dtype = x.dtype();
     match quantize_activations(x.clone(), &weight.activations, ActivationGrid::E4M3) {
         None => {
-            let strides = fp8_scale_strides(weight, None);
-            let layout = Fp8GemmLayout { tile_m, chunk: strides.chunk, a_row: 0, a_chunk: 0, w_col_div: strides.w_col_div, w_row: strides.w_row, w_chunk: strides.w_chunk, out_dtype };
+            let layout = Fp8GemmLayout { tile_m, scales: fp8_scale_strides(weight, None), out_dtype };
             Tensor::from_dispatch(<Dispatch as KernelOps>::fp8_weight_only_gemm(
                 x.into_dispatch(),
                 weight.codes.clone().into_dispatch(),
@@ -139,8 +138,7 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
             ))
         }
         Some(a) => {
-            let s = fp8_scale_strides(weight, Some(&a.scales));
-            let layout = Fp8GemmLayout { tile_m, chunk: s.chunk, a_row: s.a_row, a_chunk: s.a_chunk, w_col_div: s.w_col_div, w_row: s.w_row, w_chunk: s.w_chunk, out_dtype };
+            let layout = Fp8GemmLayout { tile_m, scales: fp8_scale_strides(weight, Some(&a.scales)), out_dtype };
             Tensor::from_dispatch(<Dispatch as KernelOps>::fp8_gemm(
                 a.codes.into_dispatch(),
                 a.scales.into_dispatch(),
@@ -150,18 +148,6 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>, tile_m: u32) -> Tensor<2> {
             ))
         }
     }
-}
-
-/// Where the scales of an FP8 product are: per chunk of `chunk` K columns, activation
-/// scale `(row, chunk)` at `row · a_row + chunk · a_chunk` and weight scale
-/// `(column, chunk)` at `(column / w_col_div) · w_row + chunk · w_chunk`.
-struct ScaleStrides {
-    chunk: u32,
-    a_row: u32,
-    a_chunk: u32,
-    w_col_div: u32,
-    w_row: u32,
-    w_chunk: u32,
 }
 
 /// The strides of `weight`'s scales and of the activation scales `a_scales` (`[M, groups]`
@@ -228,7 +214,7 @@ pub fn fp8_mma_gemm(weight: &Fp8Weight, x: Tensor<2>, tiling: MmaTiling) -> Tens
 
 /// The 8-bit tensor-core GEMM of quantized activations `a` and weight codes, partial
 /// products summed when K is split.
-fn byte_mma(a: ActivationCodes, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, s: ScaleStrides, fp8: bool, tiling: MmaTiling, out_dtype: DType) -> Tensor<2> {
+fn byte_mma(a: ActivationCodes, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, scales: ScaleStrides, fp8: bool, tiling: MmaTiling, out_dtype: DType) -> Tensor<2> {
     let [m, k_words] = a.codes.dims();
     let n = w_codes.dims()[0];
     let k_blocks = (k_words * 4 / byte_mma::K_BLOCK as usize).max(1) as u32;
@@ -238,12 +224,7 @@ fn byte_mma(a: ActivationCodes, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, 
         warps: tiling.warps,
         splits: tiling.splits.clamp(1, k_blocks),
         tensor_cores: tiling.tensor_cores,
-        chunk_blocks: (s.chunk / byte_mma::K_BLOCK).max(1),
-        a_row: s.a_row,
-        a_chunk: s.a_chunk,
-        w_col_div: s.w_col_div,
-        w_row: s.w_row,
-        w_chunk: s.w_chunk,
+        scales,
         out_dtype,
     };
     let output: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::byte_mma_gemm(

@@ -159,19 +159,25 @@ pub struct W8A8GemmLayout {
     pub out_dtype: DType,
 }
 
-/// Scales and tiling of an FP8 GEMM, for [`KernelOps::fp8_gemm`]: scales apply per chunk
-/// of `chunk` K columns, at `a_scales[row · a_row + chunk · a_chunk]` and
-/// `w_scales[(column / w_col_div) · w_row + chunk · w_chunk]`.
+/// Where the scales of an 8-bit product are: per chunk of `chunk` K columns, activation
+/// scale `(row, chunk)` at `a_scales[row · a_row + chunk · a_chunk]` and weight scale
+/// `(column, chunk)` at `w_scales[(column / w_col_div) · w_row + chunk · w_chunk]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fp8GemmLayout {
-    pub tile_m: u32,
-    /// A multiple of 4.
+pub struct ScaleStrides {
+    /// A multiple of 4 (the portable kernel) or of 64 (the tensor-core kernel).
     pub chunk: u32,
     pub a_row: u32,
     pub a_chunk: u32,
     pub w_col_div: u32,
     pub w_row: u32,
     pub w_chunk: u32,
+}
+
+/// Scales and tiling of an FP8 GEMM, for [`KernelOps::fp8_gemm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fp8GemmLayout {
+    pub tile_m: u32,
+    pub scales: ScaleStrides,
     pub out_dtype: DType,
 }
 
@@ -180,8 +186,7 @@ pub fn byte_gemm_output_shape(a: &Shape, w: &Shape) -> Shape {
     Shape::from([a[0], w[0]])
 }
 
-/// How the tensor-core 8-bit GEMM runs, for [`KernelOps::byte_mma_gemm`]. Scales apply per
-/// chunk of `chunk_blocks` 64-column K blocks at the strides of [`Fp8GemmLayout`].
+/// How the tensor-core 8-bit GEMM runs, for [`KernelOps::byte_mma_gemm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ByteMmaLayout {
     /// e4m3 operands with f32 accumulation rather than int8 with i32.
@@ -194,12 +199,7 @@ pub struct ByteMmaLayout {
     pub splits: u32,
     /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
     pub tensor_cores: bool,
-    pub chunk_blocks: u32,
-    pub a_row: u32,
-    pub a_chunk: u32,
-    pub w_col_div: u32,
-    pub w_row: u32,
-    pub w_chunk: u32,
+    pub scales: ScaleStrides,
     pub out_dtype: DType,
 }
 
@@ -468,13 +468,14 @@ impl KernelOps for CubeBackend {
         let (m, k, n) = (m as u32, k as u32, n as u32);
         let blocks_per_split = (k / byte_mma::K_BLOCK).div_ceil(layout.splits.max(1));
         let cube_count = CubeCount::Static(n.div_ceil(byte_mma::N_BLOCK).div_ceil(layout.warps), layout.splits.max(1), m.div_ceil(byte_mma::M_TILE * layout.m_tiles));
+        let scales = layout.scales;
         let accumulator = match layout.fp8 {
             true => ElemType::Float(FloatKind::F32),
             false => ElemType::Int(IntKind::I32),
         };
         // SAFETY: the caller guarantees k % 64 == 0 (a_codes `[m, k/4]`, w_codes `[n, k/4]`)
         // and strides that address the scale buffers within their shapes for every row,
-        // column and chunk below ⌈k/64 / chunk_blocks⌉. The kernel clamps rows to m-1 and
+        // column and chunk below ⌈k / chunk⌉. The kernel clamps rows to m-1 and
         // columns to n-1 before reading, reads K blocks below k/64 only, and writes out
         // `[m, n]` or partials `[splits·m, n]` below (m, n) only.
         unsafe {
@@ -491,12 +492,12 @@ impl KernelOps for CubeBackend {
                 m,
                 k,
                 n,
-                layout.chunk_blocks.max(1),
-                layout.a_row,
-                layout.a_chunk,
-                layout.w_col_div.max(1),
-                layout.w_row,
-                layout.w_chunk,
+                (scales.chunk / byte_mma::K_BLOCK).max(1),
+                scales.a_row,
+                scales.a_chunk,
+                scales.w_col_div.max(1),
+                scales.w_row,
+                scales.w_chunk,
                 blocks_per_split,
                 layout.fp8,
                 layout.m_tiles,
@@ -731,7 +732,8 @@ fn launch_fp8_gemm(
     if m == 0 || n == 0 {
         return out;
     }
-    let chunk_words = (layout.chunk / 4).max(1);
+    let scales = layout.scales;
+    let chunk_words = (scales.chunk / 4).max(1);
     let cube_count = CubeCount::Static((n as u32).div_ceil(CUBE_UNITS * TILE_N), (m as u32).div_ceil(layout.tile_m), 1);
     // SAFETY: rows and columns are clamped to m-1 and n-1 before any read of x `[m,
     // 4·k_words]`, a_codes `[m, k_words]` or w_codes `[n, k_words]`; the caller's strides
@@ -752,11 +754,11 @@ fn launch_fp8_gemm(
             k_words as u32,
             n as u32,
             chunk_words,
-            layout.a_row,
-            layout.a_chunk,
-            layout.w_col_div.max(1),
-            layout.w_row,
-            layout.w_chunk,
+            scales.a_row,
+            scales.a_chunk,
+            scales.w_col_div.max(1),
+            scales.w_row,
+            scales.w_chunk,
             quantized_input,
             layout.tile_m,
             float_elem(layout.out_dtype),

@@ -23,10 +23,6 @@ const FROM_FRAGMENTS_4: [usize; 8] = [0, 4, 7, 3, 5, 1, 6, 2];
 const TO_FRAGMENTS_8: [usize; 8] = [0, 5, 7, 3, 1, 6, 4, 2];
 const FROM_FRAGMENTS_8: [usize; 8] = [0, 4, 7, 3, 6, 1, 5, 2];
 
-/// Words each lane holds per 64×16 block: 32 values of `bits` bits.
-pub fn words_per_lane(bits: u32) -> u32 {
-    bits
-}
 
 #[derive(Debug, Clone)]
 pub struct IntFragments {
@@ -178,6 +174,6 @@ fn fragment_words(values: Tensor<2, Int>, k: usize, n: usize, bits: u32) -> Tens
         _ => (4, TO_FRAGMENTS_8),
     };
     let blocks = values.reshape([k / 64, 4, 2, 4, 2, n / 16, 2, 8]).permute(to).reshape([k * n / per_word, per_word]);
-    debug_assert_eq!(k * n / per_word, (k / K_BLOCK as usize) * (n / N_BLOCK as usize) * (LANES * words_per_lane(bits)) as usize);
+    debug_assert_eq!(k * n / per_word, (k / K_BLOCK as usize) * (n / N_BLOCK as usize) * (LANES * bits) as usize, "each lane holds 32 values of `bits` bits: `bits` words");
     pack(blocks, bits, 1).reshape([k * n / per_word])
 }
