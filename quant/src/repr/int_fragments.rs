@@ -23,7 +23,6 @@ const FROM_FRAGMENTS_4: [usize; 8] = [0, 4, 7, 3, 5, 1, 6, 2];
 const TO_FRAGMENTS_8: [usize; 8] = [0, 5, 7, 3, 1, 6, 4, 2];
 const FROM_FRAGMENTS_8: [usize; 8] = [0, 4, 7, 3, 6, 1, 5, 2];
 
-
 #[derive(Debug, Clone)]
 pub struct IntFragments {
     /// 4 or 8.
