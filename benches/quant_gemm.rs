@@ -227,12 +227,18 @@ fn byte_mma_gemm(c: &mut Criterion) {
             group.throughput(Throughput::Bytes((k * n) as u64));
             for m in [1usize, 16, 128, 1024, 4096] {
                 let x = activations(m, k, &device, &mut rng).cast(DType::BF16);
-                let tiling = kernels::mma_tiling(&device, m, k, n);
+                let tiling = kernels::byte_mma_tiling(&device, m, k, n, false);
+                let block_tiling = kernels::byte_mma_tiling(&device, m, k, n, true);
+                let direct = kernels::mma_tiling(&device, m, k, n);
                 group.bench_with_input(BenchmarkId::new("fp8_channel_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), tiling))));
-                group.bench_with_input(BenchmarkId::new("fp8_block128_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&block, x.clone(), tiling))));
+                if tiling != direct {
+                    // What staging through shared memory gains over direct loads.
+                    group.bench_with_input(BenchmarkId::new("fp8_channel_direct_loads", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), direct))));
+                }
+                group.bench_with_input(BenchmarkId::new("fp8_block128_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&block, x.clone(), block_tiling))));
                 group.bench_with_input(BenchmarkId::new("int8_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_mma_gemm(&int8, x.clone(), tiling))));
                 group.bench_with_input(BenchmarkId::new("fp8_weight_only_tensor_cores", m), &x, |b, x| {
-                    b.iter(|| finish(kernels::int_mma_gemm(&weight_only_fragments, x.clone(), tiling)))
+                    b.iter(|| finish(kernels::int_mma_gemm(&weight_only_fragments, x.clone(), direct)))
                 });
                 group.bench_with_input(BenchmarkId::new("int8_portable", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&int8, x.clone(), 8))));
                 group.bench_with_input(BenchmarkId::new("dense_bf16_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));

@@ -334,6 +334,15 @@ fn byte_gemm_selector_explains_its_choice() {
     let asked = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::w8a8_gemm(&per_token, &wgpu, DType::F32, 4));
     assert_eq!(asked.kernel, GemmKernel::Portable { tile_m: 4 });
     assert!(asked.reason.contains("no tensor cores"), "{}", asked.reason);
+
+    // byte_mma loads decode shapes directly and stages many rows through shared memory,
+    // with half the rows per warp when scales change along K.
+    let decode = kernels::byte_mma_tiling(&wgpu, 16, 4096, 4096, false);
+    assert_eq!((decode.m_tiles, decode.stages), (1, 0));
+    let prefill = kernels::byte_mma_tiling(&wgpu, kernels::select::STAGED_ROWS, 4096, 4096, false);
+    assert_eq!((prefill.m_tiles, prefill.warps, prefill.stages), (4, 2, 3));
+    let blocks = kernels::byte_mma_tiling(&wgpu, 4096, 4096, 4096, true);
+    assert_eq!((blocks.m_tiles, blocks.stages), (2, 3));
 }
 
 /// Each W8A8 / FP8 fixture on wgpu: the kernels' logits match the Burn-ops path's on the
@@ -400,13 +409,24 @@ fn fp8_block_fixture_through_kernels() {
 const MMA_SHAPES: [(u32, u32, usize); 5] = [(1, 1, 1), (1, 3, 5), (2, 1, 17), (1, 2, 33), (4, 2, 64)];
 
 fn mma_tiling(m_tiles: u32, splits: u32, warps: u32, tensor_cores: bool) -> MmaTiling {
-    MmaTiling { m_tiles, warps, splits, tensor_cores }
+    MmaTiling { m_tiles, warps, splits, stages: 0, tensor_cores }
+}
+
+/// Row tiles per warp, K splits, rows for `byte_mma` staged through shared memory: cubes
+/// of two warp rows, several K blocks per slot (K = 256 and 384 are 4 and 6 blocks), and
+/// rows past one cube.
+const STAGED_SHAPES: [(u32, u32, usize); 3] = [(1, 1, 5), (1, 2, 40), (2, 1, 70)];
+
+/// A tiling of `m_tiles`, `splits` with `warps` warps along N and `stages` K blocks
+/// staged in shared memory (0: direct loads).
+fn tiling_with(warps: u32, stages: u32, tensor_cores: bool) -> impl Fn(u32, u32) -> MmaTiling {
+    move |m_tiles, splits| MmaTiling { stages, ..mma_tiling(m_tiles, splits, warps, tensor_cores) }
 }
 
 /// The int8 tensor-core kernel against the portable one: the i32 sums are the same
 /// integers, so with one K slice the outputs are equal bit for bit (same epilogue), and
 /// with several they differ by the f32 rounding of adding scaled slices.
-fn w8a8_mma_on(device: &Device, warps: u32, tensor_cores: bool, shapes: &[(u32, u32, usize)], dtypes: &[DType]) {
+fn w8a8_mma_on(device: &Device, tiling: impl Fn(u32, u32) -> MmaTiling, shapes: &[(u32, u32, usize)], dtypes: &[DType]) {
     let mut rng = StdRng::seed_from_u64(40);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (device, DType::F32)));
     // N = 40 leaves a partial column block and, with two warps, an idle warp.
@@ -414,9 +434,10 @@ fn w8a8_mma_on(device: &Device, warps: u32, tensor_cores: bool, shapes: &[(u32, 
         let weight = w8a8_weight(k, n, mode, device, &mut rng);
         for &(m_tiles, splits, rows) in shapes {
             for &dtype in dtypes {
-                let what = format!("{} k={k} n={n} rows={rows} m_tiles={m_tiles} splits={splits} {dtype:?}", weight.activations.describe());
+                let tiling = tiling(m_tiles, splits);
+                let what = format!("{} k={k} n={n} rows={rows} {tiling:?} {dtype:?}", weight.activations.describe());
                 let x = activations(rows, k, dtype, device, &mut rng);
-                let ours = to_f32(kernels::w8a8_mma_gemm(&weight, x.clone(), mma_tiling(m_tiles, splits, warps, tensor_cores)));
+                let ours = to_f32(kernels::w8a8_mma_gemm(&weight, x.clone(), tiling));
                 let portable = to_f32(kernels::w8a8_gemm(&weight, x, 4));
                 if splits == 1 {
                     let mismatches = ours.iter().zip(&portable).filter(|(a, b)| a != b).count();
@@ -433,7 +454,7 @@ fn w8a8_mma_on(device: &Device, warps: u32, tensor_cores: bool, shapes: &[(u32, 
 
 /// The FP8 tensor-core kernel against the reference for every scale layout with e4m3
 /// activations (the codes are the reference's; sums differ in order).
-fn fp8_mma_on(device: &Device, warps: u32, tensor_cores: bool, shapes: &[(u32, u32, usize)], dtypes: &[DType]) {
+fn fp8_mma_on(device: &Device, tiling: impl Fn(u32, u32) -> MmaTiling, shapes: &[(u32, u32, usize)], dtypes: &[DType]) {
     let mut rng = StdRng::seed_from_u64(41);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (device, DType::F32)));
     let cases = [
@@ -448,8 +469,8 @@ fn fp8_mma_on(device: &Device, warps: u32, tensor_cores: bool, shapes: &[(u32, u
         let weight = fp8_weight(k, n, scales, mode, device, &mut rng);
         for &(m_tiles, splits, rows) in shapes {
             for &dtype in dtypes {
-                let what = format!("{scales:?} {} k={k} n={n} rows={rows} m_tiles={m_tiles} splits={splits} {dtype:?}", weight.activations.describe());
-                let tiling = mma_tiling(m_tiles, splits, warps, tensor_cores);
+                let tiling = tiling(m_tiles, splits);
+                let what = format!("{scales:?} {} k={k} n={n} rows={rows} {tiling:?} {dtype:?}", weight.activations.describe());
                 let err = fp8_relative_error_of(&weight, rows, dtype, device, &mut rng, |w, x| kernels::fp8_mma_gemm(w, x, tiling));
                 let tolerance = if dtype == DType::F32 { 2e-6 } else { 2e-2 };
                 assert!(err < tolerance, "{what}: relative error {err}");
@@ -476,10 +497,17 @@ fn max_relative_error(ours: &[f32], reference: &[f32], n: usize) -> f32 {
 #[test]
 fn byte_mma_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
-    w8a8_mma_on(&device, 2, false, &MMA_SHAPES, &[DType::F32]);
-    w8a8_mma_on(&device, 2, false, &MMA_SHAPES[2..3], &[DType::F16]);
-    fp8_mma_on(&device, 2, false, &MMA_SHAPES, &[DType::F32]);
-    fp8_mma_on(&device, 2, false, &MMA_SHAPES[1..2], &[DType::F16]);
+    let direct = || tiling_with(2, 0, false);
+    w8a8_mma_on(&device, direct(), &MMA_SHAPES, &[DType::F32]);
+    w8a8_mma_on(&device, direct(), &MMA_SHAPES[2..3], &[DType::F16]);
+    fp8_mma_on(&device, direct(), &MMA_SHAPES, &[DType::F32]);
+    fp8_mma_on(&device, direct(), &MMA_SHAPES[1..2], &[DType::F16]);
+    // Staged through shared memory, two and three K blocks deep, with one and two warps
+    // along N (lavapipe gives a cube 32 KiB of shared memory, stage and emulation).
+    w8a8_mma_on(&device, tiling_with(1, 2, false), &STAGED_SHAPES, &[DType::F32]);
+    w8a8_mma_on(&device, tiling_with(2, 3, false), &STAGED_SHAPES[1..2], &[DType::F16]);
+    fp8_mma_on(&device, tiling_with(1, 3, false), &STAGED_SHAPES, &[DType::F32]);
+    fp8_mma_on(&device, tiling_with(2, 2, false), &STAGED_SHAPES[2..], &[DType::F32]);
 
     // K or scale chunks in partial 64-column blocks run the portable kernels instead.
     let mut rng = StdRng::seed_from_u64(43);
@@ -537,8 +565,11 @@ fn fp8_weight_only_int_mma_emulated_on_cubecl_cpu() {
 fn byte_mma_tensor_cores_on_cuda() {
     let device = Device::cuda(0);
     let dtypes = [DType::F32, DType::F16, DType::BF16];
-    w8a8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
-    fp8_mma_on(&device, 4, true, &MMA_SHAPES, &dtypes);
+    for stages in [0, 2, 3] {
+        let shapes: &[_] = if stages == 0 { &MMA_SHAPES } else { &STAGED_SHAPES };
+        w8a8_mma_on(&device, tiling_with(4, stages, true), shapes, &dtypes);
+        fp8_mma_on(&device, tiling_with(4, stages, true), shapes, &dtypes);
+    }
     fp8_weight_only_int_mma_on(&device, 4, true, &FP8_WEIGHT_ONLY_CASES, &MMA_SHAPES, &dtypes[1..]);
     // The selector runs them only when asked to, and only for formats they cover.
     let mut rng = StdRng::seed_from_u64(42);
@@ -550,13 +581,13 @@ fn byte_mma_tensor_cores_on_cuda() {
     for (k, n) in [(4096, 4096), (4096, 14336), (14336, 4096)] {
         let weight = w8a8_weight(k, n, ActivationQuant::DynamicPerToken, &device, &mut rng);
         let block = fp8_weight(k, n, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &device, &mut rng);
-        for rows in [1, 16, 128] {
+        for rows in [1, 16, 128, 512] {
             let x = activations(rows, k, DType::BF16, &device, &mut rng);
-            let ours = to_f32(kernels::w8a8_mma_gemm(&weight, x.clone(), mma_tiling(2, 4, 4, true)));
+            let ours = to_f32(kernels::w8a8_mma_gemm(&weight, x.clone(), kernels::byte_mma_tiling(&device, rows, k, n, false)));
             let portable = to_f32(kernels::w8a8_gemm(&weight, x, 4));
             let err = max_relative_error(&ours, &portable, n);
             assert!(err <= 1e-2, "int8 [{k}x{n}] rows={rows}: relative error {err}");
-            let err = fp8_relative_error_of(&block, rows, DType::BF16, &device, &mut rng, |w, x| kernels::fp8_mma_gemm(w, x, mma_tiling(2, 4, 4, true)));
+            let err = fp8_relative_error_of(&block, rows, DType::BF16, &device, &mut rng, |w, x| kernels::fp8_mma_gemm(w, x, kernels::byte_mma_tiling(&device, rows, k, n, true)));
             assert!(err < 2e-2, "fp8 block [{k}x{n}] rows={rows}: relative error {err}");
         }
     }

@@ -272,16 +272,10 @@ fn every_kernel_variant_generates_cuda_cpp() {
     variants.extend(fp8);
     let int_mma = ember_quant::kernels::codegen::int_mma_gemm_variants();
     assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * 3 * 2 * 2);
-    for kernel in int_mma.iter().flatten() {
-        assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
-    }
     variants.extend(int_mma);
     let byte_mma = ember_quant::kernels::codegen::byte_mma_gemm_variants();
-    assert_eq!(byte_mma.len(), 2 * 3 * 3 * 2);
-    for kernel in byte_mma.iter().flatten() {
-        let operands = if kernel.name.contains("e4m3") { "f32.e4m3.e4m3.f32" } else { "s32.s8.s8.s32" };
-        assert!(kernel.source.contains(&format!("mma.sync.aligned.m16n8k32.row.col.{operands}")), "{}: no {operands} tensor-core instruction", kernel.name);
-    }
+    // Five tilings × (int8; e4m3 with and without chunked scales) × 3 dtypes × 2 outputs.
+    assert_eq!(byte_mma.len(), 5 * 3 * 3 * 2);
     variants.extend(byte_mma);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
@@ -291,6 +285,16 @@ fn every_kernel_variant_generates_cuda_cpp() {
         for kernel in variants.iter().flatten() {
             std::fs::write(std::path::Path::new(&dir).join(format!("{}.cu", kernel.name)), &kernel.source).expect("write source");
         }
+    }
+    for kernel in variants.iter().flatten().filter(|kernel| kernel.name.starts_with("int_mma")) {
+        assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
+    }
+    for kernel in variants.iter().flatten().filter(|kernel| kernel.name.starts_with("byte_mma")) {
+        let operands = if kernel.name.contains("e4m3") { "f32.e4m3.e4m3.f32" } else { "s32.s8.s8.s32" };
+        assert!(kernel.source.contains(&format!("mma.sync.aligned.m16n8k32.row.col.{operands}")), "{}: no {operands} tensor-core instruction", kernel.name);
+        let staged = kernel.name.contains("staged");
+        assert_eq!(kernel.source.contains("cp.async.cg.shared"), staged, "{}: asynchronous copies only in the staged tiling", kernel.name);
+        assert_eq!(kernel.source.contains("cp.async.wait_group"), staged, "{}: copies waited for only in the staged tiling", kernel.name);
     }
     for kernel in variants.iter().flatten() {
         assert!(kernel.source.contains("__global__"), "{}: no kernel entry point", kernel.name);
@@ -489,7 +493,7 @@ fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps:
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = IntFragments::repack(&weight).expect("tiled shape");
-            let kernel = kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, tensor_cores: false });
+            let kernel = kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, stages: 0, tensor_cores: false });
             assert_eq!(kernel.dtype(), dtype);
             let err = max_relative_error(&to_f32(kernel), &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
@@ -525,7 +529,7 @@ fn int_mma_tensor_cores_on_cuda() {
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = IntFragments::repack(&weight).expect("tiled shape");
-            let kernel = to_f32(kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps: 4, splits, tensor_cores: true }));
+            let kernel = to_f32(kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps: 4, splits, stages: 0, tensor_cores: true }));
             let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x)));
             assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits}: relative error {err}");
         }
@@ -570,7 +574,7 @@ fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32) {
         let fragments = IntFragments::repack_stack(&stack).expect("4-bit, tiled shape");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, dtype, &device, &mut rng);
-        let tiling = MmaTiling { m_tiles, warps, splits, tensor_cores };
+        let tiling = MmaTiling { m_tiles, warps, splits, stages: 0, tensor_cores };
         let grouped = to_f32(kernels::grouped_int_mma_gemm(&fragments, x.clone(), &rows_per_expert, tiling));
         // The MoE layer's entry point repacks into its cache on first use, and its
         // reference arm is the experts' Burn-ops matmuls.

@@ -13,17 +13,30 @@
 //!
 //! Scales apply per chunk of `chunk_blocks` K blocks (the whole row for per-tensor and
 //! per-token × per-channel scales; 128 columns for DeepSeek-style 128×128 weight blocks
-//! and 1×128 activation groups), through the strides of the portable FP8 kernel: the
-//! instruction's accumulators are folded into f32 totals at each chunk's end, scaled by
-//! `a_scales[row · a_scale_row + chunk · a_scale_chunk]` and
-//! `w_scales[(column / w_scale_col_div) · w_scale_row + chunk · w_scale_chunk]`.
+//! and 1×128 activation groups), through the strides of the portable FP8 kernel: each
+//! accumulator is scaled by `a_scales[row · a_scale_row + chunk · a_scale_chunk]` and
+//! `w_scales[(column / w_scale_col_div) · w_scale_row + chunk · w_scale_chunk]`, once at
+//! the end when scales do not change along K, or at each chunk's end into f32 totals
+//! (`chunked`), which hold as many registers again.
 //!
-//! A warp owns 16 output columns (two 8-column subtiles) and `16 · m_tiles` rows; a cube
-//! holds `warps` warps side by side along N; the grid's second axis splits K. With one
-//! split the kernel writes the output dtype directly; otherwise f32 partial products that
-//! the caller sums. With `tensor_cores` off, [`emulated_mma`] renders the instruction in
-//! shared memory so the fragment indexing is tested on runtimes without tensor cores.
+//! A warp owns `16 · m_tiles` rows and `8 · n_subtiles` columns; a cube holds
+//! `warps_m × warps_n` warps; the grid's second axis splits K. With one split the kernel
+//! writes the output dtype directly; otherwise f32 partial products that the caller sums.
+//! With `tensor_cores` off, [`emulated_mma`] renders the instruction in shared memory so
+//! the fragment indexing is tested on runtimes without tensor cores.
+//!
+//! Operands reach the lanes one of two ways. With `stages = 0` each lane loads its rows
+//! straight from global memory (the decode shapes: every weight byte is used by a handful
+//! of rows, so nothing is gained by sharing it). With `stages ≥ 2` the cube stages each
+//! K block's A and B tiles in shared memory, `stages` blocks deep: every unit copies a few
+//! 16-byte pieces (`cp.async` on CUDA, so the copy of block `kb + stages − 1` runs while
+//! block `kb` is multiplied; plain loads and stores elsewhere), and the warps read their
+//! fragments from the stage, so each weight and activation byte is fetched from global
+//! memory once per cube instead of once per warp. Lanes read the same 16 bytes per row
+//! as in the direct form, from rows 64 bytes apart: a warp's 32 reads cover 512
+//! contiguous bytes, free of bank conflicts.
 
+use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
 use super::e4m3::decode_e4m3;
@@ -33,25 +46,63 @@ use super::w8a8_gemm::signed_byte;
 pub const LANES: u32 = 32;
 /// K columns (bytes) per lane load: a 16-byte load for each of the four lanes of a group.
 pub const K_BLOCK: u32 = 64;
-/// Output columns per warp (two `mma` N subtiles of 8).
-pub const N_BLOCK: u32 = 16;
+/// Output columns per `mma` subtile.
+pub const N_SUBTILE: u32 = 8;
 /// Output rows per `mma`.
 pub const M_TILE: u32 = 16;
-/// Words (of four bytes) per 16-byte load.
-const WORDS_PER_LOAD: u32 = 4;
+/// 16-byte pieces per row of a K block.
+const LOADS_PER_BLOCK: u32 = 4;
+/// i32 words per piece (`copy_async` counts scalars, not vectors).
+const WORDS_PER_PIECE: u32 = 4;
 /// f32 scratch per warp for the emulated instruction: a 16×32 A tile and a 32×8 B tile.
 const A_SCRATCH: u32 = 16 * 32;
 const EMULATION_SCRATCH: u32 = A_SCRATCH + 32 * 8;
 
 type Quad<E> = Vector<E, Const<4>>;
 
+/// How a launch is tiled (all comptime): per warp `m_tiles` row tiles of 16 and
+/// `n_subtiles` column subtiles of 8 (even); `warps_m × warps_n` warps per cube; `stages`
+/// K blocks in flight through shared memory, or 0 for direct loads.
+#[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WarpTiling {
+    pub m_tiles: u32,
+    pub n_subtiles: u32,
+    pub warps_m: u32,
+    pub warps_n: u32,
+    pub stages: u32,
+}
+
+impl WarpTiling {
+    /// Output rows per cube.
+    pub fn cube_rows(&self) -> u32 {
+        M_TILE * self.m_tiles * self.warps_m
+    }
+
+    /// Output columns per cube.
+    pub fn cube_columns(&self) -> u32 {
+        N_SUBTILE * self.n_subtiles * self.warps_n
+    }
+
+    pub fn warps(&self) -> u32 {
+        self.warps_m * self.warps_n
+    }
+
+    /// Bytes of shared memory the stages take.
+    pub fn stage_bytes(&self) -> u32 {
+        self.stages * (self.cube_rows() + self.cube_columns()) * K_BLOCK
+    }
+}
+
 /// See the module documentation. `a_codes` is `[M, K/16]` and `w_codes` `[N, K/16]`
 /// groups of four words (K a multiple of 64); `Acc` is i32 for int8 and f32 for e4m3.
-/// Cube `(x, y, z)` covers column blocks `x·warps ..`, K blocks `y·blocks_per_split ..`
-/// and rows `z·16·m_tiles ..`; units are `(lane, warp)`. With `direct`, `out` `[M, N]` is
-/// written and `partials` is a placeholder; otherwise `partials` `[splits·M, N]`.
+/// Cube `(x, y, z)` covers column blocks `x`, K blocks `y·blocks_per_split ..` and row
+/// blocks `z` of the cube's size; units are `(lane, warp)`. With `direct`, `out` `[M, N]`
+/// is written and `partials` is a placeholder; otherwise `partials` `[splits·M, N]`.
+/// `chunked` says scales change along K (`chunk_blocks` < K/64), which keeps a second
+/// set of f32 totals beside the instruction's accumulators.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+// The chunk test stays inside the comptime switch so unchunked kernels never emit it.
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     a_codes: &[Quad<i32>],
     a_scales: &[f32],
@@ -70,116 +121,283 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     w_scale_chunk: u32,
     blocks_per_split: u32,
     #[comptime] fp8: bool,
-    #[comptime] m_tiles: u32,
-    #[comptime] warps: u32,
+    #[comptime] tiling: WarpTiling,
+    #[comptime] chunked: bool,
     #[comptime] tensor_cores: bool,
     #[comptime] direct: bool,
     #[define(F, Acc)] _types: [ElemType; 2],
 ) {
+    let m_tiles = comptime!(tiling.m_tiles);
+    let n_subtiles = comptime!(tiling.n_subtiles);
+    let stages = comptime!(tiling.stages);
     let lane = UNIT_POS_X;
     let group_id = lane / 4;
     let thread_in_group = lane % 4;
-    let n_blocks = n.div_ceil(N_BLOCK);
-    // Warps past the last column block compute on it and store nothing: the emulated
-    // instruction needs every unit of the cube at its barriers.
-    let block_n = CUBE_POS_X * warps + UNIT_POS_Y;
-    let nb = min(block_n, n_blocks - 1);
+    let warp_m = UNIT_POS_Y / comptime!(tiling.warps_n);
+    let warp_n = UNIT_POS_Y % comptime!(tiling.warps_n);
+    let cube_row0 = CUBE_POS_Z * comptime!(tiling.cube_rows());
+    let cube_col0 = CUBE_POS_X * comptime!(tiling.cube_columns());
+    // Within the cube (the stage's row and column numbering).
+    let warp_row0 = warp_m * comptime!(M_TILE * m_tiles);
+    let warp_col0 = warp_n * comptime!(N_SUBTILE * n_subtiles);
     let k_blocks = k / K_BLOCK;
     let kb_begin = CUBE_POS_Y * blocks_per_split;
     let kb_end = min(kb_begin + blocks_per_split, k_blocks);
-    let row0 = CUBE_POS_Z * comptime!(M_TILE * m_tiles);
-    let row_end = min(row0 + comptime!(M_TILE * m_tiles), m);
-    let loads_per_row = k / (K_BLOCK / WORDS_PER_LOAD);
+    let loads_per_row = k / (K_BLOCK / LOADS_PER_BLOCK);
 
-    // Each lane's rows (two per row tile) and columns (two subtiles); rows and columns
-    // past the edge read the last one and are never stored.
+    // Where each lane's rows (two per row tile) and columns (one per subtile) start: in
+    // global memory, or in the stage. Rows and columns past the edge read the last one
+    // and are never stored.
     let mut a_at = Array::<u32>::new(comptime!((m_tiles * 2) as usize));
     #[unroll]
     for i in 0..m_tiles * 2 {
-        a_at[i as usize] = min(row0 + i * 8 + group_id, row_end - 1) * loads_per_row + thread_in_group;
+        let row = warp_row0 + i * 8 + group_id;
+        a_at[i as usize] = if comptime!(stages == 0) {
+            min(cube_row0 + row, m - 1) * loads_per_row + thread_in_group
+        } else {
+            row * LOADS_PER_BLOCK + thread_in_group
+        };
     }
-    let mut w_at = Array::<u32>::new(2usize);
+    let mut w_at = Array::<u32>::new(comptime!(n_subtiles as usize));
     #[unroll]
-    for j in 0..2u32 {
-        w_at[j as usize] = min(nb * N_BLOCK + j * 8 + group_id, n - 1) * loads_per_row + thread_in_group;
+    for j in 0..n_subtiles {
+        let col = warp_col0 + j * N_SUBTILE + group_id;
+        w_at[j as usize] = if comptime!(stages == 0) {
+            min(cube_col0 + col, n - 1) * loads_per_row + thread_in_group
+        } else {
+            comptime!(tiling.cube_rows() * LOADS_PER_BLOCK) + col * LOADS_PER_BLOCK + thread_in_group
+        };
     }
 
     // Per (row tile, subtile): the instruction's four accumulators for the current chunk,
-    // and the scaled f32 totals.
-    let fragments = comptime!((m_tiles * 2 * 4) as usize);
+    // and (chunked scales) the scaled f32 totals.
+    let fragments = comptime!((m_tiles * n_subtiles * 4) as usize);
     let mut acc = Array::<Acc>::new(fragments);
-    let mut total = Array::<f32>::new(fragments);
+    let mut total = Array::<f32>::new(comptime!(if chunked { fragments } else { 1usize }));
     #[unroll]
-    for i in 0..m_tiles * 8 {
+    for i in 0..m_tiles * n_subtiles * 4 {
         acc[i as usize] = Acc::from_int(0);
-        total[i as usize] = 0.0f32;
+        if comptime!(chunked) {
+            total[i as usize] = 0.0f32;
+        }
     }
 
+    let warp_origin = (cube_row0 + warp_row0, cube_col0 + warp_col0);
+    let mut row_scales = Array::<f32>::new(comptime!((m_tiles * 2) as usize));
+    let mut col_scales = Array::<f32>::new(comptime!((n_subtiles * 2) as usize));
     let mut rows = Array::<Quad<i32>>::new(comptime!((m_tiles * 2) as usize));
-    let mut cols = Array::<Quad<i32>>::new(2usize);
-    let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (EMULATION_SCRATCH * warps) as usize }));
+    let mut cols = Array::<Quad<i32>>::new(comptime!(n_subtiles as usize));
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (EMULATION_SCRATCH * tiling.warps()) as usize }));
+    let stage_len = comptime!((tiling.cube_rows() + tiling.cube_columns()) * LOADS_PER_BLOCK);
+    let mut stage = Shared::<[Quad<i32>]>::new_slice(comptime!(if stages == 0 { 1usize } else { (stage_len * stages) as usize }));
+
+    if comptime!(stages > 0) {
+        #[unroll]
+        for s in 0..stages - 1 {
+            if kb_begin + s < kb_end {
+                fill_stage(a_codes, w_codes, &mut stage, kb_begin + s, s * stage_len, cube_row0, cube_col0, m, n, loads_per_row, tiling, tensor_cores);
+            }
+            commit_copies(tensor_cores);
+        }
+    }
 
     for kb in kb_begin..kb_end {
-        let load = kb * WORDS_PER_LOAD;
-        #[unroll]
-        for j in 0..2u32 {
-            cols[j as usize] = w_codes[(w_at[j as usize] + load) as usize];
-        }
-        #[unroll]
-        for i in 0..m_tiles * 2 {
-            rows[i as usize] = a_codes[(a_at[i as usize] + load) as usize];
-        }
-        k_step::<Acc>(&rows, &cols, &mut acc, &mut scratch, 0usize, m_tiles, fp8, tensor_cores);
-        k_step::<Acc>(&rows, &cols, &mut acc, &mut scratch, 1usize, m_tiles, fp8, tensor_cores);
-
-        if (kb + 1) % chunk_blocks == 0 || kb + 1 == kb_end {
-            let chunk = kb / chunk_blocks;
+        if comptime!(stages == 0) {
+            let load = kb * LOADS_PER_BLOCK;
             #[unroll]
-            for mt in 0..m_tiles {
+            for j in 0..n_subtiles {
+                cols[j as usize] = w_codes[(w_at[j as usize] + load) as usize];
+            }
+            #[unroll]
+            for i in 0..m_tiles * 2 {
+                rows[i as usize] = a_codes[(a_at[i as usize] + load) as usize];
+            }
+        } else {
+            // Block kb has landed and every unit is done with block kb − 1, whose slot
+            // the copy of block kb + stages − 1 now takes.
+            wait_for_copies(tensor_cores, stages);
+            sync_cube();
+            let ahead = kb + stages - 1;
+            if ahead < kb_end {
+                fill_stage(a_codes, w_codes, &mut stage, ahead, ((ahead - kb_begin) % stages) * stage_len, cube_row0, cube_col0, m, n, loads_per_row, tiling, tensor_cores);
+            }
+            commit_copies(tensor_cores);
+            let slot = ((kb - kb_begin) % stages) * stage_len;
+            #[unroll]
+            for j in 0..n_subtiles {
+                cols[j as usize] = stage[(slot + w_at[j as usize]) as usize];
+            }
+            #[unroll]
+            for i in 0..m_tiles * 2 {
+                rows[i as usize] = stage[(slot + a_at[i as usize]) as usize];
+            }
+        }
+        k_step::<Acc>(&rows, &cols, &mut acc, &mut scratch, 0usize, m_tiles, n_subtiles, fp8, tensor_cores);
+        k_step::<Acc>(&rows, &cols, &mut acc, &mut scratch, 1usize, m_tiles, n_subtiles, fp8, tensor_cores);
+
+        if comptime!(chunked) {
+            if (kb + 1) % chunk_blocks == 0 || kb + 1 == kb_end {
+                load_scales(a_scales, w_scales, &mut row_scales, &mut col_scales, kb / chunk_blocks, warp_origin, m, n, a_scale_row, a_scale_chunk, w_scale_col_div, w_scale_row, w_scale_chunk, m_tiles, n_subtiles);
                 #[unroll]
-                for half in 0..2u32 {
-                    let row = min(row0 + mt * M_TILE + half * 8 + group_id, row_end - 1);
-                    let a_scale = a_scales[(row * a_scale_row + chunk * a_scale_chunk) as usize];
-                    #[unroll]
-                    for j in 0..2u32 {
-                        #[unroll]
-                        for c in 0..2u32 {
-                            let col = min(nb * N_BLOCK + j * 8 + thread_in_group * 2 + c, n - 1);
-                            let w_scale = w_scales[((col / w_scale_col_div) * w_scale_row + chunk * w_scale_chunk) as usize];
-                            let at = ((mt * 2 + j) * 4 + half * 2 + c) as usize;
-                            total[at] += f32::cast_from(acc[at]) * a_scale * w_scale;
-                            acc[at] = Acc::from_int(0);
-                        }
-                    }
+                for at in 0..m_tiles * n_subtiles * 4 {
+                    total[at as usize] += scaled(&acc, &row_scales, &col_scales, at, n_subtiles);
+                    acc[at as usize] = Acc::from_int(0);
                 }
             }
         }
     }
 
-    if block_n < n_blocks {
-        let out_row0 = CUBE_POS_Y * m;
-        #[unroll]
-        for mt in 0..m_tiles {
-            #[unroll]
-            for half in 0..2u32 {
-                let row = row0 + mt * M_TILE + half * 8 + group_id;
-                #[unroll]
-                for j in 0..2u32 {
-                    #[unroll]
-                    for c in 0..2u32 {
-                        let col = nb * N_BLOCK + j * 8 + thread_in_group * 2 + c;
-                        let value = total[((mt * 2 + j) * 4 + half * 2 + c) as usize];
-                        if row < row_end && col < n {
-                            if comptime!(direct) {
-                                out[(row * n + col) as usize] = F::cast_from(value);
-                            } else {
-                                partials[((out_row0 + row) * n + col) as usize] = value;
-                            }
-                        }
-                    }
-                }
+    if comptime!(!chunked) {
+        load_scales(a_scales, w_scales, &mut row_scales, &mut col_scales, 0, warp_origin, m, n, a_scale_row, a_scale_chunk, w_scale_col_div, w_scale_row, w_scale_chunk, m_tiles, n_subtiles);
+    }
+    let out_row0 = CUBE_POS_Y * m;
+    #[unroll]
+    for at in 0..m_tiles * n_subtiles * 4 {
+        let (row, col) = fragment_position(at, warp_origin, n_subtiles);
+        if row < m && col < n {
+            let value = if comptime!(chunked) { total[at as usize] } else { scaled(&acc, &row_scales, &col_scales, at, n_subtiles) };
+            if comptime!(direct) {
+                out[(row * n + col) as usize] = F::cast_from(value);
+            } else {
+                partials[((out_row0 + row) * n + col) as usize] = value;
             }
         }
+    }
+}
+
+/// The scales of chunk `chunk` for this lane's rows (two per row tile) and columns (two
+/// per subtile) of the warp tile at `origin`; rows and columns past the edge take the
+/// last one's.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_scales(
+    a_scales: &[f32],
+    w_scales: &[f32],
+    row_scales: &mut Array<f32>,
+    col_scales: &mut Array<f32>,
+    chunk: u32,
+    origin: (u32, u32),
+    m: u32,
+    n: u32,
+    a_scale_row: u32,
+    a_scale_chunk: u32,
+    w_scale_col_div: u32,
+    w_scale_row: u32,
+    w_scale_chunk: u32,
+    #[comptime] m_tiles: u32,
+    #[comptime] n_subtiles: u32,
+) {
+    let (row0, col0) = origin;
+    let lane = UNIT_POS_X;
+    #[unroll]
+    for i in 0..m_tiles * 2 {
+        let row = min(row0 + i * 8 + lane / 4, m - 1);
+        row_scales[i as usize] = a_scales[(row * a_scale_row + chunk * a_scale_chunk) as usize];
+    }
+    #[unroll]
+    for i in 0..n_subtiles * 2 {
+        let col = min(col0 + (i / 2) * N_SUBTILE + (lane % 4) * 2 + i % 2, n - 1);
+        col_scales[i as usize] = w_scales[((col / w_scale_col_div) * w_scale_row + chunk * w_scale_chunk) as usize];
+    }
+}
+
+/// Accumulator `at` in f32 times its row's and column's scales.
+#[cube]
+fn scaled<Acc: Numeric>(acc: &Array<Acc>, row_scales: &Array<f32>, col_scales: &Array<f32>, at: u32, #[comptime] n_subtiles: u32) -> f32 {
+    let tile = at / 4;
+    let register = at % 4;
+    let row = (tile / n_subtiles) * 2 + register / 2;
+    let col = (tile % n_subtiles) * 2 + register % 2;
+    f32::cast_from(acc[at as usize]) * row_scales[row as usize] * col_scales[col as usize]
+}
+
+/// The output row and column of accumulator `at` (`((row tile · n_subtiles + subtile) · 4
+/// + register`) of this lane, for a warp whose tile starts at `(row0, col0)`: register `i`
+/// holds row `g + 8·(i / 2)`, column `2t + i % 2` of its 16×8 product.
+#[cube]
+fn fragment_position(at: u32, origin: (u32, u32), #[comptime] n_subtiles: u32) -> (u32, u32) {
+    let (row0, col0) = origin;
+    let lane = UNIT_POS_X;
+    let tile = at / 4;
+    let register = at % 4;
+    let row = row0 + (tile / n_subtiles) * M_TILE + (register / 2) * 8 + lane / 4;
+    let col = col0 + (tile % n_subtiles) * N_SUBTILE + register % 2 + (lane % 4) * 2;
+    (row, col)
+}
+
+/// Copies K block `kb` of the cube's rows of A and columns of B into the stage at `slot`
+/// (rows first, then columns; four 16-byte pieces each), every unit a share of the
+/// pieces: `cp.async` with `tensor_cores`, so nothing waits here; otherwise loads and
+/// stores, visible after the next `sync_cube`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fill_stage(
+    a_codes: &[Quad<i32>],
+    w_codes: &[Quad<i32>],
+    stage: &mut Shared<[Quad<i32>]>,
+    kb: u32,
+    slot: u32,
+    cube_row0: u32,
+    cube_col0: u32,
+    m: u32,
+    n: u32,
+    loads_per_row: u32,
+    #[comptime] tiling: WarpTiling,
+    #[comptime] tensor_cores: bool,
+) {
+    let rows = comptime!(tiling.cube_rows());
+    fill_lines(a_codes, stage, kb, slot, cube_row0, m, loads_per_row, rows, tiling.warps(), tensor_cores);
+    fill_lines(w_codes, stage, kb, slot + rows * LOADS_PER_BLOCK, cube_col0, n, loads_per_row, tiling.cube_columns(), tiling.warps(), tensor_cores);
+}
+
+/// [`fill_stage`] for one operand: K block `kb` of `lines` rows of `codes` from `line0`
+/// (clamped to `available − 1`), to the stage from `at`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fill_lines(
+    codes: &[Quad<i32>],
+    stage: &mut Shared<[Quad<i32>]>,
+    kb: u32,
+    at: u32,
+    line0: u32,
+    available: u32,
+    loads_per_row: u32,
+    #[comptime] lines: u32,
+    #[comptime] warps: u32,
+    #[comptime] tensor_cores: bool,
+) {
+    let units = comptime!(LANES * warps);
+    let pieces = comptime!(lines * LOADS_PER_BLOCK);
+    let unit = UNIT_POS_Y * LANES + UNIT_POS_X;
+    #[unroll]
+    for round in 0..comptime!(pieces.div_ceil(units)) {
+        let piece = round * units + unit;
+        if comptime!((round + 1) * units <= pieces) || piece < pieces {
+            let source = (min(line0 + piece / LOADS_PER_BLOCK, available - 1) * loads_per_row + kb * LOADS_PER_BLOCK + piece % LOADS_PER_BLOCK) as usize;
+            let destination = (at + piece) as usize;
+            if comptime!(tensor_cores) {
+                copy_async(&codes[source..source + 1], &mut stage[destination..destination + 1], WORDS_PER_PIECE);
+            } else {
+                stage[destination] = codes[source];
+            }
+        }
+    }
+}
+
+/// Closes this unit's group of `cp.async` copies (CUDA; a no-op elsewhere).
+#[cube]
+fn commit_copies(#[comptime] tensor_cores: bool) {
+    if comptime!(tensor_cores) {
+        gpu_asm!("cp.async.commit_group;");
+    }
+}
+
+/// Waits until at most `stages − 2` of this unit's copy groups are in flight, which is
+/// when the oldest outstanding block has landed (CUDA; a no-op elsewhere).
+#[cube]
+fn wait_for_copies(#[comptime] tensor_cores: bool, #[comptime] stages: u32) {
+    if comptime!(tensor_cores) {
+        gpu_asm!("cp.async.wait_group {pending};", pending = const (stages - 2));
     }
 }
 
@@ -194,12 +412,13 @@ fn k_step<Acc: Numeric>(
     scratch: &mut Shared<[f32]>,
     #[comptime] step: usize,
     #[comptime] m_tiles: u32,
+    #[comptime] n_subtiles: u32,
     #[comptime] fp8: bool,
     #[comptime] tensor_cores: bool,
 ) {
     let mut fragment = Array::<i32>::new(6usize);
     #[unroll]
-    for j in 0..2u32 {
+    for j in 0..n_subtiles {
         let col = cols[j as usize];
         fragment[4usize] = col.extract(comptime!(2 * step));
         fragment[5usize] = col.extract(comptime!(2 * step + 1));
@@ -211,7 +430,7 @@ fn k_step<Acc: Numeric>(
             fragment[1usize] = bottom.extract(comptime!(2 * step));
             fragment[2usize] = top.extract(comptime!(2 * step + 1));
             fragment[3usize] = bottom.extract(comptime!(2 * step + 1));
-            let at = (mt * 2 + j) * 4;
+            let at = (mt * n_subtiles + j) * 4;
             if comptime!(tensor_cores) {
                 tensor_core_mma::<Acc>(&fragment, acc, at, fp8);
             } else {

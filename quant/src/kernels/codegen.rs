@@ -367,48 +367,59 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
     variants
 }
 
-/// Every variant of the tensor-core 8-bit GEMM as it runs on CUDA (the `mma`
-/// instruction, four warps per cube): int8 or e4m3 × row tiles per warp × output dtype ×
-/// direct output or K-split partials.
+/// Every variant of the tensor-core 8-bit GEMM as it runs on CUDA (the `mma` instruction):
+/// int8 or e4m3 × warp tiling (direct loads at 16, 32 and 64 rows per warp; staged
+/// through shared memory at 32 and 64 rows per warp) × scales per K chunk or per row (e4m3 only: int8 scales never change
+/// along K) × output dtype × direct output or K-split partials.
 pub fn byte_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
-    let warps = 4u32;
+    let direct_loads = |m_tiles| byte_mma::WarpTiling { m_tiles, n_subtiles: 2, warps_m: 1, warps_n: 4, stages: 0 };
+    let tilings = [
+        ("m16", direct_loads(1)),
+        ("m32", direct_loads(2)),
+        ("m64", direct_loads(4)),
+        ("staged_m32", byte_mma::WarpTiling { m_tiles: 2, n_subtiles: 4, warps_m: 2, warps_n: 2, stages: 3 }),
+        ("staged_m64", byte_mma::WarpTiling { m_tiles: 4, n_subtiles: 4, warps_m: 2, warps_n: 2, stages: 3 }),
+    ];
     let mut variants = Vec::new();
     for (fp8, operand, accumulator) in [(false, "int8", ElemType::Int(IntKind::I32)), (true, "e4m3", ElemType::Float(FloatKind::F32))] {
-        for m_tiles in [1u32, 2, 4] {
-            for (float, float_name) in FLOATS {
-                for direct in [true, false] {
-                    let [a_codes, a_scales, w_codes, w_scales, partials, out] = std::array::from_fn(|_| buffer());
-                    let kernel = byte_mma::byte_mma_gemm::ByteMmaGemm::new(
-                        KernelSettings::new(*CubeDim::new_2d(byte_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
-                        properties.clone(),
-                        target.clone(),
-                        a_codes,
-                        a_scales,
-                        w_codes,
-                        w_scales,
-                        partials,
-                        out,
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        Default::default(),
-                        fp8,
-                        m_tiles,
-                        warps,
-                        true,
-                        direct,
-                        [ElemType::Float(float), accumulator],
-                    );
-                    let output = if direct { "direct" } else { "split" };
-                    variants.push(generate(format!("byte_mma_{operand}_m{}_{output}_{float_name}", m_tiles * 16), kernel));
+        for (tiling_name, tiling) in tilings {
+            for chunked in [false, true].into_iter().filter(|&chunked| fp8 || !chunked) {
+                for (float, float_name) in FLOATS {
+                    for direct in [true, false] {
+                        let [a_codes, a_scales, w_codes, w_scales, partials, out] = std::array::from_fn(|_| buffer());
+                        let kernel = byte_mma::byte_mma_gemm::ByteMmaGemm::new(
+                            KernelSettings::new(*CubeDim::new_2d(byte_mma::LANES, tiling.warps()), ExecutionMode::Unchecked, AddressType::U32),
+                            properties.clone(),
+                            target.clone(),
+                            a_codes,
+                            a_scales,
+                            w_codes,
+                            w_scales,
+                            partials,
+                            out,
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            Default::default(),
+                            fp8,
+                            tiling,
+                            chunked,
+                            true,
+                            direct,
+                            [ElemType::Float(float), accumulator],
+                        );
+                        let output = if direct { "direct" } else { "split" };
+                        let scales = if chunked { "_chunked" } else { "" };
+                        variants.push(generate(format!("byte_mma_{operand}_{tiling_name}{scales}_{output}_{float_name}"), kernel));
+                    }
                 }
             }
         }

@@ -28,7 +28,7 @@ pub use ops::{
     byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
     GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
-pub use select::{mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
+pub use select::{byte_mma_tiling, mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// A weight's fragment-ordered copy for the tensor-core W4A16 / W8A16 kernel, repacked
 /// the first time that kernel is selected for it (`None` if the repack refused the
@@ -166,15 +166,27 @@ fn fp8_scale_strides(weight: &Fp8Weight, a_scales: Option<&Tensor<2>>) -> ScaleS
     ScaleStrides { chunk, a_row, a_chunk, w_col_div, w_row, w_chunk }
 }
 
-/// How a tensor-core launch covers its output: row tiles of 16 per warp, warps per cube,
-/// K splits, and whether the `mma` instruction runs or its emulation (runtimes without
-/// tensor cores, for tests).
+/// How a tensor-core launch covers its output: row tiles of 16 per warp, warps per cube
+/// side by side along N, K splits, K blocks staged through shared memory (`byte_mma`
+/// only; 0 for direct loads), and whether the `mma` instruction runs or its emulation
+/// (runtimes without tensor cores, for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaTiling {
     pub m_tiles: u32,
     pub warps: u32,
     pub splits: u32,
+    pub stages: u32,
     pub tensor_cores: bool,
+}
+
+impl MmaTiling {
+    /// `byte_mma`'s warp tiling: 16 columns per warp in one row of warps when loading
+    /// directly; with stages, two rows of warps of 32 columns each, so each staged byte
+    /// feeds more products.
+    fn byte_warp_tiling(&self) -> byte_mma::WarpTiling {
+        let (n_subtiles, warps_m) = if self.stages == 0 { (2, 1) } else { (4, 2) };
+        byte_mma::WarpTiling { m_tiles: self.m_tiles, n_subtiles, warps_m, warps_n: self.warps, stages: self.stages }
+    }
 }
 
 /// `x · Wᵀ` for a `W8A8` int8 weight on tensor cores (or their emulation): activations
@@ -220,8 +232,7 @@ fn byte_mma(a: ActivationCodes, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, 
     let k_blocks = (k_words * 4 / byte_mma::K_BLOCK as usize).max(1) as u32;
     let layout = ByteMmaLayout {
         fp8,
-        m_tiles: tiling.m_tiles,
-        warps: tiling.warps,
+        tiling: tiling.byte_warp_tiling(),
         splits: tiling.splits.clamp(1, k_blocks),
         tensor_cores: tiling.tensor_cores,
         scales,
@@ -305,6 +316,7 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let bit_dequant = !wgpu && !(weight.bits == 8 && x.dtype() == DType::BF16);
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
+    debug_assert_eq!(tiling.stages, 0, "int_mma loads directly");
     let MmaTiling { m_tiles, warps, tensor_cores, .. } = tiling;
     IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
 }

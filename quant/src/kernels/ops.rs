@@ -191,10 +191,8 @@ pub fn byte_gemm_output_shape(a: &Shape, w: &Shape) -> Shape {
 pub struct ByteMmaLayout {
     /// e4m3 operands with f32 accumulation rather than int8 with i32.
     pub fp8: bool,
-    /// Row tiles of 16 per warp.
-    pub m_tiles: u32,
-    /// Warps per cube, side by side along N.
-    pub warps: u32,
+    /// Warp and cube tiles, and the shared-memory stages.
+    pub tiling: byte_mma::WarpTiling,
     /// Slices K is split into; with one, the output is written in `out_dtype`.
     pub splits: u32,
     /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
@@ -467,8 +465,10 @@ impl KernelOps for CubeBackend {
         };
         let (m, k, n) = (m as u32, k as u32, n as u32);
         let blocks_per_split = (k / byte_mma::K_BLOCK).div_ceil(layout.splits.max(1));
-        let cube_count = CubeCount::Static(n.div_ceil(byte_mma::N_BLOCK).div_ceil(layout.warps), layout.splits.max(1), m.div_ceil(byte_mma::M_TILE * layout.m_tiles));
+        let tiling = layout.tiling;
+        let cube_count = CubeCount::Static(n.div_ceil(tiling.cube_columns()), layout.splits.max(1), m.div_ceil(tiling.cube_rows()));
         let scales = layout.scales;
+        let chunk_blocks = (scales.chunk / byte_mma::K_BLOCK).max(1);
         let accumulator = match layout.fp8 {
             true => ElemType::Float(FloatKind::F32),
             false => ElemType::Int(IntKind::I32),
@@ -476,13 +476,14 @@ impl KernelOps for CubeBackend {
         // SAFETY: the caller guarantees k % 64 == 0 (a_codes `[m, k/4]`, w_codes `[n, k/4]`)
         // and strides that address the scale buffers within their shapes for every row,
         // column and chunk below ⌈k / chunk⌉. The kernel clamps rows to m-1 and
-        // columns to n-1 before reading, reads K blocks below k/64 only, and writes out
-        // `[m, n]` or partials `[splits·m, n]` below (m, n) only.
+        // columns to n-1 before reading (directly or into its stage, which it indexes
+        // within `stages · (cube rows + cube columns) · 4` pieces), reads K blocks below
+        // k/64 only, and writes out `[m, n]` or partials `[splits·m, n]` below (m, n) only.
         unsafe {
             byte_mma::byte_mma_gemm::launch_unchecked(
                 &client,
                 cube_count,
-                CubeDim::new_2d(byte_mma::LANES, layout.warps),
+                CubeDim::new_2d(byte_mma::LANES, tiling.warps()),
                 into_contiguous(a_codes).into_buffer_arg(),
                 into_contiguous(a_scales).into_buffer_arg(),
                 into_contiguous(w_codes).into_buffer_arg(),
@@ -492,7 +493,7 @@ impl KernelOps for CubeBackend {
                 m,
                 k,
                 n,
-                (scales.chunk / byte_mma::K_BLOCK).max(1),
+                chunk_blocks,
                 scales.a_row,
                 scales.a_chunk,
                 scales.w_col_div.max(1),
@@ -500,8 +501,8 @@ impl KernelOps for CubeBackend {
                 scales.w_chunk,
                 blocks_per_split,
                 layout.fp8,
-                layout.m_tiles,
-                layout.warps,
+                tiling,
+                chunk_blocks < k / byte_mma::K_BLOCK,
                 layout.tensor_cores,
                 direct,
                 [float_elem(layout.out_dtype), accumulator],

@@ -215,10 +215,9 @@ fn software_device(device: &Device) -> Option<String> {
     identity.physical.is_none().then(|| identity.name.clone())
 }
 
-/// How a tensor-core kernel (16 output columns per warp, K in blocks of 64) covers
-/// `rows × [k, n]` on `device`: row tiles of 16 per warp (1, 2 or 4) and K splits, enough
-/// that the grid holds about four cubes of four warps per streaming multiprocessor (one
-/// split when the device does not say how many it has).
+/// How a tensor-core kernel loading its operands directly (16 output columns per warp, K
+/// in blocks of 64) covers `rows × [k, n]` on `device`: row tiles of 16 per warp (1, 2
+/// or 4), four warps per cube, and K splits enough to fill the GPU ([`k_splits`]).
 pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling {
     let m_tiles = match rows {
         0..=16 => 1,
@@ -226,23 +225,50 @@ pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling
         _ => 4,
     };
     let warps = 4;
-    let tiling = |splits| MmaTiling { m_tiles, warps, splits, tensor_cores: true };
+    let cubes = n.div_ceil(16).div_ceil(warps as usize) * rows.div_ceil(16 * m_tiles as usize).max(1);
+    MmaTiling { m_tiles, warps, splits: k_splits(device, cubes, k), stages: 0, tensor_cores: true }
+}
+
+/// Rows from which `byte_mma` stages its operands through shared memory: from here each
+/// weight byte feeds enough rows that fetching it once per cube rather than once per warp
+/// pays for the stage. A first estimate, to be tuned on hardware.
+pub const STAGED_ROWS: usize = 256;
+
+/// How `byte_mma` covers `rows × [k, n]`: [`mma_tiling`] below [`STAGED_ROWS`]; from there
+/// cubes of four warps in two rows, each warp 64×32 with three K blocks in flight. Scales
+/// that change along K (`chunked`) keep a second set of f32 totals, so the warps take 32
+/// rows each to stay within the register file.
+pub fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, chunked: bool) -> MmaTiling {
+    if rows < STAGED_ROWS {
+        return mma_tiling(device, rows, k, n);
+    }
+    let m_tiles = if chunked { 2 } else { 4 };
+    let cubes = n.div_ceil(64) * rows.div_ceil(32 * m_tiles as usize);
+    MmaTiling { m_tiles, warps: 2, splits: k_splits(device, cubes, k), stages: 3, tensor_cores: true }
+}
+
+/// K splits for a grid of `cubes`: enough that it holds about four cubes per streaming
+/// multiprocessor (one split when the device does not say how many it has).
+fn k_splits(device: &Device, cubes: usize, k: usize) -> u32 {
     let DispatchDevice::Cube(cube) = device.as_dispatch() else {
-        return tiling(1);
+        return 1;
     };
     let Some(sms) = cube.client().properties().hardware.num_streaming_multiprocessors else {
-        return tiling(1);
+        return 1;
     };
-    let cubes = n.div_ceil(16).div_ceil(warps as usize) * rows.div_ceil(16 * m_tiles as usize).max(1);
     let wanted = 4 * sms as usize;
     let k_blocks = (k / 64).max(1);
-    tiling(wanted.div_ceil(cubes.max(1)).clamp(1, k_blocks) as u32)
+    wanted.div_ceil(cubes.max(1)).clamp(1, k_blocks) as u32
 }
+
+/// How a tensor-core kernel covers `rows × [k, n]` on a device.
+type TilingRule<'a> = &'a dyn Fn(&Device, usize, usize, usize) -> MmaTiling;
 
 /// The tiling of a tensor-core kernel (`kernel`, built on `instruction`) for
 /// `rows × [k, n]`, or why it does not run: checked in order the runtime, the format's or
 /// shape's own `refusal`, the GPU's instruction set, and the policy.
-fn tensor_core_tiling(device: &Device, rows: usize, k: usize, n: usize, instruction: MmaConfig, refusal: Option<String>, kernel: &str) -> Result<MmaTiling, String> {
+#[allow(clippy::too_many_arguments)]
+fn tensor_core_tiling(device: &Device, rows: usize, k: usize, n: usize, instruction: MmaConfig, refusal: Option<String>, kernel: &str, tiling: TilingRule) -> Result<MmaTiling, String> {
     let DispatchDevice::Cube(cube @ cubecl::Device::Cuda(_)) = device.as_dispatch() else {
         return Err("no tensor cores on this runtime".into());
     };
@@ -256,7 +282,7 @@ fn tensor_core_tiling(device: &Device, rows: usize, k: usize, n: usize, instruct
     if policy() != KernelPolicy::TensorCores {
         return Err(format!("the tensor-core kernel ({kernel}) awaits verification on a GPU; EMBER_KERNELS=tensor-cores enables it"));
     }
-    Ok(mma_tiling(device, rows, k, n))
+    Ok(tiling(device, rows, k, n))
 }
 
 /// [`tensor_core_tiling`] for `int_mma` (W4A16, W8A16, weight-only FP8): f16 or bf16 activations times a weight
@@ -268,14 +294,16 @@ fn int_mma_tiling(device: &Device, dtype: DType, rows: usize, k: usize, n: usize
         _ => (FloatKind::F16, Some(format!("activations in {dtype:?} (int_mma takes f16 or bf16)"))),
     };
     let instruction = MmaConfig { a_type: ElemType::Float(half), b_type: ElemType::Float(half), cd_type: ElemType::Float(FloatKind::F32), m: 16, n: 8, k: 16 };
-    tensor_core_tiling(device, rows, k, n, instruction, refusal, "int_mma")
+    tensor_core_tiling(device, rows, k, n, instruction, refusal, "int_mma", &mma_tiling)
 }
 
-/// [`tensor_core_tiling`] for the 8-bit kernel on `operand` × `operand` → `accumulator`.
-fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, operand: ElemType, accumulator: ElemType, refusal: Option<String>) -> Result<MmaTiling, String> {
+/// [`tensor_core_tiling`] for the 8-bit kernel on `operand` × `operand` → `accumulator`,
+/// with scales that change along K or not (`chunked`).
+#[allow(clippy::too_many_arguments)]
+fn byte_mma_choice(device: &Device, rows: usize, k: usize, n: usize, operand: ElemType, accumulator: ElemType, chunked: bool, refusal: Option<String>) -> Result<MmaTiling, String> {
     let refusal = refusal.or_else(|| (!k.is_multiple_of(byte_mma::K_BLOCK as usize)).then(|| format!("K = {k} is not a multiple of {}", byte_mma::K_BLOCK)));
     let instruction = MmaConfig { a_type: operand, b_type: operand, cd_type: accumulator, m: 16, n: 8, k: 32 };
-    tensor_core_tiling(device, rows, k, n, instruction, refusal, "byte_mma")
+    tensor_core_tiling(device, rows, k, n, instruction, refusal, "byte_mma", &|device, rows, k, n| byte_mma_tiling(device, rows, k, n, chunked))
 }
 
 /// The portable choice, or the tensor-core kernel where `tensor_cores` allows it (the
@@ -304,9 +332,10 @@ pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) 
             let why = format!("scale blocks {chunk} wide are not a multiple of {}", byte_mma::K_BLOCK);
             (Err(format!("no tensor-core kernel: {why}")), "byte_mma")
         }
-        _ => {
+        (_, chunk) => {
             let (e4m3, f32) = (ElemType::Float(FloatKind::E4M3), ElemType::Float(FloatKind::F32));
-            (byte_mma_tiling(device, rows, k, n, e4m3, f32, refusal.clone()), "byte_mma")
+            let chunked = chunk.is_some_and(|chunk| chunk < k);
+            (byte_mma_choice(device, rows, k, n, e4m3, f32, chunked, refusal.clone()), "byte_mma")
         }
     };
     let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, kernel);
@@ -373,7 +402,7 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
         }
     };
     let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
-    let tensor_cores = byte_mma_tiling(device, rows, weight.in_features, weight.out_features, int8, i32, refusal.clone());
+    let tensor_cores = byte_mma_choice(device, rows, weight.in_features, weight.out_features, int8, i32, false, refusal.clone());
     let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, "byte_mma");
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
