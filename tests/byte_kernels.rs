@@ -413,8 +413,8 @@ fn mma_tiling(m_tiles: u32, splits: u32, warps: u32, tensor_cores: bool) -> MmaT
 }
 
 /// Row tiles per warp, K splits, rows for `byte_mma` staged through shared memory: cubes
-/// of two warp rows, several K blocks per slot (K = 256 and 384 are 4 and 6 blocks), and
-/// rows past one cube.
+/// of two warp rows, more K blocks per split than slots (K = 256 and 384 are 4 and 6
+/// blocks), and rows past one cube.
 const STAGED_SHAPES: [(u32, u32, usize); 3] = [(1, 1, 5), (1, 2, 40), (2, 1, 70)];
 
 /// A tiling of `m_tiles`, `splits` with `warps` warps along N and `stages` K blocks

@@ -61,8 +61,8 @@ const EMULATION_SCRATCH: u32 = A_SCRATCH + 32 * 8;
 type Quad<E> = Vector<E, Const<4>>;
 
 /// How a launch is tiled (all comptime): per warp `m_tiles` row tiles of 16 and
-/// `n_subtiles` column subtiles of 8 (even); `warps_m × warps_n` warps per cube; `stages`
-/// K blocks in flight through shared memory, or 0 for direct loads.
+/// `n_subtiles` column subtiles of 8; `warps_m × warps_n` warps per cube; `stages` K
+/// blocks in flight through shared memory (at least 2), or 0 for direct loads.
 #[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WarpTiling {
     pub m_tiles: u32,
@@ -85,11 +85,6 @@ impl WarpTiling {
 
     pub fn warps(&self) -> u32 {
         self.warps_m * self.warps_n
-    }
-
-    /// Bytes of shared memory the stages take.
-    pub fn stage_bytes(&self) -> u32 {
-        self.stages * (self.cube_rows() + self.cube_columns()) * K_BLOCK
     }
 }
 

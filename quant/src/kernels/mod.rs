@@ -167,9 +167,10 @@ fn fp8_scale_strides(weight: &Fp8Weight, a_scales: Option<&Tensor<2>>) -> ScaleS
 }
 
 /// How a tensor-core launch covers its output: row tiles of 16 per warp, warps per cube
-/// side by side along N, K splits, K blocks staged through shared memory (`byte_mma`
-/// only; 0 for direct loads), and whether the `mma` instruction runs or its emulation
-/// (runtimes without tensor cores, for tests).
+/// side by side along N (staged `byte_mma` cubes hold two such rows of warps), K splits,
+/// K blocks staged through shared memory (`byte_mma` only; 0 for direct loads, otherwise
+/// at least 2), and whether the `mma` instruction runs or its emulation (runtimes without
+/// tensor cores, for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaTiling {
     pub m_tiles: u32,
@@ -185,7 +186,9 @@ impl MmaTiling {
     /// feeds more products.
     fn byte_warp_tiling(&self) -> byte_mma::WarpTiling {
         let (n_subtiles, warps_m) = if self.stages == 0 { (2, 1) } else { (4, 2) };
-        byte_mma::WarpTiling { m_tiles: self.m_tiles, n_subtiles, warps_m, warps_n: self.warps, stages: self.stages }
+        // One slot could not be refilled while it is read: the ring needs two.
+        let stages = if self.stages == 1 { 2 } else { self.stages };
+        byte_mma::WarpTiling { m_tiles: self.m_tiles, n_subtiles, warps_m, warps_n: self.warps, stages }
     }
 }
 

@@ -466,6 +466,7 @@ impl KernelOps for CubeBackend {
         let (m, k, n) = (m as u32, k as u32, n as u32);
         let blocks_per_split = (k / byte_mma::K_BLOCK).div_ceil(layout.splits.max(1));
         let tiling = layout.tiling;
+        assert_ne!(tiling.stages, 1, "byte_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
         let cube_count = CubeCount::Static(n.div_ceil(tiling.cube_columns()), layout.splits.max(1), m.div_ceil(tiling.cube_rows()));
         let scales = layout.scales;
         let chunk_blocks = (scales.chunk / byte_mma::K_BLOCK).max(1);
