@@ -283,15 +283,14 @@ fn load_scales(
     #[comptime] n_subtiles: u32,
 ) {
     let (row0, col0) = origin;
-    let lane = UNIT_POS_X;
     #[unroll]
     for i in 0..m_tiles * 2 {
-        let row = min(row0 + i * 8 + lane / 4, m - 1);
+        let row = min(lane_row(row0, i), m - 1);
         row_scales[i as usize] = a_scales[(row * a_scale_row + chunk * a_scale_chunk) as usize];
     }
     #[unroll]
     for i in 0..n_subtiles * 2 {
-        let col = min(col0 + (i / 2) * N_SUBTILE + (lane % 4) * 2 + i % 2, n - 1);
+        let col = min(lane_col(col0, i), n - 1);
         col_scales[i as usize] = w_scales[((col / w_scale_col_div) * w_scale_row + chunk * w_scale_chunk) as usize];
     }
 }
@@ -299,25 +298,39 @@ fn load_scales(
 /// Accumulator `at` in f32 times its row's and column's scales.
 #[cube]
 fn scaled<Acc: Numeric>(acc: &Array<Acc>, row_scales: &Array<f32>, col_scales: &Array<f32>, at: u32, #[comptime] n_subtiles: u32) -> f32 {
-    let tile = at / 4;
-    let register = at % 4;
-    let row = (tile / n_subtiles) * 2 + register / 2;
-    let col = (tile % n_subtiles) * 2 + register % 2;
+    let (row, col) = lane_slot(at, n_subtiles);
     f32::cast_from(acc[at as usize]) * row_scales[row as usize] * col_scales[col as usize]
 }
 
-/// The output row and column of accumulator `at` (`((row tile · n_subtiles + subtile) · 4
-/// + register`) of this lane, for a warp whose tile starts at `(row0, col0)`: register `i`
-/// holds row `g + 8·(i / 2)`, column `2t + i % 2` of its 16×8 product.
+/// The output row and column of accumulator `at` of this lane, for a warp whose tile
+/// starts at `origin`.
 #[cube]
 fn fragment_position(at: u32, origin: (u32, u32), #[comptime] n_subtiles: u32) -> (u32, u32) {
     let (row0, col0) = origin;
-    let lane = UNIT_POS_X;
+    let (row, col) = lane_slot(at, n_subtiles);
+    (lane_row(row0, row), lane_col(col0, col))
+}
+
+/// Which of this lane's rows (two per row tile) and columns (two per subtile) accumulator
+/// `at` (`((row tile · n_subtiles + subtile) · 4 + register`) is in: register `i` holds row
+/// `g + 8·(i / 2)`, column `2t + i % 2` of its 16×8 product.
+#[cube]
+fn lane_slot(at: u32, #[comptime] n_subtiles: u32) -> (u32, u32) {
     let tile = at / 4;
     let register = at % 4;
-    let row = row0 + (tile / n_subtiles) * M_TILE + (register / 2) * 8 + lane / 4;
-    let col = col0 + (tile % n_subtiles) * N_SUBTILE + register % 2 + (lane % 4) * 2;
-    (row, col)
+    ((tile / n_subtiles) * 2 + register / 2, (tile % n_subtiles) * 2 + register % 2)
+}
+
+/// The output row of this lane's row `i` (two per row tile) in a warp tile from `row0`.
+#[cube]
+fn lane_row(row0: u32, i: u32) -> u32 {
+    row0 + i * 8 + UNIT_POS_X / 4
+}
+
+/// The output column of this lane's column `i` (two per subtile) in a warp tile from `col0`.
+#[cube]
+fn lane_col(col0: u32, i: u32) -> u32 {
+    col0 + (i / 2) * N_SUBTILE + (UNIT_POS_X % 4) * 2 + i % 2
 }
 
 /// Copies K block `kb` of the cube's rows of A and columns of B into the stage at `slot`
