@@ -516,12 +516,8 @@ fn byte_mma_emulated_on_wgpu() {
 
 /// `byte_mma` staged through shared memory, emulated on wgpu: two and three K blocks
 /// deep, one and two warps along N (lavapipe gives a cube 32 KiB of shared memory, stage
-/// and emulation together). Not in the default run: lavapipe's shader compiler sometimes
-/// spends many minutes splitting these barrier-heavy kernels into coroutines
-/// (`llvm::coro::buildCoroutineFrame`), and sometimes seconds, on the same code.
-/// `cargo test --release -- --ignored byte_mma_staged_emulated_on_wgpu`.
+/// and emulation together).
 #[test]
-#[ignore = "lavapipe's compile time for the staged emulation is erratic (seconds to many minutes)"]
 fn byte_mma_staged_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
     w8a8_mma_on(&device, tiling_with(1, 2, false), &STAGED_SHAPES, &[DType::F32]);

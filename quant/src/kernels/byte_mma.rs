@@ -22,7 +22,7 @@
 //! A warp owns `16 · m_tiles` rows and `8 · n_subtiles` columns; a cube holds
 //! `warps_m × warps_n` warps; the grid's second axis splits K. With one split the kernel
 //! writes the output dtype directly; otherwise f32 partial products that the caller sums.
-//! With `tensor_cores` off, [`emulated_mma`] renders the instruction in shared memory so
+//! With `tensor_cores` off, [`emulated_products`] renders the instruction in shared memory so
 //! the fragment indexing is tested on runtimes without tensor cores.
 //!
 //! Operands reach the lanes one of two ways. With `stages = 0` each lane loads its rows
@@ -54,9 +54,8 @@ pub const M_TILE: u32 = 16;
 const LOADS_PER_BLOCK: u32 = 4;
 /// i32 words per piece (`copy_async` counts scalars, not vectors).
 const WORDS_PER_PIECE: u32 = 4;
-/// f32 scratch per warp for the emulated instruction: a 16×32 A tile and a 32×8 B tile.
-const A_SCRATCH: u32 = 16 * 32;
-const EMULATION_SCRATCH: u32 = A_SCRATCH + 32 * 8;
+/// i32 words per row (of A) or column (of B) of one K step of 32 bytes.
+const WORDS_PER_STEP_ROW: u32 = 8;
 
 type Quad<E> = Vector<E, Const<4>>;
 
@@ -182,7 +181,7 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     let mut col_scales = Array::<f32>::new(comptime!((n_subtiles * 2) as usize));
     let mut rows = Array::<Quad<i32>>::new(comptime!((m_tiles * 2) as usize));
     let mut cols = Array::<Quad<i32>>::new(comptime!(n_subtiles as usize));
-    let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (EMULATION_SCRATCH * tiling.warps()) as usize }));
+    let mut scratch = Shared::<[i32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (emulation_words(m_tiles, n_subtiles) * tiling.warps()) as usize }));
     let stage_len = comptime!((tiling.cube_rows() + tiling.cube_columns()) * LOADS_PER_BLOCK);
     let mut stage = Shared::<[Quad<i32>]>::new_slice(comptime!(if stages == 0 { 1usize } else { (stage_len * stages) as usize }));
 
@@ -417,7 +416,7 @@ fn k_step<Acc: Numeric>(
     rows: &Array<Quad<i32>>,
     cols: &Array<Quad<i32>>,
     acc: &mut Array<Acc>,
-    scratch: &mut Shared<[f32]>,
+    scratch: &mut Shared<[i32]>,
     #[comptime] step: usize,
     #[comptime] m_tiles: u32,
     #[comptime] n_subtiles: u32,
@@ -425,27 +424,60 @@ fn k_step<Acc: Numeric>(
     #[comptime] tensor_cores: bool,
 ) {
     let mut fragment = Array::<i32>::new(6usize);
-    #[unroll]
-    for j in 0..n_subtiles {
-        let col = cols[j as usize];
-        fragment[4usize] = col.extract(comptime!(2 * step));
-        fragment[5usize] = col.extract(comptime!(2 * step + 1));
+    if comptime!(tensor_cores) {
         #[unroll]
-        for mt in 0..m_tiles {
-            let top = rows[(mt * 2) as usize];
-            let bottom = rows[(mt * 2 + 1) as usize];
-            fragment[0usize] = top.extract(comptime!(2 * step));
-            fragment[1usize] = bottom.extract(comptime!(2 * step));
-            fragment[2usize] = top.extract(comptime!(2 * step + 1));
-            fragment[3usize] = bottom.extract(comptime!(2 * step + 1));
-            let at = (mt * n_subtiles + j) * 4;
-            if comptime!(tensor_cores) {
-                tensor_core_mma::<Acc>(&fragment, acc, at, fp8);
-            } else {
-                emulated_mma::<Acc>(&fragment, acc, at, scratch, fp8);
+        for j in 0..n_subtiles {
+            b_registers(cols, &mut fragment, j, step);
+            #[unroll]
+            for mt in 0..m_tiles {
+                a_registers(rows, &mut fragment, mt, step);
+                tensor_core_mma::<Acc>(&fragment, acc, (mt * n_subtiles + j) * 4, fp8);
             }
         }
+    } else {
+        // The same registers, through the instruction's layout in shared memory: every
+        // product of the step is written before one barrier and summed before another.
+        #[unroll]
+        for j in 0..n_subtiles {
+            b_registers(cols, &mut fragment, j, step);
+            scatter_b(&fragment, scratch, j, m_tiles, n_subtiles);
+        }
+        #[unroll]
+        for mt in 0..m_tiles {
+            a_registers(rows, &mut fragment, mt, step);
+            scatter_a(&fragment, scratch, mt, m_tiles, n_subtiles);
+        }
+        sync_cube();
+        #[unroll]
+        for mt in 0..m_tiles {
+            #[unroll]
+            for j in 0..n_subtiles {
+                emulated_products::<Acc>(acc, scratch, mt, j, m_tiles, n_subtiles, fp8);
+            }
+        }
+        sync_cube();
     }
+}
+
+/// A registers `fragment[0..4]` of row tile `mt` for K step `step`: per the instruction,
+/// the tile's top and bottom rows alternate, and the first two registers are the step's
+/// first 16 columns.
+#[cube]
+fn a_registers(rows: &Array<Quad<i32>>, fragment: &mut Array<i32>, mt: u32, #[comptime] step: usize) {
+    let top = rows[(mt * 2) as usize];
+    let bottom = rows[(mt * 2 + 1) as usize];
+    fragment[0usize] = top.extract(comptime!(2 * step));
+    fragment[1usize] = bottom.extract(comptime!(2 * step));
+    fragment[2usize] = top.extract(comptime!(2 * step + 1));
+    fragment[3usize] = bottom.extract(comptime!(2 * step + 1));
+}
+
+/// B registers `fragment[4..6]` of subtile `j` for K step `step`.
+#[cube]
+fn b_registers(cols: &Array<Quad<i32>>, fragment: &mut Array<i32>, j: u32, #[comptime] step: usize) {
+    let col = cols[j as usize];
+    fragment[4usize] = col.extract(comptime!(2 * step));
+    fragment[5usize] = col.extract(comptime!(2 * step + 1));
 }
 
 /// `acc[at..at + 4] += a · b` for one 16×8×32 product, with A registers `fragment[0..4]`
@@ -475,52 +507,82 @@ fn tensor_core_mma<Acc: Numeric>(fragment: &Array<i32>, acc: &mut Array<Acc>, at
     acc[(at + 3) as usize] = d.extract(3usize);
 }
 
-/// `mma.m16n8k32` on 8-bit operands (as [`tensor_core_mma`]) rendered in shared memory, following the PTX fragment
-/// layout (lane `l`, group `g = l / 4`, `t = l % 4`, bytes little end first): A register
-/// `i` holds row `g + 8·(i % 2)`, columns `4t + 16·(i / 2)` to three on; B register `i`
-/// holds rows `4t + 16i` to three on of column `g`; accumulator `i` holds row
-/// `g + 8·(i / 2)`, column `2t + i % 2`. Every unit of the cube must call it the same
-/// number of times.
+// The emulated instruction. Each warp's scratch holds one K step of its operands as
+// i32 words in natural order, as the instruction sees them: per row tile a 16×32-byte A
+// tile (8 words a row), then per subtile a 32×8-byte B tile (8 words a column). The
+// PTX fragment layout (lane `l`, group `g = l / 4`, `t = l % 4`, bytes little end
+// first) says where each register goes: A register `i` holds row `g + 8·(i % 2)`,
+// columns `4t + 16·(i / 2)` to three on; B register `i` holds rows `4t + 16i` to three on
+// of column `g`; accumulator `i` holds row `g + 8·(i / 2)`, column `2t + i % 2`.
+
+/// Words of scratch per warp for one K step.
+fn emulation_words(m_tiles: u32, n_subtiles: u32) -> u32 {
+    (m_tiles * M_TILE + n_subtiles * N_SUBTILE) * WORDS_PER_STEP_ROW
+}
+
+/// Where this warp's scratch starts, and its B tiles within it.
 #[cube]
-fn emulated_mma<Acc: Numeric>(fragment: &Array<i32>, acc: &mut Array<Acc>, at: u32, scratch: &mut Shared<[f32]>, #[comptime] fp8: bool) {
-    let lane = UNIT_POS_X;
-    let g = lane / 4;
-    let t = lane % 4;
-    let a_base = UNIT_POS_Y * EMULATION_SCRATCH;
-    let b_base = a_base + A_SCRATCH;
+fn emulation_base(#[comptime] m_tiles: u32, #[comptime] n_subtiles: u32) -> (u32, u32) {
+    let a_base = UNIT_POS_Y * comptime!(emulation_words(m_tiles, n_subtiles));
+    (a_base, a_base + comptime!(m_tiles * M_TILE * WORDS_PER_STEP_ROW))
+}
+
+/// Writes A registers `fragment[0..4]` of row tile `mt` where the layout puts them.
+#[cube]
+fn scatter_a(fragment: &Array<i32>, scratch: &mut Shared<[i32]>, mt: u32, #[comptime] m_tiles: u32, #[comptime] n_subtiles: u32) {
+    let (a_base, _) = emulation_base(m_tiles, n_subtiles);
+    let g = UNIT_POS_X / 4;
+    let t = UNIT_POS_X % 4;
     #[unroll]
     for i in 0..4u32 {
-        let word = fragment[i as usize];
-        let row_at = a_base + (g + 8 * (i % 2)) * 32 + 4 * t + 16 * (i / 2);
-        #[unroll]
-        for byte in 0..4u32 {
-            scratch[(row_at + byte) as usize] = byte_value(word, byte, fp8);
-        }
+        let row = mt * M_TILE + g + 8 * (i % 2);
+        scratch[(a_base + row * WORDS_PER_STEP_ROW + t + 4 * (i / 2)) as usize] = fragment[i as usize];
     }
+}
+
+/// Writes B registers `fragment[4..6]` of subtile `j` where the layout puts them.
+#[cube]
+fn scatter_b(fragment: &Array<i32>, scratch: &mut Shared<[i32]>, j: u32, #[comptime] m_tiles: u32, #[comptime] n_subtiles: u32) {
+    let (_, b_base) = emulation_base(m_tiles, n_subtiles);
+    let g = UNIT_POS_X / 4;
+    let t = UNIT_POS_X % 4;
     #[unroll]
     for i in 0..2u32 {
-        let word = fragment[(4 + i) as usize];
-        #[unroll]
-        for byte in 0..4u32 {
-            scratch[(b_base + (4 * t + 16 * i + byte) * 8 + g) as usize] = byte_value(word, byte, fp8);
-        }
+        let col = j * N_SUBTILE + g;
+        scratch[(b_base + col * WORDS_PER_STEP_ROW + t + 4 * i) as usize] = fragment[(4 + i) as usize];
     }
-    sync_cube();
-    let mut sums = Array::<Acc>::new(4usize);
+}
+
+/// `acc[at..at + 4] += a · b` for row tile `mt` and subtile `j`, from the scattered
+/// operands: the four accumulators this lane holds, 32 bytes of K each.
+#[cube]
+fn emulated_products<Acc: Numeric>(
+    acc: &mut Array<Acc>,
+    scratch: &mut Shared<[i32]>,
+    mt: u32,
+    j: u32,
+    #[comptime] m_tiles: u32,
+    #[comptime] n_subtiles: u32,
+    #[comptime] fp8: bool,
+) {
+    let (a_base, b_base) = emulation_base(m_tiles, n_subtiles);
+    let g = UNIT_POS_X / 4;
+    let t = UNIT_POS_X % 4;
+    let at = (mt * n_subtiles + j) * 4;
     #[unroll]
     for i in 0..4u32 {
-        let row = g + 8 * (i / 2);
-        let col = 2 * t + i % 2;
-        sums[i as usize] = acc[(at + i) as usize];
-        for kk in 0..32u32 {
-            let lhs = Acc::cast_from(scratch[(a_base + row * 32 + kk) as usize]);
-            sums[i as usize] += lhs * Acc::cast_from(scratch[(b_base + kk * 8 + col) as usize]);
+        let row = a_base + (mt * M_TILE + g + 8 * (i / 2)) * WORDS_PER_STEP_ROW;
+        let col = b_base + (j * N_SUBTILE + 2 * t + i % 2) * WORDS_PER_STEP_ROW;
+        let mut sum = acc[(at + i) as usize];
+        for word in 0..WORDS_PER_STEP_ROW {
+            let lhs = scratch[(row + word) as usize];
+            let rhs = scratch[(col + word) as usize];
+            #[unroll]
+            for byte in 0..4u32 {
+                sum += Acc::cast_from(byte_value(lhs, byte, fp8)) * Acc::cast_from(byte_value(rhs, byte, fp8));
+            }
         }
-    }
-    sync_cube();
-    #[unroll]
-    for i in 0..4u32 {
-        acc[(at + i) as usize] = sums[i as usize];
+        acc[(at + i) as usize] = sum;
     }
 }
 
