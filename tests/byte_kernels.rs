@@ -526,6 +526,27 @@ fn byte_mma_staged_emulated_on_wgpu() {
     fp8_mma_on(&device, tiling_with(2, 2, false), &STAGED_SHAPES[2..], &[DType::F32]);
 }
 
+/// With one scale for every activation, direct loads quantize inside `byte_mma`: the
+/// codes are the quantization kernel's, so the outputs equal the staged kernel's, which
+/// reads that kernel's codes.
+#[test]
+fn byte_mma_fused_quantization_emulated_on_wgpu() {
+    let device = Device::wgpu(Default::default());
+    let mut rng = StdRng::seed_from_u64(44);
+    let static_scale = |value: f32| ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![value], [1]), (&device, DType::F32)));
+    let (fused, staged) = (mma_tiling(1, 2, 2, false), tiling_with(1, 2, false)(1, 2));
+    for dtype in [DType::F32, DType::F16] {
+        let x = activations(21, 256, dtype, &device, &mut rng);
+        let int8 = w8a8_weight(256, 40, static_scale(0.004), &device, &mut rng);
+        assert_eq!(to_f32(kernels::w8a8_mma_gemm(&int8, x.clone(), fused)), to_f32(kernels::w8a8_mma_gemm(&int8, x.clone(), staged)), "int8 static {dtype:?}");
+        for mode in [static_scale(0.02), ActivationQuant::DynamicPerTensor] {
+            let what = format!("fp8 {} {dtype:?}", mode.describe());
+            let fp8 = fp8_weight(256, 40, Fp8Scales::Channel, mode, &device, &mut rng);
+            assert_eq!(to_f32(kernels::fp8_mma_gemm(&fp8, x.clone(), fused)), to_f32(kernels::fp8_mma_gemm(&fp8, x.clone(), staged)), "{what}");
+        }
+    }
+}
+
 /// Weight-only FP8 on the tensor-core integer kernel: the e4m3 bytes repack into 8-bit
 /// fragments losslessly, and through the emulated `mma.m16n8k16` the products match the
 /// reference for every scale layout (`dtypes` f16: bit-level decoding where the runtime

@@ -274,8 +274,9 @@ fn every_kernel_variant_generates_cuda_cpp() {
     assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * 3 * 2 * 2);
     variants.extend(int_mma);
     let byte_mma = ember_quant::kernels::codegen::byte_mma_gemm_variants();
-    // Five tilings × (int8; e4m3 with and without chunked scales) × 3 dtypes × 2 outputs.
-    assert_eq!(byte_mma.len(), 5 * 3 * 3 * 2);
+    // Eight ways to load (three direct tilings from codes or quantizing, two staged) ×
+    // (int8; e4m3 with and without chunked scales) × 3 dtypes × 2 outputs.
+    assert_eq!(byte_mma.len(), 8 * 3 * 3 * 2);
     variants.extend(byte_mma);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");

@@ -74,15 +74,22 @@ pub fn quantize_activations<F: Float>(
         let mut packed = 0u32;
         #[unroll]
         for byte in 0..4u32 {
-            let v = f32::cast_from(x[(row_base + word * 4 + byte) as usize]) / scale;
-            let code = if comptime!(grid == grid::INT8) {
-                let q = f32::round(clamp(v, f32::new(-128.0), 127.0f32));
-                u32::reinterpret(i32::cast_from(q)) & 0xFF
-            } else {
-                encode_e4m3(round_to_e4m3(clamp(v, f32::new(-448.0), 448.0f32)))
-            };
-            packed |= code << (byte * 8);
+            packed |= quantize_value(f32::cast_from(x[(row_base + word * 4 + byte) as usize]), scale, grid) << (byte * 8);
         }
         codes[(row * words + word) as usize] = i32::reinterpret(packed);
+    }
+}
+
+/// The code byte (low 8 bits) of `x / scale` on `grid`: clamped, then rounded half to
+/// even (int8) or to the nearest e4m3 value. Shared with the GEMMs that quantize their
+/// activations as they load them, so both give the same codes.
+#[cube]
+pub fn quantize_value(x: f32, scale: f32, #[comptime] grid: u32) -> u32 {
+    let v = x / scale;
+    if comptime!(grid == grid::INT8) {
+        let q = f32::round(clamp(v, f32::new(-128.0), 127.0f32));
+        u32::reinterpret(i32::cast_from(q)) & 0xFF
+    } else {
+        encode_e4m3(round_to_e4m3(clamp(v, f32::new(-448.0), 448.0f32)))
     }
 }

@@ -39,6 +39,7 @@
 use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
+use super::activation_quant::{grid, quantize_value};
 use super::e4m3::decode_e4m3;
 use super::w8a8_gemm::signed_byte;
 
@@ -58,6 +59,7 @@ const WORDS_PER_PIECE: u32 = 4;
 const WORDS_PER_STEP_ROW: u32 = 8;
 
 type Quad<E> = Vector<E, Const<4>>;
+type Octet<E> = Vector<E, Const<8>>;
 
 /// How a launch is tiled (all comptime): per warp `m_tiles` row tiles of 16 and
 /// `n_subtiles` column subtiles of 8; `warps_m × warps_n` warps per cube; `stages` K
@@ -93,12 +95,16 @@ impl WarpTiling {
 /// blocks `z` of the cube's size; units are `(lane, warp)`. With `direct`, `out` `[M, N]`
 /// is written and `partials` is a placeholder; otherwise `partials` `[splits·M, N]`.
 /// `chunked` says scales change along K (`chunk_blocks` < K/64), which keeps a second
-/// set of f32 totals beside the instruction's accumulators.
+/// set of f32 totals beside the instruction's accumulators. With `quantize` (direct
+/// loads only), A comes as float activations `x` `[M, K/8]` (eight per vector) and each
+/// lane quantizes the 16 it loads with the one scale `a_scales[0]`, code for code as the
+/// activation-quantization kernel would; `a_codes` is then a placeholder.
 #[cube(launch_unchecked)]
 // The chunk test stays inside the comptime switch so unchunked kernels never emit it.
 #[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     a_codes: &[Quad<i32>],
+    x: &[Octet<F>],
     a_scales: &[f32],
     w_codes: &[Quad<i32>],
     w_scales: &[f32],
@@ -117,6 +123,7 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     #[comptime] fp8: bool,
     #[comptime] tiling: WarpTiling,
     #[comptime] chunked: bool,
+    #[comptime] quantize: bool,
     #[comptime] tensor_cores: bool,
     #[comptime] direct: bool,
     #[define(F, Acc)] _types: [ElemType; 2],
@@ -138,6 +145,9 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     let kb_begin = CUBE_POS_Y * blocks_per_split;
     let kb_end = min(kb_begin + blocks_per_split, k_blocks);
     let loads_per_row = k / (K_BLOCK / LOADS_PER_BLOCK);
+    // With `quantize`, a lane's 16 activations per block are two vectors of eight.
+    let octets_per_row = k / 8;
+    let static_scale = if comptime!(quantize) { a_scales[0] } else { f32::new(0.0) };
 
     // Where each lane's rows (two per row tile) and columns (one per subtile) start: in
     // global memory, or in the stage. Rows and columns past the edge read the last one
@@ -146,7 +156,9 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     #[unroll]
     for i in 0..m_tiles * 2 {
         let row = warp_row0 + i * 8 + group_id;
-        a_at[i as usize] = if comptime!(stages == 0) {
+        a_at[i as usize] = if comptime!(quantize) {
+            min(cube_row0 + row, m - 1) * octets_per_row + 2 * thread_in_group
+        } else if comptime!(stages == 0) {
             min(cube_row0 + row, m - 1) * loads_per_row + thread_in_group
         } else {
             row * LOADS_PER_BLOCK + thread_in_group
@@ -204,7 +216,11 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
             }
             #[unroll]
             for i in 0..m_tiles * 2 {
-                rows[i as usize] = a_codes[(a_at[i as usize] + load) as usize];
+                rows[i as usize] = if comptime!(quantize) {
+                    quantize_piece::<F>(x, a_at[i as usize] + kb * (K_BLOCK / 8), static_scale, fp8)
+                } else {
+                    a_codes[(a_at[i as usize] + load) as usize]
+                };
             }
         } else {
             // Block kb has landed and every unit is done with block kb − 1, whose slot
@@ -389,6 +405,29 @@ fn fill_lines(
             }
         }
     }
+}
+
+/// The 16 activations `x[at]`, `x[at + 1]` (eight each) quantized with `scale` to int8 or
+/// e4m3 bytes, four to a word, first value in the low byte: what the activation
+/// quantization kernel would have written for them.
+#[cube]
+fn quantize_piece<F: Float>(x: &[Octet<F>], at: u32, scale: f32, #[comptime] fp8: bool) -> Quad<i32> {
+    let target = comptime!(if fp8 { grid::E4M3 } else { grid::INT8 });
+    let mut piece = Quad::<i32>::empty();
+    #[unroll]
+    for half in 0..2usize {
+        let values = x[at as usize + half];
+        #[unroll]
+        for word in 0..2usize {
+            let mut packed = 0u32;
+            #[unroll]
+            for byte in 0..4usize {
+                packed |= quantize_value(f32::cast_from(values.extract(comptime!(word * 4 + byte))), scale, target) << comptime!((byte * 8) as u32);
+            }
+            piece.insert(comptime!(half * 2 + word), i32::reinterpret(packed));
+        }
+    }
+    piece
 }
 
 /// Closes this unit's group of `cp.async` copies (CUDA; a no-op elsewhere).

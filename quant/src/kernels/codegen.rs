@@ -368,8 +368,9 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
 }
 
 /// Every variant of the tensor-core 8-bit GEMM as it runs on CUDA (the `mma` instruction):
-/// int8 or e4m3 × warp tiling (direct loads at 16, 32 and 64 rows per warp; staged
-/// through shared memory at 32 and 64 rows per warp) × scales per K chunk or per row (e4m3 only: int8 scales never change
+/// int8 or e4m3 × warp tiling (direct loads at 16, 32 and 64 rows per warp, from codes or
+/// quantizing float activations; staged through shared memory at 32 and 64 rows per
+/// warp, from codes) × scales per K chunk or per row (e4m3 only: int8 scales never change
 /// along K) × output dtype × direct output or K-split partials.
 pub fn byte_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
@@ -384,16 +385,18 @@ pub fn byte_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
     ];
     let mut variants = Vec::new();
     for (fp8, operand, accumulator) in [(false, "int8", ElemType::Int(IntKind::I32)), (true, "e4m3", ElemType::Float(FloatKind::F32))] {
-        for (tiling_name, tiling) in tilings {
+        let loads = tilings.into_iter().flat_map(|tiling| [(tiling, false), (tiling, true)]).filter(|((_, tiling), quantize)| !quantize || tiling.stages == 0);
+        for ((tiling_name, tiling), quantize) in loads {
             for chunked in [false, true].into_iter().filter(|&chunked| fp8 || !chunked) {
                 for (float, float_name) in FLOATS {
                     for direct in [true, false] {
-                        let [a_codes, a_scales, w_codes, w_scales, partials, out] = std::array::from_fn(|_| buffer());
+                        let [a_codes, x, a_scales, w_codes, w_scales, partials, out] = std::array::from_fn(|_| buffer());
                         let kernel = byte_mma::byte_mma_gemm::ByteMmaGemm::new(
                             KernelSettings::new(*CubeDim::new_2d(byte_mma::LANES, tiling.warps()), ExecutionMode::Unchecked, AddressType::U32),
                             properties.clone(),
                             target.clone(),
                             a_codes,
+                            x,
                             a_scales,
                             w_codes,
                             w_scales,
@@ -412,13 +415,15 @@ pub fn byte_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>
                             fp8,
                             tiling,
                             chunked,
+                            quantize,
                             true,
                             direct,
                             [ElemType::Float(float), accumulator],
                         );
                         let output = if direct { "direct" } else { "split" };
                         let scales = if chunked { "_chunked" } else { "" };
-                        variants.push(generate(format!("byte_mma_{operand}_{tiling_name}{scales}_{output}_{float_name}"), kernel));
+                        let input = if quantize { "_quantizing" } else { "" };
+                        variants.push(generate(format!("byte_mma_{operand}_{tiling_name}{input}{scales}_{output}_{float_name}"), kernel));
                     }
                 }
             }

@@ -90,19 +90,76 @@ pub struct ActivationCodes {
 /// K and any group a multiple of 4); `None` when `mode` is `None`. Per-tensor dynamic
 /// scales are reduced with Burn ops and applied as a static scale.
 pub fn quantize_activations(x: Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> Option<ActivationCodes> {
-    let (scale, group) = match mode {
-        ActivationQuant::None => return None,
-        ActivationQuant::DynamicPerToken => (ActivationScale::Dynamic, 0),
-        &ActivationQuant::DynamicPerGroup(group) => (ActivationScale::Dynamic, group as u32),
-        ActivationQuant::Static(scale) => (ActivationScale::Static(scale.clone().cast(DType::F32).reshape([1]).into_dispatch()), 0),
-        ActivationQuant::DynamicPerTensor => {
-            let absmax = x.clone().cast(DType::F32).abs().max_dim(1).max_dim(0);
-            (ActivationScale::Static(scale_from_absmax(absmax, grid).reshape([1]).into_dispatch()), 0)
-        }
+    let scale = tensor_scale(&x, mode, grid);
+    quantize_with(x, mode, grid, scale)
+}
+
+/// [`quantize_activations`] with `mode`'s one scale for every value already found
+/// ([`tensor_scale`]).
+fn quantize_with(x: Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid, tensor_scale: Option<Tensor<2>>) -> Option<ActivationCodes> {
+    let (scale, group) = match (mode, tensor_scale) {
+        (ActivationQuant::None, _) => return None,
+        (_, Some(scale)) => (ActivationScale::Static(scale.reshape([1]).into_dispatch()), 0),
+        (&ActivationQuant::DynamicPerGroup(group), None) => (ActivationScale::Dynamic, group as u32),
+        (_, None) => (ActivationScale::Dynamic, 0),
     };
     let layout = ActivationQuantLayout { grid, group };
     let (codes, scales) = <Dispatch as KernelOps>::quantize_activations(x.into_dispatch(), scale, layout);
     Some(ActivationCodes { codes: Tensor::from_dispatch(codes), scales: Tensor::from_dispatch(scales) })
+}
+
+/// The one f32 scale (`[1, 1]`) for every value of `x` under `mode`: the static scale,
+/// or the per-tensor maximum's; `None` for per-token and per-group scales (and `None`).
+fn tensor_scale(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> Option<Tensor<2>> {
+    match mode {
+        ActivationQuant::Static(scale) => Some(scale.clone().cast(DType::F32).reshape([1, 1])),
+        ActivationQuant::DynamicPerTensor => {
+            let absmax = x.clone().cast(DType::F32).abs().max_dim(1).max_dim(0);
+            Some(scale_from_absmax(absmax, grid).reshape([1, 1]))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `byte_mma` under `tiling` quantizes activations with `mode` itself as it loads
+/// them: one scale for every value (static or per tensor) and direct loads.
+pub fn quantizes_as_it_loads(mode: &ActivationQuant, tiling: &MmaTiling) -> bool {
+    tiling.stages == 0 && matches!(mode, ActivationQuant::Static(_) | ActivationQuant::DynamicPerTensor)
+}
+
+/// Activations as `byte_mma` takes them: codes and scales from the quantization kernel,
+/// or float activations with one scale for every value, which the GEMM quantizes as it
+/// loads them (no launch and no codes written between the two).
+enum ByteActivations {
+    Codes(ActivationCodes),
+    Float { x: Tensor<2>, scale: Tensor<2> },
+}
+
+impl ByteActivations {
+    /// `x` quantized for `byte_mma` under `tiling`: one scale for every value with direct
+    /// loads is left to the GEMM; otherwise the quantization kernel runs. `None` for
+    /// float activations (`mode` `None`).
+    fn new(x: Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid, tiling: MmaTiling) -> Option<Self> {
+        match tensor_scale(&x, mode, grid) {
+            Some(scale) if quantizes_as_it_loads(mode, &tiling) => Some(Self::Float { x, scale }),
+            scale => quantize_with(x, mode, grid, scale).map(Self::Codes),
+        }
+    }
+
+    /// `[M, groups]` or `[1, 1]`.
+    fn scales(&self) -> &Tensor<2> {
+        match self {
+            Self::Codes(codes) => &codes.scales,
+            Self::Float { scale, .. } => scale,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            Self::Codes(codes) => codes.codes.dims()[0],
+            Self::Float { x, .. } => x.dims()[0],
+        }
+    }
 }
 
 /// The portable W8A8 int8 kernel on a Cube device: activations quantized per token (or
@@ -201,11 +258,11 @@ pub fn w8a8_mma_gemm(weight: &W8A8Weight, x: Tensor<2>, tiling: MmaTiling) -> Te
         return w8a8_gemm(weight, x, select::MAX_TILE_M);
     }
     let out_dtype = x.dtype();
-    let Some(a) = quantize_activations(x.clone(), &weight.activations, ActivationGrid::Int8) else {
+    let Some(a) = ByteActivations::new(x.clone(), &weight.activations, ActivationGrid::Int8, tiling) else {
         // Weight-only W8A8 has no integer GEMM to run; the selector never sends it here.
         return weight.forward_reference(x);
     };
-    let per_token = a.scales.dims()[0] > 1;
+    let per_token = a.scales().dims()[0] > 1;
     let strides = ScaleStrides { chunk: weight.in_features as u32, a_row: per_token as u32, a_chunk: 0, w_col_div: 1, w_row: 1, w_chunk: 0 };
     byte_mma(a, &weight.codes, &weight.scales, strides, false, tiling, out_dtype)
 }
@@ -219,19 +276,19 @@ pub fn fp8_mma_gemm(weight: &Fp8Weight, x: Tensor<2>, tiling: MmaTiling) -> Tens
         return fp8_gemm(weight, x, select::MAX_TILE_M);
     }
     let out_dtype = x.dtype();
-    let Some(a) = quantize_activations(x.clone(), &weight.activations, ActivationGrid::E4M3) else {
+    let Some(a) = ByteActivations::new(x.clone(), &weight.activations, ActivationGrid::E4M3, tiling) else {
         // Weight-only FP8 has float activations; the selector never sends it here.
         return weight.forward_reference(x);
     };
-    let strides = fp8_scale_strides(weight, Some(&a.scales));
+    let strides = fp8_scale_strides(weight, Some(a.scales()));
     byte_mma(a, &weight.codes, &weight.scales, strides, true, tiling, out_dtype)
 }
 
-/// The 8-bit tensor-core GEMM of quantized activations `a` and weight codes, partial
-/// products summed when K is split.
-fn byte_mma(a: ActivationCodes, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, scales: ScaleStrides, fp8: bool, tiling: MmaTiling, out_dtype: DType) -> Tensor<2> {
-    let [m, k_words] = a.codes.dims();
-    let n = w_codes.dims()[0];
+/// The 8-bit tensor-core GEMM of activations `a` and weight codes, partial products
+/// summed when K is split.
+fn byte_mma(a: ByteActivations, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, scales: ScaleStrides, fp8: bool, tiling: MmaTiling, out_dtype: DType) -> Tensor<2> {
+    let [n, k_words] = w_codes.dims();
+    let m = a.rows();
     let k_blocks = (k_words * 4 / byte_mma::K_BLOCK as usize).max(1) as u32;
     let layout = ByteMmaLayout {
         fp8,
@@ -241,13 +298,11 @@ fn byte_mma(a: ActivationCodes, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, 
         scales,
         out_dtype,
     };
-    let output: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::byte_mma_gemm(
-        a.codes.into_dispatch(),
-        a.scales.into_dispatch(),
-        w_codes.clone().into_dispatch(),
-        w_scales.clone().into_dispatch(),
-        layout,
-    ));
+    let (w_codes, w_scales) = (w_codes.clone().into_dispatch(), w_scales.clone().into_dispatch());
+    let output: Tensor<2> = Tensor::from_dispatch(match a {
+        ByteActivations::Codes(a) => <Dispatch as KernelOps>::byte_mma_gemm(a.codes.into_dispatch(), a.scales.into_dispatch(), w_codes, w_scales, layout),
+        ByteActivations::Float { x, scale } => <Dispatch as KernelOps>::byte_mma_gemm_quantizing(x.into_dispatch(), scale.into_dispatch(), w_codes, w_scales, layout),
+    });
     match layout.splits {
         1 => output,
         splits => sum_splits(output, splits, m, n).cast(out_dtype),

@@ -305,6 +305,19 @@ pub trait KernelOps: Backend {
         layout: ByteMmaLayout,
     ) -> FloatTensor<Self>;
 
+    /// Float activations `x` `[M, K]`, quantized in the kernel with the one scale `scale`
+    /// (f32 `[1]`; int8 or e4m3 as the weight), times weight codes `[N, K/4]` on tensor
+    /// cores: [`KernelOps::byte_mma_gemm`] without the activation-quantization launch.
+    /// Direct loads only (`layout.tiling.stages == 0`).
+    #[fusion(dtype = layout.output_dtype(), shape = byte_mma_output_shape(x, w_codes, layout))]
+    fn byte_mma_gemm_quantizing(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        w_codes: IntTensor<Self>,
+        w_scales: FloatTensor<Self>,
+        layout: ByteMmaLayout,
+    ) -> FloatTensor<Self>;
+
     /// Float activations `[M, K]` times e4m3 weight codes `[N, K/4]` (weight-only FP8);
     /// the layout's activation strides are unused.
     #[fusion(dtype = x, shape = byte_gemm_output_shape(x, w_codes))]
@@ -451,65 +464,11 @@ impl KernelOps for CubeBackend {
     }
 
     fn byte_mma_gemm(a_codes: CubeTensor, a_scales: CubeTensor, w_codes: CubeTensor, w_scales: CubeTensor, layout: ByteMmaLayout) -> CubeTensor {
-        let (m, k, n) = (a_codes.shape()[0], a_codes.shape()[1] * 4, w_codes.shape()[0]);
-        let client = a_codes.client.clone();
-        let output = empty_device_dtype(client.clone(), a_codes.device.clone(), byte_mma_output_shape(&a_codes.shape(), &w_codes.shape(), &layout), layout.output_dtype());
-        if m == 0 || n == 0 || k == 0 {
-            return output;
-        }
-        let placeholder = |dtype: DType| empty_device_dtype(client.clone(), a_codes.device.clone(), Shape::from([1]), dtype);
-        let direct = layout.splits <= 1;
-        let (out, partials) = match direct {
-            true => (output.clone(), placeholder(DType::F32)),
-            false => (placeholder(layout.out_dtype), output.clone()),
-        };
-        let (m, k, n) = (m as u32, k as u32, n as u32);
-        let blocks_per_split = (k / byte_mma::K_BLOCK).div_ceil(layout.splits.max(1));
-        let tiling = layout.tiling;
-        assert_ne!(tiling.stages, 1, "byte_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
-        let cube_count = CubeCount::Static(n.div_ceil(tiling.cube_columns()), layout.splits.max(1), m.div_ceil(tiling.cube_rows()));
-        let scales = layout.scales;
-        let chunk_blocks = (scales.chunk / byte_mma::K_BLOCK).max(1);
-        let accumulator = match layout.fp8 {
-            true => ElemType::Float(FloatKind::F32),
-            false => ElemType::Int(IntKind::I32),
-        };
-        // SAFETY: the caller guarantees k % 64 == 0 (a_codes `[m, k/4]`, w_codes `[n, k/4]`)
-        // and strides that address the scale buffers within their shapes for every row,
-        // column and chunk below ⌈k / chunk⌉. The kernel clamps rows to m-1 and
-        // columns to n-1 before reading (directly or into its stage, which it indexes
-        // within `stages · (cube rows + cube columns) · 4` pieces), reads K blocks below
-        // k/64 only, and writes out `[m, n]` or partials `[splits·m, n]` below (m, n) only.
-        unsafe {
-            byte_mma::byte_mma_gemm::launch_unchecked(
-                &client,
-                cube_count,
-                CubeDim::new_2d(byte_mma::LANES, tiling.warps()),
-                into_contiguous(a_codes).into_buffer_arg(),
-                into_contiguous(a_scales).into_buffer_arg(),
-                into_contiguous(w_codes).into_buffer_arg(),
-                into_contiguous(w_scales).into_buffer_arg(),
-                partials.into_buffer_arg(),
-                out.into_buffer_arg(),
-                m,
-                k,
-                n,
-                chunk_blocks,
-                scales.a_row,
-                scales.a_chunk,
-                scales.w_col_div.max(1),
-                scales.w_row,
-                scales.w_chunk,
-                blocks_per_split,
-                layout.fp8,
-                tiling,
-                chunk_blocks < k / byte_mma::K_BLOCK,
-                layout.tensor_cores,
-                direct,
-                [float_elem(layout.out_dtype), accumulator],
-            );
-        }
-        output
+        launch_byte_mma(a_codes, false, a_scales, w_codes, w_scales, layout)
+    }
+
+    fn byte_mma_gemm_quantizing(x: CubeTensor, scale: CubeTensor, w_codes: CubeTensor, w_scales: CubeTensor, layout: ByteMmaLayout) -> CubeTensor {
+        launch_byte_mma(x, true, scale, w_codes, w_scales, layout)
     }
 
     fn paged_decode_attention(
@@ -786,4 +745,83 @@ fn float_elem(dtype: DType) -> ElemType {
         DType::BF16 => ElemType::Float(FloatKind::BF16),
         _ => ElemType::Float(FloatKind::F32),
     }
+}
+
+/// Launches `byte_mma` on activation codes `a` `[M, K/4]`, or with `quantize` on float
+/// activations `a` `[M, K]` that the kernel quantizes with the one scale in `a_scales`.
+fn launch_byte_mma(a: CubeTensor, quantize: bool, a_scales: CubeTensor, w_codes: CubeTensor, w_scales: CubeTensor, layout: ByteMmaLayout) -> CubeTensor {
+    let k = if quantize { a.shape()[1] } else { a.shape()[1] * 4 };
+    let (m, n) = (a.shape()[0], w_codes.shape()[0]);
+    let client = a.client.clone();
+    let output = empty_device_dtype(client.clone(), a.device.clone(), byte_mma_output_shape(&a.shape(), &w_codes.shape(), &layout), layout.output_dtype());
+    if m == 0 || n == 0 || k == 0 {
+        return output;
+    }
+    let device = a.device.clone();
+    let placeholder_of = |len: usize, dtype: DType| empty_device_dtype(client.clone(), device.clone(), Shape::from([len]), dtype);
+    let placeholder = |dtype: DType| placeholder_of(1, dtype);
+    let direct = layout.splits <= 1;
+    let (out, partials) = match direct {
+        true => (output.clone(), placeholder(DType::F32)),
+        false => (placeholder(layout.out_dtype), output.clone()),
+    };
+    let (m, k, n) = (m as u32, k as u32, n as u32);
+    let blocks_per_split = (k / byte_mma::K_BLOCK).div_ceil(layout.splits.max(1));
+    let tiling = layout.tiling;
+    assert_ne!(tiling.stages, 1, "byte_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
+    assert!(!quantize || tiling.stages == 0, "byte_mma quantizes activations only as it loads them directly");
+    let (a_codes, x) = match quantize {
+        true => {
+            assert_eq!(a.dtype, layout.out_dtype, "byte_mma quantizes activations of the output's dtype");
+            // One vector of each unused operand: a binding holds at least one element.
+            (placeholder_of(4, DType::I32), a)
+        }
+        false => (a, placeholder_of(8, layout.out_dtype)),
+    };
+    let cube_count = CubeCount::Static(n.div_ceil(tiling.cube_columns()), layout.splits.max(1), m.div_ceil(tiling.cube_rows()));
+    let scales = layout.scales;
+    let chunk_blocks = (scales.chunk / byte_mma::K_BLOCK).max(1);
+    let accumulator = match layout.fp8 {
+        true => ElemType::Float(FloatKind::F32),
+        false => ElemType::Int(IntKind::I32),
+    };
+    // SAFETY: the caller guarantees k % 64 == 0 (a_codes `[m, k/4]` or x `[m, k]`,
+    // w_codes `[n, k/4]`)
+    // and strides that address the scale buffers within their shapes for every row,
+    // column and chunk below ⌈k / chunk⌉. The kernel clamps rows to m-1 and
+    // columns to n-1 before reading (directly or into its stage, which it indexes
+    // within `stages · (cube rows + cube columns) · 4` pieces), reads K blocks below
+    // k/64 only, and writes out `[m, n]` or partials `[splits·m, n]` below (m, n) only.
+    unsafe {
+        byte_mma::byte_mma_gemm::launch_unchecked(
+            &client,
+            cube_count,
+            CubeDim::new_2d(byte_mma::LANES, tiling.warps()),
+            into_contiguous(a_codes).into_buffer_arg(),
+            into_contiguous(x).into_buffer_arg(),
+            into_contiguous(a_scales).into_buffer_arg(),
+            into_contiguous(w_codes).into_buffer_arg(),
+            into_contiguous(w_scales).into_buffer_arg(),
+            partials.into_buffer_arg(),
+            out.into_buffer_arg(),
+            m,
+            k,
+            n,
+            chunk_blocks,
+            scales.a_row,
+            scales.a_chunk,
+            scales.w_col_div.max(1),
+            scales.w_row,
+            scales.w_chunk,
+            blocks_per_split,
+            layout.fp8,
+            tiling,
+            chunk_blocks < k / byte_mma::K_BLOCK,
+            quantize,
+            layout.tensor_cores,
+            direct,
+            [float_elem(layout.out_dtype), accumulator],
+        );
+    }
+    output
 }

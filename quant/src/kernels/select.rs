@@ -321,6 +321,14 @@ fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Opti
     }
 }
 
+/// `selection`, saying so when the tensor-core kernel quantizes the activations itself.
+fn with_fused_quantization(mut selection: Selection<GemmKernel>, activations: &ActivationQuant) -> Selection<GemmKernel> {
+    if matches!(&selection.kernel, GemmKernel::TensorCores(tiling) if super::quantizes_as_it_loads(activations, tiling)) {
+        selection.reason.push_str(", quantizing the activations as it loads them");
+    }
+    selection
+}
+
 /// Picks the kernel for `rows × K` activations of `dtype` times an FP8 weight.
 pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
     let refusal = fp8_refusal(weight);
@@ -338,7 +346,7 @@ pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) 
             (byte_mma_choice(device, rows, k, n, e4m3, f32, chunked, refusal.clone()), "byte_mma")
         }
     };
-    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, kernel);
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, kernel), &weight.activations);
     log_once(|| format!(
         "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
@@ -403,7 +411,7 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
     };
     let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
     let tensor_cores = byte_mma_choice(device, rows, weight.in_features, weight.out_features, int8, i32, false, refusal.clone());
-    let selection = prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, "byte_mma");
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, "byte_mma"), &weight.activations);
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason
