@@ -201,8 +201,8 @@ fn int_mma_gemm(c: &mut Criterion) {
 }
 
 /// The tensor-core 8-bit kernels on CUDA devices at Llama-3-8B / Mixtral shapes with bf16
-/// activations: FP8 (per-token × per-channel and 128-blocks, activations quantized to
-/// e4m3 in the same call), FP8 weight-only (`int_mma`) and int8 W8A8, against a dense
+/// activations: FP8 (per-token × per-channel, static input scale × per-channel and
+/// 128-blocks, activations quantized to e4m3 in the same call), FP8 weight-only (`int_mma`) and int8 W8A8, against a dense
 /// bf16 matmul in the same run
 /// (filter: `byte_mma`). Skipped on other devices.
 fn byte_mma_gemm(c: &mut Criterion) {
@@ -211,6 +211,8 @@ fn byte_mma_gemm(c: &mut Criterion) {
         for (k, n) in [(4096usize, 4096usize), (4096, 14336), (14336, 4096)] {
             let channel = fp8_weight(k, n, [n, 1], None, ActivationQuant::DynamicPerToken, &device, &mut rng);
             let block = fp8_weight(k, n, [n / 128, k / 128], Some([128, 128]), ActivationQuant::DynamicPerGroup(128), &device, &mut rng);
+            let input_scale = ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.01f32], [1]), (&device, DType::F32)));
+            let static_channel = fp8_weight(k, n, [n, 1], None, input_scale, &device, &mut rng);
             let scales: Vec<f32> = (0..n).map(|_| rng.random_range(1e-3..1e-2)).collect();
             let int8 = W8A8Weight {
                 in_features: k,
@@ -235,6 +237,11 @@ fn byte_mma_gemm(c: &mut Criterion) {
                     // What staging through shared memory gains over direct loads.
                     group.bench_with_input(BenchmarkId::new("fp8_channel_direct_loads", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), direct))));
                 }
+                // A static input scale: below the staging threshold the GEMM quantizes the
+                // activations itself, where per-token scales take a launch of their own.
+                group.bench_with_input(BenchmarkId::new("fp8_channel_static_scale_tensor_cores", m), &x, |b, x| {
+                    b.iter(|| finish(kernels::fp8_mma_gemm(&static_channel, x.clone(), tiling)))
+                });
                 group.bench_with_input(BenchmarkId::new("fp8_block128_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&block, x.clone(), block_tiling))));
                 group.bench_with_input(BenchmarkId::new("int8_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_mma_gemm(&int8, x.clone(), tiling))));
                 group.bench_with_input(BenchmarkId::new("fp8_weight_only_tensor_cores", m), &x, |b, x| {
