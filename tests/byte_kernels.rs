@@ -605,6 +605,11 @@ fn byte_mma_tensor_cores_on_cuda() {
     assert!(matches!(auto.kernel, GemmKernel::Portable { .. }) && auto.reason.contains("EMBER_KERNELS=tensor-cores"), "{auto:?}");
     let opted_in = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::w8a8_gemm(&per_token, &device, DType::BF16, 16));
     assert!(matches!(opted_in.kernel, GemmKernel::TensorCores(_)), "{opted_in:?}");
+    assert!(!opted_in.reason.contains("quantizing"), "{opted_in:?}");
+    let input_scale = ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&device, DType::F32)));
+    let static_scale = w8a8_weight(256, 64, input_scale, &device, &mut rng);
+    let fused = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::w8a8_gemm(&static_scale, &device, DType::BF16, 16));
+    assert!(fused.reason.contains("quantizing the activations as it loads them"), "{fused:?}");
     for (k, n) in [(4096, 4096), (4096, 14336), (14336, 4096)] {
         let weight = w8a8_weight(k, n, ActivationQuant::DynamicPerToken, &device, &mut rng);
         let block = fp8_weight(k, n, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &device, &mut rng);
