@@ -186,11 +186,18 @@ fn int_mma_gemm(c: &mut Criterion) {
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));
                 for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 256] {
                     let x = activations(m, k, &device, &mut rng).cast(dtype);
-                    let tiling = kernels::mma_tiling(&device, m, k, n);
+                    let tiling = kernels::int_mma_tiling(&device, m, k, n);
+                    let direct = kernels::mma_tiling(&device, m, k, n);
                     let registers = IntGemmTiling::Registers { tile_m: m.min(kernels::select::MAX_TILE_M as usize) as u32 };
                     group.bench_with_input(BenchmarkId::new("tensor_core_kernel", m), &x, |b, x| {
                         b.iter(|| finish(kernels::int_mma_gemm(&fragments, x.clone(), tiling)))
                     });
+                    if tiling != direct {
+                        // What staging the activations through shared memory gains.
+                        group.bench_with_input(BenchmarkId::new("tensor_core_direct_loads", m), &x, |b, x| {
+                            b.iter(|| finish(kernels::int_mma_gemm(&fragments, x.clone(), direct)))
+                        });
+                    }
                     group.bench_with_input(BenchmarkId::new("register_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), registers))));
                     group.bench_with_input(BenchmarkId::new("dense_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
                 }

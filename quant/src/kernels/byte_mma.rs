@@ -40,6 +40,7 @@ use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
 use super::activation_quant::{grid, quantize_value};
+use super::copy_pipeline::{commit_copies, wait_for_copies};
 use super::e4m3::decode_e4m3;
 use super::w8a8_gemm::signed_byte;
 
@@ -428,23 +429,6 @@ fn quantize_piece<F: Float>(x: &[Octet<F>], at: u32, scale: f32, #[comptime] fp8
         }
     }
     piece
-}
-
-/// Closes this unit's group of `cp.async` copies (CUDA; a no-op elsewhere).
-#[cube]
-fn commit_copies(#[comptime] tensor_cores: bool) {
-    if comptime!(tensor_cores) {
-        gpu_asm!("cp.async.commit_group;");
-    }
-}
-
-/// Waits until at most `stages − 2` of this unit's copy groups are in flight, which is
-/// when the oldest outstanding block has landed (CUDA; a no-op elsewhere).
-#[cube]
-fn wait_for_copies(#[comptime] tensor_cores: bool, #[comptime] stages: u32) {
-    if comptime!(tensor_cores) {
-        gpu_asm!("cp.async.wait_group {pending};", pending = const (stages - 2));
-    }
 }
 
 /// K step `step` (0 or 1) of a 64-byte block: every (row tile, subtile) product, from

@@ -311,7 +311,8 @@ pub fn fp8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
 
 /// Every variant of the tensor-core W4A16 / W8A16 kernel as it runs on CUDA (the `mma`
 /// instruction, four warps per cube): bits × group size × zero points × row tiles per
-/// warp × activation dtype × dense or mixture-of-experts.
+/// warp (16, 32 and 64 rows loading directly; 64 rows staged three K blocks deep) ×
+/// activation dtype × dense or mixture-of-experts.
 pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
@@ -325,15 +326,16 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
     let layouts = [integer(4, 128), integer(4, 32), integer(4, 0), integer(8, 128), integer(8, 0), (8, true, 128, &zero_modes[..1]), (8, true, 0, &zero_modes[..1])];
     for (bits, e4m3, group_size, zero_modes) in layouts {
         for &(zeros, zeros_name) in zero_modes {
-            for m_tiles in [1u32, 2, 4] {
+            for (m_tiles, stages) in [(1u32, 0u32), (2, 0), (4, 0), (4, 3)] {
                 for (float, float_name, bf16) in halves {
                     for grouped in [false, true] {
-                        let [x, words, scales, zero_points, offsets, tiles, partials] = std::array::from_fn(|_| buffer());
+                        let [x, x_pieces, words, scales, zero_points, offsets, tiles, partials] = std::array::from_fn(|_| buffer());
                         let kernel = int_mma::int_mma_gemm::IntMmaGemm::new(
                             KernelSettings::new(*CubeDim::new_2d(int_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
                             properties.clone(),
                             target.clone(),
                             x,
+                            x_pieces,
                             words,
                             scales,
                             zero_points,
@@ -352,13 +354,16 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                             bf16,
                             m_tiles,
                             warps,
+                            stages,
                             true,
                             !(bits == 8 && bf16),
                             grouped,
                             ElemType::Float(float),
                         );
                         let moe = if grouped { "_moe" } else { "" };
-                        variants.push(generate(format!("int_mma_{}_g{group_size}_{zeros_name}_m{}_{float_name}{moe}", if e4m3 { "e4m3".to_string() } else { format!("w{bits}") }, m_tiles * 16), kernel));
+                        let staged = if stages > 0 { "_staged" } else { "" };
+                        let values = if e4m3 { "e4m3".to_string() } else { format!("w{bits}") };
+                        variants.push(generate(format!("int_mma_{values}_g{group_size}_{zeros_name}_m{}{staged}_{float_name}{moe}", m_tiles * 16), kernel));
                     }
                 }
             }

@@ -18,14 +18,28 @@
 //! second axis splits K (so decode shapes with few column blocks still fill every SM), and
 //! the caller sums the f32 partials.
 //!
-//! With `tensor_cores` off, the same fragments go through [`emulated_mma`], a shared-memory
-//! rendering of the instruction's documented register layout. It is slow and exists so the
-//! repack, the bit-level dequantization and the fragment indexing are tested on runtimes
-//! without tensor cores (wgpu, the CPU runtime); only the `mma` instruction itself differs.
+//! Activations reach the lanes one of two ways. With `stages = 0` each lane reads its A
+//! registers straight from global memory, as decode shapes want. With `stages ≥ 2` the
+//! cube stages each K block of its rows in shared memory, `stages` blocks deep (`cp.async`
+//! 16-byte copies on CUDA, so block `kb + stages − 1` lands while block `kb` is
+//! multiplied), and the warps take their A registers from the stage with `ldmatrix`, so
+//! the rows every warp of the cube shares are fetched from global memory once. Staged
+//! rows are 144 bytes apart (64 values and 16 bytes of padding), which puts the eight
+//! 16-byte rows one `ldmatrix` phase reads in distinct banks. The weights stay direct:
+//! each warp reads its own columns, once.
+//!
+//! With `tensor_cores` off, the same fragments go through [`emulated_products`], a shared-memory
+//! rendering of the instruction's documented register layout, and staged A registers come
+//! from the rows `ldmatrix` would be pointed at. It is slow and exists so the repack, the
+//! bit-level dequantization, the staging and the fragment indexing are tested on runtimes
+//! without tensor cores (wgpu, the CPU runtime); only the `mma`, `ldmatrix` and `cp.async`
+//! instructions themselves differ.
 
-use cubecl::cmma::MmaDefinition;
+use cubecl::cmma::{MatrixIdent, MmaDefinition};
+use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
+use super::copy_pipeline::{commit_copies, wait_for_copies};
 use super::e4m3::decode_e4m3;
 use super::int_gemm::{row_tile, zero_mode};
 
@@ -37,12 +51,19 @@ pub const K_BLOCK: u32 = 64;
 pub const N_BLOCK: u32 = 16;
 /// Output rows per `mma`.
 pub const M_TILE: u32 = 16;
-/// f32 scratch per warp for the emulated instruction: a 16×16 A tile and a 16×8 B tile.
-const EMULATION_SCRATCH: u32 = 16 * 16 + 16 * 8;
+
+/// Activation values per 16-byte piece (f16 / bf16).
+const PIECE_VALUES: u32 = 8;
+/// 16-byte pieces per staged row: a K block's 64 values, and one of padding so that
+/// eight consecutive rows start in different banks.
+const STAGE_ROW_PIECES: u32 = K_BLOCK / PIECE_VALUES + 1;
 
 type Pair<E> = Vector<E, Const<2>>;
+type Octet<E> = Vector<E, Const<8>>;
 
-/// See the module documentation. `x` is `[M, K/2]` pairs, `words` `[K/64, N/16, 32,
+/// See the module documentation. `x` is `[M, K/2]` pairs when loading directly and
+/// `x_pieces` the same activations as `[M, K/8]` pieces when staging (the other is a
+/// placeholder), `words` `[K/64, N/16, 32,
 /// bits/4]` groups of four i32, scales and the zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
 /// Cube `(x, y, z)` covers column blocks `x·warps ..`, K blocks `y·blocks_per_split ..` and
 /// rows `z·16·m_tiles ..`; units are `(lane, warp)`. With `grouped` (mixture of experts),
@@ -53,6 +74,7 @@ type Pair<E> = Vector<E, Const<2>>;
 #[allow(clippy::too_many_arguments)]
 pub fn int_mma_gemm<F: Float>(
     x: &[Pair<F>],
+    x_pieces: &[Octet<F>],
     words: &[Vector<i32, Const<4>>],
     scales: &[f32],
     zeros: &[i32],
@@ -71,6 +93,7 @@ pub fn int_mma_gemm<F: Float>(
     #[comptime] bf16: bool,
     #[comptime] m_tiles: u32,
     #[comptime] warps: u32,
+    #[comptime] stages: u32,
     #[comptime] tensor_cores: bool,
     #[comptime] bit_dequant: bool,
     #[comptime] grouped: bool,
@@ -135,9 +158,33 @@ pub fn int_mma_gemm<F: Float>(
     let mut a = Array::<Pair<F>>::new(4usize);
     let mut b_low = Array::<Pair<F>>::new(2usize);
     let mut b_high = Array::<Pair<F>>::new(2usize);
-    let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (EMULATION_SCRATCH * warps) as usize }));
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (emulation_scratch(m_tiles) * warps) as usize }));
+    let slot_len = comptime!(M_TILE * m_tiles * STAGE_ROW_PIECES);
+    let mut stage = Shared::<[Octet<F>]>::new_slice(comptime!(if stages == 0 { 1usize } else { (slot_len * stages) as usize }));
+
+    if comptime!(stages > 0) {
+        #[unroll]
+        for s in 0..stages - 1 {
+            if kb_begin + s < kb_end {
+                fill_stage::<F>(x_pieces, &mut stage, kb_begin + s, s * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
+            }
+            commit_copies(tensor_cores);
+        }
+    }
 
     for kb in kb_begin..kb_end {
+        if comptime!(stages > 0) {
+            // Block kb has landed and every unit is done with block kb − 1, whose slot
+            // the copy of block kb + stages − 1 now takes.
+            wait_for_copies(tensor_cores, stages);
+            sync_cube();
+            let ahead = kb + stages - 1;
+            if ahead < kb_end {
+                fill_stage::<F>(x_pieces, &mut stage, ahead, ((ahead - kb_begin) % stages) * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
+            }
+            commit_copies(tensor_cores);
+        }
+        let slot = if comptime!(stages > 0) { ((kb - kb_begin) % comptime!(stages.max(1))) * slot_len } else { u32::new(0) };
         // One or two 16-byte loads: the lane's B registers for the block's four K steps.
         #[unroll]
         for l in 0..loads {
@@ -178,14 +225,34 @@ pub fn int_mma_gemm<F: Float>(
             let col = k0 / 2 + thread_in_group;
             #[unroll]
             for mt in 0..m_tiles {
-                let top = a_rows[(mt * 2) as usize];
-                let bottom = a_rows[(mt * 2 + 1) as usize];
-                a[0] = x[(top + col) as usize];
-                a[1] = x[(bottom + col) as usize];
-                a[2] = x[(top + col + 4) as usize];
-                a[3] = x[(bottom + col + 4) as usize];
-                mma::<F>(&a, &b_low, &mut acc, mt * 4, &mut scratch, tensor_cores);
-                mma::<F>(&a, &b_high, &mut acc, mt * 4 + 2, &mut scratch, tensor_cores);
+                if comptime!(stages == 0) {
+                    let top = a_rows[(mt * 2) as usize];
+                    let bottom = a_rows[(mt * 2 + 1) as usize];
+                    a[0] = x[(top + col) as usize];
+                    a[1] = x[(bottom + col) as usize];
+                    a[2] = x[(top + col + 4) as usize];
+                    a[3] = x[(bottom + col + 4) as usize];
+                } else {
+                    staged_a_registers::<F>(&stage, &mut a, slot + mt * comptime!(M_TILE * STAGE_ROW_PIECES) + w * 2, tensor_cores);
+                }
+                if comptime!(tensor_cores) {
+                    tensor_core_mma::<F>(&a, &b_low, &mut acc, mt * 4);
+                    tensor_core_mma::<F>(&a, &b_high, &mut acc, mt * 4 + 2);
+                } else {
+                    scatter_a::<F>(&a, &mut scratch, mt, m_tiles);
+                }
+            }
+            if comptime!(!tensor_cores) {
+                // The same registers through the instruction's layout in shared memory:
+                // every product of the K step is written before one barrier and summed
+                // before another.
+                scatter_b::<F>(&b_low, &b_high, &mut scratch, m_tiles);
+                sync_cube();
+                #[unroll]
+                for mt in 0..m_tiles {
+                    emulated_products(&mut acc, &scratch, mt, m_tiles);
+                }
+                sync_cube();
             }
         }
     }
@@ -209,6 +276,83 @@ pub fn int_mma_gemm<F: Float>(
             }
         }
     }
+}
+
+/// Copies K block `kb` of the cube's rows (`row0 ..`, clamped to `row_end − 1`) into the
+/// stage at `slot`, every unit a share of the 16-byte pieces: `cp.async` with
+/// `tensor_cores`, so nothing waits here; otherwise loads and stores, visible after the
+/// next `sync_cube`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn fill_stage<F: Float>(
+    x_pieces: &[Octet<F>],
+    stage: &mut Shared<[Octet<F>]>,
+    kb: u32,
+    slot: u32,
+    row0: u32,
+    row_end: u32,
+    k: u32,
+    #[comptime] m_tiles: u32,
+    #[comptime] warps: u32,
+    #[comptime] tensor_cores: bool,
+) {
+    let units = comptime!(LANES * warps);
+    let block_pieces = comptime!(K_BLOCK / PIECE_VALUES);
+    let pieces = comptime!(M_TILE * m_tiles * block_pieces);
+    let unit = UNIT_POS_Y * LANES + UNIT_POS_X;
+    let row_pieces = k / PIECE_VALUES;
+    #[unroll]
+    for round in 0..comptime!(pieces.div_ceil(units)) {
+        let piece = round * units + unit;
+        if comptime!((round + 1) * units <= pieces) || piece < pieces {
+            let row = piece / block_pieces;
+            let column = piece % block_pieces;
+            let source = (min(row0 + row, row_end - 1) * row_pieces + kb * block_pieces + column) as usize;
+            let destination = (slot + row * STAGE_ROW_PIECES + column) as usize;
+            if comptime!(tensor_cores) {
+                copy_async(&x_pieces[source..source + 1], &mut stage[destination..destination + 1], PIECE_VALUES);
+            } else {
+                stage[destination] = x_pieces[source];
+            }
+        }
+    }
+}
+
+/// The A registers of one row tile and K step from the stage, `at` being the tile's
+/// first row and the step's first piece: with `tensor_cores`, one `ldmatrix.x4`, whose
+/// matrix `q` (rows `8·(q % 2)` on, columns `8·(q / 2)` on) lands in register `q` as the
+/// `mma` layout wants; otherwise each lane reads what `ldmatrix` would hand it: from the
+/// row lane `8q + g` points at, values `2t` and `2t + 1`.
+#[cube]
+fn staged_a_registers<F: Float>(stage: &Shared<[Octet<F>]>, a: &mut Array<Pair<F>>, at: u32, #[comptime] tensor_cores: bool) {
+    if comptime!(tensor_cores) {
+        let definition = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+        let row = (at + ldmatrix_row(UNIT_POS_X)) as usize;
+        let registers = definition.load_matrix::<Octet<F>, Const<2>>(&stage[row..row + 1], MatrixIdent::A, 4usize, false);
+        #[unroll]
+        for q in 0..4usize {
+            a[q] = registers[q];
+        }
+    } else {
+        let g = UNIT_POS_X / 4;
+        let t = UNIT_POS_X % 4;
+        #[unroll]
+        for q in 0..4u32 {
+            let piece = stage[(at + ldmatrix_row(q * 8 + g)) as usize];
+            let mut pair = Pair::<F>::empty();
+            pair.insert(0usize, piece.extract_dynamic((2 * t) as usize));
+            pair.insert(1usize, piece.extract_dynamic((2 * t + 1) as usize));
+            a[q as usize] = pair;
+        }
+    }
+}
+
+/// The staged piece, from a row tile's first row and a K step's first piece, that lane
+/// `lane` points `ldmatrix.x4` at: lanes `8q ..` give the rows of matrix `q`.
+#[cube]
+fn ldmatrix_row(lane: u32) -> u32 {
+    let matrix = lane / 8;
+    (lane % 8 + 8 * (matrix % 2)) * STAGE_ROW_PIECES + matrix / 2
 }
 
 /// Loads both subtiles' group parameters for the lane's column (`at` indexes subtile 0;
@@ -304,70 +448,100 @@ fn e4m3_pair<F: Float>(word: u32, #[comptime] shift: u32, #[comptime] bit_dequan
     }
 }
 
-/// `acc[at .. at + 2] += A · B` for one 16×8×16 product, on tensor cores or emulated.
+/// `acc[at .. at + 2] += A · B` for one 16×8×16 product on tensor cores.
 #[cube]
-fn mma<F: Float>(
-    a: &Array<Pair<F>>,
-    b: &Array<Pair<F>>,
-    acc: &mut Array<Pair<f32>>,
-    at: u32,
-    scratch: &mut Shared<[f32]>,
-    #[comptime] tensor_cores: bool,
-) {
-    if comptime!(tensor_cores) {
-        let definition = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
-        let mut c = Array::<Pair<f32>>::new(2usize);
-        c[0] = acc[at as usize];
-        c[1] = acc[(at + 1) as usize];
-        let d = definition.execute(a, b, &c);
-        acc[at as usize] = d[0];
-        acc[(at + 1) as usize] = d[1];
-    } else {
-        emulated_mma::<F>(a, b, acc, at, scratch);
+fn tensor_core_mma<F: Float>(a: &Array<Pair<F>>, b: &Array<Pair<F>>, acc: &mut Array<Pair<f32>>, at: u32) {
+    let definition = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    let mut c = Array::<Pair<f32>>::new(2usize);
+    c[0] = acc[at as usize];
+    c[1] = acc[(at + 1) as usize];
+    let d = definition.execute(a, b, &c);
+    acc[at as usize] = d[0];
+    acc[(at + 1) as usize] = d[1];
+}
+
+// The emulated instruction. Each warp's scratch holds one K step of its operands in f32,
+// in natural order: per row tile a 16×16 A tile, then the 16×16 B tile of both 8-column
+// subtiles. The PTX fragment layout (lane `l`, group `g = l / 4`, `t = l % 4`) says where
+// each register goes: A register `i` holds row `g + 8·(i % 2)`, columns `2t + 8·(i / 2)`
+// and one on; B register `i` holds rows `2t + 8i` and one on of column `g`; accumulator
+// register `i` holds row `g + 8i`, columns `2t` and one on.
+
+/// f32 scratch per warp for one K step.
+fn emulation_scratch(m_tiles: u32) -> u32 {
+    m_tiles * M_TILE * K_STEP + K_STEP * N_BLOCK
+}
+
+/// Rows of K per `mma`.
+const K_STEP: u32 = 16;
+
+/// Where this warp's scratch starts, and its B tile within it.
+#[cube]
+fn emulation_base(#[comptime] m_tiles: u32) -> (u32, u32) {
+    let a_base = UNIT_POS_Y * comptime!(emulation_scratch(m_tiles));
+    (a_base, a_base + comptime!(m_tiles * M_TILE * K_STEP))
+}
+
+/// Writes the A registers of row tile `mt` where the layout puts them.
+#[cube]
+fn scatter_a<F: Float>(a: &Array<Pair<F>>, scratch: &mut Shared<[f32]>, mt: u32, #[comptime] m_tiles: u32) {
+    let (a_base, _) = emulation_base(m_tiles);
+    let g = UNIT_POS_X / 4;
+    let t = UNIT_POS_X % 4;
+    #[unroll]
+    for i in 0..4u32 {
+        let at = a_base + (mt * M_TILE + g + 8 * (i % 2)) * K_STEP + 2 * t + 8 * (i / 2);
+        let pair = a[i as usize];
+        scratch[at as usize] = f32::cast_from(pair.extract(0usize));
+        scratch[(at + 1) as usize] = f32::cast_from(pair.extract(1usize));
     }
 }
 
-/// `mma.m16n8k16` with f32 accumulation rendered in shared memory, following the PTX
-/// fragment layout (lane `l`, group `g = l / 4`, `t = l % 4`): A register `i` holds row
-/// `g + 8·(i % 2)`, columns `2t + 8·(i / 2)` and one on; B register `i` holds rows
-/// `2t + 8i` and one on of column `g`; accumulator register `i` holds row `g + 8i`,
-/// columns `2t` and one on. Every unit of the cube must call it the same number of times.
+/// Writes the B registers of both subtiles (`low`: columns 0..8, `high`: 8..16) where
+/// the layout puts them.
 #[cube]
-fn emulated_mma<F: Float>(a: &Array<Pair<F>>, b: &Array<Pair<F>>, acc: &mut Array<Pair<f32>>, at: u32, scratch: &mut Shared<[f32]>) {
-    let lane = UNIT_POS_X;
-    let g = lane / 4;
-    let t = lane % 4;
-    let a_base = UNIT_POS_Y * EMULATION_SCRATCH;
-    let b_base = a_base + 256;
-    #[unroll]
-    for i in 0..4u32 {
-        let at_a = a_base + (g + 8 * (i % 2)) * 16 + 2 * t + 8 * (i / 2);
-        let pair = a[i as usize];
-        scratch[at_a as usize] = f32::cast_from(pair.extract(0usize));
-        scratch[(at_a + 1) as usize] = f32::cast_from(pair.extract(1usize));
-    }
+fn scatter_b<F: Float>(low: &Array<Pair<F>>, high: &Array<Pair<F>>, scratch: &mut Shared<[f32]>, #[comptime] m_tiles: u32) {
+    let (_, b_base) = emulation_base(m_tiles);
+    let g = UNIT_POS_X / 4;
+    let t = UNIT_POS_X % 4;
     #[unroll]
     for i in 0..2u32 {
         let row = 2 * t + 8 * i;
-        let pair = b[i as usize];
-        scratch[(b_base + row * 8 + g) as usize] = f32::cast_from(pair.extract(0usize));
-        scratch[(b_base + (row + 1) * 8 + g) as usize] = f32::cast_from(pair.extract(1usize));
-    }
-    sync_cube();
-    #[unroll]
-    for i in 0..2u32 {
-        let row = g + 8 * i;
-        let mut sums = acc[(at + i) as usize];
-        let mut first = sums.extract(0usize);
-        let mut second = sums.extract(1usize);
-        for kk in 0..16u32 {
-            let lhs = scratch[(a_base + row * 16 + kk) as usize];
-            first += lhs * scratch[(b_base + kk * 8 + 2 * t) as usize];
-            second += lhs * scratch[(b_base + kk * 8 + 2 * t + 1) as usize];
+        #[unroll]
+        for j in 0..2u32 {
+            let pair = if j == 0 { low[i as usize] } else { high[i as usize] };
+            let col = b_base + j * 8 + g;
+            scratch[(col + row * N_BLOCK) as usize] = f32::cast_from(pair.extract(0usize));
+            scratch[(col + (row + 1) * N_BLOCK) as usize] = f32::cast_from(pair.extract(1usize));
         }
-        sums.insert(0usize, first);
-        sums.insert(1usize, second);
-        acc[(at + i) as usize] = sums;
     }
-    sync_cube();
+}
+
+/// `acc[4·mt ..][..4] += A · B` for row tile `mt` and both subtiles, from the scattered
+/// operands: the four accumulator pairs this lane holds.
+#[cube]
+fn emulated_products(acc: &mut Array<Pair<f32>>, scratch: &Shared<[f32]>, mt: u32, #[comptime] m_tiles: u32) {
+    let (a_base, b_base) = emulation_base(m_tiles);
+    let g = UNIT_POS_X / 4;
+    let t = UNIT_POS_X % 4;
+    #[unroll]
+    for j in 0..2u32 {
+        #[unroll]
+        for i in 0..2u32 {
+            let at = (mt * 4 + j * 2 + i) as usize;
+            let row = a_base + (mt * M_TILE + g + 8 * i) * K_STEP;
+            let col = b_base + j * 8 + 2 * t;
+            let mut sums = acc[at];
+            let mut first = sums.extract(0usize);
+            let mut second = sums.extract(1usize);
+            for kk in 0..K_STEP {
+                let lhs = scratch[(row + kk) as usize];
+                first += lhs * scratch[(col + kk * N_BLOCK) as usize];
+                second += lhs * scratch[(col + kk * N_BLOCK + 1) as usize];
+            }
+            sums.insert(0usize, first);
+            sums.insert(1usize, second);
+            acc[at] = sums;
+        }
+    }
 }

@@ -5,6 +5,7 @@
 pub mod activation_quant;
 pub mod byte_mma;
 pub mod codegen;
+mod copy_pipeline;
 pub mod e4m3;
 pub mod fp8_gemm;
 pub mod int_mma;
@@ -28,7 +29,7 @@ pub use ops::{
     byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
     GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
-pub use select::{byte_mma_tiling, mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
+pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// A weight's fragment-ordered copy for the tensor-core W4A16 / W8A16 kernel, repacked
 /// the first time that kernel is selected for it (`None` if the repack refused the
@@ -225,8 +226,8 @@ fn fp8_scale_strides(weight: &Fp8Weight, a_scales: Option<&Tensor<2>>) -> ScaleS
 
 /// How a tensor-core launch covers its output: row tiles of 16 per warp, warps per cube
 /// side by side along N (staged `byte_mma` cubes hold two such rows of warps), K splits,
-/// K blocks staged through shared memory (`byte_mma` only; 0 for direct loads, otherwise
-/// at least 2), and whether the `mma` instruction runs or its emulation (runtimes without
+/// K blocks staged through shared memory (0 for direct loads, otherwise at least 2: A and
+/// B for `byte_mma`, the activations for `int_mma`), and whether the `mma` instruction runs or its emulation (runtimes without
 /// tensor cores, for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaTiling {
@@ -374,9 +375,10 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let bit_dequant = !wgpu && !(weight.bits == 8 && x.dtype() == DType::BF16);
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
-    debug_assert_eq!(tiling.stages, 0, "int_mma loads directly");
     let MmaTiling { m_tiles, warps, tensor_cores, .. } = tiling;
-    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, tensor_cores, bit_dequant }
+    // One slot could not be refilled while it is read: the ring needs two.
+    let stages = if tiling.stages == 1 { 2 } else { tiling.stages };
+    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages, tensor_cores, bit_dequant }
 }
 
 /// `[splits · m, n]` f32 partial products summed over the splits.

@@ -81,6 +81,9 @@ pub struct IntMmaLayout {
     pub warps: u32,
     /// Slices K is split into (one f32 partial product each).
     pub splits: u32,
+    /// K blocks of activations staged through shared memory (at least 2), or 0 for
+    /// direct loads.
+    pub stages: u32,
     /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
     pub tensor_cores: bool,
     /// Values become half-precision by bit operations (every runtime but wgpu, whose WGSL
@@ -635,18 +638,28 @@ fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: Z
     let cube_count = CubeCount::Static((n / int_mma::N_BLOCK).div_ceil(layout.warps), layout.splits, row_tiles);
     let bf16 = x.dtype == DType::BF16;
     let elem = float_elem(x.dtype);
+    assert_ne!(layout.stages, 1, "int_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
+    // The activations go in as pairs (direct loads) or as 16-byte pieces (staged); the
+    // other binding holds one piece, as a binding must hold at least one vector.
+    let placeholder = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([8]), x.dtype);
+    let (x_pairs, x_pieces) = match layout.stages {
+        0 => (x, placeholder),
+        _ => (placeholder, x),
+    };
     // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (IntFragments checks
     // both), x `[m, k]`, words `[E · k/64 · n/16 · 32 · bits]` for E experts, scales and zeros
     // `[E·G, n]` with G·group_size covering k, and a tile map whose experts and row ranges
     // lie within those shapes. The kernel clamps rows to the tile's last row and column
-    // blocks to n/16-1 before reading, reads K blocks below k/64 only, and writes partials
+    // blocks to n/16-1 before reading (directly or into its stage, which it indexes within
+    // `stages · 16·m_tiles · 9` pieces), reads K blocks below k/64 only, and writes partials
     // `[splits·m, n]` for rows inside its tile and column blocks below n/16 only.
     unsafe {
         int_mma::int_mma_gemm::launch_unchecked(
             &client,
             cube_count,
             CubeDim::new_2d(int_mma::LANES, layout.warps),
-            into_contiguous(x).into_buffer_arg(),
+            into_contiguous(x_pairs).into_buffer_arg(),
+            into_contiguous(x_pieces).into_buffer_arg(),
             into_contiguous(words).into_buffer_arg(),
             into_contiguous(scales).into_buffer_arg(),
             into_contiguous(zeros).into_buffer_arg(),
@@ -665,6 +678,7 @@ fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: Z
             bf16,
             layout.m_tiles,
             layout.warps,
+            layout.stages,
             layout.tensor_cores,
             layout.bit_dequant,
             grouped,

@@ -105,7 +105,7 @@ pub struct Selection<K> {
 /// Picks the kernel for `rows × K` activations of `dtype` times `weight` on `device`.
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
-    let tensor_cores = int_mma_tiling(device, dtype, rows, weight.in_features, weight.out_features, IntFragments::unsupported(weight));
+    let tensor_cores = int_mma_choice(device, dtype, rows, weight.in_features, weight.out_features, IntFragments::unsupported(weight));
     let selection = choose(buffers, device, dtype, rows, tensor_cores);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
@@ -118,7 +118,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 /// `max_rows` rows.
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
-    let tensor_cores = int_mma_tiling(device, dtype, max_rows, stack.in_features, stack.out_features, IntFragments::unsupported_stack(stack));
+    let tensor_cores = int_mma_choice(device, dtype, max_rows, stack.in_features, stack.out_features, IntFragments::unsupported_stack(stack));
     let selection = choose(buffers, device, dtype, max_rows, tensor_cores);
     log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
@@ -229,6 +229,21 @@ pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling
     MmaTiling { m_tiles, warps, splits: k_splits(device, cubes, k), stages: 0, tensor_cores: true }
 }
 
+/// Rows from which `int_mma` stages its activations through shared memory: from here a
+/// cube's four warps share 64 rows, which loading directly fetches once per warp. A first
+/// estimate, to be tuned on hardware.
+pub const INT_MMA_STAGED_ROWS: usize = 64;
+
+/// How `int_mma` covers `rows × [k, n]`: [`mma_tiling`], with the activations staged three
+/// K blocks deep from [`INT_MMA_STAGED_ROWS`] rows.
+pub fn int_mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling {
+    let tiling = mma_tiling(device, rows, k, n);
+    match rows < INT_MMA_STAGED_ROWS {
+        true => tiling,
+        false => MmaTiling { stages: 3, ..tiling },
+    }
+}
+
 /// Rows from which `byte_mma` stages its operands through shared memory: from here each
 /// weight byte feeds enough rows that fetching it once per cube rather than once per warp
 /// pays for the stage. A first estimate, to be tuned on hardware.
@@ -287,14 +302,14 @@ fn tensor_core_tiling(device: &Device, rows: usize, k: usize, n: usize, instruct
 
 /// [`tensor_core_tiling`] for `int_mma` (W4A16, W8A16, weight-only FP8): f16 or bf16 activations times a weight
 /// whose layout `IntFragments` takes (`unsupported` says why not).
-fn int_mma_tiling(device: &Device, dtype: DType, rows: usize, k: usize, n: usize, unsupported: Option<String>) -> Result<MmaTiling, String> {
+fn int_mma_choice(device: &Device, dtype: DType, rows: usize, k: usize, n: usize, unsupported: Option<String>) -> Result<MmaTiling, String> {
     let (half, refusal) = match dtype {
         DType::F16 => (FloatKind::F16, unsupported),
         DType::BF16 => (FloatKind::BF16, unsupported),
         _ => (FloatKind::F16, Some(format!("activations in {dtype:?} (int_mma takes f16 or bf16)"))),
     };
     let instruction = MmaConfig { a_type: ElemType::Float(half), b_type: ElemType::Float(half), cd_type: ElemType::Float(FloatKind::F32), m: 16, n: 8, k: 16 };
-    tensor_core_tiling(device, rows, k, n, instruction, refusal, "int_mma", &mma_tiling)
+    tensor_core_tiling(device, rows, k, n, instruction, refusal, "int_mma", &int_mma_tiling)
 }
 
 /// [`tensor_core_tiling`] for the 8-bit kernel on `operand` × `operand` → `accumulator`,
@@ -335,7 +350,7 @@ pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) 
     let (k, n) = (weight.in_features, weight.out_features);
     let (tensor_cores, kernel) = match (&weight.activations, fp8_scale_chunk(weight)) {
         // Float activations: e4m3 weights dequantized to f16 / bf16 in registers.
-        (ActivationQuant::None, _) => (int_mma_tiling(device, dtype, rows, k, n, refusal.clone().or_else(|| IntFragments::unsupported_fp8(weight))), "int_mma"),
+        (ActivationQuant::None, _) => (int_mma_choice(device, dtype, rows, k, n, refusal.clone().or_else(|| IntFragments::unsupported_fp8(weight))), "int_mma"),
         (_, Some(chunk)) if !chunk.is_multiple_of(byte_mma::K_BLOCK as usize) => {
             let why = format!("scale blocks {chunk} wide are not a multiple of {}", byte_mma::K_BLOCK);
             (Err(format!("no tensor-core kernel: {why}")), "byte_mma")
