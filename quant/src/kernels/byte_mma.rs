@@ -36,11 +36,10 @@
 //! as in the direct form, from rows 64 bytes apart: a warp's 32 reads cover 512
 //! contiguous bytes, free of bank conflicts.
 
-use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
 use super::activation_quant::{grid, quantize_value};
-use super::copy_pipeline::{commit_copies, wait_for_copies};
+use super::copy_pipeline::{commit_copies, stage_block, wait_for_copies};
 use super::e4m3::decode_e4m3;
 use super::w8a8_gemm::signed_byte;
 
@@ -349,10 +348,9 @@ fn lane_col(col0: u32, i: u32) -> u32 {
     col0 + (i / 2) * N_SUBTILE + (UNIT_POS_X % 4) * 2 + i % 2
 }
 
-/// Copies K block `kb` of the cube's rows of A and columns of B into the stage at `slot`
-/// (rows first, then columns; four 16-byte pieces each), every unit a share of the
-/// pieces: `cp.async` with `tensor_cores`, so nothing waits here; otherwise loads and
-/// stores, visible after the next `sync_cube`.
+/// Copies K block `kb` of the cube's rows of A and columns of B (each clamped to the
+/// last) into the stage at `slot`, rows first, then columns, four 16-byte pieces each
+/// ([`stage_block`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fill_stage(
@@ -370,42 +368,10 @@ fn fill_stage(
     #[comptime] tensor_cores: bool,
 ) {
     let rows = comptime!(tiling.cube_rows());
-    fill_lines(a_codes, stage, kb, slot, cube_row0, m, loads_per_row, rows, tiling.warps(), tensor_cores);
-    fill_lines(w_codes, stage, kb, slot + rows * LOADS_PER_BLOCK, cube_col0, n, loads_per_row, tiling.cube_columns(), tiling.warps(), tensor_cores);
-}
-
-/// [`fill_stage`] for one operand: K block `kb` of `lines` rows of `codes` from `line0`
-/// (clamped to `available − 1`), to the stage from `at`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn fill_lines(
-    codes: &[Quad<i32>],
-    stage: &mut Shared<[Quad<i32>]>,
-    kb: u32,
-    at: u32,
-    line0: u32,
-    available: u32,
-    loads_per_row: u32,
-    #[comptime] lines: u32,
-    #[comptime] warps: u32,
-    #[comptime] tensor_cores: bool,
-) {
-    let units = comptime!(LANES * warps);
-    let pieces = comptime!(lines * LOADS_PER_BLOCK);
-    let unit = UNIT_POS_Y * LANES + UNIT_POS_X;
-    #[unroll]
-    for round in 0..comptime!(pieces.div_ceil(units)) {
-        let piece = round * units + unit;
-        if comptime!((round + 1) * units <= pieces) || piece < pieces {
-            let source = (min(line0 + piece / LOADS_PER_BLOCK, available - 1) * loads_per_row + kb * LOADS_PER_BLOCK + piece % LOADS_PER_BLOCK) as usize;
-            let destination = (at + piece) as usize;
-            if comptime!(tensor_cores) {
-                copy_async(&codes[source..source + 1], &mut stage[destination..destination + 1], WORDS_PER_PIECE);
-            } else {
-                stage[destination] = codes[source];
-            }
-        }
-    }
+    let units = comptime!(LANES * tiling.warps());
+    stage_block(a_codes, stage, kb, slot, cube_row0, m - 1, loads_per_row, rows, LOADS_PER_BLOCK, LOADS_PER_BLOCK, WORDS_PER_PIECE, units, tensor_cores);
+    let columns_at = slot + rows * LOADS_PER_BLOCK;
+    stage_block(w_codes, stage, kb, columns_at, cube_col0, n - 1, loads_per_row, tiling.cube_columns(), LOADS_PER_BLOCK, LOADS_PER_BLOCK, WORDS_PER_PIECE, units, tensor_cores);
 }
 
 /// The 16 activations `x[at]`, `x[at + 1]` (eight each) quantized with `scale` to int8 or

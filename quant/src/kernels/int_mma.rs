@@ -36,10 +36,9 @@
 //! instructions themselves differ.
 
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
-use cubecl::prelude::barrier::copy_async;
 use cubecl::prelude::*;
 
-use super::copy_pipeline::{commit_copies, wait_for_copies};
+use super::copy_pipeline::{commit_copies, stage_block, wait_for_copies};
 use super::e4m3::decode_e4m3;
 use super::int_gemm::{row_tile, zero_mode};
 
@@ -279,9 +278,7 @@ pub fn int_mma_gemm<F: Float>(
 }
 
 /// Copies K block `kb` of the cube's rows (`row0 ..`, clamped to `row_end − 1`) into the
-/// stage at `slot`, every unit a share of the 16-byte pieces: `cp.async` with
-/// `tensor_cores`, so nothing waits here; otherwise loads and stores, visible after the
-/// next `sync_cube`.
+/// stage at `slot` ([`stage_block`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fill_stage<F: Float>(
@@ -296,26 +293,8 @@ fn fill_stage<F: Float>(
     #[comptime] warps: u32,
     #[comptime] tensor_cores: bool,
 ) {
-    let units = comptime!(LANES * warps);
     let block_pieces = comptime!(K_BLOCK / PIECE_VALUES);
-    let pieces = comptime!(M_TILE * m_tiles * block_pieces);
-    let unit = UNIT_POS_Y * LANES + UNIT_POS_X;
-    let row_pieces = k / PIECE_VALUES;
-    #[unroll]
-    for round in 0..comptime!(pieces.div_ceil(units)) {
-        let piece = round * units + unit;
-        if comptime!((round + 1) * units <= pieces) || piece < pieces {
-            let row = piece / block_pieces;
-            let column = piece % block_pieces;
-            let source = (min(row0 + row, row_end - 1) * row_pieces + kb * block_pieces + column) as usize;
-            let destination = (slot + row * STAGE_ROW_PIECES + column) as usize;
-            if comptime!(tensor_cores) {
-                copy_async(&x_pieces[source..source + 1], &mut stage[destination..destination + 1], PIECE_VALUES);
-            } else {
-                stage[destination] = x_pieces[source];
-            }
-        }
-    }
+    stage_block(x_pieces, stage, kb, slot, row0, row_end - 1, k / PIECE_VALUES, comptime!(M_TILE * m_tiles), block_pieces, STAGE_ROW_PIECES, PIECE_VALUES, comptime!(LANES * warps), tensor_cores);
 }
 
 /// The A registers of one row tile and K step from the stage, `at` being the tile's
