@@ -103,8 +103,8 @@ pub fn int_mma_gemm<F: Float>(
     let group_id = lane / 4;
     let thread_in_group = lane % 4;
     let n_blocks = n / N_BLOCK;
-    // Warps past the last column block compute on it and store nothing: the emulated
-    // instruction needs every unit of the cube at its barriers.
+    // Warps past the last column block compute on it and store nothing: the stage and the
+    // emulated instruction need every unit of the cube at their barriers.
     let block_n = CUBE_POS_X * warps + warp;
     let nb = min(block_n, n_blocks - 1);
     let kb_begin = CUBE_POS_Y * blocks_per_split;
