@@ -239,14 +239,18 @@ pub struct MmaTiling {
 }
 
 impl MmaTiling {
+    /// The K blocks the kernel's copy ring holds: 0 for direct loads, otherwise at least
+    /// 2, since one slot could not be refilled while it is read.
+    fn ring_stages(&self) -> u32 {
+        if self.stages == 1 { 2 } else { self.stages }
+    }
+
     /// `byte_mma`'s warp tiling: 16 columns per warp in one row of warps when loading
     /// directly; with stages, two rows of warps of 32 columns each, so each staged byte
     /// feeds more products.
     fn byte_warp_tiling(&self) -> byte_mma::WarpTiling {
         let (n_subtiles, warps_m) = if self.stages == 0 { (2, 1) } else { (4, 2) };
-        // One slot could not be refilled while it is read: the ring needs two.
-        let stages = if self.stages == 1 { 2 } else { self.stages };
-        byte_mma::WarpTiling { m_tiles: self.m_tiles, n_subtiles, warps_m, warps_n: self.warps, stages }
+        byte_mma::WarpTiling { m_tiles: self.m_tiles, n_subtiles, warps_m, warps_n: self.warps, stages: self.ring_stages() }
     }
 }
 
@@ -376,9 +380,7 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
     let MmaTiling { m_tiles, warps, tensor_cores, .. } = tiling;
-    // One slot could not be refilled while it is read: the ring needs two.
-    let stages = if tiling.stages == 1 { 2 } else { tiling.stages };
-    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages, tensor_cores, bit_dequant }
+    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages: tiling.ring_stages(), tensor_cores, bit_dequant }
 }
 
 /// `[splits · m, n]` f32 partial products summed over the splits.

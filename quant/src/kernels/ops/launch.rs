@@ -293,12 +293,11 @@ pub(super) fn launch_byte_mma(a: CubeTensor, quantize: bool, a_scales: CubeTenso
         false => ElemType::Int(IntKind::I32),
     };
     // SAFETY: the caller guarantees k % 64 == 0 (a_codes `[m, k/4]` or x `[m, k]`,
-    // w_codes `[n, k/4]`)
-    // and strides that address the scale buffers within their shapes for every row,
-    // column and chunk below ⌈k / chunk⌉. The kernel clamps rows to m-1 and
-    // columns to n-1 before reading (directly or into its stage, which it indexes
-    // within `stages · (cube rows + cube columns) · 4` pieces), reads K blocks below
-    // k/64 only, and writes out `[m, n]` or partials `[splits·m, n]` below (m, n) only.
+    // w_codes `[n, k/4]`) and strides that address the scale buffers within their shapes
+    // for every row, column and chunk below ⌈k / chunk⌉. The kernel clamps rows to m-1
+    // and columns to n-1 before reading (directly or into its stage, which it indexes
+    // within `stages · (cube rows + cube columns) · 4` pieces), reads K blocks below k/64
+    // only, and writes out `[m, n]` or partials `[splits·m, n]` below (m, n) only.
     unsafe {
         byte_mma::byte_mma_gemm::launch_unchecked(
             &client,
