@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ember::quant::kernels::{self, GemmKernel, IntGemmKernel, IntGemmTiling};
+use ember::quant::kernels::{self, GemmKernel, IntGemmKernel, IntGemmTiling, MmaTiling, Staging};
 use ember::quant::packing::int_tensor;
 use ember::quant::repr::{e4m3_table, ActivationQuant, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -187,15 +187,20 @@ fn int_mma_gemm(c: &mut Criterion) {
                 for m in [1usize, 2, 4, 8, 16, 32, 64, 128, 256] {
                     let x = activations(m, k, &device, &mut rng).cast(dtype);
                     let tiling = kernels::int_mma_tiling(&device, m, k, n);
-                    let direct = kernels::mma_tiling(&device, m, k, n);
+                    let weights_staged = kernels::mma_tiling(&device, m, k, n);
+                    let unstaged = MmaTiling { staging: Staging::Direct, ..weights_staged };
                     let registers = IntGemmTiling::Registers { tile_m: m.min(kernels::select::MAX_TILE_M as usize) as u32 };
                     group.bench_with_input(BenchmarkId::new("tensor_core_kernel", m), &x, |b, x| {
                         b.iter(|| finish(kernels::int_mma_gemm(&fragments, x.clone(), tiling)))
                     });
-                    if tiling != direct {
-                        // What staging the activations through shared memory gains.
-                        group.bench_with_input(BenchmarkId::new("tensor_core_direct_loads", m), &x, |b, x| {
-                            b.iter(|| finish(kernels::int_mma_gemm(&fragments, x.clone(), direct)))
+                    // What staging gains: the weights (the selector's choice below
+                    // INT_MMA_STAGED_ROWS), then the activations too.
+                    group.bench_with_input(BenchmarkId::new("tensor_core_unstaged", m), &x, |b, x| {
+                        b.iter(|| finish(kernels::int_mma_gemm(&fragments, x.clone(), unstaged)))
+                    });
+                    if tiling != weights_staged {
+                        group.bench_with_input(BenchmarkId::new("tensor_core_weights_staged", m), &x, |b, x| {
+                            b.iter(|| finish(kernels::int_mma_gemm(&fragments, x.clone(), weights_staged)))
                         });
                     }
                     group.bench_with_input(BenchmarkId::new("register_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), registers))));
@@ -238,11 +243,16 @@ fn byte_mma_gemm(c: &mut Criterion) {
                 let x = activations(m, k, &device, &mut rng).cast(DType::BF16);
                 let tiling = kernels::byte_mma_tiling(&device, m, k, n, false);
                 let block_tiling = kernels::byte_mma_tiling(&device, m, k, n, true);
-                let direct = kernels::mma_tiling(&device, m, k, n);
+                let weights_staged = kernels::mma_tiling(&device, m, k, n);
+                let unstaged = MmaTiling { staging: Staging::Direct, ..weights_staged };
                 group.bench_with_input(BenchmarkId::new("fp8_channel_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), tiling))));
-                if tiling != direct {
-                    // What staging through shared memory gains over direct loads.
-                    group.bench_with_input(BenchmarkId::new("fp8_channel_direct_loads", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), direct))));
+                // What staging through shared memory gains: the weights (the selector's
+                // choice below STAGED_ROWS), then both operands.
+                group.bench_with_input(BenchmarkId::new("fp8_channel_unstaged", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), unstaged))));
+                if tiling != weights_staged {
+                    group.bench_with_input(BenchmarkId::new("fp8_channel_weights_staged", m), &x, |b, x| {
+                        b.iter(|| finish(kernels::fp8_mma_gemm(&channel, x.clone(), weights_staged)))
+                    });
                 }
                 // A static input scale: below the staging threshold the GEMM quantizes the
                 // activations itself, where per-token scales take a launch of their own.
@@ -252,7 +262,7 @@ fn byte_mma_gemm(c: &mut Criterion) {
                 group.bench_with_input(BenchmarkId::new("fp8_block128_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::fp8_mma_gemm(&block, x.clone(), block_tiling))));
                 group.bench_with_input(BenchmarkId::new("int8_tensor_cores", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_mma_gemm(&int8, x.clone(), tiling))));
                 group.bench_with_input(BenchmarkId::new("fp8_weight_only_tensor_cores", m), &x, |b, x| {
-                    b.iter(|| finish(kernels::int_mma_gemm(&weight_only_fragments, x.clone(), direct)))
+                    b.iter(|| finish(kernels::int_mma_gemm(&weight_only_fragments, x.clone(), kernels::int_mma_tiling(&device, m, k, n))))
                 });
                 group.bench_with_input(BenchmarkId::new("int8_portable", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&int8, x.clone(), 8))));
                 group.bench_with_input(BenchmarkId::new("dense_bf16_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));

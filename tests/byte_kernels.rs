@@ -4,7 +4,7 @@
 //! f32 rounding, the fixtures' logits through the kernels, and the selector's reasons.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use ember::quant::kernels::{self, GemmKernel, KernelPolicy, MmaTiling};
+use ember::quant::kernels::{self, GemmKernel, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
 use ember::quant::repr::{e4m3_table, e4m3_value, quantize_activations, ActivationGrid, ActivationQuant, Fp8Weight, W8A8Weight};
 use ember::quant::ComputeDtype;
 use ember::{load_model, LoadOptions};
@@ -335,14 +335,14 @@ fn byte_gemm_selector_explains_its_choice() {
     assert_eq!(asked.kernel, GemmKernel::Portable { tile_m: 4 });
     assert!(asked.reason.contains("no tensor cores"), "{}", asked.reason);
 
-    // byte_mma loads decode shapes directly and stages many rows through shared memory,
-    // with half the rows per warp when scales change along K.
+    // byte_mma streams the weights of decode shapes through shared memory, stages both
+    // operands for many rows, with half the rows per warp when scales change along K.
     let decode = kernels::byte_mma_tiling(&wgpu, 16, 4096, 4096, false);
-    assert_eq!((decode.m_tiles, decode.stages), (1, 0));
+    assert_eq!((decode.m_tiles, decode.staging), (1, Staging::Weights { stages: WEIGHT_STAGES }));
     let prefill = kernels::byte_mma_tiling(&wgpu, kernels::select::STAGED_ROWS, 4096, 4096, false);
-    assert_eq!((prefill.m_tiles, prefill.warps, prefill.stages), (4, 2, 3));
+    assert_eq!((prefill.m_tiles, prefill.warps, prefill.staging), (4, 2, Staging::Operands { stages: 3 }));
     let blocks = kernels::byte_mma_tiling(&wgpu, 4096, 4096, 4096, true);
-    assert_eq!((blocks.m_tiles, blocks.stages), (2, 3));
+    assert_eq!((blocks.m_tiles, blocks.staging), (2, Staging::Operands { stages: 3 }));
 }
 
 /// Each W8A8 / FP8 fixture on wgpu: the kernels' logits match the Burn-ops path's on the
@@ -408,8 +408,10 @@ fn fp8_block_fixture_through_kernels() {
 /// row to three row tiles, one K slice to several (direct output and f32 partials).
 const MMA_SHAPES: [(u32, u32, usize); 5] = [(1, 1, 1), (1, 3, 5), (2, 1, 17), (1, 2, 33), (4, 2, 64)];
 
+/// A tiling of `m_tiles`, `splits` with `warps` warps along N, loading its operands as at
+/// decode (the weights staged [`WEIGHT_STAGES`] K blocks deep).
 fn mma_tiling(m_tiles: u32, splits: u32, warps: u32, tensor_cores: bool) -> MmaTiling {
-    MmaTiling { m_tiles, warps, splits, stages: 0, tensor_cores }
+    MmaTiling { m_tiles, warps, splits, staging: Staging::Weights { stages: WEIGHT_STAGES }, tensor_cores }
 }
 
 /// Row tiles per warp, K splits, rows for `byte_mma` staged through shared memory: cubes
@@ -417,10 +419,14 @@ fn mma_tiling(m_tiles: u32, splits: u32, warps: u32, tensor_cores: bool) -> MmaT
 /// blocks), and rows past one cube.
 const STAGED_SHAPES: [(u32, u32, usize); 3] = [(1, 1, 5), (1, 2, 40), (2, 1, 70)];
 
-/// A tiling of `m_tiles`, `splits` with `warps` warps along N and `stages` K blocks
-/// staged in shared memory (0: direct loads).
-fn tiling_with(warps: u32, stages: u32, tensor_cores: bool) -> impl Fn(u32, u32) -> MmaTiling {
-    move |m_tiles, splits| MmaTiling { stages, ..mma_tiling(m_tiles, splits, warps, tensor_cores) }
+/// A tiling of `m_tiles`, `splits` with `warps` warps along N and `staging`.
+fn tiling_with(warps: u32, staging: Staging, tensor_cores: bool) -> impl Fn(u32, u32) -> MmaTiling {
+    move |m_tiles, splits| MmaTiling { staging, ..mma_tiling(m_tiles, splits, warps, tensor_cores) }
+}
+
+/// Both operands staged `stages` K blocks deep.
+const fn all_staged(stages: u32) -> Staging {
+    Staging::Operands { stages }
 }
 
 /// The int8 tensor-core kernel against the portable one: the i32 sums are the same
@@ -492,16 +498,21 @@ fn max_relative_error(ours: &[f32], reference: &[f32], n: usize) -> f32 {
 }
 
 /// The emulation on wgpu checks the fragment indexing, the chunked scale epilogue and
-/// the K splits; the CPU runtime adds nothing here (no bit tricks differ between
-/// runtimes) and takes minutes to compile and run the barrier-heavy emulation.
+/// the K splits, with the weights staged as at decode (K = 128 to 384 is two to six
+/// blocks: fewer blocks than slots, and slots reused) and unstaged; the CPU runtime adds
+/// nothing here (no bit tricks differ between runtimes) and takes minutes to compile and
+/// run the barrier-heavy emulation.
 #[test]
 fn byte_mma_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
-    let direct = || tiling_with(2, 0, false);
-    w8a8_mma_on(&device, direct(), &MMA_SHAPES, &[DType::F32]);
-    w8a8_mma_on(&device, direct(), &MMA_SHAPES[2..3], &[DType::F16]);
-    fp8_mma_on(&device, direct(), &MMA_SHAPES, &[DType::F32]);
-    fp8_mma_on(&device, direct(), &MMA_SHAPES[1..2], &[DType::F16]);
+    let decode = |m_tiles, splits| mma_tiling(m_tiles, splits, 2, false);
+    w8a8_mma_on(&device, decode, &MMA_SHAPES, &[DType::F32]);
+    w8a8_mma_on(&device, decode, &MMA_SHAPES[2..3], &[DType::F16]);
+    fp8_mma_on(&device, decode, &MMA_SHAPES, &[DType::F32]);
+    fp8_mma_on(&device, decode, &MMA_SHAPES[1..2], &[DType::F16]);
+    let unstaged = || tiling_with(2, Staging::Direct, false);
+    w8a8_mma_on(&device, unstaged(), &MMA_SHAPES[..2], &[DType::F32]);
+    fp8_mma_on(&device, unstaged(), &MMA_SHAPES[1..3], &[DType::F32]);
 
     // K or scale chunks in partial 64-column blocks run the portable kernels instead.
     let mut rng = StdRng::seed_from_u64(43);
@@ -514,33 +525,35 @@ fn byte_mma_emulated_on_wgpu() {
     assert_eq!(to_f32(kernels::fp8_mma_gemm(&fp8, x.clone(), tiling)), to_f32(kernels::fp8_gemm(&fp8, x, 8)));
 }
 
-/// `byte_mma` staged through shared memory, emulated on wgpu: two and three K blocks
-/// deep, one and two warps along N (lavapipe gives a cube 32 KiB of shared memory, stage
-/// and emulation together).
+/// `byte_mma` with both operands staged through shared memory, emulated on wgpu: two and
+/// three K blocks deep, one and two warps along N (lavapipe gives a cube 32 KiB of shared
+/// memory, stage and emulation together).
 #[test]
 fn byte_mma_staged_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
-    w8a8_mma_on(&device, tiling_with(1, 2, false), &STAGED_SHAPES, &[DType::F32]);
-    w8a8_mma_on(&device, tiling_with(2, 3, false), &STAGED_SHAPES[1..2], &[DType::F16]);
-    fp8_mma_on(&device, tiling_with(1, 3, false), &STAGED_SHAPES, &[DType::F32]);
-    fp8_mma_on(&device, tiling_with(2, 2, false), &STAGED_SHAPES[2..], &[DType::F32]);
+    w8a8_mma_on(&device, tiling_with(1, all_staged(2), false), &STAGED_SHAPES, &[DType::F32]);
+    w8a8_mma_on(&device, tiling_with(2, all_staged(3), false), &STAGED_SHAPES[1..2], &[DType::F16]);
+    fp8_mma_on(&device, tiling_with(1, all_staged(3), false), &STAGED_SHAPES, &[DType::F32]);
+    fp8_mma_on(&device, tiling_with(2, all_staged(2), false), &STAGED_SHAPES[2..], &[DType::F32]);
 }
 
-/// With one scale for every activation, direct loads quantize inside `byte_mma`: the
-/// codes are the quantization kernel's, so the outputs equal the staged kernel's, which
-/// reads that kernel's codes.
+/// With one scale for every activation, activations that load directly are quantized
+/// inside `byte_mma` (weights staged or not): the codes are the quantization kernel's,
+/// so the outputs equal those of the kernel staging both operands, which reads that
+/// kernel's codes.
 #[test]
 fn byte_mma_fused_quantization_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
     let mut rng = StdRng::seed_from_u64(44);
     let static_scale = |value: f32| ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![value], [1]), (&device, DType::F32)));
-    let (fused, staged) = (mma_tiling(1, 2, 2, false), tiling_with(1, 2, false)(1, 2));
-    for dtype in [DType::F32, DType::F16] {
+    let staged = tiling_with(1, all_staged(2), false)(1, 2);
+    for (fused, dtype) in [(mma_tiling(1, 2, 2, false), DType::F32), (mma_tiling(1, 2, 2, false), DType::F16), (tiling_with(2, Staging::Direct, false)(1, 2), DType::F16)] {
+        assert!(kernels::quantizes_as_it_loads(&ActivationQuant::DynamicPerTensor, &fused) && !kernels::quantizes_as_it_loads(&ActivationQuant::DynamicPerTensor, &staged));
         let x = activations(21, 256, dtype, &device, &mut rng);
         let int8 = w8a8_weight(256, 40, static_scale(0.004), &device, &mut rng);
-        assert_eq!(to_f32(kernels::w8a8_mma_gemm(&int8, x.clone(), fused)), to_f32(kernels::w8a8_mma_gemm(&int8, x.clone(), staged)), "int8 static {dtype:?}");
+        assert_eq!(to_f32(kernels::w8a8_mma_gemm(&int8, x.clone(), fused)), to_f32(kernels::w8a8_mma_gemm(&int8, x.clone(), staged)), "int8 static {dtype:?} {fused:?}");
         for mode in [static_scale(0.02), ActivationQuant::DynamicPerTensor] {
-            let what = format!("fp8 {} {dtype:?}", mode.describe());
+            let what = format!("fp8 {} {dtype:?} {fused:?}", mode.describe());
             let fp8 = fp8_weight(256, 40, Fp8Scales::Channel, mode, &device, &mut rng);
             assert_eq!(to_f32(kernels::fp8_mma_gemm(&fp8, x.clone(), fused)), to_f32(kernels::fp8_mma_gemm(&fp8, x.clone(), staged)), "{what}");
         }
@@ -592,10 +605,10 @@ fn fp8_weight_only_int_mma_emulated_on_cubecl_cpu() {
 fn byte_mma_tensor_cores_on_cuda() {
     let device = Device::cuda(0);
     let dtypes = [DType::F32, DType::F16, DType::BF16];
-    for stages in [0, 2, 3] {
-        let shapes: &[_] = if stages == 0 { &MMA_SHAPES } else { &STAGED_SHAPES };
-        w8a8_mma_on(&device, tiling_with(4, stages, true), shapes, &dtypes);
-        fp8_mma_on(&device, tiling_with(4, stages, true), shapes, &dtypes);
+    for staging in [Staging::Direct, Staging::Weights { stages: 2 }, Staging::Weights { stages: WEIGHT_STAGES }, all_staged(2), all_staged(3)] {
+        let shapes: &[_] = if staging.stages_activations() { &STAGED_SHAPES } else { &MMA_SHAPES };
+        w8a8_mma_on(&device, tiling_with(4, staging, true), shapes, &dtypes);
+        fp8_mma_on(&device, tiling_with(4, staging, true), shapes, &dtypes);
     }
     fp8_weight_only_int_mma_on(&device, 4, true, &FP8_WEIGHT_ONLY_CASES, &MMA_SHAPES, &dtypes[1..]);
     // The selector runs them only when asked to, and only for formats they cover.

@@ -3,7 +3,7 @@
 //! counts and dtypes, plus the selector's choices.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling, KernelPolicy, MmaTiling};
+use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -271,14 +271,16 @@ fn every_kernel_variant_generates_cuda_cpp() {
     assert_eq!(fp8.len(), 2 * 4 * 3);
     variants.extend(fp8);
     let int_mma = ember_quant::kernels::codegen::int_mma_gemm_variants();
-    // (Three 4-bit and two 8-bit layouts with three zero modes, two e4m3 layouts) × four
-    // tilings (three direct, one staged) × 2 dtypes × dense or experts.
-    assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * 4 * 2 * 2);
+    // (Three 4-bit and two 8-bit layouts with three zero modes, two e4m3 layouts) × five
+    // tilings (one unstaged, three with the weights staged, one with both operands) × 2
+    // dtypes × dense or experts.
+    assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * 5 * 2 * 2);
     variants.extend(int_mma);
     let byte_mma = ember_quant::kernels::codegen::byte_mma_gemm_variants();
-    // Eight ways to load (three direct tilings from codes or quantizing, two staged) ×
-    // (int8; e4m3 with and without chunked scales) × 3 dtypes × 2 outputs.
-    assert_eq!(byte_mma.len(), 8 * 3 * 3 * 2);
+    // Ten ways to load (one unstaged and three weights-staged tilings, from codes or
+    // quantizing; two with both operands staged) × (int8; e4m3 with and without chunked
+    // scales) × 3 dtypes × 2 outputs.
+    assert_eq!(byte_mma.len(), 10 * 3 * 3 * 2);
     variants.extend(byte_mma);
     let failures: Vec<_> = variants.iter().filter_map(|v| v.as_ref().err()).collect();
     assert!(failures.is_empty(), "variants that did not compile: {failures:#?}");
@@ -291,17 +293,17 @@ fn every_kernel_variant_generates_cuda_cpp() {
     }
     for kernel in variants.iter().flatten().filter(|kernel| kernel.name.starts_with("int_mma")) {
         assert!(kernel.source.contains("mma.sync.aligned.m16n8k16"), "{}: no tensor-core instruction", kernel.name);
-        let staged = kernel.name.contains("staged");
-        assert_eq!(kernel.source.contains("ldmatrix.sync.aligned.m8n8.x4"), staged, "{}: A registers from the stage only in the staged tiling", kernel.name);
+        let staged = kernel.name.contains("_all_staged");
+        assert_eq!(kernel.source.contains("ldmatrix.sync.aligned.m8n8.x4"), staged, "{}: A registers from the stage only when the activations are staged", kernel.name);
     }
     for kernel in variants.iter().flatten().filter(|kernel| kernel.name.starts_with("byte_mma")) {
         let operands = if kernel.name.contains("e4m3") { "f32.e4m3.e4m3.f32" } else { "s32.s8.s8.s32" };
         assert!(kernel.source.contains(&format!("mma.sync.aligned.m16n8k32.row.col.{operands}")), "{}: no {operands} tensor-core instruction", kernel.name);
     }
     for kernel in variants.iter().flatten().filter(|kernel| kernel.name.contains("_mma_")) {
-        let staged = kernel.name.contains("staged");
-        assert_eq!(kernel.source.contains("cp.async.cg.shared"), staged, "{}: asynchronous copies only in the staged tiling", kernel.name);
-        assert_eq!(kernel.source.contains("cp.async.wait_group"), staged, "{}: copies waited for only in the staged tiling", kernel.name);
+        let staged = !kernel.name.contains("_unstaged");
+        assert_eq!(kernel.source.contains("cp.async.cg.shared"), staged, "{}: asynchronous copies only in the staged tilings", kernel.name);
+        assert_eq!(kernel.source.contains("cp.async.wait_group"), staged, "{}: copies waited for only in the staged tilings", kernel.name);
     }
     for kernel in variants.iter().flatten() {
         assert!(kernel.source.contains("__global__"), "{}: no kernel entry point", kernel.name);
@@ -490,8 +492,8 @@ const INT_MMA_CASES: [(Case, usize, u32, u32); 11] = [
 /// The tensor-core kernel's fragments, bit-level dequantization and split-K, through its
 /// shared-memory emulation of `mma.m16n8k16` (neither runtime has tensor cores), against
 /// the reference, for `(case, rows, row tiles per warp, K splits)` with `warps` per cube
-/// and the activations loaded directly (`stages` 0) or staged through shared memory.
-fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps: u32, stages: u32) {
+/// and `staging`.
+fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps: u32, staging: Staging) {
     use ember_quant::repr::IntFragments;
     let dtypes: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
     assert!(!dtypes.is_empty(), "{device:?} supports neither f16 nor bf16");
@@ -501,30 +503,36 @@ fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps:
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = IntFragments::repack(&weight).expect("tiled shape");
-            let kernel = kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, stages, tensor_cores: false });
+            let kernel = kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, staging, tensor_cores: false });
             assert_eq!(kernel.dtype(), dtype);
             let err = max_relative_error(&to_f32(kernel), &to_f32(weight.forward_reference(x)));
-            assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits} stages={stages}: relative error {err}");
+            assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits} {staging:?}: relative error {err}");
         }
     }
 }
 
+/// Every case with the weights staged as at decode (K = 256 is four blocks, so with
+/// splits there are fewer blocks than slots, and with two stages slots are reused), and
+/// 4- and 8-bit cases unstaged.
 #[test]
 fn int_mma_emulated_on_wgpu() {
-    int_mma_emulated_on(Device::wgpu(Default::default()), &INT_MMA_CASES, 2, 0);
+    let device = Device::wgpu(Default::default());
+    int_mma_emulated_on(device.clone(), &INT_MMA_CASES, 2, Staging::Weights { stages: WEIGHT_STAGES });
+    int_mma_emulated_on(device.clone(), &INT_MMA_CASES[..2], 2, Staging::Weights { stages: 2 });
+    int_mma_emulated_on(device, &INT_MMA_CASES[2..5], 2, Staging::Direct);
 }
 
-/// The activations staged through shared memory, two and three K blocks deep (K = 256 is
-/// four blocks, so slots are reused; splits leave fewer blocks than slots), with A
+/// Both operands staged through shared memory, two and three K blocks deep, with A
 /// registers read where `ldmatrix` would be pointed: one and two row tiles, rows past one
-/// cube, act-order, 4- and 8-bit (staging changes only how A arrives, so not every case).
+/// cube, act-order, 4- and 8-bit (staging changes only how operands arrive, so not every
+/// case).
 #[test]
 fn int_mma_staged_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
     let cases: Vec<_> = [0, 1, 4, 8, 9].map(|i| INT_MMA_CASES[i]).into();
-    int_mma_emulated_on(device.clone(), &cases, 2, 3);
-    int_mma_emulated_on(device.clone(), &INT_MMA_CASES[3..5], 2, 2);
-    grouped_int_mma_on(device, false, 2, 3);
+    int_mma_emulated_on(device.clone(), &cases, 2, Staging::Operands { stages: 3 });
+    int_mma_emulated_on(device.clone(), &INT_MMA_CASES[3..5], 2, Staging::Operands { stages: 2 });
+    grouped_int_mma_on(device, false, 2, Staging::Operands { stages: 3 });
 }
 
 /// One small case per bit width and dtype: on the CPU runtime every unit of a cube is an
@@ -533,8 +541,8 @@ fn int_mma_staged_emulated_on_wgpu() {
 #[test]
 fn int_mma_emulated_on_cubecl_cpu() {
     let case = Case { k: 64, n: 16, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 };
-    int_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1), (Case { bits: 8, zeros: Zeros::Midpoint, ..case }, 2, 1, 1)], 1, 0);
-    int_mma_emulated_on(Device::cpu(), &[(Case { k: 128, ..case }, 17, 2, 1)], 1, 2);
+    int_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1), (Case { bits: 8, zeros: Zeros::Midpoint, ..case }, 2, 1, 1)], 1, Staging::Weights { stages: 2 });
+    int_mma_emulated_on(Device::cpu(), &[(Case { k: 128, ..case }, 17, 2, 1)], 1, Staging::Operands { stages: 2 });
 }
 
 /// The tensor-core kernel itself (the `mma` instruction, four warps per cube) against the
@@ -551,8 +559,8 @@ fn int_mma_tensor_cores_on_cuda() {
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = IntFragments::repack(&weight).expect("tiled shape");
-            for stages in [0, 2, 3] {
-                let tiling = MmaTiling { m_tiles, warps: 4, splits, stages, tensor_cores: true };
+            for staging in CUDA_STAGINGS {
+                let tiling = MmaTiling { m_tiles, warps: 4, splits, staging, tensor_cores: true };
                 let kernel = to_f32(kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), tiling));
                 let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x.clone())));
                 assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} {tiling:?}: relative error {err}");
@@ -569,9 +577,14 @@ fn int_mma_tensor_cores_on_cuda() {
             assert!(err < tolerance(dtype), "{dtype:?} [{}x{}] rows={rows}: relative error {err}", case.k, case.n);
         }
     }
-    grouped_int_mma_on(device.clone(), true, 4, 0);
-    grouped_int_mma_on(device, true, 4, 3);
+    for staging in CUDA_STAGINGS {
+        grouped_int_mma_on(device.clone(), true, 4, staging);
+    }
 }
+
+/// Every way the tensor-core kernel can load its operands, at two depths each.
+const CUDA_STAGINGS: [Staging; 5] =
+    [Staging::Direct, Staging::Weights { stages: 2 }, Staging::Weights { stages: WEIGHT_STAGES }, Staging::Operands { stages: 2 }, Staging::Operands { stages: 3 }];
 
 /// Largest difference relative to the reference's largest magnitude.
 fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
@@ -584,7 +597,7 @@ fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
 
 /// The grouped (mixture-of-experts) form of the tensor-core kernel, emulated, against each
 /// expert's reference: experts with no rows, one row, and several row tiles; 4- and 8-bit.
-fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32, stages: u32) {
+fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32, staging: Staging) {
     use ember_quant::repr::{ExpertStack, IntFragments};
     let dtype = DType::F16;
     for (case, rows_per_expert, m_tiles, splits) in [
@@ -600,7 +613,7 @@ fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32, stages: u3
         let fragments = IntFragments::repack_stack(&stack).expect("4-bit, tiled shape");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, dtype, &device, &mut rng);
-        let tiling = MmaTiling { m_tiles, warps, splits, stages, tensor_cores };
+        let tiling = MmaTiling { m_tiles, warps, splits, staging, tensor_cores };
         let grouped = to_f32(kernels::grouped_int_mma_gemm(&fragments, x.clone(), &rows_per_expert, tiling));
         // The MoE layer's entry point repacks into its cache on first use, and its
         // reference arm is the experts' Burn-ops matmuls.
@@ -627,5 +640,5 @@ fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32, stages: u3
 
 #[test]
 fn grouped_int_mma_emulated_on_wgpu() {
-    grouped_int_mma_on(Device::wgpu(Default::default()), false, 2, 0);
+    grouped_int_mma_on(Device::wgpu(Default::default()), false, 2, Staging::Weights { stages: WEIGHT_STAGES });
 }

@@ -25,16 +25,17 @@
 //! With `tensor_cores` off, [`emulated_products`] renders the instruction in shared memory so
 //! the fragment indexing is tested on runtimes without tensor cores.
 //!
-//! Operands reach the lanes one of two ways. With `stages = 0` each lane loads its rows
-//! straight from global memory (the decode shapes: every weight byte is used by a handful
-//! of rows, so nothing is gained by sharing it). With `stages ≥ 2` the cube stages each
-//! K block's A and B tiles in shared memory, `stages` blocks deep: every unit copies a few
-//! 16-byte pieces (`cp.async` on CUDA, so the copy of block `kb + stages − 1` runs while
-//! block `kb` is multiplied; plain loads and stores elsewhere), and the warps read their
-//! fragments from the stage, so each weight and activation byte is fetched from global
-//! memory once per cube instead of once per warp. Lanes read the same 16 bytes per row
-//! as in the direct form, from rows 64 bytes apart: a warp's 32 reads cover 512
-//! contiguous bytes, free of bank conflicts.
+//! Operands reach the lanes through a copy ring in shared memory, `stages` K blocks deep:
+//! every unit copies a few 16-byte pieces of a block (`cp.async` on CUDA, so the copy of
+//! block `kb + stages − 1` runs while block `kb` is multiplied; plain loads and stores
+//! elsewhere), and the warps read their fragments from the stage. With
+//! `staged_activations` off, only the weights go through it and each lane loads its rows
+//! of A straight from global memory: the decode shapes, where every weight byte is used
+//! by a handful of rows and what matters is how much of the weight stream is in flight.
+//! With it on, the cube stages A and B, so each weight and activation byte is fetched
+//! from global memory once per cube instead of once per warp. With `stages = 0` both load
+//! directly. Lanes read the same 16 bytes per row as in the direct form, from rows 64
+//! bytes apart: a warp's 32 reads cover 512 contiguous bytes, free of bank conflicts.
 
 use cubecl::prelude::*;
 
@@ -63,7 +64,8 @@ type Octet<E> = Vector<E, Const<8>>;
 
 /// How a launch is tiled (all comptime): per warp `m_tiles` row tiles of 16 and
 /// `n_subtiles` column subtiles of 8; `warps_m × warps_n` warps per cube; `stages` K
-/// blocks in flight through shared memory (at least 2), or 0 for direct loads.
+/// blocks of weights in flight through shared memory (at least 2), or 0 for direct loads;
+/// with `staged_activations`, the activations go through the same stages.
 #[derive(CubeType, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WarpTiling {
     pub m_tiles: u32,
@@ -71,6 +73,7 @@ pub struct WarpTiling {
     pub warps_m: u32,
     pub warps_n: u32,
     pub stages: u32,
+    pub staged_activations: bool,
 }
 
 impl WarpTiling {
@@ -87,6 +90,11 @@ impl WarpTiling {
     pub fn warps(&self) -> u32 {
         self.warps_m * self.warps_n
     }
+
+    /// Rows of A a stage holds: the cube's when the activations are staged, else none.
+    pub fn staged_rows(&self) -> u32 {
+        if self.staged_activations { self.cube_rows() } else { 0 }
+    }
 }
 
 /// See the module documentation. `a_codes` is `[M, K/16]` and `w_codes` `[N, K/16]`
@@ -95,8 +103,8 @@ impl WarpTiling {
 /// blocks `z` of the cube's size; units are `(lane, warp)`. With `direct`, `out` `[M, N]`
 /// is written and `partials` is a placeholder; otherwise `partials` `[splits·M, N]`.
 /// `chunked` says scales change along K (`chunk_blocks` < K/64), which keeps a second
-/// set of f32 totals beside the instruction's accumulators. With `quantize` (direct
-/// loads only), A comes as float activations `x` `[M, K/8]` (eight per vector) and each
+/// set of f32 totals beside the instruction's accumulators. With `quantize` (activations
+/// loaded directly only), A comes as float activations `x` `[M, K/8]` (eight per vector) and each
 /// lane quantizes the 16 it loads with the one scale `a_scales[0]`, code for code as the
 /// activation-quantization kernel would; `a_codes` is then a placeholder.
 #[cube(launch_unchecked)]
@@ -158,7 +166,7 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
         let row = warp_row0 + i * 8 + group_id;
         a_at[i as usize] = if comptime!(quantize) {
             min(cube_row0 + row, m - 1) * octets_per_row + 2 * thread_in_group
-        } else if comptime!(stages == 0) {
+        } else if comptime!(!tiling.staged_activations) {
             min(cube_row0 + row, m - 1) * loads_per_row + thread_in_group
         } else {
             row * LOADS_PER_BLOCK + thread_in_group
@@ -171,7 +179,7 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
         w_at[j as usize] = if comptime!(stages == 0) {
             min(cube_col0 + col, n - 1) * loads_per_row + thread_in_group
         } else {
-            comptime!(tiling.cube_rows() * LOADS_PER_BLOCK) + col * LOADS_PER_BLOCK + thread_in_group
+            comptime!(tiling.staged_rows() * LOADS_PER_BLOCK) + col * LOADS_PER_BLOCK + thread_in_group
         };
     }
 
@@ -194,7 +202,7 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     let mut rows = Array::<Quad<i32>>::new(comptime!((m_tiles * 2) as usize));
     let mut cols = Array::<Quad<i32>>::new(comptime!(n_subtiles as usize));
     let mut scratch = Shared::<[i32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (emulation_words(m_tiles, n_subtiles) * tiling.warps()) as usize }));
-    let stage_len = comptime!((tiling.cube_rows() + tiling.cube_columns()) * LOADS_PER_BLOCK);
+    let stage_len = comptime!((tiling.staged_rows() + tiling.cube_columns()) * LOADS_PER_BLOCK);
     let mut stage = Shared::<[Quad<i32>]>::new_slice(comptime!(if stages == 0 { 1usize } else { (stage_len * stages) as usize }));
 
     if comptime!(stages > 0) {
@@ -208,21 +216,7 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
     }
 
     for kb in kb_begin..kb_end {
-        if comptime!(stages == 0) {
-            let load = kb * LOADS_PER_BLOCK;
-            #[unroll]
-            for j in 0..n_subtiles {
-                cols[j as usize] = w_codes[(w_at[j as usize] + load) as usize];
-            }
-            #[unroll]
-            for i in 0..m_tiles * 2 {
-                rows[i as usize] = if comptime!(quantize) {
-                    quantize_piece::<F>(x, a_at[i as usize] + kb * (K_BLOCK / 8), static_scale, fp8)
-                } else {
-                    a_codes[(a_at[i as usize] + load) as usize]
-                };
-            }
-        } else {
+        if comptime!(stages > 0) {
             // Block kb has landed and every unit is done with block kb − 1, whose slot
             // the copy of block kb + stages − 1 now takes.
             wait_for_copies(tensor_cores, stages);
@@ -232,15 +226,22 @@ pub fn byte_mma_gemm<F: Float, Acc: Numeric>(
                 fill_stage(a_codes, w_codes, &mut stage, ahead, ((ahead - kb_begin) % stages) * stage_len, cube_row0, cube_col0, m, n, loads_per_row, tiling, tensor_cores);
             }
             commit_copies(tensor_cores);
-            let slot = ((kb - kb_begin) % stages) * stage_len;
-            #[unroll]
-            for j in 0..n_subtiles {
-                cols[j as usize] = stage[(slot + w_at[j as usize]) as usize];
-            }
-            #[unroll]
-            for i in 0..m_tiles * 2 {
-                rows[i as usize] = stage[(slot + a_at[i as usize]) as usize];
-            }
+        }
+        let slot = if comptime!(stages > 0) { ((kb - kb_begin) % comptime!(stages.max(1))) * stage_len } else { u32::new(0) };
+        let load = kb * LOADS_PER_BLOCK;
+        #[unroll]
+        for j in 0..n_subtiles {
+            cols[j as usize] = if comptime!(stages > 0) { stage[(slot + w_at[j as usize]) as usize] } else { w_codes[(w_at[j as usize] + load) as usize] };
+        }
+        #[unroll]
+        for i in 0..m_tiles * 2 {
+            rows[i as usize] = if comptime!(quantize) {
+                quantize_piece::<F>(x, a_at[i as usize] + kb * (K_BLOCK / 8), static_scale, fp8)
+            } else if comptime!(tiling.staged_activations) {
+                stage[(slot + a_at[i as usize]) as usize]
+            } else {
+                a_codes[(a_at[i as usize] + load) as usize]
+            };
         }
         k_step::<Acc>(&rows, &cols, &mut acc, &mut scratch, 0usize, m_tiles, n_subtiles, fp8, tensor_cores);
         k_step::<Acc>(&rows, &cols, &mut acc, &mut scratch, 1usize, m_tiles, n_subtiles, fp8, tensor_cores);
@@ -348,9 +349,9 @@ fn lane_col(col0: u32, i: u32) -> u32 {
     col0 + (i / 2) * N_SUBTILE + (UNIT_POS_X % 4) * 2 + i % 2
 }
 
-/// Copies K block `kb` of the cube's rows of A and columns of B (each clamped to the
-/// last) into the stage at `slot`, rows first, then columns, four 16-byte pieces each
-/// ([`stage_block`]).
+/// Copies K block `kb` of the cube's rows of A (when the activations are staged) and
+/// columns of B (each clamped to the last) into the stage at `slot`, rows first, then
+/// columns, four 16-byte pieces each ([`stage_block`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn fill_stage(
@@ -369,8 +370,10 @@ fn fill_stage(
 ) {
     let rows = comptime!(tiling.cube_rows());
     let units = comptime!(LANES * tiling.warps());
-    stage_block(a_codes, stage, kb, slot, cube_row0, m - 1, loads_per_row, rows, LOADS_PER_BLOCK, LOADS_PER_BLOCK, WORDS_PER_PIECE, units, tensor_cores);
-    let columns_at = slot + rows * LOADS_PER_BLOCK;
+    if comptime!(tiling.staged_activations) {
+        stage_block(a_codes, stage, kb, slot, cube_row0, m - 1, loads_per_row, rows, LOADS_PER_BLOCK, LOADS_PER_BLOCK, WORDS_PER_PIECE, units, tensor_cores);
+    }
+    let columns_at = slot + comptime!(tiling.staged_rows() * LOADS_PER_BLOCK);
     stage_block(w_codes, stage, kb, columns_at, cube_col0, n - 1, loads_per_row, tiling.cube_columns(), LOADS_PER_BLOCK, LOADS_PER_BLOCK, WORDS_PER_PIECE, units, tensor_cores);
 }
 

@@ -9,7 +9,8 @@ use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
-use super::{activation_quant, byte_mma, fp8_gemm, int_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling};
+use super::select::WEIGHT_STAGES;
+use super::{activation_quant, byte_mma, fp8_gemm, int_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling, Staging};
 
 /// One compiled variant: a readable name and its CUDA C++ source.
 #[derive(Debug, Clone)]
@@ -309,10 +310,21 @@ pub fn fp8_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     variants
 }
 
+/// The tensor-core kernels' tag for how a variant loads its operands: `unstaged`,
+/// `weights_staged` or `all_staged`.
+fn staging_tag(staging: Staging) -> &'static str {
+    match staging {
+        Staging::Direct => "unstaged",
+        Staging::Weights { .. } => "weights_staged",
+        Staging::Operands { .. } => "all_staged",
+    }
+}
+
 /// Every variant of the tensor-core W4A16 / W8A16 kernel as it runs on CUDA (the `mma`
 /// instruction, four warps per cube): bits × group size × zero points × row tiles per
-/// warp (16, 32 and 64 rows loading directly; 64 rows staged three K blocks deep) ×
-/// activation dtype × dense or mixture-of-experts.
+/// warp and staging (16 rows unstaged; 16, 32 and 64 rows with the weights staged as at
+/// decode; 64 rows with both operands staged three K blocks deep) × activation dtype ×
+/// dense or mixture-of-experts.
 pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
@@ -326,7 +338,8 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
     let layouts = [integer(4, 128), integer(4, 32), integer(4, 0), integer(8, 128), integer(8, 0), (8, true, 128, &zero_modes[..1]), (8, true, 0, &zero_modes[..1])];
     for (bits, e4m3, group_size, zero_modes) in layouts {
         for &(zeros, zeros_name) in zero_modes {
-            for (m_tiles, stages) in [(1u32, 0u32), (2, 0), (4, 0), (4, 3)] {
+            let weights = Staging::Weights { stages: WEIGHT_STAGES };
+            for (m_tiles, staging) in [(1u32, Staging::Direct), (1, weights), (2, weights), (4, weights), (4, Staging::Operands { stages: 3 })] {
                 for (float, float_name, bf16) in halves {
                     for grouped in [false, true] {
                         let [x, x_pieces, words, scales, zero_points, offsets, tiles, partials] = std::array::from_fn(|_| buffer());
@@ -354,16 +367,17 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                             bf16,
                             m_tiles,
                             warps,
-                            stages,
+                            staging.ring_stages(),
+                            staging.stages_activations(),
                             true,
                             !(bits == 8 && bf16),
                             grouped,
                             ElemType::Float(float),
                         );
                         let moe = if grouped { "_moe" } else { "" };
-                        let staged = if stages > 0 { "_staged" } else { "" };
                         let values = if e4m3 { "e4m3".to_string() } else { format!("w{bits}") };
-                        variants.push(generate(format!("int_mma_{values}_g{group_size}_{zeros_name}_m{}{staged}_{float_name}{moe}", m_tiles * 16), kernel));
+                        let staging = staging_tag(staging);
+                        variants.push(generate(format!("int_mma_{values}_g{group_size}_{zeros_name}_m{}_{staging}_{float_name}{moe}", m_tiles * 16), kernel));
                     }
                 }
             }
@@ -373,24 +387,27 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
 }
 
 /// Every variant of the tensor-core 8-bit GEMM as it runs on CUDA (the `mma` instruction):
-/// int8 or e4m3 × warp tiling (direct loads at 16, 32 and 64 rows per warp, from codes or
-/// quantizing float activations; staged through shared memory at 32 and 64 rows per
-/// warp, from codes) × scales per K chunk or per row (e4m3 only: int8 scales never change
-/// along K) × output dtype × direct output or K-split partials.
+/// int8 or e4m3 × warp tiling (activations loaded directly at 16 rows per warp unstaged,
+/// and at 16, 32 and 64 with the weights staged as at decode, each from codes or
+/// quantizing float activations; both operands staged at 32 and 64 rows per warp, from
+/// codes) × scales per K chunk or per row (e4m3 only: int8 scales never change along K) ×
+/// output dtype × direct output or K-split partials.
 pub fn byte_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
-    let direct_loads = |m_tiles| byte_mma::WarpTiling { m_tiles, n_subtiles: 2, warps_m: 1, warps_n: 4, stages: 0 };
+    let direct_activations = |m_tiles, stages| byte_mma::WarpTiling { m_tiles, n_subtiles: 2, warps_m: 1, warps_n: 4, stages, staged_activations: false };
+    let all_staged = |m_tiles| byte_mma::WarpTiling { m_tiles, n_subtiles: 4, warps_m: 2, warps_n: 2, stages: 3, staged_activations: true };
     let tilings = [
-        ("m16", direct_loads(1)),
-        ("m32", direct_loads(2)),
-        ("m64", direct_loads(4)),
-        ("staged_m32", byte_mma::WarpTiling { m_tiles: 2, n_subtiles: 4, warps_m: 2, warps_n: 2, stages: 3 }),
-        ("staged_m64", byte_mma::WarpTiling { m_tiles: 4, n_subtiles: 4, warps_m: 2, warps_n: 2, stages: 3 }),
+        ("m16_unstaged", direct_activations(1, 0)),
+        ("m16_weights_staged", direct_activations(1, WEIGHT_STAGES)),
+        ("m32_weights_staged", direct_activations(2, WEIGHT_STAGES)),
+        ("m64_weights_staged", direct_activations(4, WEIGHT_STAGES)),
+        ("m32_all_staged", all_staged(2)),
+        ("m64_all_staged", all_staged(4)),
     ];
     let mut variants = Vec::new();
     for (fp8, operand, accumulator) in [(false, "int8", ElemType::Int(IntKind::I32)), (true, "e4m3", ElemType::Float(FloatKind::F32))] {
-        let loads = tilings.into_iter().flat_map(|tiling| [(tiling, false), (tiling, true)]).filter(|((_, tiling), quantize)| !quantize || tiling.stages == 0);
+        let loads = tilings.into_iter().flat_map(|tiling| [(tiling, false), (tiling, true)]).filter(|((_, tiling), quantize)| !quantize || !tiling.staged_activations);
         for ((tiling_name, tiling), quantize) in loads {
             for chunked in [false, true].into_iter().filter(|&chunked| fp8 || !chunked) {
                 for (float, float_name) in FLOATS {

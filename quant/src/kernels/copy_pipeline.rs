@@ -39,13 +39,20 @@ pub fn stage_block<E: CubePrimitive>(
             let column = piece % block_pieces;
             let from = (min(first + row, last) * row_pieces + kb * block_pieces + column) as usize;
             // Unpadded rows are one run of pieces (spelled so, ptxas keeps fewer registers).
-            let to = if comptime!(stage_stride == block_pieces) { at + piece } else { at + row * stage_stride + column } as usize;
-            if comptime!(tensor_cores) {
-                copy_async(&source[from..from + 1], &mut stage[to..to + 1], scalars);
-            } else {
-                stage[to] = source[from];
-            }
+            let to = if comptime!(stage_stride == block_pieces) { at + piece } else { at + row * stage_stride + column };
+            copy_piece(source, from, stage, to as usize, scalars, tensor_cores);
         }
+    }
+}
+
+/// Copies the 16-byte piece `source[from]` (`scalars` scalars) to `stage[to]`: `cp.async`
+/// with `tensor_cores`, otherwise a load and a store.
+#[cube]
+pub fn copy_piece<E: CubePrimitive>(source: &[E], from: usize, stage: &mut Shared<[E]>, to: usize, #[comptime] scalars: u32, #[comptime] tensor_cores: bool) {
+    if comptime!(tensor_cores) {
+        copy_async(&source[from..from + 1], &mut stage[to..to + 1], scalars);
+    } else {
+        stage[to] = source[from];
     }
 }
 

@@ -18,15 +18,19 @@
 //! second axis splits K (so decode shapes with few column blocks still fill every SM), and
 //! the caller sums the f32 partials.
 //!
-//! Activations reach the lanes one of two ways. With `stages = 0` each lane reads its A
-//! registers straight from global memory, as decode shapes want. With `stages ≥ 2` the
-//! cube stages each K block of its rows in shared memory, `stages` blocks deep (`cp.async`
-//! 16-byte copies on CUDA, so block `kb + stages − 1` lands while block `kb` is
-//! multiplied), and the warps take their A registers from the stage with `ldmatrix`, so
-//! the rows every warp of the cube shares are fetched from global memory once. Staged
-//! rows are 144 bytes apart (64 values and 16 bytes of padding), which puts the eight
-//! 16-byte rows one `ldmatrix` phase reads in distinct banks. The weights stay direct:
-//! each warp reads its own columns, once.
+//! Operands reach the lanes through a copy ring in shared memory, `stages` K blocks deep
+//! (`cp.async` 16-byte copies on CUDA, so block `kb + stages − 1` is on its way while
+//! block `kb` is multiplied), or with `stages = 0` straight from global memory.
+//! - The weights: each lane copies its own pieces of each block into its own place in the
+//!   ring and reads them back from there, so a warp keeps `stages − 1` blocks of its
+//!   columns in flight instead of one. At decode the weight stream is the whole cost, and
+//!   this is what keeps enough of it on the way to cover the memory latency.
+//! - The activations, with `staged_activations`: the cube copies each K block of its rows
+//!   into the ring and the warps take their A registers from it with `ldmatrix`, so the
+//!   rows every warp of the cube shares are fetched from global memory once. Staged rows
+//!   are 144 bytes apart (64 values and 16 bytes of padding), which puts the eight 16-byte
+//!   rows one `ldmatrix` phase reads in distinct banks. Otherwise each lane reads its A
+//!   registers straight from global memory, as decode shapes want.
 //!
 //! With `tensor_cores` off, the same fragments go through [`emulated_products`], a shared-memory
 //! rendering of the instruction's documented register layout, and staged A registers come
@@ -38,7 +42,7 @@
 use cubecl::cmma::{MatrixIdent, MmaDefinition};
 use cubecl::prelude::*;
 
-use super::copy_pipeline::{commit_copies, stage_block, wait_for_copies};
+use super::copy_pipeline::{commit_copies, copy_piece, stage_block, wait_for_copies};
 use super::e4m3::decode_e4m3;
 use super::int_gemm::{row_tile, zero_mode};
 
@@ -61,9 +65,9 @@ type Pair<E> = Vector<E, Const<2>>;
 type Octet<E> = Vector<E, Const<8>>;
 
 /// See the module documentation. `x` is `[M, K/2]` pairs when loading directly and
-/// `x_pieces` the same activations as `[M, K/8]` pieces when staging (the other is a
-/// placeholder), `words` `[K/64, N/16, 32,
-/// bits/4]` groups of four i32, scales and the zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
+/// `x_pieces` the same activations as `[M, K/8]` pieces when staging them (the other is a
+/// placeholder), `words` `[K/64, N/16, 32, bits/4]` groups of four i32, scales and the
+/// zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
 /// Cube `(x, y, z)` covers column blocks `x·warps ..`, K blocks `y·blocks_per_split ..` and
 /// rows `z·16·m_tiles ..`; units are `(lane, warp)`. With `grouped` (mixture of experts),
 /// the rows of `x` are sorted by expert, the experts' fragments and group buffers are
@@ -93,6 +97,7 @@ pub fn int_mma_gemm<F: Float>(
     #[comptime] m_tiles: u32,
     #[comptime] warps: u32,
     #[comptime] stages: u32,
+    #[comptime] staged_activations: bool,
     #[comptime] tensor_cores: bool,
     #[comptime] bit_dequant: bool,
     #[comptime] grouped: bool,
@@ -118,6 +123,11 @@ pub fn int_mma_gemm<F: Float>(
     // scale rows.
     let word_base = tile.expert * (k / K_BLOCK) * n_blocks * LANES * loads;
     let group_base = tile.expert * groups * n;
+    // The lane's first load of K block 0, a block's loads, and the lane's loads in a slot
+    // of the weight ring.
+    let lane_words_at = word_base + (nb * LANES + lane) * loads;
+    let block_loads = n_blocks * LANES * loads;
+    let lane_ring_at = (warp * LANES + lane) * loads;
 
     // The f16 / bf16 bit pattern of 1024 / 128, whose last mantissa bit is worth 1, so
     // OR-ing a value into the mantissa adds it. bf16 has room for 4-bit values only: its
@@ -158,14 +168,20 @@ pub fn int_mma_gemm<F: Float>(
     let mut b_low = Array::<Pair<F>>::new(2usize);
     let mut b_high = Array::<Pair<F>>::new(2usize);
     let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (emulation_scratch(m_tiles) * warps) as usize }));
+    // Slots of the ring: the cube's rows of one K block, padded, and every lane's loads.
     let slot_len = comptime!(M_TILE * m_tiles * STAGE_ROW_PIECES);
-    let mut stage = Shared::<[Octet<F>]>::new_slice(comptime!(if stages == 0 { 1usize } else { (slot_len * stages) as usize }));
+    let ring_len = comptime!(LANES * warps * loads);
+    let mut stage = Shared::<[Octet<F>]>::new_slice(comptime!(if staged_activations { (slot_len * stages) as usize } else { 1usize }));
+    let mut ring = Shared::<[Vector<i32, Const<4>>]>::new_slice(comptime!(if stages == 0 { 1usize } else { (ring_len * stages) as usize }));
 
     if comptime!(stages > 0) {
         #[unroll]
         for s in 0..stages - 1 {
             if kb_begin + s < kb_end {
-                fill_stage::<F>(x_pieces, &mut stage, kb_begin + s, s * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
+                fill_weights(words, &mut ring, lane_words_at + (kb_begin + s) * block_loads, s * ring_len + lane_ring_at, loads, tensor_cores);
+                if comptime!(staged_activations) {
+                    fill_stage::<F>(x_pieces, &mut stage, kb_begin + s, s * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
+                }
             }
             commit_copies(tensor_cores);
         }
@@ -179,15 +195,20 @@ pub fn int_mma_gemm<F: Float>(
             sync_cube();
             let ahead = kb + stages - 1;
             if ahead < kb_end {
-                fill_stage::<F>(x_pieces, &mut stage, ahead, ((ahead - kb_begin) % stages) * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
+                let ahead_slot = (ahead - kb_begin) % stages;
+                fill_weights(words, &mut ring, lane_words_at + ahead * block_loads, ahead_slot * ring_len + lane_ring_at, loads, tensor_cores);
+                if comptime!(staged_activations) {
+                    fill_stage::<F>(x_pieces, &mut stage, ahead, ahead_slot * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
+                }
             }
             commit_copies(tensor_cores);
         }
-        let slot = if comptime!(stages > 0) { ((kb - kb_begin) % comptime!(stages.max(1))) * slot_len } else { u32::new(0) };
+        let ring_slot = if comptime!(stages > 0) { (kb - kb_begin) % comptime!(stages.max(1)) } else { u32::new(0) };
+        let slot = ring_slot * slot_len;
         // One or two 16-byte loads: the lane's B registers for the block's four K steps.
         #[unroll]
         for l in 0..loads {
-            let loaded = words[(word_base + ((kb * n_blocks + nb) * LANES + lane) * loads + l) as usize];
+            let loaded = if comptime!(stages > 0) { ring[(ring_slot * ring_len + lane_ring_at + l) as usize] } else { words[(lane_words_at + kb * block_loads + l) as usize] };
             lane_words[(l * 4) as usize] = u32::cast_from(loaded.extract(0usize));
             lane_words[(l * 4 + 1) as usize] = u32::cast_from(loaded.extract(1usize));
             lane_words[(l * 4 + 2) as usize] = u32::cast_from(loaded.extract(2usize));
@@ -224,7 +245,7 @@ pub fn int_mma_gemm<F: Float>(
             let col = k0 / 2 + thread_in_group;
             #[unroll]
             for mt in 0..m_tiles {
-                if comptime!(stages == 0) {
+                if comptime!(!staged_activations) {
                     let top = a_rows[(mt * 2) as usize];
                     let bottom = a_rows[(mt * 2 + 1) as usize];
                     a[0] = x[(top + col) as usize];
@@ -274,6 +295,16 @@ pub fn int_mma_gemm<F: Float>(
                 }
             }
         }
+    }
+}
+
+/// Copies this lane's `loads` weight pieces of a K block, from `first` in `words`, to its
+/// place `at` in the ring.
+#[cube]
+fn fill_weights(words: &[Vector<i32, Const<4>>], ring: &mut Shared<[Vector<i32, Const<4>>]>, first: u32, at: u32, #[comptime] loads: u32, #[comptime] tensor_cores: bool) {
+    #[unroll]
+    for l in 0..loads {
+        copy_piece(words, (first + l) as usize, ring, (at + l) as usize, 4u32, tensor_cores);
     }
 }
 

@@ -29,7 +29,7 @@ pub use ops::{
     byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
     GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
-pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
+pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, WEIGHT_STAGES, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// A weight's fragment-ordered copy for the tensor-core W4A16 / W8A16 kernel, repacked
 /// the first time that kernel is selected for it (`None` if the repack refused the
@@ -123,9 +123,10 @@ fn tensor_scale(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> 
 }
 
 /// Whether `byte_mma` under `tiling` quantizes activations with `mode` itself as it loads
-/// them: one scale for every value (static or per tensor) and direct loads.
+/// them: one scale for every value (static or per tensor), and activations that load
+/// directly.
 pub fn quantizes_as_it_loads(mode: &ActivationQuant, tiling: &MmaTiling) -> bool {
-    tiling.stages == 0 && matches!(mode, ActivationQuant::Static(_) | ActivationQuant::DynamicPerTensor)
+    !tiling.staging.stages_activations() && matches!(mode, ActivationQuant::Static(_) | ActivationQuant::DynamicPerTensor)
 }
 
 /// Activations as `byte_mma` takes them: codes and scales from the quantization kernel,
@@ -137,8 +138,8 @@ enum ByteActivations {
 }
 
 impl ByteActivations {
-    /// `x` quantized for `byte_mma` under `tiling`: one scale for every value with direct
-    /// loads is left to the GEMM; otherwise the quantization kernel runs. `None` for
+    /// `x` quantized for `byte_mma` under `tiling`: one scale for every value, with the
+    /// activations loaded directly, is left to the GEMM; otherwise the quantization kernel runs. `None` for
     /// float activations (`mode` `None`).
     fn new(x: Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid, tiling: MmaTiling) -> Option<Self> {
         match tensor_scale(&x, mode, grid) {
@@ -225,32 +226,58 @@ fn fp8_scale_strides(weight: &Fp8Weight, a_scales: Option<&Tensor<2>>) -> ScaleS
 }
 
 /// How a tensor-core launch covers its output: row tiles of 16 per warp, warps per cube
-/// side by side along N (staged `byte_mma` cubes hold two such rows of warps), K splits,
-/// K blocks staged through shared memory (0 for direct loads, otherwise at least 2: A and
-/// B for `byte_mma`, the activations for `int_mma`), and whether the `mma` instruction runs or its emulation (runtimes without
-/// tensor cores, for tests).
+/// side by side along N (`byte_mma` cubes staging both operands hold two such rows of
+/// warps), K splits, which operands stream through shared memory, and whether the `mma`
+/// instruction runs or its emulation (runtimes without tensor cores, for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaTiling {
     pub m_tiles: u32,
     pub warps: u32,
     pub splits: u32,
-    pub stages: u32,
+    pub staging: Staging,
     pub tensor_cores: bool,
 }
 
-impl MmaTiling {
-    /// The K blocks the kernel's copy ring holds: 0 for direct loads, otherwise at least
-    /// 2, since one slot could not be refilled while it is read.
-    fn ring_stages(&self) -> u32 {
-        if self.stages == 1 { 2 } else { self.stages }
+/// Which operands a tensor-core kernel streams through its shared-memory copy ring, and
+/// how many K blocks deep (`cp.async` on CUDA: the copy of block `kb + stages − 1` is in
+/// flight while block `kb` is multiplied). A depth below 2 counts as 2, since one slot
+/// could not be refilled while it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staging {
+    /// Every lane loads its fragments straight from global memory, one K block at a time.
+    Direct,
+    /// The weights go through the ring and the activations load directly: decode shapes,
+    /// whose cost is the weight stream, so what matters is how many blocks of it each
+    /// warp keeps in flight.
+    Weights { stages: u32 },
+    /// Both operands go through the ring, so the rows and columns the warps of a cube
+    /// share are fetched from global memory once per cube.
+    Operands { stages: u32 },
+}
+
+impl Staging {
+    /// The K blocks the copy ring holds: 0 for direct loads, otherwise at least 2.
+    pub fn ring_stages(&self) -> u32 {
+        match *self {
+            Staging::Direct => 0,
+            Staging::Weights { stages } | Staging::Operands { stages } => stages.max(2),
+        }
     }
 
-    /// `byte_mma`'s warp tiling: 16 columns per warp in one row of warps when loading
-    /// directly; with stages, two rows of warps of 32 columns each, so each staged byte
-    /// feeds more products.
+    /// Whether the activations go through the ring (the weights do whenever anything does).
+    pub fn stages_activations(&self) -> bool {
+        matches!(self, Staging::Operands { .. })
+    }
+}
+
+impl MmaTiling {
+    /// `byte_mma`'s warp tiling: 16 columns per warp in one row of warps when the
+    /// activations load directly; when they are staged, two rows of warps of 32 columns
+    /// each, so each staged byte feeds more products.
     fn byte_warp_tiling(&self) -> byte_mma::WarpTiling {
-        let (n_subtiles, warps_m) = if self.stages == 0 { (2, 1) } else { (4, 2) };
-        byte_mma::WarpTiling { m_tiles: self.m_tiles, n_subtiles, warps_m, warps_n: self.warps, stages: self.ring_stages() }
+        let staged_activations = self.staging.stages_activations();
+        let (n_subtiles, warps_m) = if staged_activations { (4, 2) } else { (2, 1) };
+        byte_mma::WarpTiling { m_tiles: self.m_tiles, n_subtiles, warps_m, warps_n: self.warps, stages: self.staging.ring_stages(), staged_activations }
     }
 }
 
@@ -379,8 +406,9 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let bit_dequant = !wgpu && !(weight.bits == 8 && x.dtype() == DType::BF16);
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
-    let MmaTiling { m_tiles, warps, tensor_cores, .. } = tiling;
-    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages: tiling.ring_stages(), tensor_cores, bit_dequant }
+    let MmaTiling { m_tiles, warps, staging, tensor_cores, .. } = tiling;
+    let (stages, staged_activations) = (staging.ring_stages(), staging.stages_activations());
+    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages, staged_activations, tensor_cores, bit_dequant }
 }
 
 /// `[splits · m, n]` f32 partial products summed over the splits.

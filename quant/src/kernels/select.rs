@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling};
+use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 /// Which kernels may run. `EMBER_KERNELS=reference`, `auto` or `tensor-cores` sets it for
@@ -215,9 +215,16 @@ fn software_device(device: &Device) -> Option<String> {
     identity.physical.is_none().then(|| identity.name.clone())
 }
 
-/// How a tensor-core kernel loading its operands directly (16 output columns per warp, K
-/// in blocks of 64) covers `rows × [k, n]` on `device`: row tiles of 16 per warp (1, 2
-/// or 4), four warps per cube, and K splits enough to fill the GPU ([`k_splits`]).
+/// K blocks of weights each warp keeps in flight at decode ([`Staging::Weights`]): with
+/// four cubes of four warps per streaming multiprocessor, four blocks of 512 bytes each
+/// (4-bit) keep 32 KiB per multiprocessor on the way, about what covers the memory
+/// latency at full bandwidth. A first estimate, to be tuned on hardware.
+pub const WEIGHT_STAGES: u32 = 4;
+
+/// How a tensor-core kernel covers `rows × [k, n]` on `device` when its activations load
+/// directly (16 output columns per warp, K in blocks of 64): row tiles of 16 per warp (1,
+/// 2 or 4), four warps per cube, K splits enough to fill the GPU ([`k_splits`]), and the
+/// weights streamed [`WEIGHT_STAGES`] K blocks deep.
 pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling {
     let m_tiles = match rows {
         0..=16 => 1,
@@ -226,7 +233,7 @@ pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling
     };
     let warps = 4;
     let cubes = n.div_ceil(16).div_ceil(warps as usize) * rows.div_ceil(16 * m_tiles as usize).max(1);
-    MmaTiling { m_tiles, warps, splits: k_splits(device, cubes, k), stages: 0, tensor_cores: true }
+    MmaTiling { m_tiles, warps, splits: k_splits(device, cubes, k), staging: Staging::Weights { stages: WEIGHT_STAGES }, tensor_cores: true }
 }
 
 /// Rows from which `int_mma` stages its activations through shared memory: from here a
@@ -234,13 +241,13 @@ pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling
 /// estimate, to be tuned on hardware.
 pub const INT_MMA_STAGED_ROWS: usize = 64;
 
-/// How `int_mma` covers `rows × [k, n]`: [`mma_tiling`], with the activations staged three
+/// How `int_mma` covers `rows × [k, n]`: [`mma_tiling`], with both operands staged three
 /// K blocks deep from [`INT_MMA_STAGED_ROWS`] rows.
 pub fn int_mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling {
     let tiling = mma_tiling(device, rows, k, n);
     match rows < INT_MMA_STAGED_ROWS {
         true => tiling,
-        false => MmaTiling { stages: 3, ..tiling },
+        false => MmaTiling { staging: Staging::Operands { stages: 3 }, ..tiling },
     }
 }
 
@@ -259,7 +266,7 @@ pub fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, chunked
     }
     let m_tiles = if chunked { 2 } else { 4 };
     let cubes = n.div_ceil(64) * rows.div_ceil(32 * m_tiles as usize);
-    MmaTiling { m_tiles, warps: 2, splits: k_splits(device, cubes, k), stages: 3, tensor_cores: true }
+    MmaTiling { m_tiles, warps: 2, splits: k_splits(device, cubes, k), staging: Staging::Operands { stages: 3 }, tensor_cores: true }
 }
 
 /// K splits for a grid of `cubes`: enough that it holds about four cubes per streaming

@@ -132,19 +132,21 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
     let bf16 = x.dtype == DType::BF16;
     let elem = float_elem(x.dtype);
     assert_ne!(layout.stages, 1, "int_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
+    assert!(layout.stages > 0 || !layout.staged_activations, "int_mma: staged activations need a copy ring");
     // The activations go in as pairs (direct loads) or as 16-byte pieces (staged); the
     // other binding holds one piece, as a binding must hold at least one vector.
     let placeholder = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([8]), x.dtype);
-    let (x_pairs, x_pieces) = match layout.stages {
-        0 => (x, placeholder),
-        _ => (placeholder, x),
+    let (x_pairs, x_pieces) = match layout.staged_activations {
+        false => (x, placeholder),
+        true => (placeholder, x),
     };
     // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (IntFragments checks
     // both), x `[m, k]`, words `[E · k/64 · n/16 · 32 · bits]` for E experts, scales and zeros
     // `[E·G, n]` with G·group_size covering k, and a tile map whose experts and row ranges
     // lie within those shapes. The kernel clamps rows to the tile's last row and column
-    // blocks to n/16-1 before reading (directly or into its stage, which it indexes within
-    // `stages · 16·m_tiles · 9` pieces), reads K blocks below k/64 only, and writes partials
+    // blocks to n/16-1 before reading (directly or into its stages, which it indexes
+    // within `stages · 16·m_tiles · 9` activation pieces and `stages · warps · 32 · bits/4`
+    // weight pieces), reads K blocks below k/64 only, and writes partials
     // `[splits·m, n]` for rows inside its tile and column blocks below n/16 only.
     unsafe {
         int_mma::int_mma_gemm::launch_unchecked(
@@ -172,6 +174,7 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
             layout.m_tiles,
             layout.warps,
             layout.stages,
+            layout.staged_activations,
             layout.tensor_cores,
             layout.bit_dequant,
             grouped,
@@ -276,7 +279,8 @@ pub(super) fn launch_byte_mma(a: CubeTensor, quantize: bool, a_scales: CubeTenso
     let blocks_per_split = (k / byte_mma::K_BLOCK).div_ceil(layout.splits.max(1));
     let tiling = layout.tiling;
     assert_ne!(tiling.stages, 1, "byte_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
-    assert!(!quantize || tiling.stages == 0, "byte_mma quantizes activations only as it loads them directly");
+    assert!(tiling.stages > 0 || !tiling.staged_activations, "byte_mma: staged activations need a copy ring");
+    assert!(!quantize || !tiling.staged_activations, "byte_mma quantizes activations only as it loads them directly");
     let (a_codes, x) = match quantize {
         true => {
             assert_eq!(a.dtype, layout.out_dtype, "byte_mma quantizes activations of the output's dtype");
@@ -296,7 +300,7 @@ pub(super) fn launch_byte_mma(a: CubeTensor, quantize: bool, a_scales: CubeTenso
     // w_codes `[n, k/4]`) and strides that address the scale buffers within their shapes
     // for every row, column and chunk below ⌈k / chunk⌉. The kernel clamps rows to m-1
     // and columns to n-1 before reading (directly or into its stage, which it indexes
-    // within `stages · (cube rows + cube columns) · 4` pieces), reads K blocks below k/64
+    // within `stages · (staged cube rows + cube columns) · 4` pieces), reads K blocks below k/64
     // only, and writes out `[m, n]` or partials `[splits·m, n]` below (m, n) only.
     unsafe {
         byte_mma::byte_mma_gemm::launch_unchecked(

@@ -84,9 +84,11 @@ pub struct IntMmaLayout {
     pub warps: u32,
     /// Slices K is split into (one f32 partial product each).
     pub splits: u32,
-    /// K blocks of activations staged through shared memory (at least 2), or 0 for
-    /// direct loads.
+    /// K blocks of weights in the shared-memory copy ring (at least 2), or 0 for direct
+    /// loads.
     pub stages: u32,
+    /// The activations go through the ring too (`stages` at least 2).
+    pub staged_activations: bool,
     /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
     pub tensor_cores: bool,
     /// Values become half-precision by bit operations (every runtime but wgpu, whose WGSL
@@ -314,7 +316,7 @@ pub trait KernelOps: Backend {
     /// Float activations `x` `[M, K]`, quantized in the kernel with the one scale `scale`
     /// (f32 `[1]`; int8 or e4m3 as the weight), times weight codes `[N, K/4]` on tensor
     /// cores: [`KernelOps::byte_mma_gemm`] without the activation-quantization launch.
-    /// Direct loads only (`layout.tiling.stages == 0`).
+    /// Activations that load directly only (not `layout.tiling.staged_activations`).
     #[fusion(dtype = layout.output_dtype(), shape = byte_mma_output_shape(x, w_codes, layout))]
     fn byte_mma_gemm_quantizing(
         x: FloatTensor<Self>,
