@@ -2,7 +2,9 @@
 # A GPU session's checks, run on the device machine from the binaries that
 # scripts/gpu_bundle.sh left in .gpu/: the CUDA-only tests (the real mma instructions
 # against the reference), the tensor-core benchmarks, and PyTorch's baselines on the same
-# GPU in the same run. Logs go to $OUT. Usage: gpu_run.sh [tests|bench|fixtures|all].
+# GPU in the same run. Logs go to $OUT, and with the benchmarks the tables for
+# BENCHMARKS.md (report.md). Usage: gpu_run.sh [tests|bench|fixtures|all]; `all` may
+# run past one device call's ten minutes, so run `tests`, then `bench`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/ember-gpu}"
@@ -31,7 +33,9 @@ fi
 if [[ "$what" == bench || "$what" == all ]]; then
   # Short criterion windows: each kernel takes microseconds to milliseconds.
   for group in int_mma byte_mma; do
-    EMBER_BENCH_DEVICES=cuda .gpu/quant_gemm --bench "$group" --warm-up-time 0.3 --measurement-time 0.7 --noplot 2>&1 | tee "$out/bench_$group.log"
+    EMBER_BENCH_DEVICES=cuda .gpu/quant_gemm --bench "$group" --warm-up-time 0.2 --measurement-time 0.5 --noplot 2>&1 | tee "$out/bench_$group.log"
   done
   PYTHONUNBUFFERED=1 python3 scripts/torch_baselines.py all 2>&1 | tee "$out/torch.jsonl"
+  # The tables for BENCHMARKS.md, ratios against PyTorch included.
+  python3 scripts/bench_report.py "$out" | tee "$out/report.md"
 fi

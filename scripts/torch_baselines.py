@@ -8,8 +8,10 @@ session as `cargo bench --bench quant_gemm -- int_mma` / `-- byte_mma`:
 - `torch._scaled_mm` (FP8 e4m3, row-wise scales),
 - `torch._int_mm` (int8 × int8 → int32).
 
-Times are medians of CUDA-event timings after warm-up, in microseconds, printed as one
-JSON object per line. A baseline the installed PyTorch refuses for a shape (some need
+Times are per call, in microseconds: calls queued back to back in runs of 32 between two
+CUDA events, the median run divided by 32 (the way `benches/quant_gemm.rs` times the
+tensor-core kernels, so launch costs count on both sides as they do in a model's forward
+pass), printed as one JSON object per line. A baseline the installed PyTorch refuses for a shape (some need
 M ≥ 16 or 17) is timed at the smallest M it takes, and the line says so; one it cannot
 run at all prints its error. Usage: `python3 scripts/torch_baselines.py [int4|byte|all]`.
 """
@@ -26,18 +28,22 @@ BYTE_ROWS = [1, 16, 128, 1024, 4096]
 GROUP = 128
 
 
-def median_us(fn, warmup=10, iters=50):
+QUEUE_DEPTH = 32
+
+
+def median_us(fn, warmup=10, runs=15):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
-    for _ in range(iters):
+    for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(QUEUE_DEPTH):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0)
+        times.append(start.elapsed_time(end) * 1000.0 / QUEUE_DEPTH)
     times.sort()
     return times[len(times) // 2]
 
