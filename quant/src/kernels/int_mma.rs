@@ -123,11 +123,12 @@ pub fn int_mma_gemm<F: Float>(
     // scale rows.
     let word_base = tile.expert * (k / K_BLOCK) * n_blocks * LANES * loads;
     let group_base = tile.expert * groups * n;
-    // The lane's first load of K block 0, a block's loads, and the lane's loads in a slot
-    // of the weight ring.
+    // The lane's first load of K block 0, a block's loads, and the lane's first load in a
+    // slot of the weight ring, where a warp's loads lie load by load (each lane's second
+    // 32 pieces after its first), so the 32 lanes reading one load read consecutive pieces.
     let lane_words_at = word_base + (nb * LANES + lane) * loads;
     let block_loads = n_blocks * LANES * loads;
-    let lane_ring_at = (warp * LANES + lane) * loads;
+    let lane_ring_at = warp * LANES * loads + lane;
 
     // The f16 / bf16 bit pattern of 1024 / 128, whose last mantissa bit is worth 1, so
     // OR-ing a value into the mantissa adds it. bf16 has room for 4-bit values only: its
@@ -208,7 +209,7 @@ pub fn int_mma_gemm<F: Float>(
         // One or two 16-byte loads: the lane's B registers for the block's four K steps.
         #[unroll]
         for l in 0..loads {
-            let loaded = if comptime!(stages > 0) { ring[(ring_slot * ring_len + lane_ring_at + l) as usize] } else { words[(lane_words_at + kb * block_loads + l) as usize] };
+            let loaded = if comptime!(stages > 0) { ring[(ring_slot * ring_len + lane_ring_at + l * LANES) as usize] } else { words[(lane_words_at + kb * block_loads + l) as usize] };
             lane_words[(l * 4) as usize] = u32::cast_from(loaded.extract(0usize));
             lane_words[(l * 4 + 1) as usize] = u32::cast_from(loaded.extract(1usize));
             lane_words[(l * 4 + 2) as usize] = u32::cast_from(loaded.extract(2usize));
@@ -299,12 +300,12 @@ pub fn int_mma_gemm<F: Float>(
 }
 
 /// Copies this lane's `loads` weight pieces of a K block, from `first` in `words`, to its
-/// place `at` in the ring.
+/// places in the ring, from `at` one warp's width (32 pieces) apart.
 #[cube]
 fn fill_weights(words: &[Vector<i32, Const<4>>], ring: &mut Shared<[Vector<i32, Const<4>>]>, first: u32, at: u32, #[comptime] loads: u32, #[comptime] tensor_cores: bool) {
     #[unroll]
     for l in 0..loads {
-        copy_piece(words, (first + l) as usize, ring, (at + l) as usize, 4u32, tensor_cores);
+        copy_piece(words, (first + l) as usize, ring, (at + l * LANES) as usize, 4u32, tensor_cores);
     }
 }
 
