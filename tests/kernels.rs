@@ -271,10 +271,11 @@ fn every_kernel_variant_generates_cuda_cpp() {
     assert_eq!(fp8.len(), 2 * 4 * 3);
     variants.extend(fp8);
     let int_mma = ember_quant::kernels::codegen::int_mma_gemm_variants();
-    // (Three 4-bit and two 8-bit layouts with three zero modes, two e4m3 layouts) × five
-    // tilings (one unstaged, three with the weights staged, one with both operands) × 2
-    // dtypes × dense or experts.
-    assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * 5 * 2 * 2);
+    // (Three 4-bit and two 8-bit layouts with three zero modes, two e4m3 layouts) × (five
+    // tilings (one unstaged, three with the weights staged, one with both operands) ×
+    // dense or experts, with partial products, and two of them dense writing the output
+    // directly) × 2 dtypes.
+    assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * (5 * 2 + 2) * 2);
     variants.extend(int_mma);
     let byte_mma = ember_quant::kernels::codegen::byte_mma_gemm_variants();
     // Ten ways to load (one unstaged and three weights-staged tilings, from codes or

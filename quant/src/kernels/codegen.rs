@@ -324,7 +324,9 @@ fn staging_tag(staging: Staging) -> &'static str {
 /// instruction, four warps per cube): bits × group size × zero points × row tiles per
 /// warp and staging (16 rows unstaged; 16, 32 and 64 rows with the weights staged as at
 /// decode; 64 rows with both operands staged three K blocks deep) × activation dtype ×
-/// dense or mixture-of-experts.
+/// dense or mixture-of-experts, with f32 partial products; and dense writing its output in
+/// the activation dtype (one K split) at 16 rows with the weights staged and at 64 rows
+/// with both operands staged.
 pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
@@ -340,9 +342,13 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
         for &(zeros, zeros_name) in zero_modes {
             let weights = Staging::Weights { stages: WEIGHT_STAGES };
             for (m_tiles, staging) in [(1u32, Staging::Direct), (1, weights), (2, weights), (4, weights), (4, Staging::Operands { stages: 3 })] {
+                // Dense and grouped with split partials; dense writing its output directly
+                // (one K split) at the decode and the prefill tilings.
+                let direct_output = (matches!(staging, Staging::Weights { .. }) && m_tiles == 1) || staging.stages_activations();
+                let outputs: &[(bool, bool)] = if direct_output { &[(false, false), (true, false), (false, true)] } else { &[(false, false), (true, false)] };
                 for (float, float_name, bf16) in halves {
-                    for grouped in [false, true] {
-                        let [x, x_pieces, words, scales, zero_points, offsets, tiles, partials] = std::array::from_fn(|_| buffer());
+                    for &(grouped, direct) in outputs {
+                        let [x, x_pieces, words, scales, zero_points, offsets, tiles, partials, out] = std::array::from_fn(|_| buffer());
                         let kernel = int_mma::int_mma_gemm::IntMmaGemm::new(
                             KernelSettings::new(*CubeDim::new_2d(int_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
                             properties.clone(),
@@ -355,6 +361,7 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                             offsets,
                             tiles,
                             partials,
+                            out,
                             Default::default(),
                             Default::default(),
                             Default::default(),
@@ -372,12 +379,14 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                             true,
                             !(bits == 8 && bf16),
                             grouped,
+                            direct,
                             ElemType::Float(float),
                         );
                         let moe = if grouped { "_moe" } else { "" };
+                        let output = if direct { "_direct" } else { "" };
                         let values = if e4m3 { "e4m3".to_string() } else { format!("w{bits}") };
                         let staging = staging_tag(staging);
-                        variants.push(generate(format!("int_mma_{values}_g{group_size}_{zeros_name}_m{}_{staging}_{float_name}{moe}", m_tiles * 16), kernel));
+                        variants.push(generate(format!("int_mma_{values}_g{group_size}_{zeros_name}_m{}_{staging}{output}_{float_name}{moe}", m_tiles * 16), kernel));
                     }
                 }
             }

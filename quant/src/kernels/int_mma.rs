@@ -16,7 +16,8 @@
 //! A warp owns 16 output columns and `16 · m_tiles` rows, so each dequantized fragment is
 //! reused by every row tile; a cube holds `warps` warps side by side along N. The grid's
 //! second axis splits K (so decode shapes with few column blocks still fill every SM), and
-//! the caller sums the f32 partials.
+//! the caller sums the f32 partials; with one split the kernel writes the activations'
+//! dtype directly.
 //!
 //! Operands reach the lanes through a copy ring in shared memory, `stages` K blocks deep
 //! (`cp.async` 16-byte copies on CUDA, so block `kb + stages − 1` is on its way while
@@ -72,7 +73,9 @@ type Octet<E> = Vector<E, Const<8>>;
 /// rows `z·16·m_tiles ..`; units are `(lane, warp)`. With `grouped` (mixture of experts),
 /// the rows of `x` are sorted by expert, the experts' fragments and group buffers are
 /// stacked (`groups` scale rows each), and row tile `z` multiplies rows
-/// `tiles[3z+1]..tiles[3z+2]` by expert `tiles[3z]`, as in the portable kernels.
+/// `tiles[3z+1]..tiles[3z+2]` by expert `tiles[3z]`, as in the portable kernels. With
+/// `direct`, `out` `[M, N]` is written and `partials` is a placeholder; otherwise
+/// `partials` `[splits·M, N]`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn int_mma_gemm<F: Float>(
@@ -84,6 +87,7 @@ pub fn int_mma_gemm<F: Float>(
     offsets: &[f32],
     tiles: &[u32],
     partials: &mut [f32],
+    out: &mut [F],
     m: u32,
     k: u32,
     n: u32,
@@ -101,6 +105,7 @@ pub fn int_mma_gemm<F: Float>(
     #[comptime] tensor_cores: bool,
     #[comptime] bit_dequant: bool,
     #[comptime] grouped: bool,
+    #[comptime] direct: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let lane = UNIT_POS_X;
@@ -290,8 +295,13 @@ pub fn int_mma_gemm<F: Float>(
                     let pair = acc[(mt * 4 + j * 2 + half) as usize];
                     if row < row_end {
                         let at = (out_base + row) * n + nb * N_BLOCK + j * 8 + thread_in_group * 2;
-                        partials[at as usize] = pair.extract(0usize);
-                        partials[(at + 1) as usize] = pair.extract(1usize);
+                        if comptime!(direct) {
+                            out[at as usize] = F::cast_from(pair.extract(0usize));
+                            out[(at + 1) as usize] = F::cast_from(pair.extract(1usize));
+                        } else {
+                            partials[at as usize] = pair.extract(0usize);
+                            partials[(at + 1) as usize] = pair.extract(1usize);
+                        }
                     }
                 }
             }

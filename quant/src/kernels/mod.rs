@@ -26,7 +26,7 @@ use crate::packing::int_tensor;
 use crate::repr::{scale_from_absmax, ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
 pub use ops::{
-    byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_partials_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
+    byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_output_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
     GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
 pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, WEIGHT_STAGES, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
@@ -335,10 +335,7 @@ fn byte_mma(a: ByteActivations, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, 
         ByteActivations::Codes(a) => <Dispatch as KernelOps>::byte_mma_gemm(a.codes.into_dispatch(), a.scales.into_dispatch(), w_codes, w_scales, layout),
         ByteActivations::Float { x, scale } => <Dispatch as KernelOps>::byte_mma_gemm_quantizing(x.into_dispatch(), scale.into_dispatch(), w_codes, w_scales, layout),
     });
-    match layout.splits {
-        1 => output,
-        splits => sum_splits(output, splits, m, n).cast(out_dtype),
-    }
+    join_splits(output, layout.splits, m, n, out_dtype)
 }
 
 /// A portable CubeCL kernel on a Cube device (panics on Flex, which the selector never
@@ -365,20 +362,20 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tiling: IntGemmTi
 
 /// `x · W` through the tensor-core W4A16 / W8A16 kernel (or, with `tiling.tensor_cores`
 /// off, its emulation) on a Cube device, for f16 / bf16 activations in `weight`'s stored row order.
-/// The f32 partial products of the K splits are summed here.
+/// With K split, the f32 partial products of the splits are summed here.
 pub fn int_mma_gemm(weight: &IntFragments, x: Tensor<2>, tiling: MmaTiling) -> Tensor<2> {
     let [m, _] = x.dims();
     let n = weight.out_features;
     let dtype = x.dtype();
     let layout = int_mma_layout(weight, &x, tiling);
-    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::int_mma_gemm(
+    let output: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::int_mma_gemm(
         x.into_dispatch(),
         weight.words.clone().into_dispatch(),
         weight.scales.clone().into_dispatch(),
         zero_buffer(&weight.zeros),
         layout,
     ));
-    sum_splits(partials, layout.splits, m, n).cast(dtype)
+    join_splits(output, layout.splits, m, n, dtype)
 }
 
 /// One grouped launch of the tensor-core W4A16 / W8A16 kernel (or its emulation) for a
@@ -390,7 +387,7 @@ pub fn grouped_int_mma_gemm(stack: &IntFragments, x: Tensor<2>, rows_per_expert:
     let dtype = x.dtype();
     let layout = int_mma_layout(stack, &x, tiling);
     let tiles = tile_map(rows_per_expert, (int_mma::M_TILE * tiling.m_tiles) as usize, &x.device());
-    let partials: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int_mma_gemm(
+    let output: Tensor<2> = Tensor::from_dispatch(<Dispatch as KernelOps>::grouped_int_mma_gemm(
         x.into_dispatch(),
         stack.words.clone().into_dispatch(),
         stack.scales.clone().into_dispatch(),
@@ -398,7 +395,7 @@ pub fn grouped_int_mma_gemm(stack: &IntFragments, x: Tensor<2>, rows_per_expert:
         tiles.into_dispatch(),
         layout,
     ));
-    sum_splits(partials, layout.splits, m, n).cast(dtype)
+    join_splits(output, layout.splits, m, n, dtype)
 }
 
 fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> IntMmaLayout {
@@ -408,14 +405,15 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
     let MmaTiling { m_tiles, warps, staging, tensor_cores, .. } = tiling;
     let (stages, staged_activations) = (staging.ring_stages(), staging.stages_activations());
-    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages, staged_activations, tensor_cores, bit_dequant }
+    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages, staged_activations, tensor_cores, bit_dequant, dtype: x.dtype() }
 }
 
-/// `[splits · m, n]` f32 partial products summed over the splits.
-fn sum_splits(partials: Tensor<2>, splits: u32, m: usize, n: usize) -> Tensor<2> {
+/// A tensor-core launch's `[m, n]` result in `dtype`: its output itself with one K split,
+/// otherwise its `[splits · m, n]` f32 partial products summed over the splits.
+fn join_splits(output: Tensor<2>, splits: u32, m: usize, n: usize, dtype: DType) -> Tensor<2> {
     match splits {
-        1 => partials,
-        _ => partials.reshape([splits as usize, m, n]).sum_dim(0).reshape([m, n]),
+        1 => output,
+        _ => output.reshape([splits as usize, m, n]).sum_dim(0).reshape([m, n]).cast(dtype),
     }
 }
 

@@ -11,7 +11,7 @@ use burn_cubecl::CubeBackend;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 use cubecl::prelude::*;
 
-use super::{byte_mma_output_shape, ByteMmaLayout, Fp8GemmLayout, GroupBuffer, IntGemmLayout, IntGemmTiling, IntMmaLayout, ZeroBuffer};
+use super::{byte_mma_output_shape, int_mma_output_shape, ByteMmaLayout, Fp8GemmLayout, GroupBuffer, IntGemmLayout, IntGemmTiling, IntMmaLayout, ZeroBuffer};
 use crate::kernels::int_gemm::{self, zero_mode, CUBE_UNITS, TILE_MAP_STRIDE, TILE_N};
 use crate::kernels::{byte_mma, fp8_gemm, int_gemm_tiled, int_mma};
 
@@ -113,9 +113,9 @@ pub(super) fn launch_int_gemm(
 pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTensor, zeros: ZeroBuffer<CubeBackend>, tiles: Option<CubeTensor>, layout: IntMmaLayout) -> CubeTensor {
     let (m, k, n) = (x.shape()[0], x.shape()[1], scales.shape()[1]);
     let client = x.client.clone();
-    let partials = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([layout.splits as usize * m, n]), DType::F32);
+    let output = empty_device_dtype(client.clone(), x.device.clone(), int_mma_output_shape(&x.shape(), &scales.shape(), &layout), layout.output_dtype());
     if m == 0 || n == 0 || k == 0 {
-        return partials;
+        return output;
     }
     let experts = (words.shape()[0] / (k * n * layout.bits as usize / 32)).max(1);
     let groups_per_expert = scales.shape()[0] / experts;
@@ -133,12 +133,20 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
     let elem = float_elem(x.dtype);
     assert_ne!(layout.stages, 1, "int_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
     assert!(layout.stages > 0 || !layout.staged_activations, "int_mma: staged activations need a copy ring");
-    // The activations go in as pairs (direct loads) or as 16-byte pieces (staged); the
-    // other binding holds one piece, as a binding must hold at least one vector.
-    let placeholder = empty_device_dtype(client.clone(), x.device.clone(), Shape::from([8]), x.dtype);
+    // A binding must hold at least one vector: each unused one gets a 16-byte placeholder.
+    let device = x.device.clone();
+    let placeholder = |dtype: DType| empty_device_dtype(client.clone(), device.clone(), Shape::from([8]), dtype);
+    // With one K split the output is written in the activations' dtype, otherwise as f32
+    // partial products.
+    let direct = layout.splits <= 1;
+    let (out, partials) = match direct {
+        true => (output.clone(), placeholder(DType::F32)),
+        false => (placeholder(layout.dtype), output.clone()),
+    };
+    // The activations go in as pairs (direct loads) or as 16-byte pieces (staged).
     let (x_pairs, x_pieces) = match layout.staged_activations {
-        false => (x, placeholder),
-        true => (placeholder, x),
+        false => (x, placeholder(layout.dtype)),
+        true => (placeholder(layout.dtype), x),
     };
     // SAFETY: the caller guarantees k % 64 == 0 and n % 16 == 0 (IntFragments checks
     // both), x `[m, k]`, words `[E · k/64 · n/16 · 32 · bits]` for E experts, scales and zeros
@@ -146,7 +154,7 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
     // lie within those shapes. The kernel clamps rows to the tile's last row and column
     // blocks to n/16-1 before reading (directly or into its stages, which it indexes
     // within `stages · 16·m_tiles · 9` activation pieces and `stages · warps · 32 · bits/4`
-    // weight pieces), reads K blocks below k/64 only, and writes partials
+    // weight pieces), reads K blocks below k/64 only, and writes out `[m, n]` or partials
     // `[splits·m, n]` for rows inside its tile and column blocks below n/16 only.
     unsafe {
         int_mma::int_mma_gemm::launch_unchecked(
@@ -160,7 +168,8 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
             into_contiguous(zeros).into_buffer_arg(),
             into_contiguous(offsets).into_buffer_arg(),
             into_contiguous(tiles).into_buffer_arg(),
-            partials.clone().into_buffer_arg(),
+            partials.into_buffer_arg(),
+            out.into_buffer_arg(),
             m,
             k,
             n,
@@ -178,10 +187,11 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
             layout.tensor_cores,
             layout.bit_dequant,
             grouped,
+            direct,
             elem,
         );
     }
-    partials
+    output
 }
 
 /// Launches the FP8 kernel on `x` (weight-only) or `a_codes` (quantized activations);

@@ -82,7 +82,8 @@ pub struct IntMmaLayout {
     pub m_tiles: u32,
     /// Warps per cube, side by side along N.
     pub warps: u32,
-    /// Slices K is split into (one f32 partial product each).
+    /// Slices K is split into (one f32 partial product each); with one, the output is
+    /// written in the activations' dtype.
     pub splits: u32,
     /// K blocks of weights in the shared-memory copy ring (at least 2), or 0 for direct
     /// loads.
@@ -94,11 +95,20 @@ pub struct IntMmaLayout {
     /// Values become half-precision by bit operations (every runtime but wgpu, whose WGSL
     /// compiler mistypes the bitcast; not 8-bit values in bf16) rather than by conversion.
     pub bit_dequant: bool,
+    /// The activations' dtype (f16 or bf16).
+    pub dtype: DType,
 }
 
-/// `[splits · M, N]` f32 partial products.
-pub fn int_mma_partials_shape(x: &Shape, scales: &Shape, layout: &IntMmaLayout) -> Shape {
-    Shape::from([layout.splits as usize * x[0], scales[1]])
+impl IntMmaLayout {
+    /// The output's dtype: the activations', or f32 partial products when K is split.
+    pub fn output_dtype(&self) -> DType {
+        if self.splits > 1 { DType::F32 } else { self.dtype }
+    }
+}
+
+/// `[splits · M, N]`: the output, or the partial products of each K split.
+pub fn int_mma_output_shape(x: &Shape, scales: &Shape, layout: &IntMmaLayout) -> Shape {
+    Shape::from([layout.splits.max(1) as usize * x[0], scales[1]])
 }
 
 /// `[M, K] · [K, N]` → `[M, N]`, from `x` and the `[G, N]` scales.
@@ -247,9 +257,10 @@ pub trait KernelOps: Backend {
         layout: IntGemmLayout,
     ) -> FloatTensor<Self>;
 
-    /// `x` `[M, K]` (f16 or bf16) times a fragment-ordered 4-bit weight
-    /// (`crate::repr::IntFragments`), as f32 partial products per K split.
-    #[fusion(dtype = DType::F32, shape = int_mma_partials_shape(x, scales, layout))]
+    /// `x` `[M, K]` (f16 or bf16) times a fragment-ordered 4- or 8-bit weight
+    /// (`crate::repr::IntFragments`): the product in `x`'s dtype, or with K split, f32
+    /// partial products per split ([`IntMmaLayout::output_dtype`]).
+    #[fusion(dtype = layout.output_dtype(), shape = int_mma_output_shape(x, scales, layout))]
     fn int_mma_gemm(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
@@ -261,7 +272,7 @@ pub trait KernelOps: Backend {
     /// Mixture-of-experts form of [`KernelOps::int_mma_gemm`]: `x` rows sorted by expert,
     /// fragments and group buffers stacked per expert, and `tiles` (u32, three per row
     /// tile of `16 · m_tiles` rows: expert, first row, end row) covering every row once.
-    #[fusion(dtype = DType::F32, shape = int_mma_partials_shape(x, scales, layout))]
+    #[fusion(dtype = layout.output_dtype(), shape = int_mma_output_shape(x, scales, layout))]
     fn grouped_int_mma_gemm(
         x: FloatTensor<Self>,
         words: IntTensor<Self>,
