@@ -223,8 +223,9 @@ fn int_mma_gemm(c: &mut Criterion) {
                     group.bench_with_input(BenchmarkId::new("tensor_core_kernel", m), &x, |b, x| {
                         queued(b, &device, || kernels::int_mma_gemm(&fragments, x.clone(), tiling))
                     });
-                    // What staging gains: the weights (the selector's choice below
-                    // INT_MMA_STAGED_ROWS), then the activations too.
+                    // Baselines, four column blocks per cube: nothing staged, and the weights
+                    // staged, which shows what slicing K gains below INT_MMA_STAGED_ROWS
+                    // and what staging the activations gains from there.
                     group.bench_with_input(BenchmarkId::new("tensor_core_unstaged", m), &x, |b, x| {
                         queued(b, &device, || kernels::int_mma_gemm(&fragments, x.clone(), unstaged))
                     });

@@ -411,7 +411,7 @@ const MMA_SHAPES: [(u32, u32, usize); 5] = [(1, 1, 1), (1, 3, 5), (2, 1, 17), (1
 /// A tiling of `m_tiles`, `splits` with `warps` warps along N, loading its operands as at
 /// decode (the weights staged [`WEIGHT_STAGES`] K blocks deep).
 fn mma_tiling(m_tiles: u32, splits: u32, warps: u32, tensor_cores: bool) -> MmaTiling {
-    MmaTiling { m_tiles, warps, splits, staging: Staging::Weights { stages: WEIGHT_STAGES }, tensor_cores }
+    MmaTiling { m_tiles, warps, k_slices: 1, splits, staging: Staging::Weights { stages: WEIGHT_STAGES }, tensor_cores }
 }
 
 /// Row tiles per warp, K splits, rows for `byte_mma` staged through shared memory: cubes

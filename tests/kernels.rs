@@ -271,11 +271,11 @@ fn every_kernel_variant_generates_cuda_cpp() {
     assert_eq!(fp8.len(), 2 * 4 * 3);
     variants.extend(fp8);
     let int_mma = ember_quant::kernels::codegen::int_mma_gemm_variants();
-    // (Three 4-bit and two 8-bit layouts with three zero modes, two e4m3 layouts) × (five
-    // tilings (one unstaged, three with the weights staged, one with both operands) ×
-    // dense or experts, with partial products, and two of them dense writing the output
-    // directly) × 2 dtypes.
-    assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * (5 * 2 + 2) * 2);
+    // (Three 4-bit and two 8-bit layouts with three zero modes, two e4m3 layouts) × (six
+    // tilings (one unstaged, three with the weights staged and K sliced, one with the
+    // weights staged, one with both operands) × dense or experts, with partial products,
+    // and two of them dense writing the output directly) × 2 dtypes.
+    assert_eq!(int_mma.len(), ((3 + 2) * 3 + 2) * (6 * 2 + 2) * 2);
     variants.extend(int_mma);
     let byte_mma = ember_quant::kernels::codegen::byte_mma_gemm_variants();
     // Ten ways to load (one unstaged and three weights-staged tilings, from codes or
@@ -492,9 +492,9 @@ const INT_MMA_CASES: [(Case, usize, u32, u32); 11] = [
 
 /// The tensor-core kernel's fragments, bit-level dequantization and split-K, through its
 /// shared-memory emulation of `mma.m16n8k16` (neither runtime has tensor cores), against
-/// the reference, for `(case, rows, row tiles per warp, K splits)` with `warps` per cube
-/// and `staging`.
-fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps: u32, staging: Staging) {
+/// the reference, for `(case, rows, row tiles per warp, K splits)` with `warps` column
+/// blocks per cube, `k_slices` warps slicing each one's K, and `staging`.
+fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], (warps, k_slices): (u32, u32), staging: Staging) {
     use ember_quant::repr::IntFragments;
     let dtypes: Vec<DType> = [DType::F16, DType::BF16].into_iter().filter(|&d| device.supports_dtype(d)).collect();
     assert!(!dtypes.is_empty(), "{device:?} supports neither f16 nor bf16");
@@ -504,23 +504,30 @@ fn int_mma_emulated_on(device: Device, cases: &[(Case, usize, u32, u32)], warps:
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = IntFragments::repack(&weight).expect("tiled shape");
-            let kernel = kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, splits, staging, tensor_cores: false });
+            let kernel = kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), MmaTiling { m_tiles, warps, k_slices, splits, staging, tensor_cores: false });
             assert_eq!(kernel.dtype(), dtype);
             let err = max_relative_error(&to_f32(kernel), &to_f32(weight.forward_reference(x)));
-            assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} splits={splits} {staging:?}: relative error {err}");
+            assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} m_tiles={m_tiles} k_slices={k_slices} splits={splits} {staging:?}: relative error {err}");
         }
     }
 }
 
-/// Every case with the weights staged as at decode (K = 256 is four blocks, so with
-/// splits there are fewer blocks than slots, and with two stages slots are reused), and
-/// 4- and 8-bit cases unstaged.
+/// Every case with the weights staged as at decode and two warps slicing each column
+/// block's K (K = 256 is four blocks, so with splits there are fewer blocks than slots,
+/// and slices with nothing left to do); the decode tiling itself (one column block, four
+/// slices) on 4- and 8-bit cases and on six K blocks, whose second step leaves two slices
+/// idle; two stages, so slots are reused, and two column blocks per cube; and 4- and
+/// 8-bit cases unstaged.
 #[test]
 fn int_mma_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
-    int_mma_emulated_on(device.clone(), &INT_MMA_CASES, 2, Staging::Weights { stages: WEIGHT_STAGES });
-    int_mma_emulated_on(device.clone(), &INT_MMA_CASES[..2], 2, Staging::Weights { stages: 2 });
-    int_mma_emulated_on(device, &INT_MMA_CASES[2..5], 2, Staging::Direct);
+    let decode = Staging::Weights { stages: WEIGHT_STAGES };
+    int_mma_emulated_on(device.clone(), &INT_MMA_CASES, (1, 2), decode);
+    let mut sliced: Vec<_> = [0, 3, 4, 5, 6].map(|i| INT_MMA_CASES[i]).into();
+    sliced.push((Case { k: 384, n: 64, ..PLAIN_G128 }, 3, 1, 1));
+    int_mma_emulated_on(device.clone(), &sliced, (1, kernels::INT_MMA_K_SLICES), decode);
+    int_mma_emulated_on(device.clone(), &INT_MMA_CASES[..2], (2, 1), Staging::Weights { stages: 2 });
+    int_mma_emulated_on(device, &INT_MMA_CASES[2..5], (2, 1), Staging::Direct);
 }
 
 /// Both operands staged through shared memory, two and three K blocks deep, with A
@@ -531,9 +538,9 @@ fn int_mma_emulated_on_wgpu() {
 fn int_mma_staged_emulated_on_wgpu() {
     let device = Device::wgpu(Default::default());
     let cases: Vec<_> = [0, 1, 4, 8, 9].map(|i| INT_MMA_CASES[i]).into();
-    int_mma_emulated_on(device.clone(), &cases, 2, Staging::Operands { stages: 3 });
-    int_mma_emulated_on(device.clone(), &INT_MMA_CASES[3..5], 2, Staging::Operands { stages: 2 });
-    grouped_int_mma_on(device, false, 2, Staging::Operands { stages: 3 });
+    int_mma_emulated_on(device.clone(), &cases, (2, 1), Staging::Operands { stages: 3 });
+    int_mma_emulated_on(device.clone(), &INT_MMA_CASES[3..5], (2, 1), Staging::Operands { stages: 2 });
+    grouped_int_mma_on(device, false, (2, 1), Staging::Operands { stages: 3 });
 }
 
 /// One small case per bit width and dtype: on the CPU runtime every unit of a cube is an
@@ -542,8 +549,8 @@ fn int_mma_staged_emulated_on_wgpu() {
 #[test]
 fn int_mma_emulated_on_cubecl_cpu() {
     let case = Case { k: 64, n: 16, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 };
-    int_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1), (Case { bits: 8, zeros: Zeros::Midpoint, ..case }, 2, 1, 1)], 1, Staging::Weights { stages: 2 });
-    int_mma_emulated_on(Device::cpu(), &[(Case { k: 128, ..case }, 17, 2, 1)], 1, Staging::Operands { stages: 2 });
+    int_mma_emulated_on(Device::cpu(), &[(case, 3, 1, 1), (Case { bits: 8, zeros: Zeros::Midpoint, ..case }, 2, 1, 1)], (1, 1), Staging::Weights { stages: 2 });
+    int_mma_emulated_on(Device::cpu(), &[(Case { k: 128, ..case }, 17, 2, 1)], (1, 1), Staging::Operands { stages: 2 });
 }
 
 /// The tensor-core kernel itself (the `mma` instruction, four warps per cube) against the
@@ -560,8 +567,8 @@ fn int_mma_tensor_cores_on_cuda() {
             let weight = random_weight(case, &device, &mut rng);
             let x = activations(rows, case.k, dtype, &device, &mut rng);
             let fragments = IntFragments::repack(&weight).expect("tiled shape");
-            for staging in CUDA_STAGINGS {
-                let tiling = MmaTiling { m_tiles, warps: 4, splits, staging, tensor_cores: true };
+            for (warps, k_slices, staging) in CUDA_TILINGS {
+                let tiling = MmaTiling { m_tiles, warps, k_slices, splits, staging, tensor_cores: true };
                 let kernel = to_f32(kernels::int_mma_gemm(&fragments, weight.ordered_input(x.clone()), tiling));
                 let err = max_relative_error(&kernel, &to_f32(weight.forward_reference(x.clone())));
                 assert!(err < tolerance(dtype), "{dtype:?} {case:?} rows={rows} {tiling:?}: relative error {err}");
@@ -578,14 +585,22 @@ fn int_mma_tensor_cores_on_cuda() {
             assert!(err < tolerance(dtype), "{dtype:?} [{}x{}] rows={rows}: relative error {err}", case.k, case.n);
         }
     }
-    for staging in CUDA_STAGINGS {
-        grouped_int_mma_on(device.clone(), true, 4, staging);
+    for (warps, k_slices, staging) in CUDA_TILINGS {
+        grouped_int_mma_on(device.clone(), true, (warps, k_slices), staging);
     }
 }
 
-/// Every way the tensor-core kernel can load its operands, at two depths each.
-const CUDA_STAGINGS: [Staging; 5] =
-    [Staging::Direct, Staging::Weights { stages: 2 }, Staging::Weights { stages: WEIGHT_STAGES }, Staging::Operands { stages: 2 }, Staging::Operands { stages: 3 }];
+/// Every way the tensor-core kernel can load its operands, at two depths each, and K
+/// sliced by two and four warps: `(column blocks per cube, K slices, staging)`.
+const CUDA_TILINGS: [(u32, u32, Staging); 7] = [
+    (4, 1, Staging::Direct),
+    (4, 1, Staging::Weights { stages: 2 }),
+    (4, 1, Staging::Weights { stages: WEIGHT_STAGES }),
+    (1, 4, Staging::Weights { stages: WEIGHT_STAGES }),
+    (2, 2, Staging::Weights { stages: 2 }),
+    (4, 1, Staging::Operands { stages: 2 }),
+    (4, 1, Staging::Operands { stages: 3 }),
+];
 
 /// Largest difference relative to the reference's largest magnitude.
 fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
@@ -598,7 +613,7 @@ fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
 
 /// The grouped (mixture-of-experts) form of the tensor-core kernel, emulated, against each
 /// expert's reference: experts with no rows, one row, and several row tiles; 4- and 8-bit.
-fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32, staging: Staging) {
+fn grouped_int_mma_on(device: Device, tensor_cores: bool, (warps, k_slices): (u32, u32), staging: Staging) {
     use ember_quant::repr::{ExpertStack, IntFragments};
     let dtype = DType::F16;
     for (case, rows_per_expert, m_tiles, splits) in [
@@ -614,7 +629,7 @@ fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32, staging: S
         let fragments = IntFragments::repack_stack(&stack).expect("4-bit, tiled shape");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, dtype, &device, &mut rng);
-        let tiling = MmaTiling { m_tiles, warps, splits, staging, tensor_cores };
+        let tiling = MmaTiling { m_tiles, warps, k_slices, splits, staging, tensor_cores };
         let grouped = to_f32(kernels::grouped_int_mma_gemm(&fragments, x.clone(), &rows_per_expert, tiling));
         // The MoE layer's entry point repacks into its cache on first use, and its
         // reference arm is the experts' Burn-ops matmuls.
@@ -641,5 +656,5 @@ fn grouped_int_mma_on(device: Device, tensor_cores: bool, warps: u32, staging: S
 
 #[test]
 fn grouped_int_mma_emulated_on_wgpu() {
-    grouped_int_mma_on(Device::wgpu(Default::default()), false, 2, Staging::Weights { stages: WEIGHT_STAGES });
+    grouped_int_mma_on(Device::wgpu(Default::default()), false, (1, kernels::INT_MMA_K_SLICES), Staging::Weights { stages: WEIGHT_STAGES });
 }

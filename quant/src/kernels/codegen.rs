@@ -9,7 +9,7 @@ use cubecl::prelude::*;
 use cubecl_cpp::shared::{CompilationOptions, CppCompiler};
 
 use super::int_gemm::{self, zero_mode, CUBE_UNITS};
-use super::select::WEIGHT_STAGES;
+use super::select::{INT_MMA_K_SLICES, WEIGHT_STAGES};
 use super::{activation_quant, byte_mma, fp8_gemm, int_mma, int_gemm_tiled, paged_attention, w8a8_gemm, IntGemmTiling, Staging};
 
 /// One compiled variant: a readable name and its CUDA C++ source.
@@ -321,18 +321,18 @@ fn staging_tag(staging: Staging) -> &'static str {
 }
 
 /// Every variant of the tensor-core W4A16 / W8A16 kernel as it runs on CUDA (the `mma`
-/// instruction, four warps per cube): bits × group size × zero points × row tiles per
-/// warp and staging (16 rows unstaged; 16, 32 and 64 rows with the weights staged as at
-/// decode; 64 rows with both operands staged three K blocks deep) × activation dtype ×
-/// dense or mixture-of-experts, with f32 partial products; and dense writing its output in
-/// the activation dtype (one K split) at 16 rows with the weights staged and at 64 rows
-/// with both operands staged.
+/// instruction, four warps per cube): bits × group size × zero points × tiling (16 rows
+/// per warp unstaged, four column blocks per cube; 16, 32 and 64 rows with the weights
+/// staged and four warps slicing one column block's K, as at decode; 16 rows with the
+/// weights staged, four column blocks; 64 rows with both operands staged three K blocks
+/// deep, four column blocks) × activation dtype × dense or mixture-of-experts, with f32
+/// partial products; and dense writing its output in the activation dtype (one K split)
+/// at the decode tiling of 16 rows and at 64 rows with both operands staged.
 pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>> {
     let target = cuda_target();
     let properties = offline_properties();
     let zero_modes = [(zero_mode::MIDPOINT, "sym"), (zero_mode::INTEGER, "zp"), (zero_mode::FLOAT, "fzp")];
     let halves = [(FloatKind::F16, "f16", false), (FloatKind::BF16, "bf16", true)];
-    let warps = 4u32;
     let mut variants = Vec::new();
     // (bits, e4m3, group size, zero modes): 4- and 8-bit integers with every zero mode,
     // and weight-only FP8 (128-row scale blocks or one scale per column, no zero points).
@@ -341,16 +341,18 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
     for (bits, e4m3, group_size, zero_modes) in layouts {
         for &(zeros, zeros_name) in zero_modes {
             let weights = Staging::Weights { stages: WEIGHT_STAGES };
-            for (m_tiles, staging) in [(1u32, Staging::Direct), (1, weights), (2, weights), (4, weights), (4, Staging::Operands { stages: 3 })] {
+            let sliced = (1u32, INT_MMA_K_SLICES);
+            let tilings = [(1u32, (4, 1), Staging::Direct), (1, sliced, weights), (2, sliced, weights), (4, sliced, weights), (1, (4, 1), weights), (4, (4, 1), Staging::Operands { stages: 3 })];
+            for (m_tiles, (warps, k_slices), staging) in tilings {
                 // Dense and grouped with split partials; dense writing its output directly
                 // (one K split) at the decode and the prefill tilings.
-                let direct_output = (matches!(staging, Staging::Weights { .. }) && m_tiles == 1) || staging.stages_activations();
+                let direct_output = (k_slices > 1 && m_tiles == 1) || staging.stages_activations();
                 let outputs: &[(bool, bool)] = if direct_output { &[(false, false), (true, false), (false, true)] } else { &[(false, false), (true, false)] };
                 for (float, float_name, bf16) in halves {
                     for &(grouped, direct) in outputs {
                         let [x, x_pieces, words, scales, zero_points, offsets, tiles, partials, out] = std::array::from_fn(|_| buffer());
                         let kernel = int_mma::int_mma_gemm::IntMmaGemm::new(
-                            KernelSettings::new(*CubeDim::new_2d(int_mma::LANES, warps), ExecutionMode::Unchecked, AddressType::U32),
+                            KernelSettings::new(*CubeDim::new_2d(int_mma::LANES, warps * k_slices), ExecutionMode::Unchecked, AddressType::U32),
                             properties.clone(),
                             target.clone(),
                             x,
@@ -374,6 +376,7 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                             bf16,
                             m_tiles,
                             warps,
+                            k_slices,
                             staging.ring_stages(),
                             staging.stages_activations(),
                             true,
@@ -386,7 +389,8 @@ pub fn int_mma_gemm_variants() -> Vec<Result<GeneratedKernel, (String, String)>>
                         let output = if direct { "_direct" } else { "" };
                         let values = if e4m3 { "e4m3".to_string() } else { format!("w{bits}") };
                         let staging = staging_tag(staging);
-                        variants.push(generate(format!("int_mma_{values}_g{group_size}_{zeros_name}_m{}_{staging}{output}_{float_name}{moe}", m_tiles * 16), kernel));
+                        let slices = if k_slices > 1 { format!("_k{k_slices}") } else { String::new() };
+                        variants.push(generate(format!("int_mma_{values}_g{group_size}_{zeros_name}_m{}{slices}_{staging}{output}_{float_name}{moe}", m_tiles * 16), kernel));
                     }
                 }
             }

@@ -17,7 +17,10 @@
 //! reused by every row tile; a cube holds `warps` warps side by side along N. The grid's
 //! second axis splits K (so decode shapes with few column blocks still fill every SM), and
 //! the caller sums the f32 partials; with one split the kernel writes the activations'
-//! dtype directly.
+//! dtype directly. Within a cube, `k_slices` warps can share a column block, each taking
+//! every `k_slices`-th K block of the split and adding its accumulators into the first's
+//! through shared memory at the end: the same parallelism as more splits, without the
+//! partial products or the launch that sums them.
 //!
 //! Operands reach the lanes through a copy ring in shared memory, `stages` K blocks deep
 //! (`cp.async` 16-byte copies on CUDA, so block `kb + stages − 1` is on its way while
@@ -70,7 +73,8 @@ type Octet<E> = Vector<E, Const<8>>;
 /// placeholder), `words` `[K/64, N/16, 32, bits/4]` groups of four i32, scales and the
 /// zero buffers `[G, N]`; `group_size` is a multiple of 16, or 0 for one group spanning K.
 /// Cube `(x, y, z)` covers column blocks `x·warps ..`, K blocks `y·blocks_per_split ..` and
-/// rows `z·16·m_tiles ..`; units are `(lane, warp)`. With `grouped` (mixture of experts),
+/// rows `z·16·m_tiles ..`; units are `(lane, warp)`, warp `w` working on column block
+/// `w % warps` and K slice `w / warps`. With `grouped` (mixture of experts),
 /// the rows of `x` are sorted by expert, the experts' fragments and group buffers are
 /// stacked (`groups` scale rows each), and row tile `z` multiplies rows
 /// `tiles[3z+1]..tiles[3z+2]` by expert `tiles[3z]`, as in the portable kernels. With
@@ -100,6 +104,7 @@ pub fn int_mma_gemm<F: Float>(
     #[comptime] bf16: bool,
     #[comptime] m_tiles: u32,
     #[comptime] warps: u32,
+    #[comptime] k_slices: u32,
     #[comptime] stages: u32,
     #[comptime] staged_activations: bool,
     #[comptime] tensor_cores: bool,
@@ -110,15 +115,20 @@ pub fn int_mma_gemm<F: Float>(
 ) {
     let lane = UNIT_POS_X;
     let warp = UNIT_POS_Y;
+    let warp_n = warp % warps;
+    let warp_k = warp / warps;
     let group_id = lane / 4;
     let thread_in_group = lane % 4;
     let n_blocks = n / N_BLOCK;
     // Warps past the last column block compute on it and store nothing: the stage and the
     // emulated instruction need every unit of the cube at their barriers.
-    let block_n = CUBE_POS_X * warps + warp;
+    let block_n = CUBE_POS_X * warps + warp_n;
     let nb = min(block_n, n_blocks - 1);
+    // The split's K blocks (none for a split past K's end); warp slice `warp_k` takes
+    // every `k_slices`-th of them, from the `warp_k`-th.
     let kb_begin = CUBE_POS_Y * blocks_per_split;
-    let kb_end = min(kb_begin + blocks_per_split, k / K_BLOCK);
+    let kb_end = max(min(kb_begin + blocks_per_split, k / K_BLOCK), kb_begin);
+    let steps = (kb_end - kb_begin + comptime!(k_slices - 1)) / k_slices;
     let tile = row_tile(tiles, CUBE_POS_Z, comptime!(M_TILE * m_tiles), m, grouped);
     let row0 = tile.first;
     let row_end = tile.end;
@@ -173,35 +183,41 @@ pub fn int_mma_gemm<F: Float>(
     let mut a = Array::<Pair<F>>::new(4usize);
     let mut b_low = Array::<Pair<F>>::new(2usize);
     let mut b_high = Array::<Pair<F>>::new(2usize);
-    let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (emulation_scratch(m_tiles) * warps) as usize }));
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(if tensor_cores { 1usize } else { (emulation_scratch(m_tiles) * warps * k_slices) as usize }));
     // Slots of the ring: the cube's rows of one K block, padded, and every lane's loads.
     let slot_len = comptime!(M_TILE * m_tiles * STAGE_ROW_PIECES);
-    let ring_len = comptime!(LANES * warps * loads);
+    let ring_len = comptime!(LANES * warps * k_slices * loads);
     let mut stage = Shared::<[Octet<F>]>::new_slice(comptime!(if staged_activations { (slot_len * stages) as usize } else { 1usize }));
     let mut ring = Shared::<[Vector<i32, Const<4>>]>::new_slice(comptime!(if stages == 0 { 1usize } else { (ring_len * stages) as usize }));
 
     if comptime!(stages > 0) {
         #[unroll]
         for s in 0..stages - 1 {
-            if kb_begin + s < kb_end {
-                fill_weights(words, &mut ring, lane_words_at + (kb_begin + s) * block_loads, s * ring_len + lane_ring_at, loads, tensor_cores);
+            let first = kb_begin + s * k_slices + warp_k;
+            if first < kb_end {
+                fill_weights(words, &mut ring, lane_words_at + first * block_loads, s * ring_len + lane_ring_at, loads, tensor_cores);
                 if comptime!(staged_activations) {
-                    fill_stage::<F>(x_pieces, &mut stage, kb_begin + s, s * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
+                    fill_stage::<F>(x_pieces, &mut stage, first, s * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
                 }
             }
             commit_copies(tensor_cores);
         }
     }
 
-    for kb in kb_begin..kb_end {
+    // Every warp takes the same number of steps, since the barriers need the whole cube; a
+    // slice whose last step falls past the split's end multiplies its last block by zeros.
+    for step in 0..steps {
+        let wanted = kb_begin + step * k_slices + warp_k;
+        let active = wanted < kb_end;
+        let kb = min(wanted, kb_end - 1);
         if comptime!(stages > 0) {
-            // Block kb has landed and every unit is done with block kb − 1, whose slot
-            // the copy of block kb + stages − 1 now takes.
+            // Step `step` has landed and every unit is done with step `step − 1`, whose
+            // slot the copy of step `step + stages − 1` now takes.
             wait_for_copies(tensor_cores, stages);
             sync_cube();
-            let ahead = kb + stages - 1;
+            let ahead = wanted + comptime!((stages.max(1) - 1) * k_slices);
             if ahead < kb_end {
-                let ahead_slot = (ahead - kb_begin) % stages;
+                let ahead_slot = (step + stages - 1) % stages;
                 fill_weights(words, &mut ring, lane_words_at + ahead * block_loads, ahead_slot * ring_len + lane_ring_at, loads, tensor_cores);
                 if comptime!(staged_activations) {
                     fill_stage::<F>(x_pieces, &mut stage, ahead, ahead_slot * slot_len, row0, row_end, k, m_tiles, warps, tensor_cores);
@@ -209,7 +225,7 @@ pub fn int_mma_gemm<F: Float>(
             }
             commit_copies(tensor_cores);
         }
-        let ring_slot = if comptime!(stages > 0) { (kb - kb_begin) % comptime!(stages.max(1)) } else { u32::new(0) };
+        let ring_slot = if comptime!(stages > 0) { step % comptime!(stages.max(1)) } else { u32::new(0) };
         let slot = ring_slot * slot_len;
         // One or two 16-byte loads: the lane's B registers for the block's four K steps.
         #[unroll]
@@ -247,6 +263,15 @@ pub fn int_mma_gemm<F: Float>(
                 b_high[0] = dequantize_pair::<F>(high, 0u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 1u32, zeros_mode);
                 b_high[1] = dequantize_pair::<F>(high, 8u32, bits, magic_pair, magic, bit_dequant, e4m3, &centre, &scale, &offset, 1u32, zeros_mode);
             }
+            if comptime!(k_slices > 1) {
+                if !active {
+                    let zero = Pair::<F>::new(F::from_int(0));
+                    b_low[0] = zero;
+                    b_low[1] = zero;
+                    b_high[0] = zero;
+                    b_high[1] = zero;
+                }
+            }
 
             let col = k0 / 2 + thread_in_group;
             #[unroll]
@@ -283,7 +308,10 @@ pub fn int_mma_gemm<F: Float>(
         }
     }
 
-    if block_n < n_blocks {
+    if comptime!(k_slices > 1) {
+        sum_slices(&mut acc, warp_n, warp_k, m_tiles, warps, k_slices);
+    }
+    if block_n < n_blocks && warp_k == 0 {
         let out_base = CUBE_POS_Y * m;
         #[unroll]
         for mt in 0..m_tiles {
@@ -304,6 +332,38 @@ pub fn int_mma_gemm<F: Float>(
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Adds the accumulators of K slices 1.. of column block `warp_n` into slice 0's, through
+/// shared memory laid out accumulator by accumulator (a warp's 32 lanes write and read 32
+/// consecutive values).
+#[cube]
+fn sum_slices(acc: &mut Array<Pair<f32>>, warp_n: u32, warp_k: u32, #[comptime] m_tiles: u32, #[comptime] warps: u32, #[comptime] k_slices: u32) {
+    let per_warp = comptime!(m_tiles * 8 * LANES);
+    let mut sums = Shared::<[f32]>::new_slice(comptime!((per_warp * warps * (k_slices - 1)) as usize));
+    if warp_k > 0 {
+        let at = ((warp_k - 1) * warps + warp_n) * per_warp + UNIT_POS_X;
+        #[unroll]
+        for i in 0..m_tiles * 4 {
+            let pair = acc[i as usize];
+            sums[(at + 2 * i * LANES) as usize] = pair.extract(0usize);
+            sums[(at + (2 * i + 1) * LANES) as usize] = pair.extract(1usize);
+        }
+    }
+    sync_cube();
+    if warp_k == 0 {
+        #[unroll]
+        for slice in 0..k_slices - 1 {
+            let at = (slice * warps + warp_n) * per_warp + UNIT_POS_X;
+            #[unroll]
+            for i in 0..m_tiles * 4 {
+                let mut pair = acc[i as usize];
+                pair.insert(0usize, pair.extract(0usize) + sums[(at + 2 * i * LANES) as usize]);
+                pair.insert(1usize, pair.extract(1usize) + sums[(at + (2 * i + 1) * LANES) as usize]);
+                acc[i as usize] = pair;
             }
         }
     }

@@ -29,7 +29,7 @@ pub use ops::{
     byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_output_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
     GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
-pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, WEIGHT_STAGES, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
+pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, INT_MMA_K_SLICES, WEIGHT_STAGES, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// A weight's fragment-ordered copy for the tensor-core W4A16 / W8A16 kernel, repacked
 /// the first time that kernel is selected for it (`None` if the repack refused the
@@ -227,12 +227,15 @@ fn fp8_scale_strides(weight: &Fp8Weight, a_scales: Option<&Tensor<2>>) -> ScaleS
 
 /// How a tensor-core launch covers its output: row tiles of 16 per warp, warps per cube
 /// side by side along N (`byte_mma` cubes staging both operands hold two such rows of
-/// warps), K splits, which operands stream through shared memory, and whether the `mma`
-/// instruction runs or its emulation (runtimes without tensor cores, for tests).
+/// warps), warps slicing each column block's K range (`int_mma` loading its activations
+/// directly; otherwise 1), K splits, which operands stream through shared memory, and
+/// whether the `mma` instruction runs or its emulation (runtimes without tensor cores,
+/// for tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmaTiling {
     pub m_tiles: u32,
     pub warps: u32,
+    pub k_slices: u32,
     pub splits: u32,
     pub staging: Staging,
     pub tensor_cores: bool,
@@ -319,6 +322,7 @@ pub fn fp8_mma_gemm(weight: &Fp8Weight, x: Tensor<2>, tiling: MmaTiling) -> Tens
 /// The 8-bit tensor-core GEMM of activations `a` and weight codes, partial products
 /// summed when K is split.
 fn byte_mma(a: ByteActivations, w_codes: &Tensor<2, Int>, w_scales: &Tensor<2>, scales: ScaleStrides, fp8: bool, tiling: MmaTiling, out_dtype: DType) -> Tensor<2> {
+    assert_eq!(tiling.k_slices, 1, "byte_mma gives each column block one warp (k_slices 1)");
     let [n, k_words] = w_codes.dims();
     let m = a.rows();
     let k_blocks = (k_words * 4 / byte_mma::K_BLOCK as usize).max(1) as u32;
@@ -403,9 +407,9 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let bit_dequant = !wgpu && !(weight.bits == 8 && x.dtype() == DType::BF16);
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
-    let MmaTiling { m_tiles, warps, staging, tensor_cores, .. } = tiling;
+    let MmaTiling { m_tiles, warps, k_slices, staging, tensor_cores, .. } = tiling;
     let (stages, staged_activations) = (staging.ring_stages(), staging.stages_activations());
-    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, splits, stages, staged_activations, tensor_cores, bit_dequant, dtype: x.dtype() }
+    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, k_slices, splits, stages, staged_activations, tensor_cores, bit_dequant, dtype: x.dtype() }
 }
 
 /// A tensor-core launch's `[m, n]` result in `dtype`: its output itself with one K split,

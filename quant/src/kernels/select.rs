@@ -223,17 +223,23 @@ pub const WEIGHT_STAGES: u32 = 4;
 
 /// How a tensor-core kernel covers `rows × [k, n]` on `device` when its activations load
 /// directly (16 output columns per warp, K in blocks of 64): row tiles of 16 per warp (1,
-/// 2 or 4), four warps per cube, K splits enough to fill the GPU ([`k_splits`]), and the
-/// weights streamed [`WEIGHT_STAGES`] K blocks deep.
+/// 2 or 4), four warps per cube side by side along N, K splits enough to fill the GPU
+/// ([`k_splits`]), and the weights streamed [`WEIGHT_STAGES`] K blocks deep.
 pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling {
+    direct_activation_tiling(device, rows, k, n, 4, 1)
+}
+
+/// [`mma_tiling`] with `warps` column blocks per cube and `k_slices` warps slicing each
+/// one's K range.
+fn direct_activation_tiling(device: &Device, rows: usize, k: usize, n: usize, warps: u32, k_slices: u32) -> MmaTiling {
     let m_tiles = match rows {
         0..=16 => 1,
         17..=32 => 2,
         _ => 4,
     };
-    let warps = 4;
     let cubes = n.div_ceil(16).div_ceil(warps as usize) * rows.div_ceil(16 * m_tiles as usize).max(1);
-    MmaTiling { m_tiles, warps, splits: k_splits(device, cubes, k), staging: Staging::Weights { stages: WEIGHT_STAGES }, tensor_cores: true }
+    let splits = k_splits(device, cubes, k / k_slices as usize);
+    MmaTiling { m_tiles, warps, k_slices, splits, staging: Staging::Weights { stages: WEIGHT_STAGES }, tensor_cores: true }
 }
 
 /// Rows from which `int_mma` stages its activations through shared memory: from here a
@@ -241,13 +247,19 @@ pub fn mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling
 /// estimate, to be tuned on hardware.
 pub const INT_MMA_STAGED_ROWS: usize = 64;
 
-/// How `int_mma` covers `rows × [k, n]`: [`mma_tiling`], with both operands staged three
-/// K blocks deep from [`INT_MMA_STAGED_ROWS`] rows.
+/// Warps slicing each column block's K range in `int_mma` below [`INT_MMA_STAGED_ROWS`]:
+/// four cubes per streaming multiprocessor then come with a quarter of the K splits, so
+/// most decode shapes need none and no launch sums partial products. A first estimate,
+/// to be tuned on hardware.
+pub const INT_MMA_K_SLICES: u32 = 4;
+
+/// How `int_mma` covers `rows × [k, n]`: one column block per cube, sliced along K by
+/// [`INT_MMA_K_SLICES`] warps, with the weights staged; from [`INT_MMA_STAGED_ROWS`] rows,
+/// [`mma_tiling`] with both operands staged three K blocks deep.
 pub fn int_mma_tiling(device: &Device, rows: usize, k: usize, n: usize) -> MmaTiling {
-    let tiling = mma_tiling(device, rows, k, n);
     match rows < INT_MMA_STAGED_ROWS {
-        true => tiling,
-        false => MmaTiling { staging: Staging::Operands { stages: 3 }, ..tiling },
+        true => direct_activation_tiling(device, rows, k, n, 1, INT_MMA_K_SLICES),
+        false => MmaTiling { staging: Staging::Operands { stages: 3 }, ..mma_tiling(device, rows, k, n) },
     }
 }
 
@@ -266,7 +278,7 @@ pub fn byte_mma_tiling(device: &Device, rows: usize, k: usize, n: usize, chunked
     }
     let m_tiles = if chunked { 2 } else { 4 };
     let cubes = n.div_ceil(64) * rows.div_ceil(32 * m_tiles as usize);
-    MmaTiling { m_tiles, warps: 2, splits: k_splits(device, cubes, k), staging: Staging::Operands { stages: 3 }, tensor_cores: true }
+    MmaTiling { m_tiles, warps: 2, k_slices: 1, splits: k_splits(device, cubes, k), staging: Staging::Operands { stages: 3 }, tensor_cores: true }
 }
 
 /// K splits for a grid of `cubes`: enough that it holds about four cubes per streaming

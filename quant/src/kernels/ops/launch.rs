@@ -133,6 +133,7 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
     let elem = float_elem(x.dtype);
     assert_ne!(layout.stages, 1, "int_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
     assert!(layout.stages > 0 || !layout.staged_activations, "int_mma: staged activations need a copy ring");
+    assert!(layout.k_slices >= 1 && (layout.k_slices == 1 || !layout.staged_activations), "int_mma: warps slice K only when the activations load directly");
     // A binding must hold at least one vector: each unused one gets a 16-byte placeholder.
     let device = x.device.clone();
     let placeholder = |dtype: DType| empty_device_dtype(client.clone(), device.clone(), Shape::from([8]), dtype);
@@ -153,14 +154,14 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
     // `[E·G, n]` with G·group_size covering k, and a tile map whose experts and row ranges
     // lie within those shapes. The kernel clamps rows to the tile's last row and column
     // blocks to n/16-1 before reading (directly or into its stages, which it indexes
-    // within `stages · 16·m_tiles · 9` activation pieces and `stages · warps · 32 · bits/4`
+    // within `stages · 16·m_tiles · 9` activation pieces and `stages · warps · k_slices · 32 · bits/4`
     // weight pieces), reads K blocks below k/64 only, and writes out `[m, n]` or partials
     // `[splits·m, n]` for rows inside its tile and column blocks below n/16 only.
     unsafe {
         int_mma::int_mma_gemm::launch_unchecked(
             &client,
             cube_count,
-            CubeDim::new_2d(int_mma::LANES, layout.warps),
+            CubeDim::new_2d(int_mma::LANES, layout.warps * layout.k_slices),
             into_contiguous(x_pairs).into_buffer_arg(),
             into_contiguous(x_pieces).into_buffer_arg(),
             into_contiguous(words).into_buffer_arg(),
@@ -182,6 +183,7 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
             bf16,
             layout.m_tiles,
             layout.warps,
+            layout.k_slices,
             layout.stages,
             layout.staged_activations,
             layout.tensor_cores,

@@ -80,8 +80,11 @@ pub struct IntMmaLayout {
     pub group_size: u32,
     /// Row tiles of 16 per warp.
     pub m_tiles: u32,
-    /// Warps per cube, side by side along N.
+    /// Warps per cube side by side along N.
     pub warps: u32,
+    /// Warps per column block, each taking every `k_slices`-th K block of the split (at
+    /// least 1; 1 when the activations are staged).
+    pub k_slices: u32,
     /// Slices K is split into (one f32 partial product each); with one, the output is
     /// written in the activations' dtype.
     pub splits: u32,
