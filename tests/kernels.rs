@@ -251,6 +251,16 @@ fn selector_explains_its_choice() {
     let half = kernels::with_policy(KernelPolicy::TensorCores, || kernels::select::int_gemm(&weight, &wgpu, DType::F16, 4));
     assert_eq!(half.kernel, IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m: 4 }));
     assert!(half.reason.contains("no tensor cores"), "{}", half.reason);
+
+    // The tensor-core tiling: at decode one column block per cube, its K sliced by warps,
+    // the weights staged; from INT_MMA_STAGED_ROWS, four column blocks sharing staged
+    // activations.
+    let decode = kernels::int_mma_tiling(&wgpu, 16, 4096, 14336);
+    assert_eq!((decode.m_tiles, decode.warps, decode.k_slices, decode.staging), (1, 1, kernels::INT_MMA_K_SLICES, Staging::Weights { stages: WEIGHT_STAGES }));
+    let rows = kernels::select::INT_MMA_STAGED_ROWS;
+    let prefill = kernels::int_mma_tiling(&wgpu, rows, 4096, 14336);
+    assert_eq!((prefill.m_tiles, prefill.warps, prefill.k_slices, prefill.staging), (4, 4, 1, Staging::Operands { stages: 3 }));
+    assert_eq!(kernels::int_mma_tiling(&wgpu, rows - 1, 4096, 14336).staging, decode.staging);
 }
 
 /// Every kernel variant compiles to CUDA C++ through CubeCL's compiler, with no GPU.
