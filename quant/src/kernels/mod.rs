@@ -245,7 +245,7 @@ pub struct MmaTiling {
 /// how many K blocks deep (`cp.async` on CUDA: the copy of block `kb + stages − 1` is in
 /// flight while block `kb` is multiplied). A depth below 2 counts as 2, since one slot
 /// could not be refilled while it is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Staging {
     /// Every lane loads its fragments straight from global memory, one K block at a time.
     Direct,
@@ -408,8 +408,7 @@ fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> In
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
     let MmaTiling { m_tiles, warps, k_slices, staging, tensor_cores, .. } = tiling;
-    let (stages, staged_activations) = (staging.ring_stages(), staging.stages_activations());
-    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, k_slices, splits, stages, staged_activations, tensor_cores, bit_dequant, dtype: x.dtype() }
+    IntMmaLayout { bits: weight.bits, e4m3: weight.e4m3, group_size, m_tiles, warps, k_slices, splits, staging, tensor_cores, bit_dequant, dtype: x.dtype() }
 }
 
 /// A tensor-core launch's `[m, n]` result in `dtype`: its output itself with one K split,

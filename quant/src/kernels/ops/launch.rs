@@ -131,9 +131,8 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
     let cube_count = CubeCount::Static((n / int_mma::N_BLOCK).div_ceil(layout.warps), layout.splits, row_tiles);
     let bf16 = x.dtype == DType::BF16;
     let elem = float_elem(x.dtype);
-    assert_ne!(layout.stages, 1, "int_mma: one stage cannot be refilled while it is read (0 for direct loads, or at least 2)");
-    assert!(layout.stages > 0 || !layout.staged_activations, "int_mma: staged activations need a copy ring");
-    assert!(layout.k_slices >= 1 && (layout.k_slices == 1 || !layout.staged_activations), "int_mma: warps slice K only when the activations load directly");
+    let (stages, staged_activations) = (layout.staging.ring_stages(), layout.staging.stages_activations());
+    assert!(layout.k_slices >= 1 && (layout.k_slices == 1 || !staged_activations), "int_mma: warps slice K only when the activations load directly");
     // A binding must hold at least one vector: each unused one gets a 16-byte placeholder.
     let device = x.device.clone();
     let placeholder = |dtype: DType| empty_device_dtype(client.clone(), device.clone(), Shape::from([8]), dtype);
@@ -145,7 +144,7 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
         false => (placeholder(layout.dtype), output.clone()),
     };
     // The activations go in as pairs (direct loads) or as 16-byte pieces (staged).
-    let (x_pairs, x_pieces) = match layout.staged_activations {
+    let (x_pairs, x_pieces) = match staged_activations {
         false => (x, placeholder(layout.dtype)),
         true => (placeholder(layout.dtype), x),
     };
@@ -154,9 +153,10 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
     // `[E·G, n]` with G·group_size covering k, and a tile map whose experts and row ranges
     // lie within those shapes. The kernel clamps rows to the tile's last row and column
     // blocks to n/16-1 before reading (directly or into its stages, which it indexes
-    // within `stages · 16·m_tiles · 9` activation pieces and `stages · warps · k_slices · 32 · bits/4`
-    // weight pieces), reads K blocks below k/64 only, and writes out `[m, n]` or partials
-    // `[splits·m, n]` for rows inside its tile and column blocks below n/16 only.
+    // within `stages · 16·m_tiles · 9` activation pieces and
+    // `stages · warps · k_slices · 32 · bits/4` weight pieces), reads K blocks below k/64
+    // only, and writes out `[m, n]` or partials `[splits·m, n]` for rows inside its tile
+    // and column blocks below n/16 only.
     unsafe {
         int_mma::int_mma_gemm::launch_unchecked(
             &client,
@@ -184,8 +184,8 @@ pub(super) fn launch_int_mma(x: CubeTensor, words: CubeTensor, scales: CubeTenso
             layout.m_tiles,
             layout.warps,
             layout.k_slices,
-            layout.stages,
-            layout.staged_activations,
+            stages,
+            staged_activations,
             layout.tensor_cores,
             layout.bit_dequant,
             grouped,

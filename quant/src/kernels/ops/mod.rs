@@ -12,7 +12,7 @@ use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
 use super::int_gemm::{CUBE_UNITS, TILE_N};
-use super::{activation_quant, byte_mma, int_gemm_tiled, paged_attention, w8a8_gemm};
+use super::{activation_quant, byte_mma, int_gemm_tiled, paged_attention, w8a8_gemm, Staging};
 
 mod launch;
 
@@ -88,11 +88,8 @@ pub struct IntMmaLayout {
     /// Slices K is split into (one f32 partial product each); with one, the output is
     /// written in the activations' dtype.
     pub splits: u32,
-    /// K blocks of weights in the shared-memory copy ring (at least 2), or 0 for direct
-    /// loads.
-    pub stages: u32,
-    /// The activations go through the ring too (`stages` at least 2).
-    pub staged_activations: bool,
+    /// Which operands go through the shared-memory copy ring, and how deep.
+    pub staging: Staging,
     /// The `mma` instruction (CUDA) rather than its shared-memory emulation.
     pub tensor_cores: bool,
     /// Values become half-precision by bit operations (every runtime but wgpu, whose WGSL
