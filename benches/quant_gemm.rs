@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, Throughput};
+use ember::quant::kernels::host::HostPath;
 use ember::quant::kernels::{self, GemmKernel, IntGemmKernel, IntGemmTiling, MmaTiling, Staging};
 use ember::quant::packing::int_tensor;
 use ember::quant::repr::{e4m3_table, ActivationQuant, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
@@ -83,20 +84,30 @@ fn int4_gemm(c: &mut Criterion) {
             let dense = w.dequantize();
             let mut group = c.benchmark_group(format!("int4_g{GROUP}/{name}/{k}x{n}"));
             group.sample_size(10);
-            for m in [1usize, 16, 32, 64] {
+            // Flex also takes prefill-sized batches, where its host path changes.
+            let rows: &[usize] = if name == "flex" { &[1, 16, 32, 64, 128, 256] } else { &[1, 16, 32, 64] };
+            for &m in rows {
                 let x = Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (&device, DType::F32));
                 let selected = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel;
-                let tile_m = match selected {
-                    IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m }) => tile_m,
-                    // f32 activations: the tensor-core kernel (f16 / bf16) is never selected here.
-                    IntGemmKernel::Cube(IntGemmTiling::SharedMemory) | IntGemmKernel::TensorCores(_) => kernels::select::MAX_TILE_M,
-                    IntGemmKernel::Reference => panic!("{name}: no CubeCL kernel is selected"),
-                };
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));
-                let registers = IntGemmTiling::Registers { tile_m };
-                group.bench_with_input(BenchmarkId::new("register_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), registers))));
+                let tile_m = match selected {
+                    IntGemmKernel::Host => {
+                        for (id, path) in [("host_fused", HostPath::Fused), ("host_dequantized", HostPath::Dequantized)] {
+                            group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::int_weight_gemm_by(&w, x.clone(), path).expect("a weight on Flex"))));
+                        }
+                        None
+                    }
+                    IntGemmKernel::Cube(IntGemmTiling::Registers { tile_m }) => Some(tile_m),
+                    // f32 activations: the tensor-core kernel (f16 / bf16) is never selected here.
+                    IntGemmKernel::Cube(IntGemmTiling::SharedMemory) | IntGemmKernel::TensorCores(_) => Some(kernels::select::MAX_TILE_M),
+                    IntGemmKernel::Reference => panic!("{name}: no kernel is selected"),
+                };
+                if let Some(tile_m) = tile_m {
+                    let registers = IntGemmTiling::Registers { tile_m };
+                    group.bench_with_input(BenchmarkId::new("register_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), registers))));
+                }
                 // The CPU runtime never takes the shared-memory kernel (its barriers cost a thread per unit).
-                if m >= 16 && name != "cpu" {
+                if m >= 16 && matches!(selected, IntGemmKernel::Cube(_)) && name != "cpu" {
                     let tiles = IntGemmTiling::SharedMemory;
                     group.bench_with_input(BenchmarkId::new("shared_memory_kernel", m), &x, |b, x| b.iter(|| finish(kernels::int_weight_gemm(&w, x.clone(), tiles))));
                 }
@@ -140,11 +151,16 @@ fn fp8_gemm(c: &mut Criterion) {
                 group.sample_size(10);
                 for m in [1usize, 16, 64] {
                     let x = activations(m, k, &device, &mut rng);
-                    let GemmKernel::Portable { tile_m } = kernels::select::fp8_gemm(&w, &device, DType::F32, m).kernel else {
-                        panic!("{name}: the portable kernel is not selected");
-                    };
                     group.throughput(Throughput::Bytes((k * n) as u64));
-                    group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::fp8_gemm(&w, x.clone(), tile_m))));
+                    match kernels::select::fp8_gemm(&w, &device, DType::F32, m).kernel {
+                        GemmKernel::Portable { tile_m } => {
+                            group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::fp8_gemm(&w, x.clone(), tile_m))))
+                        }
+                        GemmKernel::Host => group.bench_with_input(BenchmarkId::new("host_kernel", m), &x, |b, x| {
+                            b.iter(|| finish(kernels::host::fp8_gemm(&w, x.clone()).expect("a weight on Flex")))
+                        }),
+                        other => panic!("{name}: {other:?} is selected, not a portable or host kernel"),
+                    };
                     group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
                     group.bench_with_input(BenchmarkId::new("burn_ops_reference", m), &x, |b, x| b.iter(|| finish(w.forward_reference(x.clone()))));
                 }
@@ -187,11 +203,16 @@ fn w8a8_gemm(c: &mut Criterion) {
             group.sample_size(10);
             for m in [1usize, 16, 64] {
                 let x = activations(m, k, &device, &mut rng);
-                let GemmKernel::Portable { tile_m } = kernels::select::w8a8_gemm(&w, &device, DType::F32, m).kernel else {
-                    panic!("{name}: the portable kernel is not selected");
-                };
                 group.throughput(Throughput::Bytes((k * n) as u64));
-                group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&w, x.clone(), tile_m))));
+                match kernels::select::w8a8_gemm(&w, &device, DType::F32, m).kernel {
+                    GemmKernel::Portable { tile_m } => {
+                        group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&w, x.clone(), tile_m))))
+                    }
+                    GemmKernel::Host => group.bench_with_input(BenchmarkId::new("host_kernel", m), &x, |b, x| {
+                        b.iter(|| finish(kernels::host::w8a8_gemm(&w, x.clone()).expect("a weight on Flex")))
+                    }),
+                    other => panic!("{name}: {other:?} is selected, not a portable or host kernel"),
+                };
                 group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
                 group.bench_with_input(BenchmarkId::new("burn_ops_reference", m), &x, |b, x| b.iter(|| finish(w.forward_reference(x.clone()))));
             }

@@ -308,8 +308,14 @@ fn byte_gemm_selector_explains_its_choice() {
     let flex = Device::flex();
     let weight = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &flex, &mut rng);
     let on_flex = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1);
-    assert_eq!(on_flex.kernel, GemmKernel::Reference);
+    assert_eq!(on_flex.kernel, GemmKernel::Host);
     assert!(on_flex.reason.contains("Flex"), "{}", on_flex.reason);
+    let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1));
+    assert_eq!(forced.kernel, GemmKernel::Reference);
+    let per_group_int8 = w8a8_weight(128, 64, ActivationQuant::DynamicPerGroup(32), &flex, &mut rng);
+    let refused = kernels::select::w8a8_gemm(&per_group_int8, &flex, DType::F32, 4);
+    assert_eq!(refused.kernel, GemmKernel::Reference);
+    assert!(refused.reason.contains("per-group"), "{}", refused.reason);
 
     let wgpu = Device::wgpu(Default::default());
     let block = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &wgpu, &mut rng);
@@ -649,4 +655,114 @@ fn fixtures_through_tensor_cores_on_cuda() {
     fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-w8a8-int8", false, 1e-3, 5e-3, tensor_cores);
     fixture_through(&device, KernelPolicy::TensorCores, "llama-ct-fp8-dynamic", false, 1e-3, 5e-3, tensor_cores);
     fixture_through(&device, KernelPolicy::TensorCores, "llama-fp8-block-scaleinv", false, 1e-3, 1.5e-2, tensor_cores);
+}
+
+/// The host kernels' pieces on Flex: the e4m3 decode equals the table for every byte, and
+/// the activation quantization gives the reference's grid values and scaled-back values
+/// exactly, in every mode.
+#[test]
+fn host_activation_quantization_matches_the_reference() {
+    use ember::quant::kernels::host::byte_gemm::{self, RowScales};
+    for byte in 0..=255u8 {
+        let (ours, table) = (byte_gemm::e4m3_to_f32(byte), e4m3_value(byte));
+        assert!(ours == table || (ours.is_nan() && table.is_nan()), "byte {byte:#04x}: {ours} vs {table}");
+    }
+    let flex = Device::flex();
+    let mut rng = StdRng::seed_from_u64(31);
+    let k = 320;
+    let static_mode = ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.0125f32], [1]), (&flex, DType::F32)));
+    let modes = [
+        (ActivationQuant::DynamicPerToken, RowScales::PerRow),
+        (ActivationQuant::DynamicPerTensor, RowScales::PerTensor),
+        (ActivationQuant::DynamicPerGroup(128), RowScales::PerGroup(128)),
+        (static_mode, RowScales::Static(0.0125)),
+    ];
+    for grid in [ActivationGrid::Int8, ActivationGrid::E4M3] {
+        for (mode, scales) in &modes {
+            for rows in ROWS {
+                let x = activations(rows, k, DType::F32, &flex, &mut rng);
+                let what = format!("{grid:?} {} rows={rows}", mode.describe());
+                let ours = byte_gemm::quantize(&to_f32(x.clone()), rows, k, *scales, grid);
+                let reference = quantize_activations(x, mode, grid).expect("quantized");
+                let expected = to_f32(reference.values.clone());
+                let mismatches = ours.values.iter().zip(&expected).filter(|(a, b)| a != b).count();
+                assert_eq!(mismatches, 0, "{what}: {mismatches} grid values differ from the reference");
+                let dequantized = ours.dequantize(k);
+                let expected = to_f32(reference.dequantize());
+                let mismatches = dequantized.iter().zip(&expected).filter(|(a, b)| a != b).count();
+                assert_eq!(mismatches, 0, "{what}: {mismatches} scaled-back values differ from the reference");
+            }
+        }
+    }
+}
+
+/// The W8A8 host kernel on Flex (the selector's choice there): with quantized
+/// activations the i32 sums and the two scales multiply in the reference's order, so the
+/// outputs are equal bit for bit at K ≤ 1032; many rows (dequantized, then Flex's matmul)
+/// and weight-only layers agree within f32 rounding.
+#[test]
+fn w8a8_host_kernel_on_flex() {
+    let flex = Device::flex();
+    let mut rng = StdRng::seed_from_u64(32);
+    let (k, n) = (256, 200);
+    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
+    let many = kernels::host::DEQUANTIZE_ROWS + 2;
+    let cases = [
+        (ActivationQuant::DynamicPerToken, vec![1usize, 3, 16, many]),
+        (ActivationQuant::DynamicPerTensor, vec![4]),
+        (static_scale(), vec![5, many]),
+        (ActivationQuant::None, vec![3, many]),
+    ];
+    for (mode, row_counts) in cases {
+        let weight = w8a8_weight(k, n, mode, &flex, &mut rng);
+        for rows in row_counts {
+            for dtype in [DType::F32, DType::BF16] {
+                let what = format!("{} rows={rows} {dtype:?}", weight.activations.describe());
+                assert_eq!(kernels::select::w8a8_gemm(&weight, &flex, dtype, rows).kernel, GemmKernel::Host, "{what}");
+                let x = activations(rows, k, dtype, &flex, &mut rng);
+                let ours = kernels::w8a8_forward(&weight, x.clone());
+                assert_eq!(ours.dtype(), dtype, "{what}");
+                let (ours, reference) = (to_f32(ours), to_f32(weight.forward_reference(x)));
+                let exact = dtype == DType::F32 && rows < kernels::host::DEQUANTIZE_ROWS && !matches!(weight.activations, ActivationQuant::None);
+                if exact {
+                    let mismatches = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
+                    assert_eq!(mismatches, 0, "{what}: {mismatches} outputs differ");
+                } else {
+                    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let tolerance = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+                    assert!(max_abs_diff(&ours, &reference) <= tolerance * scale, "{what}: {}", max_abs_diff(&ours, &reference) / scale);
+                }
+            }
+        }
+    }
+}
+
+/// The FP8 host kernel on Flex for every scale layout and activation mode, against the
+/// reference (within f32 summation order), fused and dequantized-then-matmul.
+#[test]
+fn fp8_host_kernel_on_flex() {
+    let flex = Device::flex();
+    let mut rng = StdRng::seed_from_u64(33);
+    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (&flex, DType::F32)));
+    let (k, n) = (320, 200);
+    let cases = [
+        (Fp8Scales::Channel, ActivationQuant::DynamicPerToken),
+        (Fp8Scales::Tensor, ActivationQuant::DynamicPerTensor),
+        (Fp8Scales::Tensor, static_scale()),
+        (Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128)),
+        (Fp8Scales::Block, ActivationQuant::DynamicPerToken),
+        (Fp8Scales::Channel, ActivationQuant::None),
+        (Fp8Scales::Block, ActivationQuant::None),
+    ];
+    for (scales, mode) in cases {
+        let what = format!("{scales:?} {}", mode.describe());
+        let weight = fp8_weight(k, n, scales, mode, &flex, &mut rng);
+        for rows in [1usize, 5, 16, kernels::host::DEQUANTIZE_ROWS + 2] {
+            assert_eq!(kernels::select::fp8_gemm(&weight, &flex, DType::F32, rows).kernel, GemmKernel::Host, "{what}");
+            let err = fp8_relative_error_of(&weight, rows, DType::F32, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
+            assert!(err < 2e-6, "{what} rows={rows}: relative error {err}");
+        }
+        let err = fp8_relative_error_of(&weight, 7, DType::F16, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
+        assert!(err < 2e-2, "{what} f16: relative error {err}");
+    }
 }

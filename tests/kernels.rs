@@ -1,8 +1,9 @@
 //! The portable W4A16/W8A16 kernel against the Burn-ops reference on the CubeCL runtimes
-//! CI has (wgpu on lavapipe, the CPU runtime): layouts, zero points, act-order, row
-//! counts and dtypes, plus the selector's choices.
+//! CI has (wgpu on lavapipe, the CPU runtime), and the host kernel on Flex: layouts, zero
+//! points, act-order, row counts and dtypes, plus the selector's choices.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use ember_quant::kernels::host::HostPath;
 use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
@@ -226,8 +227,13 @@ fn selector_explains_its_choice() {
     let flex = Device::flex();
     let weight = random_weight(PLAIN_G128, &flex, &mut rng);
     let on_flex = kernels::select::int_gemm(&weight, &flex, DType::F32, 1);
-    assert_eq!(on_flex.kernel, IntGemmKernel::Reference);
+    assert_eq!(on_flex.kernel, IntGemmKernel::Host);
     assert!(on_flex.reason.contains("Flex"), "{}", on_flex.reason);
+    let reference = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &flex, DType::F32, 1));
+    assert_eq!(reference.kernel, IntGemmKernel::Reference);
+    let ints = kernels::select::int_gemm(&weight, &flex, DType::I32, 1);
+    assert_eq!(ints.kernel, IntGemmKernel::Reference);
+    assert!(ints.reason.contains("host kernel takes f32"), "{}", ints.reason);
 
     let wgpu = Device::wgpu(Default::default());
     let weight = random_weight(PLAIN_G128, &wgpu, &mut rng);
@@ -379,6 +385,84 @@ fn grouped_int_gemm_on_wgpu() {
 #[test]
 fn grouped_int_gemm_on_cubecl_cpu() {
     grouped_on(Device::cpu(), false);
+}
+
+/// The host kernel (the selector's choice on Flex) against the reference, through the
+/// path a model's linear takes, or by `path` when given.
+fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: Option<HostPath>) -> f32 {
+    let device = Device::flex();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let weight = random_weight(case, &device, &mut rng);
+    let x = activations(rows, case.k, dtype, &device, &mut rng);
+    assert_eq!(kernels::select::int_gemm(&weight, &device, dtype, rows).kernel, IntGemmKernel::Host);
+    let output = match path {
+        Some(path) => kernels::host::int_weight_gemm_by(&weight, x.clone(), path).expect("a weight on Flex"),
+        None => kernels::int_weight_forward(&weight, &Default::default(), x.clone()),
+    };
+    assert_eq!(output.dtype(), dtype);
+    let kernel = to_f32(output);
+    let reference = to_f32(weight.forward_reference(x));
+    assert_eq!(kernel.len(), rows * case.n);
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = kernel.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff.is_finite(), "{case:?} rows={rows}: non-finite output");
+    diff / scale
+}
+
+/// Every layout at row counts covering each row tile (1, 2, 4, 8) and ragged ones, N not
+/// a multiple of the 128-column block, the dequantize-then-matmul path (chosen from
+/// `DEQUANTIZE_ROWS`) on every layout, and f16 / bf16 activations.
+#[test]
+fn int_gemm_host_kernel_on_flex() {
+    for (i, case) in LAYOUT_CASES.into_iter().chain([PLAIN_G128, Case { n: 300, ..PLAIN_G128 }]).enumerate() {
+        for rows in [1usize, 2, 3, 4, 7, 13] {
+            let err = host_relative_error(case, rows, DType::F32, 300 + i as u64, None);
+            assert!(err < tolerance(DType::F32), "{case:?} rows={rows}: relative error {err}");
+        }
+        let err = host_relative_error(case, 3, DType::F32, 340 + i as u64, Some(HostPath::Dequantized));
+        assert!(err < tolerance(DType::F32), "{case:?} dequantized: relative error {err}");
+    }
+    for (i, rows) in [16usize, 64, kernels::host::DEQUANTIZE_ROWS, 257].into_iter().enumerate() {
+        let err = host_relative_error(Case { zeros: Zeros::Integer, ..PLAIN_G128 }, rows, DType::F32, 320 + i as u64, None);
+        assert!(err < tolerance(DType::F32), "rows={rows}: relative error {err}");
+    }
+    for dtype in [DType::F16, DType::BF16] {
+        for rows in [5, kernels::host::DEQUANTIZE_ROWS] {
+            let err = host_relative_error(Case { zeros: Zeros::Float, group_size: 32, ..PLAIN_G128 }, rows, dtype, 330, None);
+            assert!(err < tolerance(dtype), "{dtype:?} rows={rows}: relative error {err}");
+        }
+    }
+}
+
+/// The grouped host kernel against each expert's reference, with experts of no rows.
+#[test]
+fn grouped_int_gemm_host_kernel_on_flex() {
+    use ember_quant::repr::ExpertStack;
+    let device = Device::flex();
+    for (case, rows_per_expert) in [
+        (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1]),
+        (Case { bits: 8, k: 128, n: 96, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![9, 3, 0, 20]),
+        (Case { k: 256, n: 160, ..PLAIN_G128 }, vec![0, 0, 5, 0]),
+        // An expert with enough rows to dequantize beside ones that stay fused.
+        (Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![3, kernels::host::DEQUANTIZE_ROWS + 2, 0, 1]),
+    ] {
+        let mut rng = StdRng::seed_from_u64(13);
+        let experts: Vec<[PackedIntWeight; 2]> =
+            (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
+        let parts: Vec<Vec<&PackedIntWeight>> = experts.iter().map(|[a, b]| vec![a, b]).collect();
+        let stack = ExpertStack::stack(&parts).expect("one layout");
+        let total: usize = rows_per_expert.iter().sum();
+        let x = activations(total, case.k, DType::F32, &device, &mut rng);
+        let max_rows = rows_per_expert.iter().copied().max().unwrap_or(0);
+        let kernel = kernels::select::grouped_int_gemm(&stack, &device, DType::F32, max_rows).kernel;
+        assert_eq!(kernel, IntGemmKernel::Host);
+        let grouped = to_f32(kernels::grouped_int_forward(&stack, &Default::default(), x.clone(), &rows_per_expert, kernel));
+        let expected = to_f32(stack.forward_reference(x, &rows_per_expert));
+        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = grouped.iter().zip(&expected).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(grouped.len(), expected.len());
+        assert!(diff / scale < 1e-5, "{case:?} {rows_per_expert:?}: relative error {}", diff / scale);
+    }
 }
 
 /// Decode attention read through block tables against gathering each context and

@@ -303,10 +303,12 @@ fn reload_does_not_grow_memory() {
     let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
     let (loaded, reloads) = (numbers[0], &numbers[1..numbers.len() - 1]);
     // The int4 model is ~3.7 MB on the device: a reload that kept old buffers alive
-    // would add that much every round, 26 MB over 8. Allocator slack settles within a
-    // few rounds and stays under one model's size in total.
-    let (first, last) = (reloads[0], reloads[reloads.len() - 1]);
-    assert!(last < first + 3700, "resident KiB grew across reloads: {reloads:?}");
+    // would add that much every round, 15 MB over the last four and 30 MB over all
+    // eight. Allocator slack (measured at ~4 MB, whichever kernel runs the forward pass)
+    // settles within a few rounds and stays under two model sizes in total.
+    let (first, middle, last) = (reloads[0], reloads[reloads.len() / 2], reloads[reloads.len() - 1]);
+    assert!(last < middle + 3700, "resident KiB grew across the last reloads: {reloads:?}");
+    assert!(last < loaded + 2 * 3700, "resident KiB grew from {loaded} across reloads: {reloads:?}");
     assert!(first <= loaded + 4 * 1024, "first reload grew resident memory from {loaded} to {first} KiB");
 }
 

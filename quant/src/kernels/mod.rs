@@ -1,6 +1,7 @@
 //! Kernels (DESIGN.md §Kernels). Each op has the Burn-ops reference (in `crate::repr`, the
-//! oracle for tests and the path on Flex), a portable CubeCL kernel for every Cube runtime,
-//! and a selector that picks one per call and can say why.
+//! oracle for tests), a portable CubeCL kernel for every Cube runtime, host kernels for
+//! the Flex device where they exist ([`host`]), and a selector that picks one per call
+//! and can say why.
 
 pub mod activation_quant;
 pub mod byte_mma;
@@ -8,6 +9,7 @@ pub mod codegen;
 mod copy_pipeline;
 pub mod e4m3;
 pub mod fp8_gemm;
+pub mod host;
 pub mod int_mma;
 pub mod int_gemm;
 pub mod int_gemm_tiled;
@@ -43,6 +45,7 @@ pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &FragmentCache, x
     let rows = x.dims()[0];
     match select::int_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         IntGemmKernel::Reference => weight.forward_reference(x),
+        IntGemmKernel::Host => host::int_weight_gemm(weight, x.clone()).unwrap_or_else(|| weight.forward_reference(x)),
         IntGemmKernel::Cube(tiling) => int_weight_gemm(weight, x, tiling),
         IntGemmKernel::TensorCores(tiling) => match fragments.get_or_init(|| IntFragments::repack(weight).ok()) {
             Some(fragments) => int_mma_gemm(fragments, weight.ordered_input(x), tiling),
@@ -59,6 +62,7 @@ pub fn fp8_forward(weight: &Fp8Weight, fragments: &FragmentCache, x: Tensor<2>) 
     let rows = x.dims()[0];
     match select::fp8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
+        GemmKernel::Host => host::fp8_gemm(weight, x.clone()).unwrap_or_else(|| weight.forward_reference(x)),
         GemmKernel::Portable { tile_m } => fp8_gemm(weight, x, tile_m),
         GemmKernel::TensorCores(tiling) => match weight.activations {
             ActivationQuant::None => match fragments.get_or_init(|| IntFragments::repack_fp8(weight).ok()) {
@@ -75,6 +79,7 @@ pub fn w8a8_forward(weight: &W8A8Weight, x: Tensor<2>) -> Tensor<2> {
     let rows = x.dims()[0];
     match select::w8a8_gemm(weight, &x.device(), x.dtype(), rows).kernel {
         GemmKernel::Reference => weight.forward_reference(x),
+        GemmKernel::Host => host::w8a8_gemm(weight, x.clone()).unwrap_or_else(|| weight.forward_reference(x)),
         GemmKernel::Portable { tile_m } => w8a8_gemm(weight, x, tile_m),
         GemmKernel::TensorCores(tiling) => w8a8_mma_gemm(weight, x, tiling),
     }
@@ -442,6 +447,7 @@ fn tile_map(rows_per_expert: &[usize], tile_rows: usize, device: &burn::tensor::
 pub fn grouped_int_forward(stack: &ExpertStack, fragments: &FragmentCache, x: Tensor<2>, rows_per_expert: &[usize], kernel: IntGemmKernel) -> Tensor<2> {
     match kernel {
         IntGemmKernel::Reference => stack.forward_reference(x, rows_per_expert),
+        IntGemmKernel::Host => host::grouped_int_weight_gemm(stack, x.clone(), rows_per_expert).unwrap_or_else(|| stack.forward_reference(x, rows_per_expert)),
         IntGemmKernel::Cube(tiling) => grouped_int_weight_gemm(stack, x, rows_per_expert, tiling),
         IntGemmKernel::TensorCores(tiling) => match fragments.get_or_init(|| IntFragments::repack_stack(stack).ok()) {
             Some(fragments) => grouped_int_mma_gemm(fragments, x, rows_per_expert, tiling),

@@ -70,6 +70,8 @@ pub fn policy() -> KernelPolicy {
 pub enum GemmKernel {
     /// Dequantize with Burn ops, then a dense matmul.
     Reference,
+    /// The host kernel on the Flex device ([`super::host`]), reading the 8-bit weight in place.
+    Host,
     /// The portable CubeCL kernel, `tile_m` output rows per unit.
     Portable { tile_m: u32 },
     /// The tensor-core kernel (CUDA `mma.sync`), covering the output as tiled.
@@ -81,6 +83,8 @@ pub enum GemmKernel {
 pub enum IntGemmKernel {
     /// Dequantize with Burn ops, then a dense matmul.
     Reference,
+    /// The host kernel on the Flex device ([`super::host`]), reading the packed weight in place.
+    Host,
     /// A CubeCL kernel: the register kernel or the shared-memory tile kernel.
     Cube(IntGemmTiling),
     /// The tensor-core W4A16 / W8A16 kernel (CUDA `mma.sync`) on the weight's fragment-ordered copy.
@@ -144,6 +148,9 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, ten
             ZeroPoints::Midpoint => true,
         };
     let refusal = (!layout_ok).then(|| "weight buffers are not i32 words with f32 scales".to_string());
+    if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
+        return choose_host(dtype, refusal, IntGemmKernel::Host, IntGemmKernel::Reference);
+    }
     let no_tensor_cores = match tensor_cores {
         Ok(tiling) if refusal.is_none() => {
             let portable = choose_portable(device, dtype, rows, None, String::new());
@@ -175,6 +182,22 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, ten
             kernel: IntGemmKernel::Cube(IntGemmTiling::SharedMemory),
             reason: format!("shared-memory tile kernel for {rows} rows; {no_tensor_cores}"),
         },
+    }
+}
+
+/// On the Flex device: the host kernel (`host`), unless the policy, the activations'
+/// dtype or the weight's own `refusal` keep the reference (`reference`).
+fn choose_host<K>(dtype: DType, refusal: Option<String>, host: K, reference: K) -> Selection<K> {
+    let keep_reference = |reason: String| Selection { kernel: reference, reason };
+    if policy() == KernelPolicy::Reference {
+        return keep_reference("kernels disabled (EMBER_KERNELS=reference)".into());
+    }
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return keep_reference(format!("activations in {dtype:?}; the host kernel takes f32, f16 or bf16"));
+    }
+    match refusal {
+        Some(reason) => keep_reference(reason),
+        None => Selection { kernel: host, reason: "host kernel (Flex keeps its tensors in host memory)".into() },
     }
 }
 
@@ -343,6 +366,9 @@ fn byte_mma_choice(device: &Device, rows: usize, k: usize, n: usize, operand: El
 /// The portable choice, or the tensor-core kernel where `tensor_cores` allows it (the
 /// policy, backend and dtype checks of [`choose_portable`] apply to both).
 fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, tensor_cores: Result<MmaTiling, String>, kernel: &str) -> Selection<GemmKernel> {
+    if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
+        return choose_host(dtype, refusal, GemmKernel::Host, GemmKernel::Reference);
+    }
     let (tiling, why_not) = match tensor_cores {
         Ok(tiling) => (Some(tiling), String::new()),
         Err(why) => (None, why),
@@ -432,13 +458,15 @@ fn fp8_refusal(weight: &Fp8Weight) -> Option<String> {
 
 /// Picks the kernel for `rows × K` activations of `dtype` times a W8A8 int8 weight.
 pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize) -> Selection<GemmKernel> {
+    let on_host = !matches!(device.as_dispatch(), DispatchDevice::Cube(_));
     let refusal = if weight.codes.dtype() != DType::I32 || weight.scales.dtype() != DType::F32 {
         Some("weight buffers are not i32 words with f32 scales".into())
     } else if !weight.in_features.is_multiple_of(4) {
         Some(format!("K = {} is not a multiple of 4", weight.in_features))
     } else {
         match weight.activations {
-            ActivationQuant::None => Some("activations stay float; the reference multiplies by the dequantized weight".into()),
+            // The host kernel multiplies float activations by the int8 values directly.
+            ActivationQuant::None if !on_host => Some("activations stay float; the reference multiplies by the dequantized weight".into()),
             ActivationQuant::DynamicPerGroup(_) => Some("per-group int8 activations have no kernel".into()),
             _ => None,
         }

@@ -1,0 +1,242 @@
+//! `x · Wᵀ` for 8-bit weights `[N, K]` (four bytes per i32 word along K, so each output
+//! channel's bytes are contiguous), read in place from host memory:
+//!
+//! - int8 (W8A8): activations quantized to int8 here, code for code as the reference
+//!   does, and each product summed exactly in i32 before the two scales;
+//! - e4m3 (FP8): activations as the reference leaves them (rounded to e4m3 and scaled
+//!   back, or float), each channel's bytes decoded once per chunk for every row.
+//!
+//! The activation quantization mirrors `crate::repr::quantize_activations`: the scale is
+//! `max(absmax / half_range, f32::MIN_POSITIVE)`, values are divided by it, clamped, and
+//! rounded half to even (int8) or to the nearest e4m3 value.
+
+use crate::repr::activation::E4M3_MAX;
+use crate::repr::ActivationGrid;
+
+/// Output channels per task.
+const CHANNELS: usize = 16;
+
+/// K columns decoded at a time when the weight's scales do not change along K.
+const PIECE: usize = 512;
+
+/// Where each activation's scale comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowScales {
+    /// One per row, from its absolute maximum.
+    PerRow,
+    /// One for every value, from the absolute maximum of them all.
+    PerTensor,
+    /// One per `group` consecutive columns of each row.
+    PerGroup(usize),
+    /// A calibrated scale.
+    Static(f32),
+}
+
+/// Activations on a grid: values divided by their scales and rounded (as f32), and the
+/// scales, one per (row, group of `group` columns).
+pub struct GridActivations {
+    pub values: Vec<f32>,
+    pub scales: Vec<f32>,
+    /// Columns per scale.
+    pub group: usize,
+}
+
+impl GridActivations {
+    /// `[m, k]` values, each multiplied back by its scale.
+    pub fn dequantize(&self, k: usize) -> Vec<f32> {
+        let groups = k.div_ceil(self.group);
+        self.values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let (row, col) = (i / k, i % k);
+                v * self.scales[(row * groups + col / self.group).min(self.scales.len() - 1)]
+            })
+            .collect()
+    }
+}
+
+/// `x` `[m, k]` quantized onto `grid` with `scales`.
+pub fn quantize(x: &[f32], m: usize, k: usize, scales: RowScales, grid: ActivationGrid) -> GridActivations {
+    let from_absmax = |values: &[f32]| (values.iter().fold(0f32, |a, v| a.max(v.abs())) / grid.half_range()).max(f32::MIN_POSITIVE);
+    let (scales, group) = match scales {
+        RowScales::Static(scale) => (vec![scale; m], k),
+        RowScales::PerTensor => (vec![from_absmax(x); m], k),
+        RowScales::PerRow => (x.chunks(k.max(1)).map(from_absmax).collect(), k),
+        RowScales::PerGroup(group) => {
+            let group = group.max(1);
+            (x.chunks(k.max(1)).flat_map(|row| row.chunks(group).map(from_absmax)).collect(), group)
+        }
+    };
+    let groups = k.div_ceil(group.max(1));
+    let values = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let scale = scales[(i / k) * groups + (i % k) / group.max(1)];
+            round_to_grid(v / scale, grid)
+        })
+        .collect();
+    GridActivations { values, scales, group: group.max(1) }
+}
+
+fn round_to_grid(scaled: f32, grid: ActivationGrid) -> f32 {
+    match grid {
+        ActivationGrid::Int8 => scaled.clamp(-128.0, 127.0).round_ties_even(),
+        ActivationGrid::E4M3 => round_to_e4m3(scaled.clamp(-E4M3_MAX, E4M3_MAX)),
+    }
+}
+
+/// The nearest e4m3 value (ties to even) for |v| ≤ 448: values are spaced 2^(e−3) in the
+/// binade [2^e, 2^(e+1)) and 2^−9 below 2^−6, so dividing by the spacing is exact.
+pub fn round_to_e4m3(v: f32) -> f32 {
+    let magnitude = v.abs();
+    let exponent = if magnitude < 2f32.powi(-6) { -6 } else { (((magnitude.to_bits() >> 23) as i32) - 127).min(8) };
+    let step = f32::from_bits(((exponent - 3 + 127) as u32) << 23);
+    (v / step).round_ties_even() * step
+}
+
+/// The value of an e4m3fn byte, by bit operations the compiler vectorizes: the 7 low bits
+/// shifted into an f32's exponent and mantissa are the magnitude times 2^−120 (subnormals
+/// included), and 0x7F is NaN.
+#[inline(always)]
+pub fn e4m3_to_f32(byte: u8) -> f32 {
+    const TWO_POW_120: f32 = f32::from_bits((120 + 127) << 23);
+    let magnitude = (byte & 0x7F) as u32;
+    let value = if magnitude == 0x7F { f32::NAN } else { f32::from_bits(magnitude << 20) * TWO_POW_120 };
+    f32::from_bits(value.to_bits() | ((byte as u32 & 0x80) << 24))
+}
+
+/// An 8-bit weight's buffers: `bytes` `[N, K]` and its scales.
+#[derive(Debug, Clone, Copy)]
+pub struct ByteWeightSlices<'a> {
+    pub k: usize,
+    pub n: usize,
+    pub bytes: &'a [u8],
+    pub scales: &'a [f32],
+    pub scale_layout: WeightScales,
+}
+
+/// How an 8-bit weight's scales are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightScales {
+    /// `[1, 1]`.
+    PerTensor,
+    /// `[N, 1]`.
+    PerChannel,
+    /// `[⌈N/bn⌉, ⌈K/bk⌉]`.
+    Block { bn: usize, bk: usize },
+}
+
+impl ByteWeightSlices<'_> {
+    /// Columns per scale along K.
+    fn chunk(&self) -> usize {
+        match self.scale_layout {
+            WeightScales::Block { bk, .. } => bk.max(1),
+            _ => PIECE,
+        }
+    }
+
+    /// The scale of channel `n` at column `k`.
+    fn scale(&self, n: usize, k: usize) -> f32 {
+        match self.scale_layout {
+            WeightScales::PerTensor => self.scales[0],
+            WeightScales::PerChannel => self.scales[n],
+            WeightScales::Block { bn, bk } => self.scales[(n / bn.max(1)) * self.k.div_ceil(bk.max(1)) + k / bk.max(1)],
+        }
+    }
+}
+
+/// `[m, K] · dequant(W)ᵀ` for e4m3 weights and float activations `x` (already rounded
+/// and scaled back where the scheme quantizes them).
+pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
+    let chunk = weight.chunk();
+    super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| {
+        let width = channels.len();
+        let mut decoded = vec![0f32; chunk];
+        for (c, n) in channels.enumerate() {
+            let bytes = &weight.bytes[n * weight.k..(n + 1) * weight.k];
+            for start in (0..weight.k).step_by(chunk) {
+                let end = (start + chunk).min(weight.k);
+                let decoded = &mut decoded[..end - start];
+                decoded.iter_mut().zip(&bytes[start..end]).for_each(|(d, &b)| *d = e4m3_to_f32(b));
+                let scale = weight.scale(n, start);
+                for row in 0..m {
+                    out[row * width + c] += dot(&x[row * weight.k + start..row * weight.k + end], decoded) * scale;
+                }
+            }
+        }
+    })
+}
+
+/// `[m, K] · Wᵀ` for int8 weights and int8 activation codes `a` (as i8) with one scale
+/// per row (`a_scales`, `[m]`): each product summed in i32, then times both scales.
+pub fn int8_gemm(weight: &ByteWeightSlices, a: &[i8], a_scales: &[f32], m: usize) -> Vec<f32> {
+    let weights: &[i8] = bytemuck_i8(weight.bytes);
+    super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| {
+        let width = channels.len();
+        for (c, n) in channels.enumerate() {
+            let w = &weights[n * weight.k..(n + 1) * weight.k];
+            let w_scale = weight.scale(n, 0);
+            for row in 0..m {
+                let sum: i32 = a[row * weight.k..(row + 1) * weight.k].iter().zip(w).map(|(&a, &w)| a as i32 * w as i32).sum();
+                out[row * width + c] = sum as f32 * a_scales[row] * w_scale;
+            }
+        }
+    })
+}
+
+/// `[m, K] · Wᵀ` for int8 weights and float activations (weight-only), channel scales.
+pub fn int8_weight_only_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
+    let weights: &[i8] = bytemuck_i8(weight.bytes);
+    super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| {
+        let width = channels.len();
+        let mut values = vec![0f32; weight.k];
+        for (c, n) in channels.enumerate() {
+            values.iter_mut().zip(&weights[n * weight.k..(n + 1) * weight.k]).for_each(|(v, &w)| *v = w as f32);
+            let w_scale = weight.scale(n, 0);
+            for row in 0..m {
+                out[row * width + c] = dot(&x[row * weight.k..(row + 1) * weight.k], &values) * w_scale;
+            }
+        }
+    })
+}
+
+/// `dequant(W)` → `[N, K]`, f32: e4m3 values or int8 values times their scales.
+pub fn dequantize(weight: &ByteWeightSlices, e4m3: bool) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; weight.n * weight.k];
+    if weight.k == 0 {
+        return out;
+    }
+    out.par_chunks_mut(weight.k).enumerate().for_each(|(n, row)| {
+        let bytes = &weight.bytes[n * weight.k..(n + 1) * weight.k];
+        for (k, (o, &b)) in row.iter_mut().zip(bytes).enumerate() {
+            let value = if e4m3 { e4m3_to_f32(b) } else { b as i8 as f32 };
+            *o = value * weight.scale(n, k);
+        }
+    });
+    out
+}
+
+/// Reinterprets bytes as two's-complement int8.
+fn bytemuck_i8(bytes: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
+}
+
+/// `Σ a·b` with sixteen independent partial sums, which the compiler vectorizes (a single
+/// running sum would have to stay in order).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for i in 0..LANES {
+            lanes[i] += a[i] * b[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}

@@ -1,0 +1,266 @@
+//! `x · dequant(W)` for K-packed integer weights (`crate::repr::PackedIntWeight`), read
+//! in place from host memory.
+//!
+//! Each task owns a block of output columns. Within a group the weights are integers, so
+//! the products are summed unscaled, `Σ x·(q − 2^(b−1))`, and scaled once per group: the
+//! zero point enters as its offset from the midpoint times the group's activation sum.
+//! Each packed word is unpacked once for up to eight activation rows, and the loops
+//! run along the word row so that the compiler vectorizes them across columns.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+/// Output columns per task: one word row of the block is 512 bytes of 4-bit weights,
+/// and the block's sums for a row tile stay in the L1 cache.
+const COLS: usize = 128;
+
+/// How each group is centred.
+#[derive(Debug, Clone, Copy)]
+pub enum Centring<'a> {
+    /// Every zero point is the midpoint 2^(b−1).
+    Midpoint,
+    /// Unsigned zero points `[G, N]`.
+    Integer(&'a [i32]),
+    /// Offsets `[G, N]` added after scaling the midpoint-centred values.
+    Float(&'a [f32]),
+}
+
+/// Which group each stored row is in.
+#[derive(Debug, Clone, Copy)]
+pub enum Grouping<'a> {
+    /// Row `k` is in group `k / group_size`.
+    Contiguous(usize),
+    /// Row `k` is in group `index[k]`.
+    Indexed(&'a [i32]),
+}
+
+/// A packed integer weight's buffers: `words` `[K·b/32, N]`, `scales` `[G, N]`.
+#[derive(Debug, Clone, Copy)]
+pub struct IntWeightSlices<'a> {
+    pub bits: u32,
+    pub k: usize,
+    pub n: usize,
+    pub words: &'a [i32],
+    pub scales: &'a [f32],
+    pub centring: Centring<'a>,
+    pub grouping: Grouping<'a>,
+}
+
+/// Consecutive stored rows of one group.
+#[derive(Debug, Clone)]
+struct GroupRun {
+    group: usize,
+    rows: Range<usize>,
+}
+
+impl IntWeightSlices<'_> {
+    /// The group of each stored row.
+    fn group_of_rows(&self) -> Vec<usize> {
+        let mut groups = vec![0; self.k];
+        for run in self.group_runs() {
+            groups[run.rows].fill(run.group);
+        }
+        groups
+    }
+
+    fn group_runs(&self) -> Vec<GroupRun> {
+        match self.grouping {
+            Grouping::Contiguous(size) => {
+                let size = size.max(1);
+                (0..self.k.div_ceil(size)).map(|group| GroupRun { group, rows: group * size..((group + 1) * size).min(self.k) }).collect()
+            }
+            Grouping::Indexed(index) => {
+                let mut runs: Vec<GroupRun> = Vec::new();
+                for (row, &group) in index.iter().enumerate().take(self.k) {
+                    match runs.last_mut() {
+                        Some(run) if run.group == group as usize => run.rows.end = row + 1,
+                        _ => runs.push(GroupRun { group: group as usize, rows: row..row + 1 }),
+                    }
+                }
+                runs
+            }
+        }
+    }
+}
+
+/// `[m, K] · dequant(W)` → `[m, N]`, f32, row-major.
+pub fn int_gemm(weight: &IntWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
+    let runs = weight.group_runs();
+    super::by_column_blocks(m, weight.n, COLS, |cols, out| {
+        let mut first = 0;
+        while first < m {
+            // The widest tile the remaining rows fill: 8, 4, 2 or 1.
+            let tile_rows = [8, 4, 2, 1].into_iter().find(|&rows| rows <= m - first).unwrap_or(1);
+            let tile = &mut out[first * cols.len()..(first + tile_rows) * cols.len()];
+            let rows = &x[first * weight.k..];
+            match (weight.bits, tile_rows) {
+                (4, 1) => dispatch::<4, 1>(weight, &runs, rows, cols.clone(), tile),
+                (4, 2) => dispatch::<4, 2>(weight, &runs, rows, cols.clone(), tile),
+                (4, 4) => dispatch::<4, 4>(weight, &runs, rows, cols.clone(), tile),
+                (4, _) => dispatch::<4, 8>(weight, &runs, rows, cols.clone(), tile),
+                (_, 1) => dispatch::<8, 1>(weight, &runs, rows, cols.clone(), tile),
+                (_, 2) => dispatch::<8, 2>(weight, &runs, rows, cols.clone(), tile),
+                (_, 4) => dispatch::<8, 4>(weight, &runs, rows, cols.clone(), tile),
+                (_, _) => dispatch::<8, 8>(weight, &runs, rows, cols.clone(), tile),
+            }
+            first += tile_rows;
+        }
+    })
+}
+
+/// `dequant(W)` → `[K, N]`, f32, row-major, in stored row order: one task per word row,
+/// each writing its rows whole.
+pub fn dequantize(weight: &IntWeightSlices) -> Vec<f32> {
+    let per_word = 32 / weight.bits as usize;
+    let group_of = weight.group_of_rows();
+    let mut out = vec![0f32; weight.k * weight.n];
+    if weight.n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(per_word * weight.n).enumerate().for_each(|(word_row, rows)| {
+        let words = &weight.words[word_row * weight.n..(word_row + 1) * weight.n];
+        for (field_index, row_out) in rows.chunks_mut(weight.n).enumerate() {
+            let row = word_row * per_word + field_index;
+            match weight.bits {
+                4 => dequantize_row::<4>(weight, words, row % per_word, group_of[row], row_out),
+                _ => dequantize_row::<8>(weight, words, row % per_word, group_of[row], row_out),
+            }
+        }
+    });
+    out
+}
+
+/// Field `field_index` of each word of a word row, dequantized with group `group`.
+fn dequantize_row<const BITS: u32>(weight: &IntWeightSlices, words: &[i32], field_index: usize, group: usize, out: &mut [f32]) {
+    let shift = field_index as u32 * BITS;
+    let midpoint = 1i32 << (BITS - 1);
+    let span = group * weight.n..(group + 1) * weight.n;
+    let scales = &weight.scales[span.clone()];
+    let centred = words.iter().map(|&word| field::<BITS>(word, shift) - midpoint);
+    match weight.centring {
+        Centring::Midpoint => out.iter_mut().zip(centred).zip(scales).for_each(|((o, q), &s)| *o = q as f32 * s),
+        Centring::Integer(zeros) => {
+            let zeros = &zeros[span];
+            out.iter_mut().zip(centred).zip(scales).zip(zeros).for_each(|(((o, q), &s), &z)| *o = (q + midpoint - z) as f32 * s);
+        }
+        Centring::Float(offsets) => {
+            let offsets = &offsets[span];
+            out.iter_mut().zip(centred).zip(scales).zip(offsets).for_each(|(((o, q), &s), &offset)| *o = q as f32 * s + offset);
+        }
+    }
+}
+
+/// [`row_tile`] compiled for AVX2 with FMA when the CPU has them (x86-64's baseline is
+/// SSE2, which vectorizes four columns at a time instead of eight).
+fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU was just checked to have both features the function is compiled for.
+        return unsafe { row_tile_avx2::<BITS, R>(weight, runs, x, cols, out) };
+    }
+    row_tile::<BITS, R>(weight, runs, x, cols, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_tile_avx2<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
+    row_tile::<BITS, R>(weight, runs, x, cols, out)
+}
+
+/// `R` activation rows (`x`, row stride K) times the columns `cols`, into `out` `[R, cols]`.
+#[inline(always)]
+fn row_tile<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
+    let per_word = (32 / BITS) as usize;
+    let (n, k, width) = (weight.n, weight.k, cols.len());
+    let midpoint = (1i32 << (BITS - 1)) as f32;
+    let mut sums = [[0f32; COLS]; R];
+    for run in runs {
+        sums.iter_mut().for_each(|s| s[..width].fill(0.0));
+        let mut x_sums = [0f32; R];
+        let mut row = run.rows.start;
+        while row < run.rows.end {
+            let words = &weight.words[(row / per_word) * n + cols.start..][..width];
+            if row % per_word == 0 && row + per_word <= run.rows.end {
+                // A whole word: every field of it is in this group.
+                let mut xs = [[0f32; 8]; R];
+                for r in 0..R {
+                    xs[r][..per_word].copy_from_slice(&x[r * k + row..][..per_word]);
+                    x_sums[r] += xs[r][..per_word].iter().sum::<f32>();
+                }
+                add_words::<BITS, R>(words, &xs, &mut sums, width);
+                row += per_word;
+            } else {
+                // A group boundary inside the word (uneven act-order groups): one field.
+                let shift = (row % per_word) as u32 * BITS;
+                for r in 0..R {
+                    let xv = x[r * k + row];
+                    x_sums[r] += xv;
+                    for (sum, &word) in sums[r][..width].iter_mut().zip(words) {
+                        *sum += xv * (field::<BITS>(word, shift) as f32 - midpoint);
+                    }
+                }
+                row += 1;
+            }
+        }
+        scale_group(weight, run.group, &cols, &sums, &x_sums, out);
+    }
+}
+
+/// `sums[r][c] += Σ_f xs[r][f] · (field f of words[c] − 2^(b−1))` for a word row.
+#[inline(always)]
+fn add_words<const BITS: u32, const R: usize>(words: &[i32], xs: &[[f32; 8]; R], sums: &mut [[f32; COLS]; R], width: usize) {
+    let per_word = (32 / BITS) as usize;
+    let midpoint = 1i32 << (BITS - 1);
+    // Bounding the width by the arrays' length lets the compiler drop the index checks.
+    let width = width.min(COLS);
+    let words = &words[..width];
+    for c in 0..width {
+        let word = words[c];
+        let mut acc = [0f32; R];
+        for f in 0..per_word {
+            let q = (field::<BITS>(word, f as u32 * BITS) - midpoint) as f32;
+            for r in 0..R {
+                acc[r] += xs[r][f] * q;
+            }
+        }
+        for r in 0..R {
+            sums[r][c] += acc[r];
+        }
+    }
+}
+
+#[inline(always)]
+fn field<const BITS: u32>(word: i32, shift: u32) -> i32 {
+    (word >> shift) & ((1i32 << BITS) - 1)
+}
+
+/// `out[r] += scales[g] · (sums[r] − (zeros[g] − 2^(b−1)) · Σx)`, or with float offsets
+/// `scales[g] · sums[r] + offsets[g] · Σx`.
+#[inline(always)]
+fn scale_group<const R: usize>(weight: &IntWeightSlices, group: usize, cols: &Range<usize>, sums: &[[f32; COLS]; R], x_sums: &[f32; R], out: &mut [f32]) {
+    let width = cols.len();
+    let at = group * weight.n + cols.start;
+    let scales = &weight.scales[at..at + width];
+    let midpoint = (1i32 << (weight.bits - 1)) as f32;
+    for r in 0..R {
+        let (sums, x_sum, out) = (&sums[r][..width], x_sums[r], &mut out[r * width..(r + 1) * width]);
+        match weight.centring {
+            Centring::Midpoint => {
+                for ((o, &s), &sum) in out.iter_mut().zip(scales).zip(sums) {
+                    *o += s * sum;
+                }
+            }
+            Centring::Integer(zeros) => {
+                for (((o, &s), &sum), &z) in out.iter_mut().zip(scales).zip(sums).zip(&zeros[at..at + width]) {
+                    *o += s * (sum - (z as f32 - midpoint) * x_sum);
+                }
+            }
+            Centring::Float(offsets) => {
+                for (((o, &s), &sum), &offset) in out.iter_mut().zip(scales).zip(sums).zip(&offsets[at..at + width]) {
+                    *o += s * sum + offset * x_sum;
+                }
+            }
+        }
+    }
+}

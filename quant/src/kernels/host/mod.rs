@@ -1,0 +1,303 @@
+//! Kernels for the Flex device. Its tensors live in host memory, so these read the
+//! quantized buffers in place as Rust slices and run on rayon's threads, where the
+//! Burn-ops reference would dequantize the whole weight on every call. They are reached
+//! directly rather than through [`super::KernelOps`], whose implementations must cover
+//! every op, tensor-core ones included.
+
+pub mod byte_gemm;
+pub mod int_gemm;
+
+use std::ops::Range;
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use rayon::prelude::*;
+use burn_dispatch::{BackendTensor, DispatchTensorKind};
+
+use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
+use byte_gemm::{ByteWeightSlices, RowScales, WeightScales};
+use int_gemm::{Centring, Grouping, IntWeightSlices};
+
+/// A tensor's contiguous values on the Flex device (copied only when it is a strided view).
+struct HostBuffer(burn_flex::FlexTensor);
+
+impl HostBuffer {
+    /// `None` when the tensor is not on the Flex device.
+    fn of<const D: usize, K: burn::tensor::kind::Basic>(tensor: &Tensor<D, K>) -> Option<Self> {
+        let flex = match tensor.clone().into_dispatch().kind {
+            DispatchTensorKind::Flex(BackendTensor::Float(t) | BackendTensor::Int(t)) => t,
+            _ => return None,
+        };
+        Some(Self(if flex.is_contiguous() { flex } else { flex.to_contiguous() }))
+    }
+
+    /// The values, if they are i32.
+    fn i32s(&self) -> Option<&[i32]> {
+        self.0.as_slice::<i32>()
+    }
+
+    /// The values, if they are f32.
+    fn f32s(&self) -> Option<&[f32]> {
+        self.0.as_slice::<f32>()
+    }
+}
+
+/// A weight's buffers on the host, borrowed by [`IntWeightSlices`].
+struct IntWeightBuffers {
+    bits: u32,
+    k: usize,
+    n: usize,
+    words: HostBuffer,
+    scales: HostBuffer,
+    zeros: Option<HostBuffer>,
+    float_zeros: bool,
+    group_index: Option<HostBuffer>,
+    group_size: usize,
+}
+
+impl IntWeightBuffers {
+    fn new(bits: u32, k: usize, n: usize, words: &Tensor<2, Int>, scales: &Tensor<2>, zeros: &ZeroPoints, group_size: usize, group_index: Option<&Tensor<1, Int>>) -> Option<Self> {
+        let (zeros, float_zeros) = match zeros {
+            ZeroPoints::Midpoint => (None, false),
+            ZeroPoints::Integer(z) => (Some(HostBuffer::of(z)?), false),
+            ZeroPoints::Float(z) => (Some(HostBuffer::of(z)?), true),
+        };
+        let group_index = match group_index {
+            Some(index) => Some(HostBuffer::of(index)?),
+            None => None,
+        };
+        Some(Self { bits, k, n, words: HostBuffer::of(words)?, scales: HostBuffer::of(scales)?, zeros, float_zeros, group_index, group_size })
+    }
+
+    /// The slices of expert `expert` (of a stack whose experts are `k` rows each; 0 for a
+    /// single weight), or `None` if a buffer has another dtype than the kernel reads.
+    fn slices(&self, expert: usize) -> Option<IntWeightSlices<'_>> {
+        let word_rows = self.k * self.bits as usize / 32;
+        let groups = self.k.div_ceil(self.group_size.max(1));
+        let expert_part = |rows_per_expert: usize| expert * rows_per_expert * self.n..(expert + 1) * rows_per_expert * self.n;
+        let centring = match (&self.zeros, self.float_zeros) {
+            (None, _) => Centring::Midpoint,
+            (Some(z), false) => Centring::Integer(z.i32s()?.get(expert_part(groups))?),
+            (Some(z), true) => Centring::Float(z.f32s()?.get(expert_part(groups))?),
+        };
+        let grouping = match &self.group_index {
+            Some(index) => Grouping::Indexed(index.i32s()?),
+            None => Grouping::Contiguous(self.group_size),
+        };
+        Some(IntWeightSlices {
+            bits: self.bits,
+            k: self.k,
+            n: self.n,
+            words: self.words.i32s()?.get(expert_part(word_rows))?,
+            scales: self.scales.f32s()?.get(expert_part(groups))?,
+            centring,
+            grouping,
+        })
+    }
+}
+
+/// `[m, n]` f32, row-major, computed by `block` for blocks of `width` output columns in
+/// parallel: `block(cols, out)` fills `out`, `[m, cols.len()]`. The blocks are written into
+/// one buffer allocated here, so the worker threads allocate nothing (their allocator
+/// arenas would otherwise keep the slack).
+fn by_column_blocks(m: usize, n: usize, width: usize, block: impl Fn(Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
+    if m == 0 || n == 0 {
+        return Vec::new();
+    }
+    let mut staged = vec![0f32; m * n.div_ceil(width) * width];
+    staged.par_chunks_mut(m * width).enumerate().for_each(|(index, out)| {
+        let cols = index * width..((index + 1) * width).min(n);
+        block(cols.clone(), &mut out[..m * cols.len()]);
+    });
+    if m == 1 {
+        staged.truncate(n);
+        return staged;
+    }
+    let mut values = vec![0f32; m * n];
+    for (index, out) in staged.chunks(m * width).enumerate() {
+        let cols = index * width..((index + 1) * width).min(n);
+        for (row, block_row) in out[..m * cols.len()].chunks(cols.len()).enumerate() {
+            values[row * n + cols.start..row * n + cols.end].copy_from_slice(block_row);
+        }
+    }
+    values
+}
+
+/// `x`'s values as f32, row-major.
+fn f32_values(x: &Tensor<2>) -> Option<Vec<f32>> {
+    x.clone().into_data().try_into_vec_as::<f32>().ok()
+}
+
+/// `[m, n]` f32 values as a tensor of `dtype` on `x`'s device.
+fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
+    Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
+}
+
+/// Rows from which a host product dequantizes the weight once and hands it to Flex's
+/// dense matmul: below, unpacking every word for each tile of four rows costs less than
+/// writing and reading the f32 weight; from here the matmul's blocking wins (measured in
+/// BENCHMARKS.md: at 64 rows the fused kernel is 1.8× the matmul alone, at 128 it is 0.34×).
+pub const DEQUANTIZE_ROWS: usize = 128;
+
+/// How a host product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPath {
+    /// The fused kernel: words unpacked in registers, nothing written but the output.
+    Fused,
+    /// The weight dequantized to f32 by the host (one pass), then Flex's dense matmul.
+    Dequantized,
+}
+
+impl HostPath {
+    pub fn for_rows(rows: usize) -> Self {
+        if rows >= DEQUANTIZE_ROWS { Self::Dequantized } else { Self::Fused }
+    }
+}
+
+/// `x · W` on the Flex device by the path suited to its rows, or `None` if `weight` or
+/// `x` is not on it or a buffer has another dtype than i32 words with f32 scales (the
+/// selector checks both).
+pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>) -> Option<Tensor<2>> {
+    let rows = x.dims()[0];
+    int_weight_gemm_by(weight, x, HostPath::for_rows(rows))
+}
+
+/// [`int_weight_gemm`] by `path`.
+pub fn int_weight_gemm_by(weight: &PackedIntWeight, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
+    let x = weight.ordered_input(x);
+    let group_index = (!weight.groups_contiguous).then_some(&weight.group_index);
+    let buffers = IntWeightBuffers::new(weight.bits, weight.in_features, weight.out_features, &weight.packed, &weight.scales, &weight.zeros, weight.group_size, group_index)?;
+    product(&buffers.slices(0)?, x, path)
+}
+
+/// `x · W` for one weight's slices.
+fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
+    let [m, _] = x.dims();
+    match path {
+        HostPath::Fused => Some(output(int_gemm::int_gemm(weight, &f32_values(&x)?, m), m, weight.n, &x)),
+        HostPath::Dequantized => {
+            let dense = Tensor::<2>::from_data(TensorData::new(int_gemm::dequantize(weight), [weight.k, weight.n]), (&x.device(), DType::F32));
+            let dtype = x.dtype();
+            Some(x.cast(DType::F32).matmul(dense).cast(dtype))
+        }
+    }
+}
+
+/// A mixture-of-experts projection on the Flex device: `x` holds `rows_per_expert[e]`
+/// rows for each expert `e`, in expert order; each expert's rows take the path suited to
+/// their count. `None` as for [`int_weight_gemm`].
+pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_expert: &[usize]) -> Option<Tensor<2>> {
+    let [m, _] = x.dims();
+    let n = stack.out_features;
+    let buffers = IntWeightBuffers::new(stack.bits, stack.in_features, n, &stack.packed, &stack.scales, &stack.zeros, stack.group_size, None)?;
+    let mut outputs = Vec::new();
+    let mut first = 0;
+    for (expert, &rows) in rows_per_expert.iter().enumerate().filter(|(_, &rows)| rows > 0) {
+        let expert_x = x.clone().narrow(0, first, rows);
+        outputs.push(product(&buffers.slices(expert)?, expert_x, HostPath::for_rows(rows))?);
+        first += rows;
+    }
+    match (first == m, outputs.is_empty()) {
+        (false, _) => None,
+        (true, true) => Some(Tensor::zeros([0, n], (&x.device(), x.dtype()))),
+        (true, false) => Some(Tensor::cat(outputs, 0)),
+    }
+}
+
+/// An 8-bit weight's buffers on the host.
+struct ByteWeightBuffers {
+    k: usize,
+    n: usize,
+    words: HostBuffer,
+    scales: HostBuffer,
+    scale_layout: WeightScales,
+}
+
+impl ByteWeightBuffers {
+    fn slices(&self) -> Option<ByteWeightSlices<'_>> {
+        let words = self.words.i32s()?;
+        // Bytes in memory order are K order: byte j of word w is column 4w + j.
+        let bytes: &[u8] = words_as_bytes(words);
+        (bytes.len() == self.n * self.k).then_some(ByteWeightSlices { k: self.k, n: self.n, bytes, scales: self.scales.f32s()?, scale_layout: self.scale_layout })
+    }
+}
+
+/// The bytes of little-endian words, in memory order.
+fn words_as_bytes(words: &[i32]) -> &[u8] {
+    #[cfg(target_endian = "big")]
+    compile_error!("the host kernels read packed words as little-endian bytes");
+    // SAFETY: any initialized i32 memory is valid as u8, with alignment 1 and four times the length.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
+
+/// How `mode` scales activations, reading a static scale back from the device.
+fn row_scales(mode: &ActivationQuant) -> Option<Option<RowScales>> {
+    Some(match mode {
+        ActivationQuant::None => None,
+        ActivationQuant::DynamicPerToken => Some(RowScales::PerRow),
+        ActivationQuant::DynamicPerTensor => Some(RowScales::PerTensor),
+        &ActivationQuant::DynamicPerGroup(group) => Some(RowScales::PerGroup(group)),
+        ActivationQuant::Static(scale) => Some(RowScales::Static(*scale.clone().into_data().try_into_vec_as::<f32>().ok()?.first()?)),
+    })
+}
+
+/// Activations for a float-activation product: `x` itself, or rounded onto `grid` and
+/// scaled back.
+fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> Option<Vec<f32>> {
+    let [m, k] = x.dims();
+    let values = f32_values(x)?;
+    Some(match row_scales(mode)? {
+        None => values,
+        Some(scales) => byte_gemm::quantize(&values, m, k, scales, grid).dequantize(k),
+    })
+}
+
+/// Many rows: `activations · dequant(W)ᵀ` through Flex's dense matmul.
+fn dequantized_product(weight: &ByteWeightSlices, e4m3: bool, activations: Vec<f32>, like: &Tensor<2>) -> Tensor<2> {
+    let [m, k] = like.dims();
+    let device = like.device();
+    let a = Tensor::<2>::from_data(TensorData::new(activations, [m, k]), (&device, DType::F32));
+    let w = Tensor::<2>::from_data(TensorData::new(byte_gemm::dequantize(weight, e4m3), [weight.n, weight.k]), (&device, DType::F32));
+    a.matmul(w.transpose()).cast(like.dtype())
+}
+
+/// `x · Wᵀ` for an FP8 weight on the Flex device, or `None` if a buffer is not on it or
+/// has another dtype than i32 words with f32 scales (the selector checks both).
+pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
+    let [m, _] = x.dims();
+    let (n, k) = (weight.out_features, weight.in_features);
+    let scale_layout = match weight.block {
+        Some([bn, bk]) => WeightScales::Block { bn, bk },
+        None if weight.scales.dims()[0] > 1 => WeightScales::PerChannel,
+        None => WeightScales::PerTensor,
+    };
+    let buffers = ByteWeightBuffers { k, n, words: HostBuffer::of(&weight.codes)?, scales: HostBuffer::of(&weight.scales)?, scale_layout };
+    let slices = buffers.slices()?;
+    let activations = float_activations(&x, &weight.activations, ActivationGrid::E4M3)?;
+    Some(match HostPath::for_rows(m) {
+        HostPath::Fused => output(byte_gemm::e4m3_gemm(&slices, &activations, m), m, n, &x),
+        HostPath::Dequantized => dequantized_product(&slices, true, activations, &x),
+    })
+}
+
+/// `x · Wᵀ` for a W8A8 int8 weight on the Flex device: activations quantized to int8 per
+/// row or tensor (or kept float), `None` as for [`fp8_gemm`] and for per-group scales.
+pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
+    let [m, k] = x.dims();
+    let n = weight.out_features;
+    let buffers = ByteWeightBuffers { k, n, words: HostBuffer::of(&weight.codes)?, scales: HostBuffer::of(&weight.scales)?, scale_layout: WeightScales::PerChannel };
+    let slices = buffers.slices()?;
+    let values = f32_values(&x)?;
+    let scales = match row_scales(&weight.activations)? {
+        None => return Some(output(byte_gemm::int8_weight_only_gemm(&slices, &values, m), m, n, &x)),
+        Some(RowScales::PerGroup(_)) => return None,
+        Some(scales) => scales,
+    };
+    let codes = byte_gemm::quantize(&values, m, k, scales, ActivationGrid::Int8);
+    Some(match HostPath::for_rows(m) {
+        HostPath::Fused => {
+            let a: Vec<i8> = codes.values.iter().map(|&v| v as i8).collect();
+            output(byte_gemm::int8_gemm(&slices, &a, &codes.scales, m), m, n, &x)
+        }
+        HostPath::Dequantized => dequantized_product(&slices, false, codes.dequantize(k), &x),
+    })
+}
