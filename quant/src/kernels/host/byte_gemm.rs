@@ -10,6 +10,8 @@
 //! `max(absmax / half_range, f32::MIN_POSITIVE)`, values are divided by it, clamped, and
 //! rounded half to even (int8) or to the nearest e4m3 value.
 
+use std::ops::Range;
+
 use crate::repr::activation::E4M3_MAX;
 use crate::repr::ActivationGrid;
 
@@ -96,15 +98,22 @@ pub fn round_to_e4m3(v: f32) -> f32 {
     (v / step).round_ties_even() * step
 }
 
-/// The value of an e4m3fn byte, by bit operations the compiler vectorizes: the 7 low bits
-/// shifted into an f32's exponent and mantissa are the magnitude times 2^−120 (subnormals
-/// included), and 0x7F is NaN.
+/// The value of an e4m3fn byte, by bit operations the compiler vectorizes: a normal
+/// value's exponent rebiased from 7 to 127 with its mantissa above f32's, a subnormal one
+/// (exponent field 0) as `mantissa · 2^−9`, and 0x7F as NaN. (Shifting all seven bits into
+/// an f32 and multiplying by 2^120 would be shorter, but subnormal f32 arithmetic takes a
+/// slow microcode path on x86.)
 #[inline(always)]
 pub fn e4m3_to_f32(byte: u8) -> f32 {
-    const TWO_POW_120: f32 = f32::from_bits((120 + 127) << 23);
-    let magnitude = (byte & 0x7F) as u32;
-    let value = if magnitude == 0x7F { f32::NAN } else { f32::from_bits(magnitude << 20) * TWO_POW_120 };
-    f32::from_bits(value.to_bits() | ((byte as u32 & 0x80) << 24))
+    let (exponent, mantissa) = ((byte as u32 >> 3) & 0x0F, byte as u32 & 0x07);
+    let normal = f32::from_bits(((exponent + 120) << 23) | (mantissa << 20));
+    let subnormal = mantissa as f32 * (1.0 / 512.0);
+    let magnitude = match (exponent, mantissa) {
+        (0x0F, 0x07) => f32::NAN,
+        (0, _) => subnormal,
+        _ => normal,
+    };
+    f32::from_bits(magnitude.to_bits() | ((byte as u32 & 0x80) << 24))
 }
 
 /// An 8-bit weight's buffers: `bytes` `[N, K]` and its scales.
@@ -147,59 +156,105 @@ impl ByteWeightSlices<'_> {
     }
 }
 
+/// What a block of output channels multiplies.
+#[derive(Clone, Copy)]
+enum Operands<'a> {
+    /// e4m3 weights, float activations.
+    E4m3 { x: &'a [f32] },
+    /// int8 weights, int8 activation codes with one scale per row.
+    Int8 { a: &'a [i8], a_scales: &'a [f32] },
+    /// int8 weights, float activations.
+    Int8WeightOnly { x: &'a [f32] },
+}
+
 /// `[m, K] · dequant(W)ᵀ` for e4m3 weights and float activations `x` (already rounded
 /// and scaled back where the scheme quantizes them).
 pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
-    let chunk = weight.chunk();
-    super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| {
-        let width = channels.len();
-        let mut decoded = vec![0f32; chunk];
-        for (c, n) in channels.enumerate() {
-            let bytes = &weight.bytes[n * weight.k..(n + 1) * weight.k];
-            for start in (0..weight.k).step_by(chunk) {
-                let end = (start + chunk).min(weight.k);
-                let decoded = &mut decoded[..end - start];
-                decoded.iter_mut().zip(&bytes[start..end]).for_each(|(d, &b)| *d = e4m3_to_f32(b));
-                let scale = weight.scale(n, start);
-                for row in 0..m {
-                    out[row * width + c] += dot(&x[row * weight.k + start..row * weight.k + end], decoded) * scale;
-                }
-            }
-        }
-    })
+    gemm(weight, Operands::E4m3 { x }, m)
 }
 
-/// `[m, K] · Wᵀ` for int8 weights and int8 activation codes `a` (as i8) with one scale
-/// per row (`a_scales`, `[m]`): each product summed in i32, then times both scales.
+/// `[m, K] · Wᵀ` for int8 weights and int8 activation codes `a` with one scale per row
+/// (`a_scales`, `[m]`): each product summed in i32, then times both scales in the
+/// reference's order.
 pub fn int8_gemm(weight: &ByteWeightSlices, a: &[i8], a_scales: &[f32], m: usize) -> Vec<f32> {
-    let weights: &[i8] = bytemuck_i8(weight.bytes);
-    super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| {
-        let width = channels.len();
-        for (c, n) in channels.enumerate() {
-            let w = &weights[n * weight.k..(n + 1) * weight.k];
-            let w_scale = weight.scale(n, 0);
-            for row in 0..m {
-                let sum: i32 = a[row * weight.k..(row + 1) * weight.k].iter().zip(w).map(|(&a, &w)| a as i32 * w as i32).sum();
-                out[row * width + c] = sum as f32 * a_scales[row] * w_scale;
-            }
-        }
-    })
+    gemm(weight, Operands::Int8 { a, a_scales }, m)
 }
 
 /// `[m, K] · Wᵀ` for int8 weights and float activations (weight-only), channel scales.
 pub fn int8_weight_only_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
-    let weights: &[i8] = bytemuck_i8(weight.bytes);
-    super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| {
-        let width = channels.len();
-        let mut values = vec![0f32; weight.k];
-        for (c, n) in channels.enumerate() {
-            values.iter_mut().zip(&weights[n * weight.k..(n + 1) * weight.k]).for_each(|(v, &w)| *v = w as f32);
-            let w_scale = weight.scale(n, 0);
-            for row in 0..m {
-                out[row * width + c] = dot(&x[row * weight.k..(row + 1) * weight.k], &values) * w_scale;
+    gemm(weight, Operands::Int8WeightOnly { x }, m)
+}
+
+fn gemm(weight: &ByteWeightSlices, operands: Operands, m: usize) -> Vec<f32> {
+    super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| dispatch(weight, operands, m, channels, out))
+}
+
+/// [`channel_block`] compiled for AVX2 with FMA when the CPU has them (x86-64's baseline
+/// SSE2 has four f32 lanes and no byte-widening instructions).
+fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU was just checked to have both features the function is compiled for.
+        return unsafe { channel_block_avx2(weight, operands, m, channels, out) };
+    }
+    channel_block(weight, operands, m, channels, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn channel_block_avx2(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
+    channel_block(weight, operands, m, channels, out)
+}
+
+/// Every row times the output channels `channels`, into `out` `[m, channels]`.
+#[inline(always)]
+fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
+    let (k, width) = (weight.k, channels.len());
+    match operands {
+        Operands::E4m3 { x } => {
+            let chunk = weight.chunk();
+            let mut decoded = vec![0f32; chunk];
+            for (c, n) in channels.enumerate() {
+                let bytes = &weight.bytes[n * k..(n + 1) * k];
+                for start in (0..k).step_by(chunk) {
+                    let end = (start + chunk).min(k);
+                    let decoded = &mut decoded[..end - start];
+                    decoded.iter_mut().zip(&bytes[start..end]).for_each(|(d, &b)| *d = e4m3_to_f32(b));
+                    let scale = weight.scale(n, start);
+                    for row in 0..m {
+                        out[row * width + c] += dot(&x[row * k + start..row * k + end], decoded) * scale;
+                    }
+                }
             }
         }
-    })
+        Operands::Int8 { a, a_scales } => {
+            let weights = as_i8(weight.bytes);
+            for (c, n) in channels.enumerate() {
+                let w = &weights[n * k..(n + 1) * k];
+                let w_scale = weight.scale(n, 0);
+                for row in 0..m {
+                    out[row * width + c] = dot_i8(&a[row * k..(row + 1) * k], w) as f32 * a_scales[row] * w_scale;
+                }
+            }
+        }
+        Operands::Int8WeightOnly { x } => {
+            let weights = as_i8(weight.bytes);
+            let mut values = vec![0f32; k];
+            for (c, n) in channels.enumerate() {
+                values.iter_mut().zip(&weights[n * k..(n + 1) * k]).for_each(|(v, &w)| *v = w as f32);
+                let w_scale = weight.scale(n, 0);
+                for row in 0..m {
+                    out[row * width + c] = dot(&x[row * k..(row + 1) * k], &values) * w_scale;
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a·b` of int8 values, exactly, in i32.
+#[inline(always)]
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&a, &b)| a as i16 as i32 * b as i16 as i32).sum()
 }
 
 /// `dequant(W)` → `[N, K]`, f32: e4m3 values or int8 values times their scales.
@@ -220,7 +275,7 @@ pub fn dequantize(weight: &ByteWeightSlices, e4m3: bool) -> Vec<f32> {
 }
 
 /// Reinterprets bytes as two's-complement int8.
-fn bytemuck_i8(bytes: &[u8]) -> &[i8] {
+fn as_i8(bytes: &[u8]) -> &[i8] {
     // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
 }
