@@ -162,7 +162,7 @@ enum Operands<'a> {
     /// e4m3 weights, float activations.
     E4m3 { x: &'a [f32] },
     /// int8 weights, int8 activation codes with one scale per row.
-    Int8 { a: &'a [i8], a_scales: &'a [f32] },
+    Int8 { a: &'a [i16], a_scales: &'a [f32] },
     /// int8 weights, float activations.
     Int8WeightOnly { x: &'a [f32] },
 }
@@ -173,10 +173,10 @@ pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
     gemm(weight, Operands::E4m3 { x }, m)
 }
 
-/// `[m, K] · Wᵀ` for int8 weights and int8 activation codes `a` with one scale per row
+/// `[m, K] · Wᵀ` for int8 weights and int8 activation codes `a` (as i16) with one scale per row
 /// (`a_scales`, `[m]`): each product summed in i32, then times both scales in the
 /// reference's order.
-pub fn int8_gemm(weight: &ByteWeightSlices, a: &[i8], a_scales: &[f32], m: usize) -> Vec<f32> {
+pub fn int8_gemm(weight: &ByteWeightSlices, a: &[i16], a_scales: &[f32], m: usize) -> Vec<f32> {
     gemm(weight, Operands::Int8 { a, a_scales }, m)
 }
 
@@ -228,12 +228,15 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
             }
         }
         Operands::Int8 { a, a_scales } => {
+            // Widened to i16 once per channel (the codes once per call), the products
+            // pair up into the CPU's i16 multiply-add.
             let weights = as_i8(weight.bytes);
+            let mut widened = vec![0i16; k];
             for (c, n) in channels.enumerate() {
-                let w = &weights[n * k..(n + 1) * k];
+                widened.iter_mut().zip(&weights[n * k..(n + 1) * k]).for_each(|(v, &w)| *v = w as i16);
                 let w_scale = weight.scale(n, 0);
                 for row in 0..m {
-                    out[row * width + c] = dot_i8(&a[row * k..(row + 1) * k], w) as f32 * a_scales[row] * w_scale;
+                    out[row * width + c] = dot_i16(&a[row * k..(row + 1) * k], &widened) as f32 * a_scales[row] * w_scale;
                 }
             }
         }
@@ -251,10 +254,10 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
     }
 }
 
-/// `Σ a·b` of int8 values, exactly, in i32.
+/// `Σ a·b` of int8 values (widened to i16), exactly, in i32.
 #[inline(always)]
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    a.iter().zip(b).map(|(&a, &b)| a as i16 as i32 * b as i16 as i32).sum()
+fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
+    a.iter().zip(b).map(|(&a, &b)| a as i32 * b as i32).sum()
 }
 
 /// `dequant(W)` → `[N, K]`, f32: e4m3 values or int8 values times their scales.

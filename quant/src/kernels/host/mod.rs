@@ -295,7 +295,7 @@ pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let codes = byte_gemm::quantize(&values, m, k, scales, ActivationGrid::Int8);
     Some(match HostPath::for_rows(m) {
         HostPath::Fused => {
-            let a: Vec<i8> = codes.values.iter().map(|&v| v as i8).collect();
+            let a: Vec<i16> = codes.values.iter().map(|&v| v as i16).collect();
             output(byte_gemm::int8_gemm(&slices, &a, &codes.scales, m), m, n, &x)
         }
         HostPath::Dequantized => dequantized_product(&slices, false, codes.dequantize(k), &x),
