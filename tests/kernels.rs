@@ -338,8 +338,15 @@ fn every_kernel_variant_generates_cuda_cpp() {
 /// The grouped (mixture-of-experts) launch against each expert's reference matmul, with
 /// experts that get no rows, one row, and several row tiles. `shared_memory` adds the
 /// shared-memory kernel (not on the CPU runtime, where a cube's barriers take minutes).
+/// `experts` experts of two random `case` weights each, and their stack.
+fn random_stack(case: Case, experts: usize, device: &Device, rng: &mut StdRng) -> (Vec<[PackedIntWeight; 2]>, ember_quant::repr::ExpertStack) {
+    let weights: Vec<[PackedIntWeight; 2]> = (0..experts).map(|_| [random_weight(case, device, rng), random_weight(case, device, rng)]).collect();
+    let parts: Vec<Vec<&PackedIntWeight>> = weights.iter().map(|[a, b]| vec![a, b]).collect();
+    let stack = ember_quant::repr::ExpertStack::stack(&parts).expect("one layout");
+    (weights, stack)
+}
+
 fn grouped_on(device: Device, shared_memory: bool) {
-    use ember_quant::repr::ExpertStack;
     let registers = |tile_m| IntGemmTiling::Registers { tile_m };
     for (case, rows_per_expert, tiling) in [
         (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], registers(1)),
@@ -351,10 +358,7 @@ fn grouped_on(device: Device, shared_memory: bool) {
             continue;
         }
         let mut rng = StdRng::seed_from_u64(11);
-        let experts: Vec<[PackedIntWeight; 2]> =
-            (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
-        let parts: Vec<Vec<&PackedIntWeight>> = experts.iter().map(|[a, b]| vec![a, b]).collect();
-        let stack = ExpertStack::stack(&parts).expect("one layout");
+        let (experts, stack) = random_stack(case, rows_per_expert.len(), &device, &mut rng);
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, DType::F32, &device, &mut rng);
         let grouped = to_f32(kernels::grouped_int_weight_gemm(&stack, x.clone(), &rows_per_expert, tiling));
@@ -437,7 +441,6 @@ fn int_gemm_host_kernel_on_flex() {
 /// The grouped host kernel against each expert's reference, with experts of no rows.
 #[test]
 fn grouped_int_gemm_host_kernel_on_flex() {
-    use ember_quant::repr::ExpertStack;
     let device = Device::flex();
     for (case, rows_per_expert) in [
         (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1]),
@@ -447,10 +450,7 @@ fn grouped_int_gemm_host_kernel_on_flex() {
         (Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![3, kernels::host::DEQUANTIZE_ROWS + 2, 0, 1]),
     ] {
         let mut rng = StdRng::seed_from_u64(13);
-        let experts: Vec<[PackedIntWeight; 2]> =
-            (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
-        let parts: Vec<Vec<&PackedIntWeight>> = experts.iter().map(|[a, b]| vec![a, b]).collect();
-        let stack = ExpertStack::stack(&parts).expect("one layout");
+        let (_, stack) = random_stack(case, rows_per_expert.len(), &device, &mut rng);
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, DType::F32, &device, &mut rng);
         let max_rows = rows_per_expert.iter().copied().max().unwrap_or(0);
@@ -708,7 +708,7 @@ fn max_relative_error(kernel: &[f32], reference: &[f32]) -> f32 {
 /// The grouped (mixture-of-experts) form of the tensor-core kernel, emulated, against each
 /// expert's reference: experts with no rows, one row, and several row tiles; 4- and 8-bit.
 fn grouped_int_mma_on(device: Device, tensor_cores: bool, (warps, k_slices): (u32, u32), staging: Staging) {
-    use ember_quant::repr::{ExpertStack, IntFragments};
+    use ember_quant::repr::IntFragments;
     let dtype = DType::F16;
     for (case, rows_per_expert, m_tiles, splits) in [
         (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1], 1u32, 1u32),
@@ -716,10 +716,7 @@ fn grouped_int_mma_on(device: Device, tensor_cores: bool, (warps, k_slices): (u3
         (Case { bits: 8, k: 128, n: 32, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![0, 5, 18, 1], 1, 2),
     ] {
         let mut rng = StdRng::seed_from_u64(12);
-        let experts: Vec<[PackedIntWeight; 2]> =
-            (0..rows_per_expert.len()).map(|_| [random_weight(case, &device, &mut rng), random_weight(case, &device, &mut rng)]).collect();
-        let parts: Vec<Vec<&PackedIntWeight>> = experts.iter().map(|[a, b]| vec![a, b]).collect();
-        let stack = ExpertStack::stack(&parts).expect("one layout");
+        let (experts, stack) = random_stack(case, rows_per_expert.len(), &device, &mut rng);
         let fragments = IntFragments::repack_stack(&stack).expect("4-bit, tiled shape");
         let total: usize = rows_per_expert.iter().sum();
         let x = activations(total, case.k, dtype, &device, &mut rng);

@@ -47,39 +47,37 @@ impl GridActivations {
     /// `[m, k]` values, each multiplied back by its scale.
     pub fn dequantize(&self, k: usize) -> Vec<f32> {
         let groups = k.div_ceil(self.group);
-        self.values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let (row, col) = (i / k, i % k);
-                v * self.scales[(row * groups + col / self.group).min(self.scales.len() - 1)]
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.values.len());
+        for (row, values) in self.values.chunks(k.max(1)).enumerate() {
+            for (group, values) in values.chunks(self.group).enumerate() {
+                let scale = self.scales[row * groups + group];
+                out.extend(values.iter().map(|&v| v * scale));
+            }
+        }
+        out
     }
 }
 
 /// `x` `[m, k]` quantized onto `grid` with `scales`.
 pub fn quantize(x: &[f32], m: usize, k: usize, scales: RowScales, grid: ActivationGrid) -> GridActivations {
     let from_absmax = |values: &[f32]| (values.iter().fold(0f32, |a, v| a.max(v.abs())) / grid.half_range()).max(f32::MIN_POSITIVE);
+    let rows = || x.chunks(k.max(1));
     let (scales, group) = match scales {
         RowScales::Static(scale) => (vec![scale; m], k),
         RowScales::PerTensor => (vec![from_absmax(x); m], k),
-        RowScales::PerRow => (x.chunks(k.max(1)).map(from_absmax).collect(), k),
-        RowScales::PerGroup(group) => {
-            let group = group.max(1);
-            (x.chunks(k.max(1)).flat_map(|row| row.chunks(group).map(from_absmax)).collect(), group)
-        }
+        RowScales::PerRow => (rows().map(from_absmax).collect(), k),
+        RowScales::PerGroup(group) => (rows().flat_map(|row| row.chunks(group.max(1)).map(from_absmax)).collect(), group),
     };
-    let groups = k.div_ceil(group.max(1));
-    let values = x
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let scale = scales[(i / k) * groups + (i % k) / group.max(1)];
-            round_to_grid(v / scale, grid)
-        })
-        .collect();
-    GridActivations { values, scales, group: group.max(1) }
+    let group = group.max(1);
+    let mut values = Vec::with_capacity(x.len());
+    let mut scale_of_group = scales.iter();
+    for row in rows() {
+        for part in row.chunks(group) {
+            let scale = *scale_of_group.next().unwrap_or(&1.0);
+            values.extend(part.iter().map(|&v| round_to_grid(v / scale, grid)));
+        }
+    }
+    GridActivations { values, scales, group }
 }
 
 fn round_to_grid(scaled: f32, grid: ActivationGrid) -> f32 {
@@ -267,11 +265,15 @@ pub fn dequantize(weight: &ByteWeightSlices, e4m3: bool) -> Vec<f32> {
     if weight.k == 0 {
         return out;
     }
+    let chunk = weight.chunk();
     out.par_chunks_mut(weight.k).enumerate().for_each(|(n, row)| {
         let bytes = &weight.bytes[n * weight.k..(n + 1) * weight.k];
-        for (k, (o, &b)) in row.iter_mut().zip(bytes).enumerate() {
-            let value = if e4m3 { e4m3_to_f32(b) } else { b as i8 as f32 };
-            *o = value * weight.scale(n, k);
+        for (index, (row, bytes)) in row.chunks_mut(chunk).zip(bytes.chunks(chunk)).enumerate() {
+            let scale = weight.scale(n, index * chunk);
+            match e4m3 {
+                true => row.iter_mut().zip(bytes).for_each(|(o, &b)| *o = e4m3_to_f32(b) * scale),
+                false => row.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as i8 as f32 * scale),
+            }
         }
     });
     out

@@ -10,8 +10,8 @@ pub mod int_gemm;
 use std::ops::Range;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use rayon::prelude::*;
 use burn_dispatch::{BackendTensor, DispatchTensorKind};
+use rayon::prelude::*;
 
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use byte_gemm::{ByteWeightSlices, RowScales, WeightScales};
@@ -127,15 +127,16 @@ fn f32_values(x: &Tensor<2>) -> Option<Vec<f32>> {
     x.clone().into_data().try_into_vec_as::<f32>().ok()
 }
 
-/// `[m, n]` f32 values as a tensor of `dtype` on `x`'s device.
+/// `[m, n]` f32 values as a tensor in `like`'s dtype, on its device.
 fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
 }
 
 /// Rows from which a host product dequantizes the weight once and hands it to Flex's
-/// dense matmul: below, unpacking every word for each tile of four rows costs less than
-/// writing and reading the f32 weight; from here the matmul's blocking wins (measured in
-/// BENCHMARKS.md: at 64 rows the fused kernel is 1.8× the matmul alone, at 128 it is 0.34×).
+/// dense matmul: below, unpacking every word once per tile of eight rows costs less than
+/// writing and reading the f32 weight; from here the matmul's blocking wins (BENCHMARKS.md:
+/// for a 4096² Int4 weight the fused kernel takes 0.6 of the matmul's time at 64 rows and
+/// 1.8 times it at 128).
 pub const DEQUANTIZE_ROWS: usize = 128;
 
 /// How a host product runs.
@@ -154,8 +155,9 @@ impl HostPath {
 }
 
 /// `x · W` on the Flex device by the path suited to its rows, or `None` if `weight` or
-/// `x` is not on it or a buffer has another dtype than i32 words with f32 scales (the
-/// selector checks both).
+/// `x` is not on it, a buffer has another dtype than i32 words with f32 scales (the
+/// selector checks both), or `x` does not have K columns (the reference then reports the
+/// mismatch).
 pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
     int_weight_gemm_by(weight, x, HostPath::for_rows(rows))
@@ -169,9 +171,12 @@ pub fn int_weight_gemm_by(weight: &PackedIntWeight, x: Tensor<2>, path: HostPath
     product(&buffers.slices(0)?, x, path)
 }
 
-/// `x · W` for one weight's slices.
+/// `x · W` for one weight's slices (`None` if `x` does not have K columns).
 fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
-    let [m, _] = x.dims();
+    let [m, k] = x.dims();
+    if k != weight.k {
+        return None;
+    }
     match path {
         HostPath::Fused => Some(output(int_gemm::int_gemm(weight, &f32_values(&x)?, m), m, weight.n, &x)),
         HostPath::Dequantized => {
@@ -261,10 +266,14 @@ fn dequantized_product(weight: &ByteWeightSlices, e4m3: bool, activations: Vec<f
 }
 
 /// `x · Wᵀ` for an FP8 weight on the Flex device, or `None` if a buffer is not on it or
-/// has another dtype than i32 words with f32 scales (the selector checks both).
+/// has another dtype than i32 words with f32 scales (the selector checks both), or `x`
+/// does not have K columns (the reference then reports the mismatch).
 pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
-    let [m, _] = x.dims();
-    let (n, k) = (weight.out_features, weight.in_features);
+    let [m, k] = x.dims();
+    let n = weight.out_features;
+    if k != weight.in_features {
+        return None;
+    }
     let scale_layout = match weight.block {
         Some([bn, bk]) => WeightScales::Block { bn, bk },
         None if weight.scales.dims()[0] > 1 => WeightScales::PerChannel,
@@ -284,6 +293,9 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
 pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let [m, k] = x.dims();
     let n = weight.out_features;
+    if k != weight.in_features {
+        return None;
+    }
     let buffers = ByteWeightBuffers { k, n, words: HostBuffer::of(&weight.codes)?, scales: HostBuffer::of(&weight.scales)?, scale_layout: WeightScales::PerChannel };
     let slices = buffers.slices()?;
     let values = f32_values(&x)?;
