@@ -123,6 +123,12 @@ fn activations(m: usize, k: usize, device: &Device, rng: &mut StdRng) -> Tensor<
     Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (device, DType::F32))
 }
 
+/// Rows the 8-bit families are timed at: Flex also at the counts around its host
+/// kernels' switch to dequantizing.
+fn byte_rows(device: &str) -> &'static [usize] {
+    if device == "flex" { &[1, 16, 32, 64, 128] } else { &[1, 16, 64] }
+}
+
 /// Random bytes `[n, k]` as `[n, k/4]` words; `finite` skips e4m3's NaN bytes.
 fn byte_words(n: usize, k: usize, finite: bool, device: &Device, rng: &mut StdRng) -> Tensor<2, burn::tensor::Int> {
     let mut byte = || loop {
@@ -149,16 +155,18 @@ fn fp8_gemm(c: &mut Criterion) {
                 let dense = w.dequantize().transpose();
                 let mut group = c.benchmark_group(format!("fp8_{scheme}/{name}/{k}x{n}"));
                 group.sample_size(10);
-                for m in [1usize, 16, 64] {
+                for &m in byte_rows(&name) {
                     let x = activations(m, k, &device, &mut rng);
                     group.throughput(Throughput::Bytes((k * n) as u64));
                     match kernels::select::fp8_gemm(&w, &device, DType::F32, m).kernel {
                         GemmKernel::Portable { tile_m } => {
-                            group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::fp8_gemm(&w, x.clone(), tile_m))))
+                            group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::fp8_gemm(&w, x.clone(), tile_m))));
                         }
-                        GemmKernel::Host => group.bench_with_input(BenchmarkId::new("host_kernel", m), &x, |b, x| {
-                            b.iter(|| finish(kernels::host::fp8_gemm(&w, x.clone()).expect("a weight on Flex")))
-                        }),
+                        GemmKernel::Host => {
+                            for (id, path) in [("host_fused", HostPath::Fused), ("host_dequantized", HostPath::Dequantized)] {
+                                group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::fp8_gemm_by(&w, x.clone(), path).expect("a weight on Flex"))));
+                            }
+                        }
                         other => panic!("{name}: {other:?} is selected, not a portable or host kernel"),
                     };
                     group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
@@ -201,16 +209,18 @@ fn w8a8_gemm(c: &mut Criterion) {
             let dense = w.dequantize().transpose();
             let mut group = c.benchmark_group(format!("w8a8/{name}/{k}x{n}"));
             group.sample_size(10);
-            for m in [1usize, 16, 64] {
+            for &m in byte_rows(&name) {
                 let x = activations(m, k, &device, &mut rng);
                 group.throughput(Throughput::Bytes((k * n) as u64));
                 match kernels::select::w8a8_gemm(&w, &device, DType::F32, m).kernel {
                     GemmKernel::Portable { tile_m } => {
-                        group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&w, x.clone(), tile_m))))
+                        group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&w, x.clone(), tile_m))));
                     }
-                    GemmKernel::Host => group.bench_with_input(BenchmarkId::new("host_kernel", m), &x, |b, x| {
-                        b.iter(|| finish(kernels::host::w8a8_gemm(&w, x.clone()).expect("a weight on Flex")))
-                    }),
+                    GemmKernel::Host => {
+                        for (id, path) in [("host_fused", HostPath::Fused), ("host_dequantized", HostPath::Dequantized)] {
+                            group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::w8a8_gemm_by(&w, x.clone(), path).expect("a weight on Flex"))));
+                        }
+                    }
                     other => panic!("{name}: {other:?} is selected, not a portable or host kernel"),
                 };
                 group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));

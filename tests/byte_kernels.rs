@@ -757,7 +757,7 @@ fn fp8_host_kernel_on_flex() {
     for (scales, mode) in cases {
         let what = format!("{scales:?} {}", mode.describe());
         let weight = fp8_weight(k, n, scales, mode, &flex, &mut rng);
-        for rows in [1usize, 5, 16, kernels::host::DEQUANTIZE_ROWS + 2] {
+        for rows in [1usize, 5, 16, kernels::host::E4M3_DEQUANTIZE_ROWS + 2] {
             assert_eq!(kernels::select::fp8_gemm(&weight, &flex, DType::F32, rows).kernel, GemmKernel::Host, "{what}");
             let err = fp8_relative_error_of(&weight, rows, DType::F32, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
             assert!(err < 2e-6, "{what} rows={rows}: relative error {err}");

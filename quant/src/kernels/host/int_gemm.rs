@@ -64,6 +64,7 @@ impl IntWeightSlices<'_> {
         groups
     }
 
+    /// The stored rows, in runs of one group each.
     fn group_runs(&self) -> Vec<GroupRun> {
         match self.grouping {
             Grouping::Contiguous(size) => {
