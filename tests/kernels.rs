@@ -102,10 +102,15 @@ fn relative_error_of(tiling: Option<IntGemmTiling>, case: Case, rows: usize, dty
         panic!("{case:?}: expected a CubeCL kernel, got {selection:?}");
     };
     let kernel = to_f32(kernels::int_weight_gemm(&weight, x.clone(), tiling.unwrap_or(selected)));
-    let reference = to_f32(weight.forward_reference(x));
+    error_against(&kernel, &to_f32(weight.forward_reference(x)), case, rows)
+}
+
+/// The largest difference of `kernel` from `reference`, relative to the reference's largest
+/// magnitude (`rows × case.n` values each).
+fn error_against(kernel: &[f32], reference: &[f32], case: Case, rows: usize) -> f32 {
     assert_eq!(kernel.len(), rows * case.n);
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = kernel.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let diff = kernel.iter().zip(reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff.is_finite(), "{case:?} rows={rows}: non-finite output");
     diff / scale
 }
@@ -405,12 +410,7 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
     };
     assert_eq!(output.dtype(), dtype);
     let kernel = to_f32(output);
-    let reference = to_f32(weight.forward_reference(x));
-    assert_eq!(kernel.len(), rows * case.n);
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let diff = kernel.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(diff.is_finite(), "{case:?} rows={rows}: non-finite output");
-    diff / scale
+    error_against(&kernel, &to_f32(weight.forward_reference(x)), case, rows)
 }
 
 /// Every layout at row counts covering each row tile (1, 2, 4, 8) and ragged ones, N not

@@ -210,6 +210,7 @@ fn row_tile<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[G
 
 /// `sums[r][c] += Σ_f xs[r][f] · (field f of words[c] − 2^(b−1))` for a word row.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // `f` is both the field's position and the activation's index
 fn add_words<const BITS: u32, const R: usize>(words: &[i32], xs: &[[f32; 8]; R], sums: &mut [[f32; COLS]; R], width: usize) {
     let per_word = (32 / BITS) as usize;
     let midpoint = 1i32 << (BITS - 1);

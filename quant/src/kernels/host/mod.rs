@@ -55,17 +55,21 @@ struct IntWeightBuffers {
 }
 
 impl IntWeightBuffers {
-    fn new(bits: u32, k: usize, n: usize, words: &Tensor<2, Int>, scales: &Tensor<2>, zeros: &ZeroPoints, group_size: usize, group_index: Option<&Tensor<1, Int>>) -> Option<Self> {
-        let (zeros, float_zeros) = match zeros {
-            ZeroPoints::Midpoint => (None, false),
-            ZeroPoints::Integer(z) => (Some(HostBuffer::of(z)?), false),
-            ZeroPoints::Float(z) => (Some(HostBuffer::of(z)?), true),
+    fn of_weight(weight: &PackedIntWeight) -> Option<Self> {
+        let group_index = match weight.groups_contiguous {
+            true => None,
+            false => Some(HostBuffer::of(&weight.group_index)?),
         };
-        let group_index = match group_index {
-            Some(index) => Some(HostBuffer::of(index)?),
-            None => None,
-        };
-        Some(Self { bits, k, n, words: HostBuffer::of(words)?, scales: HostBuffer::of(scales)?, zeros, float_zeros, group_index, group_size })
+        let (zeros, float_zeros) = zero_buffer(&weight.zeros)?;
+        let (bits, k, n, group_size) = (weight.bits, weight.in_features, weight.out_features, weight.group_size);
+        Some(Self { bits, k, n, words: HostBuffer::of(&weight.packed)?, scales: HostBuffer::of(&weight.scales)?, zeros, float_zeros, group_index, group_size })
+    }
+
+    /// A stack's buffers; its experts' groups are contiguous.
+    fn of_stack(stack: &ExpertStack) -> Option<Self> {
+        let (zeros, float_zeros) = zero_buffer(&stack.zeros)?;
+        let (bits, k, n, group_size) = (stack.bits, stack.in_features, stack.out_features, stack.group_size);
+        Some(Self { bits, k, n, words: HostBuffer::of(&stack.packed)?, scales: HostBuffer::of(&stack.scales)?, zeros, float_zeros, group_index: None, group_size })
     }
 
     /// The slices of expert `expert` (of a stack whose experts are `k` rows each; 0 for a
@@ -93,6 +97,15 @@ impl IntWeightBuffers {
             grouping,
         })
     }
+}
+
+/// The zero-point buffer, and whether it holds float offsets.
+fn zero_buffer(zeros: &ZeroPoints) -> Option<(Option<HostBuffer>, bool)> {
+    Some(match zeros {
+        ZeroPoints::Midpoint => (None, false),
+        ZeroPoints::Integer(z) => (Some(HostBuffer::of(z)?), false),
+        ZeroPoints::Float(z) => (Some(HostBuffer::of(z)?), true),
+    })
 }
 
 /// `[m, n]` f32, row-major, computed by `block` for blocks of `width` output columns in
@@ -181,8 +194,7 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>) -> Option<Tensor<
 /// [`int_weight_gemm`] by `path`.
 pub fn int_weight_gemm_by(weight: &PackedIntWeight, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
     let x = weight.ordered_input(x);
-    let group_index = (!weight.groups_contiguous).then_some(&weight.group_index);
-    let buffers = IntWeightBuffers::new(weight.bits, weight.in_features, weight.out_features, &weight.packed, &weight.scales, &weight.zeros, weight.group_size, group_index)?;
+    let buffers = IntWeightBuffers::of_weight(weight)?;
     product(&buffers.slices(0)?, x, path)
 }
 
@@ -208,7 +220,7 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
 pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_expert: &[usize]) -> Option<Tensor<2>> {
     let [m, _] = x.dims();
     let n = stack.out_features;
-    let buffers = IntWeightBuffers::new(stack.bits, stack.in_features, n, &stack.packed, &stack.scales, &stack.zeros, stack.group_size, None)?;
+    let buffers = IntWeightBuffers::of_stack(stack)?;
     let mut outputs = Vec::new();
     let mut first = 0;
     for (expert, &rows) in rows_per_expert.iter().enumerate().filter(|(_, &rows)| rows > 0) {
@@ -233,6 +245,15 @@ struct ByteWeightBuffers {
 }
 
 impl ByteWeightBuffers {
+    /// The buffers of a `[n, k]` weight, or `None` if they are not on the Flex device or
+    /// the activations `x` do not have `k` columns.
+    fn new(codes: &Tensor<2, Int>, scales: &Tensor<2>, [n, k]: [usize; 2], scale_layout: WeightScales, x: &Tensor<2>) -> Option<Self> {
+        if x.dims()[1] != k {
+            return None;
+        }
+        Some(Self { k, n, words: HostBuffer::of(codes)?, scales: HostBuffer::of(scales)?, scale_layout })
+    }
+
     fn slices(&self) -> Option<ByteWeightSlices<'_>> {
         let words = self.words.i32s()?;
         // Bytes in memory order are K order: byte j of word w is column 4w + j.
@@ -290,17 +311,13 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
 
 /// [`fp8_gemm`] by `path`.
 pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
-    let [m, k] = x.dims();
-    let n = weight.out_features;
-    if k != weight.in_features {
-        return None;
-    }
+    let ([m, _], n) = (x.dims(), weight.out_features);
     let scale_layout = match weight.block {
         Some([bn, bk]) => WeightScales::Block { bn, bk },
         None if weight.scales.dims()[0] > 1 => WeightScales::PerChannel,
         None => WeightScales::PerTensor,
     };
-    let buffers = ByteWeightBuffers { k, n, words: HostBuffer::of(&weight.codes)?, scales: HostBuffer::of(&weight.scales)?, scale_layout };
+    let buffers = ByteWeightBuffers::new(&weight.codes, &weight.scales, [n, weight.in_features], scale_layout, &x)?;
     let slices = buffers.slices()?;
     let activations = float_activations(&x, &weight.activations, ActivationGrid::E4M3)?;
     Some(match path {
@@ -318,12 +335,8 @@ pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
 
 /// [`w8a8_gemm`] by `path` (weight-only layers always run fused).
 pub fn w8a8_gemm_by(weight: &W8A8Weight, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
-    let [m, k] = x.dims();
-    let n = weight.out_features;
-    if k != weight.in_features {
-        return None;
-    }
-    let buffers = ByteWeightBuffers { k, n, words: HostBuffer::of(&weight.codes)?, scales: HostBuffer::of(&weight.scales)?, scale_layout: WeightScales::PerChannel };
+    let ([m, k], n) = (x.dims(), weight.out_features);
+    let buffers = ByteWeightBuffers::new(&weight.codes, &weight.scales, [n, weight.in_features], WeightScales::PerChannel, &x)?;
     let slices = buffers.slices()?;
     let values = f32_values(&x)?;
     let scales = match row_scales(&weight.activations)? {
