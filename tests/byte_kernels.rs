@@ -687,7 +687,7 @@ fn host_activation_quantization_matches_the_reference() {
                 let expected = to_f32(reference.values.clone());
                 let mismatches = ours.values.iter().zip(&expected).filter(|(a, b)| a != b).count();
                 assert_eq!(mismatches, 0, "{what}: {mismatches} grid values differ from the reference");
-                let dequantized = ours.dequantize(k);
+                let dequantized = ours.dequantize();
                 let expected = to_f32(reference.dequantize());
                 let mismatches = dequantized.iter().zip(&expected).filter(|(a, b)| a != b).count();
                 assert_eq!(mismatches, 0, "{what}: {mismatches} scaled-back values differ from the reference");

@@ -153,7 +153,7 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, ten
     }
     let no_tensor_cores = match tensor_cores {
         Ok(tiling) if refusal.is_none() => {
-            let portable = choose_portable(device, dtype, rows, None, String::new());
+            let portable = choose_portable(dtype, rows, None, String::new());
             return match portable.kernel {
                 Some(_) => Selection { kernel: IntGemmKernel::TensorCores(tiling), reason: "tensor-core kernel (int_mma)".into() },
                 None => Selection { kernel: IntGemmKernel::Reference, reason: portable.reason },
@@ -162,7 +162,7 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, ten
         Ok(_) => String::new(),
         Err(why) => why,
     };
-    let portable = choose_portable(device, dtype, rows, refusal, no_tensor_cores.clone());
+    let portable = choose_portable(dtype, rows, refusal, no_tensor_cores.clone());
     let Some(tile_m) = portable.kernel else {
         return Selection { kernel: IntGemmKernel::Reference, reason: portable.reason };
     };
@@ -185,38 +185,33 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, ten
     }
 }
 
-/// On the Flex device: the host kernel (`host`), unless the policy, the activations'
-/// dtype or the weight's own `refusal` keep the reference (`reference`).
-fn choose_host<K>(dtype: DType, refusal: Option<String>, host: K, reference: K) -> Selection<K> {
-    let keep_reference = |reason: String| Selection { kernel: reference, reason };
+/// The checks every quantized matmul's kernels share: the policy, the activations' dtype
+/// (`kernel` names what takes them), then the format's own `refusal`; `Err` gives why the
+/// reference runs.
+fn kernels_allowed(dtype: DType, refusal: Option<String>, kernel: &str) -> Result<(), String> {
     if policy() == KernelPolicy::Reference {
-        return keep_reference("kernels disabled (EMBER_KERNELS=reference)".into());
+        return Err("kernels disabled (EMBER_KERNELS=reference)".into());
     }
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return keep_reference(format!("activations in {dtype:?}; the host kernel takes f32, f16 or bf16"));
+        return Err(format!("activations in {dtype:?}; the {kernel} takes f32, f16 or bf16"));
     }
-    match refusal {
-        Some(reason) => keep_reference(reason),
-        None => Selection { kernel: host, reason: "host kernel (Flex keeps its tensors in host memory)".into() },
+    refusal.map_or(Ok(()), Err)
+}
+
+/// On the Flex device: the host kernel (`host`) where [`kernels_allowed`], otherwise the
+/// reference (`reference`).
+fn choose_host<K>(dtype: DType, refusal: Option<String>, host: K, reference: K) -> Selection<K> {
+    match kernels_allowed(dtype, refusal, "host kernel") {
+        Ok(()) => Selection { kernel: host, reason: "host kernel (Flex keeps its tensors in host memory)".into() },
+        Err(reason) => Selection { kernel: reference, reason },
     }
 }
 
-/// The checks every quantized matmul shares: policy, backend, activation dtype, then the
-/// format's own `refusal`; the portable kernel otherwise, with its `tile_m` sized to the
-/// rows (`None` is the reference).
-fn choose_portable(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, no_tensor_cores: String) -> Selection<Option<u32>> {
-    let reference = |reason: String| Selection { kernel: None, reason };
-    if policy() == KernelPolicy::Reference {
-        return reference("kernels disabled (EMBER_KERNELS=reference)".into());
-    }
-    if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
-        return reference("the Flex backend runs the Burn-ops reference".into());
-    }
-    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return reference(format!("activations in {dtype:?}; the kernels take f32, f16 or bf16"));
-    }
-    if let Some(reason) = refusal {
-        return reference(reason);
+/// On a Cube device, where [`kernels_allowed`]: the portable kernel, with its `tile_m`
+/// sized to the rows (`None` is the reference).
+fn choose_portable(dtype: DType, rows: usize, refusal: Option<String>, no_tensor_cores: String) -> Selection<Option<u32>> {
+    if let Err(reason) = kernels_allowed(dtype, refusal, "portable kernel") {
+        return Selection { kernel: None, reason };
     }
     let tile_m = match rows {
         0..=1 => 1,
@@ -364,7 +359,7 @@ fn byte_mma_choice(device: &Device, rows: usize, k: usize, n: usize, operand: El
 }
 
 /// The portable choice, or the tensor-core kernel where `tensor_cores` allows it (the
-/// policy, backend and dtype checks of [`choose_portable`] apply to both).
+/// checks of [`kernels_allowed`] apply to both; Flex gets its host kernel instead).
 fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, tensor_cores: Result<MmaTiling, String>, kernel: &str) -> Selection<GemmKernel> {
     if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
         return choose_host(dtype, refusal, GemmKernel::Host, GemmKernel::Reference);
@@ -373,7 +368,7 @@ fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Opti
         Ok(tiling) => (Some(tiling), String::new()),
         Err(why) => (None, why),
     };
-    let portable = choose_portable(device, dtype, rows, refusal, why_not);
+    let portable = choose_portable(dtype, rows, refusal, why_not);
     match (portable.kernel, tiling) {
         (None, _) => Selection { kernel: GemmKernel::Reference, reason: portable.reason },
         (Some(_), Some(tiling)) => Selection { kernel: GemmKernel::TensorCores(tiling), reason: format!("tensor-core kernel ({kernel})") },

@@ -34,25 +34,23 @@ pub enum RowScales {
     Static(f32),
 }
 
-/// Activations on a grid: values divided by their scales and rounded (as f32), and the
-/// scales, one per (row, group of `group` columns).
+/// Activations on a grid: values `[m, k]` divided by their scales and rounded (as f32),
+/// and the scales, one per (row, group of `group` columns) in row-major order.
 pub struct GridActivations {
     pub values: Vec<f32>,
     pub scales: Vec<f32>,
+    pub k: usize,
     /// Columns per scale.
     pub group: usize,
 }
 
 impl GridActivations {
     /// `[m, k]` values, each multiplied back by its scale.
-    pub fn dequantize(&self, k: usize) -> Vec<f32> {
-        let groups = k.div_ceil(self.group);
+    pub fn dequantize(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.values.len());
-        for (row, values) in self.values.chunks(k.max(1)).enumerate() {
-            for (group, values) in values.chunks(self.group).enumerate() {
-                let scale = self.scales[row * groups + group];
-                out.extend(values.iter().map(|&v| v * scale));
-            }
+        let groups = self.values.chunks(self.k.max(1)).flat_map(|row| row.chunks(self.group));
+        for (values, &scale) in groups.zip(&self.scales) {
+            out.extend(values.iter().map(|&v| v * scale));
         }
         out
     }
@@ -77,7 +75,7 @@ pub fn quantize(x: &[f32], m: usize, k: usize, scales: RowScales, grid: Activati
             values.extend(part.iter().map(|&v| round_to_grid(v / scale, grid)));
         }
     }
-    GridActivations { values, scales, group }
+    GridActivations { values, scales, k, group }
 }
 
 fn round_to_grid(scaled: f32, grid: ActivationGrid) -> f32 {
@@ -187,11 +185,10 @@ fn gemm(weight: &ByteWeightSlices, operands: Operands, m: usize) -> Vec<f32> {
     super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| dispatch(weight, operands, m, channels, out))
 }
 
-/// [`channel_block`] compiled for AVX2 with FMA when the CPU has them (x86-64's baseline
-/// SSE2 has four f32 lanes and no byte-widening instructions).
+/// [`channel_block`], compiled for AVX2 with FMA when the CPU has them.
 fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::avx2_fma() {
         // SAFETY: the CPU was just checked to have both features the function is compiled for.
         return unsafe { channel_block_avx2(weight, operands, m, channels, out) };
     }

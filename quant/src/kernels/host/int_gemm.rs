@@ -152,11 +152,10 @@ fn dequantize_row<const BITS: u32>(weight: &IntWeightSlices, words: &[i32], fiel
     }
 }
 
-/// [`row_tile`] compiled for AVX2 with FMA when the CPU has them (x86-64's baseline is
-/// SSE2, which vectorizes four columns at a time instead of eight).
+/// [`row_tile`], compiled for AVX2 with FMA when the CPU has them.
 fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::avx2_fma() {
         // SAFETY: the CPU was just checked to have both features the function is compiled for.
         return unsafe { row_tile_avx2::<BITS, R>(weight, runs, x, cols, out) };
     }

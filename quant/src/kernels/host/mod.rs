@@ -99,6 +99,13 @@ impl IntWeightBuffers {
     }
 }
 
+/// Whether this CPU has AVX2 and FMA, for which the kernels' inner loops are compiled a
+/// second time (x86-64's baseline is SSE2: four f32 lanes, no byte-widening instructions).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// The zero-point buffer, and whether it holds float offsets.
 fn zero_buffer(zeros: &ZeroPoints) -> Option<(Option<HostBuffer>, bool)> {
     Some(match zeros {
@@ -288,7 +295,7 @@ fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid
     let values = f32_values(x)?;
     Some(match row_scales(mode)? {
         None => values,
-        Some(scales) => byte_gemm::quantize(&values, m, k, scales, grid).dequantize(k),
+        Some(scales) => byte_gemm::quantize(&values, m, k, scales, grid).dequantize(),
     })
 }
 
@@ -350,6 +357,6 @@ pub fn w8a8_gemm_by(weight: &W8A8Weight, x: Tensor<2>, path: HostPath) -> Option
             let a: Vec<i16> = codes.values.iter().map(|&v| v as i16).collect();
             output(byte_gemm::int8_gemm(&slices, &a, &codes.scales, m), m, n, &x)
         }
-        HostPath::Dequantized => dequantized_product(&slices, false, codes.dequantize(k), &x),
+        HostPath::Dequantized => dequantized_product(&slices, false, codes.dequantize(), &x),
     })
 }
