@@ -85,14 +85,14 @@ fn int4_gemm(c: &mut Criterion) {
             let mut group = c.benchmark_group(format!("int4_g{GROUP}/{name}/{k}x{n}"));
             group.sample_size(10);
             // Flex also takes prefill-sized batches, where its host path changes.
-            let rows: &[usize] = if name == "flex" { &[1, 16, 32, 64, 128, 256] } else { &[1, 16, 32, 64] };
+            let rows: &[usize] = if name == "flex" { &[1, 4, 8, 16, 32, 64, 128, 256] } else { &[1, 16, 32, 64] };
             for &m in rows {
                 let x = Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (&device, DType::F32));
                 let selected = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel;
                 group.throughput(Throughput::Bytes((k * n / 2) as u64));
                 let tile_m = match selected {
                     IntGemmKernel::Host => {
-                        for (id, path) in [("host_fused", HostPath::Fused), ("host_dequantized", HostPath::Dequantized)] {
+                        for (id, path) in [("host_fused", HostPath::Fused), ("host_tiled", HostPath::Tiled)] {
                             group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::int_weight_gemm_by(&w, x.clone(), path).expect("a weight on Flex"))));
                         }
                         None
@@ -126,7 +126,7 @@ fn activations(m: usize, k: usize, device: &Device, rng: &mut StdRng) -> Tensor<
 /// Rows the 8-bit families are timed at: Flex also at the counts around its host
 /// kernels' switch to dequantizing.
 fn byte_rows(device: &str) -> &'static [usize] {
-    if device == "flex" { &[1, 16, 32, 64, 128] } else { &[1, 16, 64] }
+    if device == "flex" { &[1, 4, 8, 16, 32, 64, 128] } else { &[1, 16, 64] }
 }
 
 /// Random bytes `[n, k]` as `[n, k/4]` words; `finite` skips e4m3's NaN bytes.
@@ -163,7 +163,7 @@ fn fp8_gemm(c: &mut Criterion) {
                             group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::fp8_gemm(&w, x.clone(), tile_m))));
                         }
                         GemmKernel::Host => {
-                            for (id, path) in [("host_fused", HostPath::Fused), ("host_dequantized", HostPath::Dequantized)] {
+                            for (id, path) in [("host_fused", HostPath::Fused), ("host_tiled", HostPath::Tiled)] {
                                 group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::fp8_gemm_by(&w, x.clone(), path).expect("a weight on Flex"))));
                             }
                         }
@@ -217,7 +217,7 @@ fn w8a8_gemm(c: &mut Criterion) {
                         group.bench_with_input(BenchmarkId::new("portable_kernel", m), &x, |b, x| b.iter(|| finish(kernels::w8a8_gemm(&w, x.clone(), tile_m))));
                     }
                     GemmKernel::Host => {
-                        for (id, path) in [("host_fused", HostPath::Fused), ("host_dequantized", HostPath::Dequantized)] {
+                        for (id, path) in [("host_fused", HostPath::Fused), ("host_tiled", HostPath::Tiled)] {
                             group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::w8a8_gemm_by(&w, x.clone(), path).expect("a weight on Flex"))));
                         }
                     }

@@ -657,8 +657,9 @@ fn fixtures_through_tensor_cores_on_cuda() {
     fixture_through(&device, KernelPolicy::TensorCores, "llama-fp8-block-scaleinv", false, 1e-3, 1.5e-2, tensor_cores);
 }
 
-/// The host kernels' pieces on Flex: the e4m3 decode equals the table for every byte, and
-/// the activation quantization gives the reference's grid values and scaled-back values
+/// The host kernels' pieces on Flex: the e4m3 decodes (per byte, and a slice times a
+/// scale, whose vector form goes through f16) equal the table for every byte, and the
+/// activation quantization gives the reference's grid values and scaled-back values
 /// exactly, in every mode.
 #[test]
 fn host_activation_quantization_matches_the_reference() {
@@ -666,6 +667,16 @@ fn host_activation_quantization_matches_the_reference() {
     for byte in 0..=255u8 {
         let (ours, table) = (byte_gemm::e4m3_to_f32(byte), e4m3_value(byte));
         assert!(ours == table || (ours.is_nan() && table.is_nan()), "byte {byte:#04x}: {ours} vs {table}");
+    }
+    // Every byte, then three more for the scalar tail.
+    let bytes: Vec<u8> = (0..=255u8).chain([0x81, 0x7F, 0x38]).collect();
+    for scale in [1.0f32, 3.0e-4, 0.7] {
+        let mut decoded = vec![0f32; bytes.len()];
+        byte_gemm::decode_e4m3(&bytes, scale, &mut decoded);
+        for (&byte, &ours) in bytes.iter().zip(&decoded) {
+            let expected = e4m3_value(byte) * scale;
+            assert!(ours.to_bits() == expected.to_bits() || (ours.is_nan() && expected.is_nan()), "byte {byte:#04x} × {scale}: {ours} vs {expected}");
+        }
     }
     let flex = Device::flex();
     let mut rng = StdRng::seed_from_u64(31);
@@ -698,15 +709,15 @@ fn host_activation_quantization_matches_the_reference() {
 
 /// The W8A8 host kernel on Flex (the selector's choice there): with quantized
 /// activations the i32 sums and the two scales multiply in the reference's order, so the
-/// outputs are equal bit for bit at K ≤ 1032; many rows (dequantized, then Flex's matmul)
-/// and weight-only layers agree within f32 rounding.
+/// outputs are equal bit for bit at K ≤ 1032, fused or tiled (K = 1032 is two whole tiles
+/// and a part, whose exact sums add in i32); weight-only layers agree within f32 rounding.
 #[test]
 fn w8a8_host_kernel_on_flex() {
     let flex = Device::flex();
     let mut rng = StdRng::seed_from_u64(32);
-    let (k, n) = (256, 200);
+    let (k, n) = (1032, 200);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
-    let many = kernels::host::DEQUANTIZE_ROWS + 2;
+    let many = kernels::host::W8A8_TILED_ROWS + 2;
     let cases = [
         (ActivationQuant::DynamicPerToken, vec![1usize, 3, 16, many]),
         (ActivationQuant::DynamicPerTensor, vec![4]),
@@ -723,7 +734,7 @@ fn w8a8_host_kernel_on_flex() {
                 let ours = kernels::w8a8_forward(&weight, x.clone());
                 assert_eq!(ours.dtype(), dtype, "{what}");
                 let (ours, reference) = (to_f32(ours), to_f32(weight.forward_reference(x)));
-                let exact = dtype == DType::F32 && rows < kernels::host::DEQUANTIZE_ROWS && !matches!(weight.activations, ActivationQuant::None);
+                let exact = dtype == DType::F32 && !matches!(weight.activations, ActivationQuant::None);
                 if exact {
                     let mismatches = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
                     assert_eq!(mismatches, 0, "{what}: {mismatches} outputs differ");
@@ -738,13 +749,14 @@ fn w8a8_host_kernel_on_flex() {
 }
 
 /// The FP8 host kernel on Flex for every scale layout and activation mode, against the
-/// reference (within f32 summation order), fused and dequantized-then-matmul.
+/// reference (within f32 summation order), fused and tiled (K = 704: a whole tile of 512
+/// columns, then one and a half 128-column scale blocks).
 #[test]
 fn fp8_host_kernel_on_flex() {
     let flex = Device::flex();
     let mut rng = StdRng::seed_from_u64(33);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (&flex, DType::F32)));
-    let (k, n) = (320, 200);
+    let (k, n) = (704, 200);
     let cases = [
         (Fp8Scales::Channel, ActivationQuant::DynamicPerToken),
         (Fp8Scales::Tensor, ActivationQuant::DynamicPerTensor),
@@ -757,7 +769,7 @@ fn fp8_host_kernel_on_flex() {
     for (scales, mode) in cases {
         let what = format!("{scales:?} {}", mode.describe());
         let weight = fp8_weight(k, n, scales, mode, &flex, &mut rng);
-        for rows in [1usize, 5, 16, kernels::host::E4M3_DEQUANTIZE_ROWS + 2] {
+        for rows in [1usize, 5, kernels::host::E4M3_TILED_ROWS, 66] {
             assert_eq!(kernels::select::fp8_gemm(&weight, &flex, DType::F32, rows).kernel, GemmKernel::Host, "{what}");
             let err = fp8_relative_error_of(&weight, rows, DType::F32, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
             assert!(err < 2e-6, "{what} rows={rows}: relative error {err}");

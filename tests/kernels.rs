@@ -414,8 +414,9 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
 }
 
 /// Every layout at row counts covering each row tile (1, 2, 4, 8) and ragged ones, N not
-/// a multiple of the 128-column block, the dequantize-then-matmul path (chosen from
-/// `DEQUANTIZE_ROWS`) on every layout, and f16 / bf16 activations.
+/// a multiple of the 128-column block, the tiled path (chosen from `TILED_ROWS`) on every
+/// layout and on K spanning several tiles with act-order and uneven groups, and f16 / bf16
+/// activations.
 #[test]
 fn int_gemm_host_kernel_on_flex() {
     for (i, case) in LAYOUT_CASES.into_iter().chain([PLAIN_G128, Case { n: 300, ..PLAIN_G128 }]).enumerate() {
@@ -423,15 +424,24 @@ fn int_gemm_host_kernel_on_flex() {
             let err = host_relative_error(case, rows, DType::F32, 300 + i as u64, None);
             assert!(err < tolerance(DType::F32), "{case:?} rows={rows}: relative error {err}");
         }
-        let err = host_relative_error(case, 3, DType::F32, 340 + i as u64, Some(HostPath::Dequantized));
-        assert!(err < tolerance(DType::F32), "{case:?} dequantized: relative error {err}");
+        let err = host_relative_error(case, 3, DType::F32, 340 + i as u64, Some(HostPath::Tiled));
+        assert!(err < tolerance(DType::F32), "{case:?} tiled: relative error {err}");
     }
-    for (i, rows) in [16usize, 64, kernels::host::DEQUANTIZE_ROWS, 257].into_iter().enumerate() {
+    // K = 1152 is two whole tiles of 512 and a part.
+    let long = Case { k: 1152, n: 200, order: Order::ActOrder, zeros: Zeros::Integer, ..PLAIN_G128 };
+    let cases = [long, Case { order: Order::Uneven, group_size: 64, zeros: Zeros::Float, ..long }, Case { bits: 8, group_size: 0, ..long }];
+    for (i, case) in cases.into_iter().enumerate() {
+        for path in [HostPath::Fused, HostPath::Tiled] {
+            let err = host_relative_error(case, 5, DType::F32, 350 + i as u64, Some(path));
+            assert!(err < tolerance(DType::F32), "{case:?} {path:?}: relative error {err}");
+        }
+    }
+    for (i, rows) in [kernels::host::TILED_ROWS, 64, 257].into_iter().enumerate() {
         let err = host_relative_error(Case { zeros: Zeros::Integer, ..PLAIN_G128 }, rows, DType::F32, 320 + i as u64, None);
         assert!(err < tolerance(DType::F32), "rows={rows}: relative error {err}");
     }
     for dtype in [DType::F16, DType::BF16] {
-        for rows in [5, kernels::host::DEQUANTIZE_ROWS] {
+        for rows in [5, kernels::host::TILED_ROWS] {
             let err = host_relative_error(Case { zeros: Zeros::Float, group_size: 32, ..PLAIN_G128 }, rows, dtype, 330, None);
             assert!(err < tolerance(dtype), "{dtype:?} rows={rows}: relative error {err}");
         }
@@ -446,8 +456,8 @@ fn grouped_int_gemm_host_kernel_on_flex() {
         (Case { k: 128, n: 64, group_size: 32, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![1usize, 0, 2, 1]),
         (Case { bits: 8, k: 128, n: 96, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![9, 3, 0, 20]),
         (Case { k: 256, n: 160, ..PLAIN_G128 }, vec![0, 0, 5, 0]),
-        // An expert with enough rows to dequantize beside ones that stay fused.
-        (Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![3, kernels::host::DEQUANTIZE_ROWS + 2, 0, 1]),
+        // An expert with enough rows to take the tiled path beside ones that stay fused.
+        (Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![3, kernels::host::TILED_ROWS + 2, 0, 1]),
     ] {
         let mut rng = StdRng::seed_from_u64(13);
         let (_, stack) = random_stack(case, rows_per_expert.len(), &device, &mut rng);

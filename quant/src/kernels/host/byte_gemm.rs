@@ -15,6 +15,8 @@ use std::ops::Range;
 use crate::repr::activation::E4M3_MAX;
 use crate::repr::ActivationGrid;
 
+use super::tiles::ByteValues;
+
 /// Output channels per task.
 const CHANNELS: usize = 16;
 
@@ -112,6 +114,43 @@ pub fn e4m3_to_f32(byte: u8) -> f32 {
     f32::from_bits(magnitude.to_bits() | ((byte as u32 & 0x80) << 24))
 }
 
+/// `out[i] = e4m3(bytes[i]) · scale`, eight bytes at a time where the CPU converts
+/// f16: an e4m3 byte's exponent and mantissa, shifted into an f16's, are the value times
+/// 2^−8 (the biases are 7 and 15), subnormals included, so the conversion instruction
+/// does the decoding and the 2^8 joins the scale (exact: a power of two).
+#[inline(always)]
+pub fn decode_e4m3(bytes: &[u8], scale: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2() {
+        // SAFETY: the CPU was just checked to have the features the function is compiled for.
+        return unsafe { decode_e4m3_f16c(bytes, scale, out) };
+    }
+    out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = e4m3_to_f32(b) * scale);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn decode_e4m3_f16c(bytes: &[u8], scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let len = bytes.len().min(out.len());
+    let (bytes, out) = (&bytes[..len], &mut out[..len]);
+    let scale_up = _mm256_set1_ps(scale * 256.0);
+    let (magnitude_mask, nan_magnitude, f16_nan) = (_mm_set1_epi16(0x7F), _mm_set1_epi16(0x7F), _mm_set1_epi16(0x7E00));
+    for (bytes, out) in bytes.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        // SAFETY: `bytes` holds eight bytes, the load's width.
+        let widened = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) });
+        let magnitude = _mm_and_si128(widened, magnitude_mask);
+        let sign = _mm_slli_epi16(_mm_andnot_si128(magnitude_mask, widened), 8);
+        let is_nan = _mm_cmpeq_epi16(magnitude, nan_magnitude);
+        let halves = _mm_or_si128(_mm_blendv_epi8(_mm_slli_epi16(magnitude, 7), f16_nan, is_nan), sign);
+        let values = _mm256_mul_ps(_mm256_cvtph_ps(halves), scale_up);
+        // SAFETY: `out` holds eight f32, the store's width.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), values) };
+    }
+    let tail = len - len % 8;
+    out[tail..].iter_mut().zip(&bytes[tail..]).for_each(|(o, &b)| *o = e4m3_to_f32(b) * scale);
+}
+
 /// An 8-bit weight's buffers: `bytes` `[N, K]` and its scales.
 #[derive(Debug, Clone, Copy)]
 pub struct ByteWeightSlices<'a> {
@@ -135,7 +174,7 @@ pub enum WeightScales {
 
 impl ByteWeightSlices<'_> {
     /// Columns per scale along K.
-    fn chunk(&self) -> usize {
+    pub(super) fn chunk(&self) -> usize {
         match self.scale_layout {
             WeightScales::Block { bk, .. } => bk.max(1),
             _ => PIECE,
@@ -188,7 +227,7 @@ fn gemm(weight: &ByteWeightSlices, operands: Operands, m: usize) -> Vec<f32> {
 /// [`channel_block`], compiled for AVX2 with FMA when the CPU has them.
 fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
+    if super::avx2() {
         // SAFETY: the CPU was just checked to have both features the function is compiled for.
         return unsafe { channel_block_avx2(weight, operands, m, channels, out) };
     }
@@ -196,7 +235,7 @@ fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: R
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn channel_block_avx2(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     channel_block(weight, operands, m, channels, out)
 }
@@ -214,7 +253,7 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
                 for start in (0..k).step_by(chunk) {
                     let end = (start + chunk).min(k);
                     let decoded = &mut decoded[..end - start];
-                    decoded.iter_mut().zip(&bytes[start..end]).for_each(|(d, &b)| *d = e4m3_to_f32(b));
+                    decode_e4m3(&bytes[start..end], 1.0, decoded);
                     let scale = weight.scale(n, start);
                     for row in 0..m {
                         out[row * width + c] += dot(&x[row * k + start..row * k + end], decoded) * scale;
@@ -255,25 +294,44 @@ fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
     a.iter().zip(b).map(|(&a, &b)| a as i32 * b as i32).sum()
 }
 
-/// `dequant(W)` → `[N, K]`, f32: e4m3 values or int8 values times their scales.
-pub fn dequantize(weight: &ByteWeightSlices, e4m3: bool) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut out = vec![0f32; weight.n * weight.k];
-    if weight.k == 0 {
-        return out;
-    }
-    let chunk = weight.chunk();
-    out.par_chunks_mut(weight.k).enumerate().for_each(|(n, row)| {
-        let bytes = &weight.bytes[n * weight.k..(n + 1) * weight.k];
-        for (index, (row, bytes)) in row.chunks_mut(chunk).zip(bytes.chunks(chunk)).enumerate() {
-            let scale = weight.scale(n, index * chunk);
-            match e4m3 {
-                true => row.iter_mut().zip(bytes).for_each(|(o, &b)| *o = e4m3_to_f32(b) * scale),
-                false => row.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as i8 as f32 * scale),
+/// Columns `ks` of the channels `cols`, decoded as `values` into `out` `[ks, cols]`
+/// (K-major, the layout the `gemm` crate packs fastest): eight channels at a time, 64
+/// columns of each decoded into a small buffer and transposed into place.
+#[inline(always)]
+pub(super) fn decode_tile(weight: &ByteWeightSlices, values: ByteValues, ks: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
+    const PART: usize = 64;
+    let width = cols.len();
+    let mut rows = [0f32; 8 * PART];
+    for first in cols.clone().step_by(8) {
+        let channels = first..(first + 8).min(cols.end);
+        for start in ks.clone().step_by(PART) {
+            let part = start..(start + PART).min(ks.end);
+            for (row, n) in rows.chunks_mut(PART).zip(channels.clone()) {
+                decode_channel(weight, values, n, part.clone(), &mut row[..part.len()]);
             }
+            let at = (start - ks.start) * width + (first - cols.start);
+            super::transpose::rows_into_columns(&rows, PART, channels.len(), part.len(), &mut out[at..], width);
         }
-    });
-    out
+    }
+}
+
+/// Columns `ks` of channel `n` decoded as `values` into `out`, one scale at a time.
+#[inline(always)]
+fn decode_channel(weight: &ByteWeightSlices, values: ByteValues, n: usize, ks: Range<usize>, out: &mut [f32]) {
+    let bytes = &weight.bytes[n * weight.k..(n + 1) * weight.k];
+    let chunk = weight.chunk();
+    let mut k = ks.start;
+    while k < ks.end {
+        // To the next scale boundary.
+        let end = ((k / chunk + 1) * chunk).min(ks.end);
+        let (out, bytes, scale) = (&mut out[k - ks.start..end - ks.start], &bytes[k..end], weight.scale(n, k));
+        match values {
+            ByteValues::E4m3 => decode_e4m3(bytes, scale, out),
+            ByteValues::Int8 => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as i8 as f32 * scale),
+            ByteValues::Int8Codes => out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as i8 as f32),
+        }
+        k = end;
+    }
 }
 
 /// Reinterprets bytes as two's-complement int8.

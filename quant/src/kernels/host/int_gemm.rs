@@ -9,8 +9,6 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 /// Output columns per task: one word row of the block is 512 bytes of 4-bit weights,
 /// and the block's sums for a row tile stay in the L1 cache.
 const COLS: usize = 128;
@@ -55,13 +53,13 @@ struct GroupRun {
 }
 
 impl IntWeightSlices<'_> {
-    /// The group of each stored row.
-    fn group_of_rows(&self) -> Vec<usize> {
-        let mut groups = vec![0; self.k];
-        for run in self.group_runs() {
-            groups[run.rows].fill(run.group);
+    /// The group of stored row `row`.
+    #[inline(always)]
+    fn group_of(&self, row: usize) -> usize {
+        match self.grouping {
+            Grouping::Contiguous(size) => row / size.max(1),
+            Grouping::Indexed(index) => index[row] as usize,
         }
-        groups
     }
 
     /// The stored rows, in runs of one group each.
@@ -110,33 +108,27 @@ pub fn int_gemm(weight: &IntWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
     })
 }
 
-/// `dequant(W)` → `[K, N]`, f32, row-major, in stored row order: one task per word row,
-/// each writing its rows whole.
-pub fn dequantize(weight: &IntWeightSlices) -> Vec<f32> {
+/// Stored rows `rows` of the columns `cols`, dequantized into `out` `[rows, cols]`.
+#[inline(always)]
+pub fn dequantize_rows(weight: &IntWeightSlices, rows: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
     let per_word = 32 / weight.bits as usize;
-    let group_of = weight.group_of_rows();
-    let mut out = vec![0f32; weight.k * weight.n];
-    if weight.n == 0 {
-        return out;
-    }
-    out.par_chunks_mut(per_word * weight.n).enumerate().for_each(|(word_row, rows)| {
-        let words = &weight.words[word_row * weight.n..(word_row + 1) * weight.n];
-        for (field_index, row_out) in rows.chunks_mut(weight.n).enumerate() {
-            let row = word_row * per_word + field_index;
-            match weight.bits {
-                4 => dequantize_row::<4>(weight, words, row % per_word, group_of[row], row_out),
-                _ => dequantize_row::<8>(weight, words, row % per_word, group_of[row], row_out),
-            }
+    for (row, row_out) in rows.zip(out.chunks_mut(cols.len().max(1))) {
+        let words = &weight.words[(row / per_word) * weight.n + cols.start..][..cols.len()];
+        let group = weight.group_of(row);
+        match weight.bits {
+            4 => dequantize_row::<4>(weight, words, row % per_word, group, cols.start, row_out),
+            _ => dequantize_row::<8>(weight, words, row % per_word, group, cols.start, row_out),
         }
-    });
-    out
+    }
 }
 
-/// Field `field_index` of each word of a word row, dequantized with group `group`.
-fn dequantize_row<const BITS: u32>(weight: &IntWeightSlices, words: &[i32], field_index: usize, group: usize, out: &mut [f32]) {
+/// Field `field_index` of each of `words` (the word row's columns from `first_col`),
+/// dequantized with group `group`.
+#[inline(always)]
+fn dequantize_row<const BITS: u32>(weight: &IntWeightSlices, words: &[i32], field_index: usize, group: usize, first_col: usize, out: &mut [f32]) {
     let shift = field_index as u32 * BITS;
     let midpoint = 1i32 << (BITS - 1);
-    let span = group * weight.n..(group + 1) * weight.n;
+    let span = group * weight.n + first_col..group * weight.n + first_col + words.len();
     let scales = &weight.scales[span.clone()];
     let centred = words.iter().map(|&word| field::<BITS>(word, shift) - midpoint);
     match weight.centring {
@@ -155,7 +147,7 @@ fn dequantize_row<const BITS: u32>(weight: &IntWeightSlices, words: &[i32], fiel
 /// [`row_tile`], compiled for AVX2 with FMA when the CPU has them.
 fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
+    if super::avx2() {
         // SAFETY: the CPU was just checked to have both features the function is compiled for.
         return unsafe { row_tile_avx2::<BITS, R>(weight, runs, x, cols, out) };
     }
@@ -163,7 +155,7 @@ fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[G
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn row_tile_avx2<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
     row_tile::<BITS, R>(weight, runs, x, cols, out)
 }

@@ -6,6 +6,8 @@
 
 pub mod byte_gemm;
 pub mod int_gemm;
+mod tiles;
+mod transpose;
 
 use std::ops::Range;
 
@@ -16,6 +18,7 @@ use rayon::prelude::*;
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use byte_gemm::{ByteWeightSlices, RowScales, WeightScales};
 use int_gemm::{Centring, Grouping, IntWeightSlices};
+use tiles::{ByteTiles, ByteValues, Summation};
 
 /// A tensor's contiguous values on the Flex device (copied only when it is a strided view).
 struct HostBuffer(burn_flex::FlexTensor);
@@ -99,11 +102,13 @@ impl IntWeightBuffers {
     }
 }
 
-/// Whether this CPU has AVX2 and FMA, for which the kernels' inner loops are compiled a
-/// second time (x86-64's baseline is SSE2: four f32 lanes, no byte-widening instructions).
+/// Whether this CPU has AVX2 with FMA and F16C (x86-64-v3's vector set), for which the
+/// kernels' inner loops are compiled a second time (x86-64's baseline is SSE2: four f32
+/// lanes, no byte-widening instructions).
 #[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+fn avx2() -> bool {
+    use std::arch::is_x86_feature_detected;
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
 /// The zero-point buffer, and whether it holds float offsets.
@@ -152,40 +157,32 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
 }
 
-/// Rows from which a host product dequantizes the weight once and hands it to Flex's
-/// dense matmul: below, unpacking every word once per tile of eight rows costs less than
-/// writing and reading the f32 weight; from here the matmul's blocking wins (BENCHMARKS.md:
-/// for a 4096² Int4 weight the fused kernel takes 0.6 of the matmul's time at 64 rows and
-/// 1.8 times it at 128).
-pub const DEQUANTIZE_ROWS: usize = 128;
+/// Rows from which an integer weight's product decodes tiles for the `gemm` crate
+/// rather than unpacking each word once per tile of eight rows (BENCHMARKS.md).
+pub const TILED_ROWS: usize = 16;
+
+/// [`TILED_ROWS`] for int8 W8A8 weights, whose fused kernel sums with the CPU's i16
+/// multiply-add.
+pub const W8A8_TILED_ROWS: usize = 32;
+
+/// [`TILED_ROWS`] for e4m3 weights, whose fused kernel decodes each chunk of a channel once
+/// and then computes one dot product per row.
+pub const E4M3_TILED_ROWS: usize = 16;
 
 /// How a host product runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostPath {
     /// The fused kernel: words unpacked in registers, nothing written but the output.
     Fused,
-    /// The weight dequantized to f32 by the host (one pass), then Flex's dense matmul.
-    Dequantized,
+    /// The weight decoded one cache-sized tile at a time, each tile multiplied by every
+    /// row with the `gemm` crate.
+    Tiled,
 }
 
-/// [`DEQUANTIZE_ROWS`] for e4m3 weights, whose fused kernel spends more per weight
-/// (decoding e4m3 costs about ten operations a byte): at 4096², 64 rows take 0.6 of the
-/// fused time dequantized with 128×128 block scales and 1.1 times it with channel scales.
-pub const E4M3_DEQUANTIZE_ROWS: usize = 64;
-
 impl HostPath {
-    /// The path for `rows` rows of an integer weight.
-    pub fn for_rows(rows: usize) -> Self {
-        Self::dequantizing_if(rows >= DEQUANTIZE_ROWS)
-    }
-
-    /// The path for `rows` rows of an e4m3 weight.
-    pub fn for_e4m3_rows(rows: usize) -> Self {
-        Self::dequantizing_if(rows >= E4M3_DEQUANTIZE_ROWS)
-    }
-
-    fn dequantizing_if(dequantize: bool) -> Self {
-        if dequantize { Self::Dequantized } else { Self::Fused }
+    /// The path for `rows` rows, tiled from `tiled_rows`.
+    pub fn for_rows(rows: usize, tiled_rows: usize) -> Self {
+        if rows >= tiled_rows { Self::Tiled } else { Self::Fused }
     }
 }
 
@@ -195,7 +192,7 @@ impl HostPath {
 /// mismatch).
 pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    int_weight_gemm_by(weight, x, HostPath::for_rows(rows))
+    int_weight_gemm_by(weight, x, HostPath::for_rows(rows, TILED_ROWS))
 }
 
 /// [`int_weight_gemm`] by `path`.
@@ -211,14 +208,12 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
     if k != weight.k {
         return None;
     }
-    match path {
-        HostPath::Fused => Some(output(int_gemm::int_gemm(weight, &f32_values(&x)?, m), m, weight.n, &x)),
-        HostPath::Dequantized => {
-            let dense = Tensor::<2>::from_data(TensorData::new(int_gemm::dequantize(weight), [weight.k, weight.n]), (&x.device(), DType::F32));
-            let dtype = x.dtype();
-            Some(x.cast(DType::F32).matmul(dense).cast(dtype))
-        }
-    }
+    let values = f32_values(&x)?;
+    let product = match path {
+        HostPath::Fused => int_gemm::int_gemm(weight, &values, m),
+        HostPath::Tiled => tiles::tiled_gemm(weight, &values, m, Summation::Floats),
+    };
+    Some(output(product, m, weight.n, &x))
 }
 
 /// A mixture-of-experts projection on the Flex device: `x` holds `rows_per_expert[e]`
@@ -232,7 +227,7 @@ pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_exper
     let mut first = 0;
     for (expert, &rows) in rows_per_expert.iter().enumerate().filter(|(_, &rows)| rows > 0) {
         let expert_x = x.clone().narrow(0, first, rows);
-        outputs.push(product(&buffers.slices(expert)?, expert_x, HostPath::for_rows(rows))?);
+        outputs.push(product(&buffers.slices(expert)?, expert_x, HostPath::for_rows(rows, TILED_ROWS))?);
         first += rows;
     }
     match (first == m, outputs.is_empty()) {
@@ -261,11 +256,18 @@ impl ByteWeightBuffers {
         Some(Self { k, n, words: HostBuffer::of(codes)?, scales: HostBuffer::of(scales)?, scale_layout })
     }
 
+    /// `None` unless the buffers hold `[n, k]` bytes and as many scales as their layout reads.
     fn slices(&self) -> Option<ByteWeightSlices<'_>> {
         let words = self.words.i32s()?;
         // Bytes in memory order are K order: byte j of word w is column 4w + j.
         let bytes: &[u8] = words_as_bytes(words);
-        (bytes.len() == self.n * self.k).then_some(ByteWeightSlices { k: self.k, n: self.n, bytes, scales: self.scales.f32s()?, scale_layout: self.scale_layout })
+        let scales = self.scales.f32s()?;
+        let expected_scales = match self.scale_layout {
+            WeightScales::PerTensor => 1,
+            WeightScales::PerChannel => self.n,
+            WeightScales::Block { bn, bk } => self.n.div_ceil(bn.max(1)) * self.k.div_ceil(bk.max(1)),
+        };
+        (bytes.len() == self.n * self.k && scales.len() == expected_scales).then_some(ByteWeightSlices { k: self.k, n: self.n, bytes, scales, scale_layout: self.scale_layout })
     }
 }
 
@@ -299,21 +301,12 @@ fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid
     })
 }
 
-/// Many rows: `activations · dequant(W)ᵀ` through Flex's dense matmul.
-fn dequantized_product(weight: &ByteWeightSlices, e4m3: bool, activations: Vec<f32>, like: &Tensor<2>) -> Tensor<2> {
-    let [m, k] = like.dims();
-    let device = like.device();
-    let a = Tensor::<2>::from_data(TensorData::new(activations, [m, k]), (&device, DType::F32));
-    let w = Tensor::<2>::from_data(TensorData::new(byte_gemm::dequantize(weight, e4m3), [weight.n, weight.k]), (&device, DType::F32));
-    a.matmul(w.transpose()).cast(like.dtype())
-}
-
 /// `x · Wᵀ` for an FP8 weight on the Flex device, or `None` if a buffer is not on it or
 /// has another dtype than i32 words with f32 scales (the selector checks both), or `x`
 /// does not have K columns (the reference then reports the mismatch).
 pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    fp8_gemm_by(weight, x, HostPath::for_e4m3_rows(rows))
+    fp8_gemm_by(weight, x, HostPath::for_rows(rows, E4M3_TILED_ROWS))
 }
 
 /// [`fp8_gemm`] by `path`.
@@ -327,36 +320,43 @@ pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<T
     let buffers = ByteWeightBuffers::new(&weight.codes, &weight.scales, [n, weight.in_features], scale_layout, &x)?;
     let slices = buffers.slices()?;
     let activations = float_activations(&x, &weight.activations, ActivationGrid::E4M3)?;
-    Some(match path {
-        HostPath::Fused => output(byte_gemm::e4m3_gemm(&slices, &activations, m), m, n, &x),
-        HostPath::Dequantized => dequantized_product(&slices, true, activations, &x),
-    })
+    let product = match path {
+        HostPath::Fused => byte_gemm::e4m3_gemm(&slices, &activations, m),
+        HostPath::Tiled => tiles::tiled_gemm(&ByteTiles { weight: &slices, values: ByteValues::E4m3 }, &activations, m, Summation::Floats),
+    };
+    Some(output(product, m, n, &x))
 }
 
 /// `x · Wᵀ` for a W8A8 int8 weight on the Flex device: activations quantized to int8 per
 /// row or tensor (or kept float), `None` as for [`fp8_gemm`] and for per-group scales.
 pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    w8a8_gemm_by(weight, x, HostPath::for_rows(rows))
+    w8a8_gemm_by(weight, x, HostPath::for_rows(rows, W8A8_TILED_ROWS))
 }
 
-/// [`w8a8_gemm`] by `path` (weight-only layers always run fused).
+/// [`w8a8_gemm`] by `path`.
 pub fn w8a8_gemm_by(weight: &W8A8Weight, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
     let ([m, k], n) = (x.dims(), weight.out_features);
     let buffers = ByteWeightBuffers::new(&weight.codes, &weight.scales, [n, weight.in_features], WeightScales::PerChannel, &x)?;
     let slices = buffers.slices()?;
     let values = f32_values(&x)?;
-    let scales = match row_scales(&weight.activations)? {
-        None => return Some(output(byte_gemm::int8_weight_only_gemm(&slices, &values, m), m, n, &x)),
-        Some(RowScales::PerGroup(_)) => return None,
-        Some(scales) => scales,
-    };
-    let codes = byte_gemm::quantize(&values, m, k, scales, ActivationGrid::Int8);
-    Some(match path {
-        HostPath::Fused => {
-            let a: Vec<i16> = codes.values.iter().map(|&v| v as i16).collect();
-            output(byte_gemm::int8_gemm(&slices, &a, &codes.scales, m), m, n, &x)
+    let product = match (row_scales(&weight.activations)?, path) {
+        (Some(RowScales::PerGroup(_)), _) => return None,
+        (None, HostPath::Fused) => byte_gemm::int8_weight_only_gemm(&slices, &values, m),
+        (None, HostPath::Tiled) => tiles::tiled_gemm(&ByteTiles { weight: &slices, values: ByteValues::Int8 }, &values, m, Summation::Floats),
+        (Some(scales), path) => {
+            let codes = byte_gemm::quantize(&values, m, k, scales, ActivationGrid::Int8);
+            match path {
+                HostPath::Fused => {
+                    let a: Vec<i16> = codes.values.iter().map(|&v| v as i16).collect();
+                    byte_gemm::int8_gemm(&slices, &a, &codes.scales, m)
+                }
+                HostPath::Tiled => {
+                    let summation = Summation::Integers { row_scales: &codes.scales, channel_scales: slices.scales };
+                    tiles::tiled_gemm(&ByteTiles { weight: &slices, values: ByteValues::Int8Codes }, &codes.values, m, summation)
+                }
+            }
         }
-        HostPath::Dequantized => dequantized_product(&slices, false, codes.dequantize(), &x),
-    })
+    };
+    Some(output(product, m, n, &x))
 }
