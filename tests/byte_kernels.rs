@@ -709,13 +709,14 @@ fn host_activation_quantization_matches_the_reference() {
 
 /// The W8A8 host kernel on Flex (the selector's choice there): with quantized
 /// activations the i32 sums and the two scales multiply in the reference's order, so the
-/// outputs are equal bit for bit at K ≤ 1032, fused or tiled (K = 1032 is two whole tiles
-/// and a part, whose exact sums add in i32); weight-only layers agree within f32 rounding.
+/// outputs are equal bit for bit at K ≤ 1032, fused or tiled (K = 1028 is two whole tiles
+/// and four columns, whose exact sums add in i32); weight-only layers agree within f32
+/// rounding.
 #[test]
 fn w8a8_host_kernel_on_flex() {
     let flex = Device::flex();
     let mut rng = StdRng::seed_from_u64(32);
-    let (k, n) = (1032, 200);
+    let (k, n) = (1028, 200);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
     let many = kernels::host::W8A8_TILED_ROWS + 2;
     let cases = [
@@ -750,13 +751,14 @@ fn w8a8_host_kernel_on_flex() {
 
 /// The FP8 host kernel on Flex for every scale layout and activation mode, against the
 /// reference (within f32 summation order), fused and tiled (K = 704: a whole tile of 512
-/// columns, then one and a half 128-column scale blocks).
+/// columns, then one and a half 128-column scale blocks; N = 204: three whole blocks of 64
+/// channels, then eight and four).
 #[test]
 fn fp8_host_kernel_on_flex() {
     let flex = Device::flex();
     let mut rng = StdRng::seed_from_u64(33);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (&flex, DType::F32)));
-    let (k, n) = (704, 200);
+    let (k, n) = (704, 204);
     let cases = [
         (Fp8Scales::Channel, ActivationQuant::DynamicPerToken),
         (Fp8Scales::Tensor, ActivationQuant::DynamicPerTensor),

@@ -135,20 +135,29 @@ fn decode_e4m3_f16c(bytes: &[u8], scale: f32, out: &mut [f32]) {
     let len = bytes.len().min(out.len());
     let (bytes, out) = (&bytes[..len], &mut out[..len]);
     let scale_up = _mm256_set1_ps(scale * 256.0);
-    let (magnitude_mask, nan_magnitude, f16_nan) = (_mm_set1_epi16(0x7F), _mm_set1_epi16(0x7F), _mm_set1_epi16(0x7E00));
     for (bytes, out) in bytes.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
         // SAFETY: `bytes` holds eight bytes, the load's width.
-        let widened = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) });
-        let magnitude = _mm_and_si128(widened, magnitude_mask);
-        let sign = _mm_slli_epi16(_mm_andnot_si128(magnitude_mask, widened), 8);
-        let is_nan = _mm_cmpeq_epi16(magnitude, nan_magnitude);
-        let halves = _mm_or_si128(_mm_blendv_epi8(_mm_slli_epi16(magnitude, 7), f16_nan, is_nan), sign);
-        let values = _mm256_mul_ps(_mm256_cvtph_ps(halves), scale_up);
+        let values = _mm256_mul_ps(e4m3_lanes(unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) }), scale_up);
         // SAFETY: `out` holds eight f32, the store's width.
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), values) };
     }
     let tail = len - len % 8;
     out[tail..].iter_mut().zip(&bytes[tail..]).for_each(|(o, &b)| *o = e4m3_to_f32(b) * scale);
+}
+
+/// The e4m3 bytes in the low eight bytes of `bytes` as f32 values times 2^−8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn e4m3_lanes(bytes: std::arch::x86_64::__m128i) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let magnitude_mask = _mm_set1_epi16(0x7F);
+    let widened = _mm_cvtepu8_epi16(bytes);
+    let magnitude = _mm_and_si128(widened, magnitude_mask);
+    let sign = _mm_slli_epi16(_mm_andnot_si128(magnitude_mask, widened), 8);
+    // 0x7F (NaN in e4m3fn) would shift into a finite f16: put an f16 NaN there.
+    let is_nan = _mm_cmpeq_epi16(magnitude, magnitude_mask);
+    _mm256_cvtph_ps(_mm_or_si128(_mm_blendv_epi8(_mm_slli_epi16(magnitude, 7), _mm_set1_epi16(0x7E00), is_nan), sign))
 }
 
 /// An 8-bit weight's buffers: `bytes` `[N, K]` and its scales.
@@ -182,7 +191,7 @@ impl ByteWeightSlices<'_> {
     }
 
     /// The scale of channel `n` at column `k`.
-    fn scale(&self, n: usize, k: usize) -> f32 {
+    pub(super) fn scale(&self, n: usize, k: usize) -> f32 {
         match self.scale_layout {
             WeightScales::PerTensor => self.scales[0],
             WeightScales::PerChannel => self.scales[n],
@@ -294,30 +303,9 @@ fn dot_i16(a: &[i16], b: &[i16]) -> i32 {
     a.iter().zip(b).map(|(&a, &b)| a as i32 * b as i32).sum()
 }
 
-/// Columns `ks` of the channels `cols`, decoded as `values` into `out` `[ks, cols]`
-/// (K-major, the layout the `gemm` crate packs fastest): eight channels at a time, 64
-/// columns of each decoded into a small buffer and transposed into place.
-#[inline(always)]
-pub(super) fn decode_tile(weight: &ByteWeightSlices, values: ByteValues, ks: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
-    const PART: usize = 64;
-    let width = cols.len();
-    let mut rows = [0f32; 8 * PART];
-    for first in cols.clone().step_by(8) {
-        let channels = first..(first + 8).min(cols.end);
-        for start in ks.clone().step_by(PART) {
-            let part = start..(start + PART).min(ks.end);
-            for (row, n) in rows.chunks_mut(PART).zip(channels.clone()) {
-                decode_channel(weight, values, n, part.clone(), &mut row[..part.len()]);
-            }
-            let at = (start - ks.start) * width + (first - cols.start);
-            super::transpose::rows_into_columns(&rows, PART, channels.len(), part.len(), &mut out[at..], width);
-        }
-    }
-}
-
 /// Columns `ks` of channel `n` decoded as `values` into `out`, one scale at a time.
 #[inline(always)]
-fn decode_channel(weight: &ByteWeightSlices, values: ByteValues, n: usize, ks: Range<usize>, out: &mut [f32]) {
+pub(super) fn decode_channel(weight: &ByteWeightSlices, values: ByteValues, n: usize, ks: Range<usize>, out: &mut [f32]) {
     let bytes = &weight.bytes[n * weight.k..(n + 1) * weight.k];
     let chunk = weight.chunk();
     let mut k = ks.start;

@@ -6,8 +6,8 @@
 
 pub mod byte_gemm;
 pub mod int_gemm;
+mod byte_tiles;
 mod tiles;
-mod transpose;
 
 use std::ops::Range;
 

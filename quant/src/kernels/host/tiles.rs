@@ -8,16 +8,16 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use super::byte_gemm::{self, ByteWeightSlices};
+use super::byte_gemm::ByteWeightSlices;
 use super::int_gemm::{self, IntWeightSlices};
 
 /// Output channels per task.
-const CHANNELS: usize = 64;
+pub(super) const CHANNELS: usize = 64;
 
 /// K columns per tile: 128 KiB of f32 per tile of 64 channels, in the L2 cache. Integer
 /// products summed over at most 1024 columns stay below 2^24, so an f32 sum of them is
 /// exact whatever its order (see [`Summation::Integers`]).
-const DEPTH: usize = 512;
+pub(super) const DEPTH: usize = 512;
 
 /// A weight decodable one tile at a time.
 pub(super) trait TileSource: Sync {
@@ -200,6 +200,6 @@ impl TileSource for ByteTiles<'_> {
 
     #[inline(always)]
     fn decode(&self, ks: Range<usize>, cols: Range<usize>, tile: &mut [f32]) {
-        byte_gemm::decode_tile(self.weight, self.values, ks, cols, tile)
+        super::byte_tiles::decode_tile(self.weight, self.values, ks, cols, tile)
     }
 }
