@@ -718,7 +718,7 @@ fn w8a8_host_kernel_on_flex() {
     let mut rng = StdRng::seed_from_u64(32);
     let (k, n) = (1028, 200);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
-    let many = kernels::host::W8A8_TILED_ROWS + 2;
+    let many = kernels::host::TILED_ROWS + 2;
     let cases = [
         (ActivationQuant::DynamicPerToken, vec![1usize, 3, 16, many]),
         (ActivationQuant::DynamicPerTensor, vec![4]),

@@ -157,17 +157,16 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
 }
 
-/// Rows from which an integer weight's product decodes tiles for the `gemm` crate
-/// rather than unpacking each word once per tile of eight rows (BENCHMARKS.md).
+/// Rows from which an integer or int8 weight's product decodes tiles for the `gemm`
+/// crate rather than running the fused kernel, whose one-row-tile-at-a-time sums fall
+/// behind the crate's register-blocked micro-kernels there (BENCHMARKS.md: at 4096², Int4
+/// 8.9 ms tiled against 10.3 fused at 16 rows, W8A8 9.4 against 17; at 8 rows the fused
+/// kernels are ahead).
 pub const TILED_ROWS: usize = 16;
 
-/// [`TILED_ROWS`] for int8 W8A8 weights, whose fused kernel sums with the CPU's i16
-/// multiply-add.
-pub const W8A8_TILED_ROWS: usize = 32;
-
-/// [`TILED_ROWS`] for e4m3 weights, whose fused kernel decodes each chunk of a channel once
-/// and then computes one dot product per row.
-pub const E4M3_TILED_ROWS: usize = 16;
+/// [`TILED_ROWS`] for e4m3 weights, whose fused kernel computes one dot product per row
+/// and channel: tiled is ahead from 8 rows (7.5 ms against 12.2 at 4096²).
+pub const E4M3_TILED_ROWS: usize = 8;
 
 /// How a host product runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +330,7 @@ pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<T
 /// row or tensor (or kept float), `None` as for [`fp8_gemm`] and for per-group scales.
 pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    w8a8_gemm_by(weight, x, HostPath::for_rows(rows, W8A8_TILED_ROWS))
+    w8a8_gemm_by(weight, x, HostPath::for_rows(rows, TILED_ROWS))
 }
 
 /// [`w8a8_gemm`] by `path`.
