@@ -14,7 +14,7 @@ use super::tiles::{ByteValues, DEPTH};
 pub(super) fn decode_tile(weight: &ByteWeightSlices, values: ByteValues, ks: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
     let mut first_scalar = cols.start;
     #[cfg(target_arch = "x86_64")]
-    if super::avx2() && weight.chunk() % 8 == 0 && ks.start % 8 == 0 && cols.len() <= super::tiles::CHANNELS {
+    if super::avx2() && weight.chunk().is_multiple_of(8) && ks.start.is_multiple_of(8) && cols.len() <= super::tiles::CHANNELS {
         let eights = cols.start..cols.end - cols.len() % 8;
         // SAFETY: the CPU was just checked to have the features the function is compiled for.
         unsafe { eight_channel_groups(weight, values, ks.clone(), eights.clone(), cols.len(), out) };
@@ -38,7 +38,7 @@ pub(super) fn decode_tile(weight: &ByteWeightSlices, values: ByteValues, ks: Ran
 fn eight_channel_groups(weight: &ByteWeightSlices, values: ByteValues, ks: Range<usize>, cols: Range<usize>, width: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let bands = ks.start..ks.end - ks.len() % 8;
-    assert!(cols.len() % 8 == 0 && cols.len() <= super::tiles::CHANNELS && cols.end <= weight.n && ks.end <= weight.k);
+    assert!(cols.len().is_multiple_of(8) && cols.len() <= super::tiles::CHANNELS && cols.end <= weight.n && ks.end <= weight.k);
     assert!(out.len() >= ks.len() * width && weight.bytes.len() >= weight.n * weight.k);
     // e4m3 lanes come out as value · 2^−8: the 2^8 joins the scales (exact).
     let unit = match values {

@@ -3,6 +3,11 @@
 //! Burn-ops reference would dequantize the whole weight on every call. They are reached
 //! directly rather than through [`super::KernelOps`], whose implementations must cover
 //! every op, tensor-core ones included.
+//!
+//! Each product takes one of two paths by its rows ([`HostPath`]): below [`TILED_ROWS`]
+//! the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
+//! write nothing but the output; from there `tiles` decodes the weight a cache-sized
+//! tile at a time and multiplies each tile by every row with the `gemm` crate.
 
 pub mod byte_gemm;
 pub mod int_gemm;
