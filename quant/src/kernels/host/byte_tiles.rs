@@ -12,6 +12,7 @@ use super::tiles::{ByteValues, DEPTH};
 /// decoded as `values` into `out` `[ks, cols]`.
 #[inline(always)]
 pub(super) fn decode_tile(weight: &ByteWeightSlices, values: ByteValues, ks: Range<usize>, cols: Range<usize>, out: &mut [f32]) {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut first_scalar = cols.start;
     #[cfg(target_arch = "x86_64")]
     if super::avx2() && weight.chunk().is_multiple_of(8) && ks.start.is_multiple_of(8) && cols.len() <= super::tiles::CHANNELS {

@@ -14,9 +14,9 @@ use super::int_gemm::{self, IntWeightSlices};
 /// Output channels per task.
 pub(super) const CHANNELS: usize = 64;
 
-/// K columns per tile: 128 KiB of f32 per tile of 64 channels, in the L2 cache. Integer
-/// products summed over at most 1024 columns stay below 2^24, so an f32 sum of them is
-/// exact whatever its order (see [`Summation::Integers`]).
+/// K columns per tile: 128 KiB of f32 per tile of 64 channels, in the L2 cache. A sum of
+/// at most 1024 int8 products (each at most 2^14 in magnitude) stays within 2^24, so its
+/// f32 sum is exact whatever the order (see [`Summation::Integers`]).
 pub(super) const DEPTH: usize = 512;
 
 /// A weight decodable one tile at a time.
@@ -43,19 +43,20 @@ pub(super) enum Summation<'a> {
 /// One worker's buffers.
 struct Scratch {
     tile: Vec<f32>,
-    /// A tile's integer products, `[m, CHANNELS]`.
+    /// A tile's integer products, `[m, width]`.
     tile_sums: Vec<f32>,
-    /// Running integer totals, `[m, CHANNELS]`.
+    /// Running integer totals, `[m, width]`.
     totals: Vec<i32>,
 }
 
 impl Scratch {
-    fn new(depth: usize, m: usize, summation: Summation) -> Self {
+    /// Buffers for tiles of `depth × width` and `m` rows.
+    fn new(depth: usize, width: usize, m: usize, summation: Summation) -> Self {
         let rows = match summation {
             Summation::Floats => 0,
             Summation::Integers { .. } => m,
         };
-        Self { tile: vec![0.0; depth * CHANNELS], tile_sums: vec![0.0; rows * CHANNELS], totals: vec![0; rows * CHANNELS] }
+        Self { tile: vec![0.0; depth * width], tile_sums: vec![0.0; rows * width], totals: vec![0; rows * width] }
     }
 }
 
@@ -63,14 +64,17 @@ impl Scratch {
 pub(super) fn tiled_gemm(source: &impl TileSource, x: &[f32], m: usize, summation: Summation) -> Vec<f32> {
     let (k, depth) = (source.k(), DEPTH);
     // One buffer set per worker, allocated here so that the workers allocate nothing (a
-    // task outside the pool, or finding its worker's set taken, brings its own).
-    let scratch: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads()).map(|_| Mutex::new(Scratch::new(depth, m, summation))).collect();
+    // task outside the pool, or finding its worker's set taken, brings its own), sized to
+    // the largest tile this weight has.
+    let (tile_depth, tile_width) = (depth.min(k), CHANNELS.min(source.n()));
+    let new_scratch = || Scratch::new(tile_depth, tile_width, m, summation);
+    let scratch: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads()).map(|_| Mutex::new(new_scratch())).collect();
     super::by_column_blocks(m, source.n(), CHANNELS, |cols, out| {
         let mut guard = rayon::current_thread_index().and_then(|index| scratch.get(index)).and_then(|slot| slot.try_lock().ok());
         let mut own = None;
         let scratch = match guard.as_deref_mut() {
             Some(scratch) => scratch,
-            None => own.insert(Scratch::new(depth, m, summation)),
+            None => own.insert(new_scratch()),
         };
         channel_block(source, x, m, k, depth, cols, out, summation, scratch);
     })
