@@ -124,7 +124,7 @@ fn activations(m: usize, k: usize, device: &Device, rng: &mut StdRng) -> Tensor<
 }
 
 /// Rows the 8-bit families are timed at: Flex also at the counts around its host
-/// kernels' switch to dequantizing.
+/// kernels' switch from the fused to the tiled path.
 fn byte_rows(device: &str) -> &'static [usize] {
     if device == "flex" { &[1, 4, 8, 16, 32, 64, 128] } else { &[1, 16, 64] }
 }

@@ -15,8 +15,6 @@ use std::ops::Range;
 use crate::repr::activation::E4M3_MAX;
 use crate::repr::ActivationGrid;
 
-use super::tiles::ByteValues;
-
 /// Output channels per task.
 const CHANNELS: usize = 16;
 
@@ -158,6 +156,17 @@ pub(super) fn e4m3_lanes(bytes: std::arch::x86_64::__m128i) -> std::arch::x86_64
     // 0x7F (NaN in e4m3fn) would shift into a finite f16: put an f16 NaN there.
     let is_nan = _mm_cmpeq_epi16(magnitude, magnitude_mask);
     _mm256_cvtph_ps(_mm_or_si128(_mm_blendv_epi8(_mm_slli_epi16(magnitude, 7), _mm_set1_epi16(0x7E00), is_nan), sign))
+}
+
+/// What an 8-bit weight decodes to.
+#[derive(Clone, Copy)]
+pub(super) enum ByteValues {
+    /// e4m3 values times their scales.
+    E4m3,
+    /// int8 values times their scales.
+    Int8,
+    /// int8 codes, unscaled (for the tiles' exact integer sums).
+    Int8Codes,
 }
 
 /// An 8-bit weight's buffers: `bytes` `[N, K]` and its scales.

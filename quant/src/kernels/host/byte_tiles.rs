@@ -5,8 +5,8 @@
 
 use std::ops::Range;
 
-use super::byte_gemm::{decode_channel, ByteWeightSlices};
-use super::tiles::{ByteValues, DEPTH};
+use super::byte_gemm::{decode_channel, ByteValues, ByteWeightSlices};
+use super::tiles::DEPTH;
 
 /// Columns `ks` (`ks.start` a multiple of 8, `ks.len() ≤ DEPTH`) of the channels `cols`,
 /// decoded as `values` into `out` `[ks, cols]`.
@@ -21,13 +21,20 @@ pub(super) fn decode_tile(weight: &ByteWeightSlices, values: ByteValues, ks: Ran
         unsafe { eight_channel_groups(weight, values, ks.clone(), eights.clone(), cols.len(), out) };
         first_scalar = eights.end;
     }
-    let mut row = [0f32; DEPTH];
     for n in first_scalar..cols.end {
-        let row = &mut row[..ks.len()];
-        decode_channel(weight, values, n, ks.clone(), row);
-        for (k, &value) in row.iter().enumerate() {
-            out[k * cols.len() + (n - cols.start)] = value;
-        }
+        channel_into_column(weight, values, n, ks.clone(), out, cols.len(), n - cols.start);
+    }
+}
+
+/// Columns `ks` (at most [`DEPTH`]) of channel `n` into column `column` of `out`, whose
+/// rows are `width` apart.
+#[inline(always)]
+fn channel_into_column(weight: &ByteWeightSlices, values: ByteValues, n: usize, ks: Range<usize>, out: &mut [f32], width: usize, column: usize) {
+    let mut row = [0f32; DEPTH];
+    let row = &mut row[..ks.len()];
+    decode_channel(weight, values, n, ks, row);
+    for (k, &value) in row.iter().enumerate() {
+        out[k * width + column] = value;
     }
 }
 
@@ -77,13 +84,9 @@ fn eight_channel_groups(weight: &ByteWeightSlices, values: ByteValues, ks: Range
         }
     }
     // Columns past the last whole band.
-    let mut row = [0f32; 8];
+    let tail = &mut out[(bands.end - ks.start) * width..];
     for n in cols.clone() {
-        let row = &mut row[..ks.end - bands.end];
-        decode_channel(weight, values, n, bands.end..ks.end, row);
-        for (k, &value) in row.iter().enumerate() {
-            out[(bands.end - ks.start + k) * width + (n - cols.start)] = value;
-        }
+        channel_into_column(weight, values, n, bands.end..ks.end, tail, width, n - cols.start);
     }
 }
 

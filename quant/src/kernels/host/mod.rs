@@ -21,9 +21,9 @@ use burn_dispatch::{BackendTensor, DispatchTensorKind};
 use rayon::prelude::*;
 
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
-use byte_gemm::{ByteWeightSlices, RowScales, WeightScales};
+use byte_gemm::{ByteValues, ByteWeightSlices, RowScales, WeightScales};
 use int_gemm::{Centring, Grouping, IntWeightSlices};
-use tiles::{ByteTiles, ByteValues, Summation};
+use tiles::{ByteTiles, Summation};
 
 /// A tensor's contiguous values on the Flex device (copied only when it is a strided view).
 struct HostBuffer(burn_flex::FlexTensor);

@@ -8,7 +8,7 @@
 use std::ops::Range;
 use std::sync::Mutex;
 
-use super::byte_gemm::ByteWeightSlices;
+use super::byte_gemm::{ByteValues, ByteWeightSlices};
 use super::int_gemm::{self, IntWeightSlices};
 
 /// Output channels per task.
@@ -62,11 +62,11 @@ impl Scratch {
 
 /// `[m, K] · dequant(W)` → `[m, N]`, f32, row-major.
 pub(super) fn tiled_gemm(source: &impl TileSource, x: &[f32], m: usize, summation: Summation) -> Vec<f32> {
-    let (k, depth) = (source.k(), DEPTH);
+    let k = source.k();
     // One buffer set per worker, allocated here so that the workers allocate nothing (a
     // task outside the pool, or finding its worker's set taken, brings its own), sized to
     // the largest tile this weight has.
-    let (tile_depth, tile_width) = (depth.min(k), CHANNELS.min(source.n()));
+    let (tile_depth, tile_width) = (DEPTH.min(k), CHANNELS.min(source.n()));
     let new_scratch = || Scratch::new(tile_depth, tile_width, m, summation);
     let scratch: Vec<Mutex<Scratch>> = (0..rayon::current_num_threads()).map(|_| Mutex::new(new_scratch())).collect();
     super::by_column_blocks(m, source.n(), CHANNELS, |cols, out| {
@@ -76,20 +76,20 @@ pub(super) fn tiled_gemm(source: &impl TileSource, x: &[f32], m: usize, summatio
             Some(scratch) => scratch,
             None => own.insert(new_scratch()),
         };
-        channel_block(source, x, m, k, depth, cols, out, summation, scratch);
+        channel_block(source, x, m, k, cols, out, summation, scratch);
     })
 }
 
 /// Every row times the channels `cols`, into `out` `[m, cols]`.
 #[allow(clippy::too_many_arguments)]
-fn channel_block(source: &impl TileSource, x: &[f32], m: usize, k: usize, depth: usize, cols: Range<usize>, out: &mut [f32], summation: Summation, scratch: &mut Scratch) {
+fn channel_block(source: &impl TileSource, x: &[f32], m: usize, k: usize, cols: Range<usize>, out: &mut [f32], summation: Summation, scratch: &mut Scratch) {
     let width = cols.len();
     let totals = &mut scratch.totals[..];
     if let Summation::Integers { .. } = summation {
         totals[..m * width].fill(0);
     }
-    for start in (0..k).step_by(depth) {
-        let ks = start..(start + depth).min(k);
+    for start in (0..k).step_by(DEPTH) {
+        let ks = start..(start + DEPTH).min(k);
         let tile = &mut scratch.tile[..ks.len() * width];
         decode(source, ks.clone(), cols.clone(), tile);
         match summation {
@@ -174,17 +174,6 @@ impl TileSource for IntWeightSlices<'_> {
     fn decode(&self, ks: Range<usize>, cols: Range<usize>, tile: &mut [f32]) {
         int_gemm::dequantize_rows(self, ks, cols, tile)
     }
-}
-
-/// What an 8-bit weight's tiles hold.
-#[derive(Clone, Copy)]
-pub(super) enum ByteValues {
-    /// e4m3 values times their scales.
-    E4m3,
-    /// int8 values times their scales.
-    Int8,
-    /// int8 codes, unscaled (for [`Summation::Integers`]).
-    Int8Codes,
 }
 
 /// An 8-bit weight `[N, K]` decoded as `values`.
