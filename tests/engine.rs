@@ -122,9 +122,11 @@ fn engine_greedy_matches_the_reference_continuation() {
 }
 
 /// One batched step over a paged cache (a whole prompt, then a mixed batch of prefill
-/// chunks and single tokens) gives the logits of the contiguous full forward.
+/// chunks and single tokens) gives the logits of the contiguous full forward, through
+/// the host attention kernel and through the gathered Burn-ops path.
 #[test]
 fn paged_steps_match_the_full_forward() {
+    use ember::quant::kernels::{self, AttentionKernel, KernelPolicy};
     let reference = Reference::read("llama-tiny-f16");
     let loaded = load("llama-tiny-f16", Device::flex());
     let model = &loaded.model;
@@ -132,25 +134,30 @@ fn paged_steps_match_the_full_forward() {
     let ids = &reference.input_ids;
     let full = prompt_logits(&loaded, ids);
     let row = |p: usize| &full[p * vocab..(p + 1) * vocab];
-    let mut cache = model.new_paged_cache(32, 4);
-    // Sequence A prefills in two chunks, sequence B (the same prompt, other blocks) whole.
-    let (table_a, table_b): (Vec<u32>, Vec<u32>) = ((0..16).rev().collect(), (16..32).collect());
-    let split = 5;
-    let (table_a, table_b) = (&table_a[..], &table_b[..]);
-    let first = model.forward_paged(&[chunk(&ids[..split], 0, table_a)], &mut cache).unwrap().try_into_vec_as::<f32>().unwrap();
-    assert!(max_abs_diff(&first, row(split - 1)) < 1e-4);
-    let last = ids.len() - 1;
-    let mixed = model
-        .forward_paged(&[chunk(&ids[split..last], split, table_a), chunk(&ids[..], 0, table_b)], &mut cache)
-        .unwrap()
-        .try_into_vec_as::<f32>()
-        .unwrap();
-    assert!(max_abs_diff(&mixed[..vocab], row(last - 1)) < 1e-4, "chunked prefill");
-    assert!(max_abs_diff(&mixed[vocab..], row(last)) < 1e-4, "whole prefill beside it");
-    let decode = model.forward_paged(&[chunk(&ids[last..], last, table_a)], &mut cache).unwrap().try_into_vec_as::<f32>().unwrap();
-    assert!(max_abs_diff(&decode, row(last)) < 1e-4, "decode after chunks");
-    let err = model.forward_paged(&[chunk(&ids[..], 0, &table_a[..1])], &mut cache).unwrap_err();
-    assert!(err.to_string().contains("blocks"), "{err}");
+    for (policy, kernel) in [(KernelPolicy::Auto, AttentionKernel::Host), (KernelPolicy::Reference, AttentionKernel::Reference)] {
+        kernels::with_policy(policy, || {
+            assert_eq!(kernels::select::paged_attention(&Device::flex(), burn::tensor::DType::F32, 64, false).kernel, kernel);
+            let mut cache = model.new_paged_cache(32, 4);
+            // Sequence A prefills in two chunks, sequence B (the same prompt, other blocks) whole.
+            let (table_a, table_b): (Vec<u32>, Vec<u32>) = ((0..16).rev().collect(), (16..32).collect());
+            let split = 5;
+            let (table_a, table_b) = (&table_a[..], &table_b[..]);
+            let first = model.forward_paged(&[chunk(&ids[..split], 0, table_a)], &mut cache).unwrap().try_into_vec_as::<f32>().unwrap();
+            assert!(max_abs_diff(&first, row(split - 1)) < 1e-4, "{kernel:?}");
+            let last = ids.len() - 1;
+            let mixed = model
+                .forward_paged(&[chunk(&ids[split..last], split, table_a), chunk(&ids[..], 0, table_b)], &mut cache)
+                .unwrap()
+                .try_into_vec_as::<f32>()
+                .unwrap();
+            assert!(max_abs_diff(&mixed[..vocab], row(last - 1)) < 1e-4, "{kernel:?}: chunked prefill");
+            assert!(max_abs_diff(&mixed[vocab..], row(last)) < 1e-4, "{kernel:?}: whole prefill beside it");
+            let decode = model.forward_paged(&[chunk(&ids[last..], last, table_a)], &mut cache).unwrap().try_into_vec_as::<f32>().unwrap();
+            assert!(max_abs_diff(&decode, row(last)) < 1e-4, "{kernel:?}: decode after chunks");
+            let err = model.forward_paged(&[chunk(&ids[..], 0, &table_a[..1])], &mut cache).unwrap_err();
+            assert!(err.to_string().contains("blocks"), "{err}");
+        });
+    }
 }
 
 fn chunk<'a>(tokens: &'a [u32], start: usize, block_table: &'a [u32]) -> SequenceChunk<'a> {

@@ -552,6 +552,114 @@ fn paged_decode_attention_on_cubecl_cpu() {
     paged_decode_on(Device::cpu());
 }
 
+/// The Flex host attention kernel over a shuffled paged pool against attention computed
+/// naively in f64: prefills longer than a key chunk, a chunked prefill, decodes and a
+/// one-token prompt in one step; query groups of 4, 1 and 80 (more rows than one work
+/// item takes); with and without a sliding window; f32, f16 and bf16 pools.
+#[test]
+fn host_paged_attention_matches_naive_attention() {
+    use ember_quant::kernels::host::attention::{paged_attention, PoolLayout, QuerySpan};
+    let device = Device::flex();
+    let mut rng = StdRng::seed_from_u64(17);
+    let block_size = 16;
+    // (start, queries) per sequence.
+    let sequences = [(0usize, 150usize), (3, 1), (130, 70), (0, 1), (200, 1), (40, 9)];
+    for (heads, kv_heads, dim) in [(8usize, 2usize, 64usize), (3, 3, 32), (80, 1, 16)] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for window in [None, Some(37)] {
+                let num_blocks = sequences.iter().map(|&(start, len)| (start + len).div_ceil(block_size)).sum::<usize>() + 3;
+                let mut blocks: Vec<u32> = (0..num_blocks as u32).collect();
+                for i in (1..blocks.len()).rev() {
+                    blocks.swap(i, rng.random_range(0..=i));
+                }
+                let (mut spans, mut next_block, mut rows) = (Vec::new(), 0, 0);
+                for &(start, len) in &sequences {
+                    let owned = (start + len).div_ceil(block_size);
+                    spans.push(QuerySpan { rows: rows..rows + len, start, block_table: blocks[next_block..next_block + owned].to_vec() });
+                    next_block += owned;
+                    rows += len;
+                }
+                let tokens = rows;
+                let slots = num_blocks * block_size;
+                let random = |n: usize, rng: &mut StdRng| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<f32>>();
+                let upload = |v: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(v, shape), (&device, dtype));
+                let keys = upload(random(slots * kv_heads * dim, &mut rng), [slots, kv_heads, dim]);
+                let values = upload(random(slots * kv_heads * dim, &mut rng), [slots, kv_heads, dim]);
+                let q = upload(random(tokens * heads * dim, &mut rng), [tokens, heads, dim]);
+                let layout = PoolLayout { block_size, window };
+                let ours = to_f32(paged_attention(&q, &keys, &values, &spans, layout).expect("host kernel"));
+
+                // The values as stored (rounded to `dtype`).
+                let (q, keys, values) = (to_f32(q), to_f32(keys), to_f32(values));
+                let mut expected = vec![0f64; tokens * heads * dim];
+                for span in &spans {
+                    for (i, row) in span.rows.clone().enumerate() {
+                        let position = span.start + i;
+                        let first = window.map_or(0, |w| (position + 1).saturating_sub(w));
+                        for h in 0..heads {
+                            let kv = h / (heads / kv_heads);
+                            let query = &q[(row * heads + h) * dim..][..dim];
+                            let at = |pool: &[f32], p: usize| {
+                                let slot = span.block_table[p / block_size] as usize * block_size + p % block_size;
+                                pool[(slot * kv_heads + kv) * dim..][..dim].to_vec()
+                            };
+                            let scores: Vec<f64> = (first..=position)
+                                .map(|p| at(&keys, p).iter().zip(query).map(|(&k, &q)| k as f64 * q as f64).sum::<f64>() / (dim as f64).sqrt())
+                                .collect();
+                            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                            let total: f64 = weights.iter().sum();
+                            let out = &mut expected[(row * heads + h) * dim..][..dim];
+                            for (p, w) in (first..=position).zip(&weights) {
+                                for (o, &v) in out.iter_mut().zip(&at(&values, p)) {
+                                    *o += w / total * v as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+                let diff = ours.iter().zip(&expected).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
+                // f32: summation order only; f16/bf16: the output's rounding.
+                let tolerance = match dtype {
+                    DType::F32 => 1e-5,
+                    DType::F16 => 4e-3,
+                    _ => 2e-2,
+                };
+                assert!(diff < tolerance, "heads {heads}/{kv_heads} dim {dim} {dtype:?} window {window:?}: max diff {diff}");
+            }
+        }
+    }
+}
+
+/// Spans that do not fit the pool or the queries get `None` (the caller's error), not a
+/// panic; so do tensors off the Flex device.
+#[test]
+fn host_paged_attention_refuses_what_does_not_fit() {
+    use ember_quant::kernels::host::attention::{paged_attention, PoolLayout, QuerySpan};
+    let device = Device::flex();
+    let (block_size, blocks, heads, dim) = (4, 3, 2, 8);
+    let pool = Tensor::<3>::zeros([blocks * block_size, heads, dim], &device);
+    let q = Tensor::<3>::zeros([5, heads, dim], &device);
+    let layout = PoolLayout { block_size, window: None };
+    let span = |rows: std::ops::Range<usize>, start: usize, table: &[u32]| QuerySpan { rows, start, block_table: table.to_vec() };
+    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], layout).is_some());
+    for (spans, what) in [
+        (vec![span(0..5, 0, &[0])], "table shorter than the context"),
+        (vec![span(0..5, 0, &[0, 3])], "block outside the pool"),
+        (vec![span(0..6, 0, &[0, 1])], "rows past the queries"),
+        (vec![span(0..3, 0, &[0]), span(2..5, 0, &[1])], "overlapping rows"),
+        (vec![span(0..0, 0, &[0])], "no rows"),
+    ] {
+        assert!(paged_attention(&q, &pool, &pool, &spans, layout).is_none(), "{what}");
+    }
+    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], PoolLayout { block_size, window: Some(0) }).is_none(), "window 0");
+    let odd_heads = Tensor::<3>::zeros([5, 3, dim], &device);
+    assert!(paged_attention(&odd_heads, &pool, &pool, &[span(0..5, 0, &[0, 1])], layout).is_none(), "3 heads over 2 kv heads");
+    let wgpu = Device::wgpu(Default::default());
+    let (q, pool) = (q.to_device(&wgpu), pool.to_device(&wgpu));
+    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], layout).is_none(), "wgpu tensors");
+}
+
 /// The fragment repack loses nothing: unpacking it gives back the K-packed values.
 #[test]
 fn int_fragment_repack_round_trips() {

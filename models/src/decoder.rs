@@ -3,7 +3,7 @@
 //! differ only in their feed-forward block and tensor names, which they pass in.
 
 use burn::tensor::{DType, Device, Int, Tensor};
-use ember_quant::kernels::{self, AttentionKernel};
+use ember_quant::kernels;
 use ember_quant::{CheckpointError, ComputeDtype, LayerInfo, LayerKind, QLinear, WeightSpec};
 
 use crate::config::ModelConfig;
@@ -229,9 +229,8 @@ impl DecoderModel {
         }
         // One choice per step: every layer's attention takes the same path.
         let decode_only = StepLayout::is_decode_only(chunks);
-        let decode_kernel = decode_only
-            && kernels::select::paged_attention(&self.device, self.dtype.burn(), c.head_dim, decode_only).kernel == AttentionKernel::PagedDecode;
-        let layout = StepLayout::new(chunks, cache.block_size(), cache.num_blocks(), c.sliding_window, decode_kernel, &self.device)
+        let kernel = kernels::select::paged_attention(&self.device, self.dtype.burn(), c.head_dim, decode_only).kernel;
+        let layout = StepLayout::new(chunks, cache.block_size(), cache.num_blocks(), c.sliding_window, kernel, &self.device)
             .map_err(ModelError::InvalidStep)?;
         let ids: Vec<i64> = chunks.iter().flat_map(|chunk| chunk.tokens.iter().map(|&t| t as i64)).collect();
         let tokens = layout.tokens();
@@ -239,7 +238,7 @@ impl DecoderModel {
         let rope = self.rope.tables_at(layout.positions.iter().copied(), &self.device, self.dtype);
         let mut x: Tensor<3> = self.embed_tokens.clone().select(0, ids).unsqueeze_dim(0);
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.self_attn.forward_paged(layer.input_layernorm.forward(x.clone()), &rope, cache.layer(i), &layout);
+            let h = layer.self_attn.forward_paged(layer.input_layernorm.forward(x.clone()), &rope, cache.layer(i), &layout)?;
             x = x + h;
             let h = layer.ffn.forward(layer.post_attention_layernorm.forward(x.clone()));
             x = x + h;

@@ -2,11 +2,12 @@
 //! sliding-window) mask, and softmax in f32.
 
 use burn::tensor::{activation::softmax, Bool, DType, Device, Tensor, TensorData};
-use ember_quant::kernels::{self, PagedAttentionLayout};
+use ember_quant::kernels::host::attention::PoolLayout;
+use ember_quant::kernels::{self, host, PagedAttentionLayout};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
 
 use super::kv_cache::LayerCache;
-use super::paged_kv::{PagedLayer, StepLayout};
+use super::paged_kv::{GatheredStep, PagedLayer, StepAttention, StepLayout};
 use super::rope::RopeTables;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -77,7 +78,7 @@ impl Attention {
 
     /// A batched step over a paged cache: `x` is `[1, tokens, hidden]` with the
     /// sequences' tokens one after another, `rope` holds each token's position.
-    pub fn forward_paged(&self, x: Tensor<3>, rope: &RopeTables, cache: &mut PagedLayer, layout: &StepLayout) -> Tensor<3> {
+    pub fn forward_paged(&self, x: Tensor<3>, rope: &RopeTables, cache: &mut PagedLayer, layout: &StepLayout) -> Result<Tensor<3>, ModelError> {
         let tokens = layout.tokens();
         let (d, heads, kv_heads) = (self.head_dim, self.num_heads, self.num_kv_heads);
         // Rotate as one sequence of `tokens` positions, then back to rows of tokens.
@@ -86,27 +87,40 @@ impl Attention {
         let k = rotate(self.k_proj.forward(x.clone()), kv_heads);
         let v = self.v_proj.forward(x).reshape([tokens, kv_heads, d]);
         cache.write(layout.write_slots.clone(), k, v);
-        if let Some((tables, lens)) = &layout.decode {
-            let (key_pool, value_pool) = cache.pools();
-            let kernel_layout =
-                PagedAttentionLayout { block_size: layout.block_size as u32, window: layout.sliding_window.unwrap_or(0) as u32 };
-            let out = kernels::paged_decode_attention(q, key_pool, value_pool, tables.clone(), lens.clone(), kernel_layout);
-            return self.o_proj.forward(out.reshape([1, tokens, heads * d]));
-        }
-        let (k, v) = cache.read(layout.read_slots.clone(), layout.batch, layout.max_context);
+        let out = match &layout.attention {
+            StepAttention::Gathered(step) => self.attend_gathered(q, cache, step),
+            StepAttention::PagedDecode { block_tables, context_lens } => {
+                let (key_pool, value_pool) = cache.pools();
+                let kernel_layout =
+                    PagedAttentionLayout { block_size: layout.block_size as u32, window: layout.sliding_window.unwrap_or(0) as u32 };
+                kernels::paged_decode_attention(q, key_pool, value_pool, block_tables.clone(), context_lens.clone(), kernel_layout)
+            }
+            StepAttention::Host(spans) => {
+                let (key_pool, value_pool) = cache.pools();
+                let pool_layout = PoolLayout { block_size: layout.block_size, window: layout.sliding_window };
+                host::attention::paged_attention(&q, &key_pool, &value_pool, spans, pool_layout)
+                    .ok_or_else(|| ModelError::InvalidStep("the host attention kernel cannot read this step's pools (not f32, f16 or bf16 on the Flex device)".into()))?
+            }
+        };
+        Ok(self.o_proj.forward(out.reshape([1, tokens, heads * d])))
+    }
 
-        let (batch, max_query) = (layout.batch, layout.max_query);
-        let q = match &layout.query_rows {
+    /// Attention over contexts gathered from the pool into a padded, masked batch;
+    /// returns `[tokens, heads, head_dim]`.
+    fn attend_gathered(&self, q: Tensor<3>, cache: &PagedLayer, step: &GatheredStep) -> Tensor<3> {
+        let (d, heads) = (self.head_dim, self.num_heads);
+        let (k, v) = cache.read(step.read_slots.clone(), step.batch, step.max_context);
+        let (batch, max_query) = (step.batch, step.max_query);
+        let q = match &step.query_rows {
             Some(rows) => q.select(0, rows.clone()),
             None => q,
         };
         let q = q.reshape([batch, max_query, heads, d]).swap_dims(1, 2);
-        let out = self.attend(q, k, v, layout.mask.clone()).swap_dims(1, 2).reshape([batch * max_query, heads * d]);
-        let out = match &layout.token_rows {
+        let out = self.attend(q, k, v, step.mask.clone()).swap_dims(1, 2).reshape([batch * max_query, heads, d]);
+        match &step.token_rows {
             Some(rows) => out.select(0, rows.clone()),
             None => out,
-        };
-        self.o_proj.forward(out.unsqueeze_dim::<3>(0))
+        }
     }
 
     /// Scaled dot-product attention with softmax in f32: `q` is `[b, heads, queries, d]`,

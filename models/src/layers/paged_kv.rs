@@ -5,7 +5,9 @@
 //!
 //! Which blocks are free or shared is the engine's business; the pool only stores.
 
-use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use ember_quant::kernels::host::attention::QuerySpan;
+use ember_quant::kernels::AttentionKernel;
 use ember_quant::ComputeDtype;
 
 use crate::config::ModelConfig;
@@ -127,15 +129,37 @@ impl PagedLayer {
 /// Index tensors for one batched step, built once on the host and shared by every layer.
 ///
 /// Tokens travel flattened (`[tokens, hidden]`, sequences one after another) through the
-/// linears; only attention sees them padded to `[batch, max_query, …]`, against contexts
-/// padded to `max_context` and masked.
+/// linears; how attention finds each sequence's context is [`StepAttention`].
 #[derive(Debug, Clone)]
 pub struct StepLayout {
+    /// Pool slot of every new token.
+    pub(crate) write_slots: Tensor<1, Int>,
+    /// Flat row of each sequence's last token: the only rows that need logits.
+    pub(crate) last_rows: Tensor<1, Int>,
+    pub(crate) positions: Vec<usize>,
+    pub(crate) attention: StepAttention,
+    pub(crate) block_size: usize,
+    pub(crate) sliding_window: Option<usize>,
+}
+
+/// What the step's attention kernel reads besides the pools.
+#[derive(Debug, Clone)]
+pub(crate) enum StepAttention {
+    /// The Burn-ops path: queries padded to `[batch, max_query, …]`, against contexts
+    /// gathered and padded to `max_context` and masked.
+    Gathered(GatheredStep),
+    /// The decode kernel: block tables (i32 `[batch, max_blocks]`) and context lengths
+    /// (i32 `[batch]`).
+    PagedDecode { block_tables: Tensor<2, Int>, context_lens: Tensor<1, Int> },
+    /// The host kernel: each sequence's rows, start and block table.
+    Host(Vec<QuerySpan>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct GatheredStep {
     pub(crate) batch: usize,
     pub(crate) max_query: usize,
     pub(crate) max_context: usize,
-    /// Pool slot of every new token.
-    pub(crate) write_slots: Tensor<1, Int>,
     /// Pool slot of every padded context position (padding reads slot 0, masked).
     pub(crate) read_slots: Tensor<1, Int>,
     /// Flat token row of every padded query (padding repeats row 0); `None` when every
@@ -144,14 +168,6 @@ pub struct StepLayout {
     /// Padded query row of every flat token, to come back from attention.
     pub(crate) token_rows: Option<Tensor<1, Int>>,
     pub(crate) mask: Option<Tensor<4, Bool>>,
-    /// Flat row of each sequence's last token: the only rows that need logits.
-    pub(crate) last_rows: Tensor<1, Int>,
-    pub(crate) positions: Vec<usize>,
-    /// Block tables (i32 `[batch, max_blocks]`) and context lengths (i32 `[batch]`) for
-    /// the decode kernel; `Some` when the step runs it.
-    pub(crate) decode: Option<(Tensor<2, Int>, Tensor<1, Int>)>,
-    pub(crate) block_size: usize,
-    pub(crate) sliding_window: Option<usize>,
 }
 
 impl StepLayout {
@@ -160,15 +176,14 @@ impl StepLayout {
         chunks.iter().all(|c| c.tokens.len() == 1)
     }
 
-    /// Checks the chunks against the pool and builds the step's indices; with
-    /// `decode_kernel`, also the block tables the decode kernel reads (only for a
-    /// decode-only step).
+    /// Checks the chunks against the pool and builds the step's indices for `kernel`
+    /// ([`AttentionKernel::PagedDecode`] only for a decode-only step).
     pub fn new(
         chunks: &[SequenceChunk],
         block_size: usize,
         num_blocks: usize,
         sliding_window: Option<usize>,
-        decode_kernel: bool,
+        kernel: AttentionKernel,
         device: &Device,
     ) -> Result<Self, String> {
         if chunks.is_empty() {
@@ -186,27 +201,61 @@ impl StepLayout {
                 return Err(format!("sequence {i} refers to block {bad}, the pool has {num_blocks}"));
             }
         }
-        let slot = |chunk: &SequenceChunk, pos: usize| (chunk.block_table[pos / block_size] as usize * block_size + pos % block_size) as i64;
+        if kernel == AttentionKernel::PagedDecode && !Self::is_decode_only(chunks) {
+            return Err("the decode kernel takes one token per sequence".into());
+        }
+        let slot = |chunk: &SequenceChunk, pos: usize| slot(chunk, pos, block_size);
+        let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let mut write_slots = Vec::with_capacity(tokens);
+        let mut positions = Vec::with_capacity(tokens);
+        let mut last_rows = Vec::with_capacity(chunks.len());
+        let mut flat = 0usize;
+        for chunk in chunks {
+            for pos in chunk.start..chunk.context_len() {
+                write_slots.push(slot(chunk, pos));
+                positions.push(pos);
+            }
+            flat += chunk.tokens.len();
+            last_rows.push((flat - 1) as i64);
+        }
+        let attention = match kernel {
+            AttentionKernel::Reference => StepAttention::Gathered(GatheredStep::new(chunks, block_size, sliding_window, device)),
+            AttentionKernel::PagedDecode => paged_decode(chunks, block_size, device),
+            AttentionKernel::Host => StepAttention::Host(query_spans(chunks, block_size)),
+        };
+        Ok(Self { write_slots: ints(write_slots, device), last_rows: ints(last_rows, device), positions, attention, block_size, sliding_window })
+    }
+
+    /// Tokens in the step, all sequences together.
+    pub fn tokens(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+/// Pool slot of position `pos` of `chunk`'s sequence.
+fn slot(chunk: &SequenceChunk, pos: usize, block_size: usize) -> i64 {
+    (chunk.block_table[pos / block_size] as usize * block_size + pos % block_size) as i64
+}
+
+fn ints(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let len = values.len();
+    Tensor::<1, Int>::from_data(TensorData::new(values, [len]), device)
+}
+
+impl GatheredStep {
+    fn new(chunks: &[SequenceChunk], block_size: usize, sliding_window: Option<usize>, device: &Device) -> Self {
         let batch = chunks.len();
         let max_query = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(1);
         let max_context = chunks.iter().map(SequenceChunk::context_len).max().unwrap_or(1);
         let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-
-        let mut write_slots = Vec::with_capacity(tokens);
-        let mut positions = Vec::with_capacity(tokens);
         let mut read_slots = Vec::with_capacity(batch * max_context);
         let mut query_rows = Vec::with_capacity(batch * max_query);
         let mut token_rows = Vec::with_capacity(tokens);
-        let mut last_rows = Vec::with_capacity(batch);
         let mut mask = Vec::with_capacity(batch * max_query * max_context);
         let mut flat = 0usize;
         for (i, chunk) in chunks.iter().enumerate() {
             let (start, len, context) = (chunk.start, chunk.tokens.len(), chunk.context_len());
-            for pos in start..context {
-                write_slots.push(slot(chunk, pos));
-                positions.push(pos);
-            }
-            read_slots.extend((0..max_context).map(|pos| if pos < context { slot(chunk, pos) } else { 0 }));
+            read_slots.extend((0..max_context).map(|pos| if pos < context { slot(chunk, pos, block_size) } else { 0 }));
             for q in 0..max_query {
                 query_rows.push(if q < len { (flat + q) as i64 } else { 0 });
                 let query_pos = start + q;
@@ -218,42 +267,43 @@ impl StepLayout {
             }
             token_rows.extend((0..len).map(|q| (i * max_query + q) as i64));
             flat += len;
-            last_rows.push((flat - 1) as i64);
         }
-        let ints = |v: Vec<i64>| {
-            let len = v.len();
-            Tensor::<1, Int>::from_data(TensorData::new(v, [len]), device)
-        };
         let padded = max_query > 1;
-        let decode = (decode_kernel && !padded).then(|| {
-            let width = chunks.iter().map(|c| c.context_len().div_ceil(block_size)).max().unwrap_or(1);
-            let tables: Vec<i32> = chunks.iter().flat_map(|c| (0..width).map(|i| c.block_table.get(i).map_or(0, |&b| b as i32))).collect();
-            let lens: Vec<i32> = chunks.iter().map(|c| c.context_len() as i32).collect();
-            (
-                Tensor::<2, Int>::from_data(TensorData::new(tables, [batch, width]), (device, burn::tensor::DType::I32)),
-                Tensor::<1, Int>::from_data(TensorData::new(lens, [batch]), (device, burn::tensor::DType::I32)),
-            )
-        });
         let any_masked = mask.iter().any(|&m| m);
-        Ok(Self {
+        Self {
             batch,
             max_query,
             max_context,
-            write_slots: ints(write_slots),
-            read_slots: ints(read_slots),
-            query_rows: padded.then(|| ints(query_rows)),
-            token_rows: padded.then(|| ints(token_rows)),
+            read_slots: ints(read_slots, device),
+            query_rows: padded.then(|| ints(query_rows, device)),
+            token_rows: padded.then(|| ints(token_rows, device)),
             mask: any_masked.then(|| Tensor::from_data(TensorData::new(mask, [batch, 1, max_query, max_context]), device)),
-            last_rows: ints(last_rows),
-            positions,
-            decode,
-            block_size,
-            sliding_window,
-        })
+        }
     }
+}
 
-    /// Tokens in the step, all sequences together.
-    pub fn tokens(&self) -> usize {
-        self.positions.len()
+/// The decode kernel's block tables and context lengths.
+fn paged_decode(chunks: &[SequenceChunk], block_size: usize, device: &Device) -> StepAttention {
+    let batch = chunks.len();
+    let width = chunks.iter().map(|c| c.context_len().div_ceil(block_size)).max().unwrap_or(1);
+    let tables: Vec<i32> = chunks.iter().flat_map(|c| (0..width).map(|i| c.block_table.get(i).map_or(0, |&b| b as i32))).collect();
+    let lens: Vec<i32> = chunks.iter().map(|c| c.context_len() as i32).collect();
+    StepAttention::PagedDecode {
+        block_tables: Tensor::<2, Int>::from_data(TensorData::new(tables, [batch, width]), (device, DType::I32)),
+        context_lens: Tensor::<1, Int>::from_data(TensorData::new(lens, [batch]), (device, DType::I32)),
     }
+}
+
+/// Each sequence's rows, first position and the blocks its context needs.
+fn query_spans(chunks: &[SequenceChunk], block_size: usize) -> Vec<QuerySpan> {
+    let mut first_row = 0;
+    chunks
+        .iter()
+        .map(|chunk| {
+            let rows = first_row..first_row + chunk.tokens.len();
+            first_row = rows.end;
+            let blocks = chunk.context_len().div_ceil(block_size);
+            QuerySpan { rows, start: chunk.start, block_table: chunk.block_table[..blocks].to_vec() }
+        })
+        .collect()
 }

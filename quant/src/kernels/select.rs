@@ -481,8 +481,11 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
 pub enum AttentionKernel {
     /// Gather each context into a padded tensor, then masked Burn-ops attention.
     Reference,
-    /// The CubeCL kernel that reads the pool through the block tables.
+    /// The CubeCL kernel that reads the pool through the block tables (decode steps).
     PagedDecode,
+    /// The host kernel on the Flex device ([`super::host::attention`]): every step,
+    /// prefill and decode, read through the block tables.
+    Host,
 }
 
 /// Largest head the decode kernel keeps in registers.
@@ -493,12 +496,12 @@ pub fn paged_attention(device: &Device, dtype: DType, head_dim: usize, decode_on
     let reference = |reason: &str| Selection { kernel: AttentionKernel::Reference, reason: reason.into() };
     let selection = if policy() == KernelPolicy::Reference {
         reference("kernels disabled (EMBER_KERNELS=reference)")
+    } else if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        reference("the kernels take f32, f16 or bf16")
     } else if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
-        reference("the Flex backend runs the Burn-ops reference")
+        Selection { kernel: AttentionKernel::Host, reason: "host kernel (Flex keeps the pools in host memory)".into() }
     } else if !decode_only {
         reference("the step has prefill tokens; the kernel takes one query per sequence")
-    } else if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-        reference("the kernel takes f32, f16 or bf16")
     } else if head_dim > MAX_KERNEL_HEAD_DIM {
         reference("head_dim above 256 does not fit the kernel's registers")
     } else {

@@ -8,7 +8,10 @@
 //! the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
 //! write nothing but the output; from there `tiles` decodes the weight a cache-sized
 //! tile at a time and multiplies each tile by every row with the `gemm` crate.
+//!
+//! [`attention`] runs a batched step's attention straight from the paged KV pools.
 
+pub mod attention;
 pub mod byte_gemm;
 pub mod int_gemm;
 mod byte_tiles;

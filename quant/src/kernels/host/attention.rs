@@ -1,0 +1,345 @@
+//! Attention for a batched step on the Flex device, read in place from the paged KV
+//! pools: each sequence's keys and values are found through its block table, so no
+//! context is gathered into a padded tensor and no mask is built, and prefill chunks and
+//! decode tokens share one call.
+//!
+//! The work splits by (sequence, KV head, block of queries). A block's queries, for every
+//! query head that reads the KV head, are the rows of one flash-attention pass over the
+//! keys they may see, a chunk at a time: the chunk's keys and values are copied out of
+//! their blocks once for all those rows, scores come from the `gemm` crate, an online
+//! softmax keeps each row's running max and sum (rescaling the row's output when the max
+//! grows), and the chunk's values are added by `gemm`.
+
+use std::ops::Range;
+
+use burn::tensor::{DType, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::HostBuffer;
+
+/// Most rows (queries × heads of a group) in one work item: enough for `gemm`'s
+/// micro-kernels to run full, few enough that a prefill splits across the threads.
+const QUERY_ROWS: usize = 64;
+
+/// Keys per chunk of the online softmax.
+const KEY_CHUNK: usize = 128;
+
+/// One sequence's queries in a step.
+#[derive(Debug, Clone)]
+pub struct QuerySpan {
+    /// Its rows of `q`: the step's tokens are flat, one sequence after another.
+    pub rows: Range<usize>,
+    /// Position of its first query; the queries' own keys are in the pool already.
+    pub start: usize,
+    /// Pool blocks holding positions `0..start + rows.len()`.
+    pub block_table: Vec<u32>,
+}
+
+impl QuerySpan {
+    fn context_len(&self) -> usize {
+        self.start + self.rows.len()
+    }
+}
+
+/// How the pools are paged, and which keys a query sees.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLayout {
+    pub block_size: usize,
+    /// A query at position `p` sees keys `p - window + 1..=p`; `None`: all of `0..=p`.
+    pub window: Option<usize>,
+}
+
+/// Causal attention of `q` (`[tokens, heads, head_dim]`) over the paged `key_pool` and
+/// `value_pool` (`[slots, kv_heads, head_dim]`), softmax in f32: query head `h` reads KV
+/// head `h / (heads / kv_heads)`. Returns `[tokens, heads, head_dim]` in `q`'s dtype, or
+/// `None` if a tensor is not on the Flex device, the pools are not f32, f16 or bf16, or
+/// the shapes, spans and block tables do not fit together.
+pub fn paged_attention(q: &Tensor<3>, key_pool: &Tensor<3>, value_pool: &Tensor<3>, spans: &[QuerySpan], layout: PoolLayout) -> Option<Tensor<3>> {
+    let [tokens, heads, dim] = q.dims();
+    let [slots, kv_heads, pool_dim] = key_pool.dims();
+    let shape = Heads { heads, kv_heads, dim };
+    let fits = value_pool.dims() == key_pool.dims()
+        && value_pool.dtype() == key_pool.dtype()
+        && pool_dim == dim
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && spans_fit(spans, tokens, slots, layout);
+    if !fits {
+        return None;
+    }
+    let queries = HostBuffer::of(&q.clone().cast(DType::F32))?;
+    let (keys, values) = (HostBuffer::of(key_pool)?, HostBuffer::of(value_pool)?);
+    let queries = queries.f32s()?;
+    let out = match key_pool.dtype() {
+        DType::F32 => attend(queries, keys.values::<f32>()?, values.values::<f32>()?, shape, spans, layout),
+        DType::F16 => attend(queries, keys.values::<half::f16>()?, values.values::<half::f16>()?, shape, spans, layout),
+        DType::BF16 => attend(queries, keys.values::<half::bf16>()?, values.values::<half::bf16>()?, shape, spans, layout),
+        _ => return None,
+    };
+    let out = Tensor::<3>::from_data(TensorData::new(out, [tokens, heads, dim]), (&q.device(), DType::F32));
+    Some(out.cast(q.dtype()))
+}
+
+/// Every span's rows lie within the `tokens` rows without overlap, and its table names
+/// pool blocks for all of its positions.
+fn spans_fit(spans: &[QuerySpan], tokens: usize, slots: usize, layout: PoolLayout) -> bool {
+    let blocks = slots / layout.block_size.max(1);
+    let mut next_row = 0;
+    layout.block_size > 0
+        && layout.window != Some(0)
+        && spans.iter().all(|span| {
+            let in_order = span.rows.start >= next_row && span.rows.start < span.rows.end && span.rows.end <= tokens;
+            next_row = span.rows.end;
+            let needed = span.context_len().div_ceil(layout.block_size);
+            in_order && span.block_table.len() >= needed && span.block_table[..needed].iter().all(|&b| (b as usize) < blocks)
+        })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    heads: usize,
+    kv_heads: usize,
+    dim: usize,
+}
+
+impl Heads {
+    /// Query heads per KV head.
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// A value of a pool, read as f32.
+trait PoolValue: Copy + Sync + bytemuck::Pod + burn::tensor::Element {
+    fn to_f32(self) -> f32;
+}
+
+impl PoolValue for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl PoolValue for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl PoolValue for half::bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
+
+impl HostBuffer {
+    /// The values, if they are `E`s.
+    fn values<E: PoolValue>(&self) -> Option<&[E]> {
+        self.0.as_slice::<E>()
+    }
+}
+
+/// One work item: queries `tokens` (rows of `q`) of `span`, every head reading `kv_head`.
+struct Item<'a> {
+    span: &'a QuerySpan,
+    kv_head: usize,
+    tokens: Range<usize>,
+}
+
+/// The pools' values for one step, and how to find them.
+struct Pools<'a, E> {
+    keys: &'a [E],
+    values: &'a [E],
+    shape: Heads,
+    layout: PoolLayout,
+}
+
+/// `[tokens, heads, dim]` f32, computed item by item in parallel and then put in place.
+fn attend<E: PoolValue>(q: &[f32], keys: &[E], values: &[E], shape: Heads, spans: &[QuerySpan], layout: PoolLayout) -> Vec<f32> {
+    let tokens_per_item = (QUERY_ROWS / shape.group()).max(1);
+    let items: Vec<Item> = spans
+        .iter()
+        .flat_map(|span| {
+            (0..shape.kv_heads).flat_map(move |kv_head| {
+                span.rows.clone().step_by(tokens_per_item).map(move |first| Item { span, kv_head, tokens: first..(first + tokens_per_item).min(span.rows.end) })
+            })
+        })
+        .collect();
+    let pools = Pools { keys, values, shape, layout };
+    let results: Vec<Vec<f32>> = items.par_iter().map_init(Scratch::default, |scratch, item| pools.attend_item(q, item, scratch)).collect();
+
+    let Heads { heads, dim, .. } = shape;
+    let group = shape.group();
+    let mut out = vec![0f32; q.len()];
+    for (item, rows) in items.iter().zip(&results) {
+        for (token, token_rows) in item.tokens.clone().zip(rows.chunks(group * dim)) {
+            let first = (token * heads + item.kv_head * group) * dim;
+            out[first..first + group * dim].copy_from_slice(token_rows);
+        }
+    }
+    out
+}
+
+/// One worker's buffers, grown to the largest item it meets.
+#[derive(Default)]
+struct Scratch {
+    /// The item's queries, pre-scaled, `[rows, dim]`.
+    queries: Vec<f32>,
+    /// A chunk's keys and values, `[keys, dim]` each.
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    /// A chunk's scores, then probabilities, `[rows, keys]`.
+    scores: Vec<f32>,
+    running_max: Vec<f32>,
+    running_sum: Vec<f32>,
+}
+
+impl Scratch {
+    fn prepare(&mut self, rows: usize, dim: usize) {
+        fn sized(buffer: &mut Vec<f32>, len: usize) {
+            buffer.resize(len.max(buffer.len()), 0.0);
+        }
+        sized(&mut self.queries, rows * dim);
+        sized(&mut self.keys, KEY_CHUNK * dim);
+        sized(&mut self.values, KEY_CHUNK * dim);
+        sized(&mut self.scores, rows * KEY_CHUNK);
+        self.running_max.clear();
+        self.running_max.resize(rows, f32::NEG_INFINITY);
+        self.running_sum.clear();
+        self.running_sum.resize(rows, 0.0);
+    }
+}
+
+impl<E: PoolValue> Pools<'_, E> {
+    /// The item's output rows, `[tokens, group, dim]`, normalized.
+    fn attend_item(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Vec<f32> {
+        let Heads { heads, dim, .. } = self.shape;
+        let group = self.shape.group();
+        let rows = item.tokens.len() * group;
+        scratch.prepare(rows, dim);
+        let scale = (dim as f32).powf(-0.5);
+        for (i, token) in item.tokens.clone().enumerate() {
+            let first = (token * heads + item.kv_head * group) * dim;
+            let queries = &q[first..first + group * dim];
+            for (dst, &v) in scratch.queries[i * group * dim..(i + 1) * group * dim].iter_mut().zip(queries) {
+                *dst = v * scale;
+            }
+        }
+        // Row `r` is the query of token `item.tokens.start + r / group`.
+        let first_position = item.span.start + (item.tokens.start - item.span.rows.start);
+        let position = |row: usize| first_position + row / group;
+        let visible = |row: usize| {
+            let p = position(row);
+            self.layout.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+        };
+        let keys = visible(0).start..visible(rows - 1).end;
+
+        let mut out = vec![0f32; rows * dim];
+        for chunk_start in keys.clone().step_by(KEY_CHUNK) {
+            let chunk = chunk_start..(chunk_start + KEY_CHUNK).min(keys.end);
+            let n = chunk.len();
+            self.gather(item, chunk.clone(), &mut scratch.keys[..n * dim], &mut scratch.values[..n * dim]);
+            let scores = &mut scratch.scores[..rows * n];
+            multiply(rows, n, dim, &scratch.queries, Operand::Transposed(&scratch.keys), scores, false);
+            for (row, scores) in scores.chunks_mut(n).enumerate() {
+                let seen = visible(row);
+                let seen = seen.start.max(chunk.start)..seen.end.min(chunk.end);
+                let row_out = &mut out[row * dim..(row + 1) * dim];
+                let (max, sum) = (&mut scratch.running_max[row], &mut scratch.running_sum[row]);
+                online_softmax(scores, seen.start.saturating_sub(chunk.start)..seen.end.saturating_sub(chunk.start), max, sum, row_out);
+            }
+            multiply(rows, dim, n, &scratch.scores[..rows * n], Operand::Plain(&scratch.values[..n * dim]), &mut out, true);
+        }
+        for (row, row_out) in out.chunks_mut(dim).enumerate() {
+            let inverse = 1.0 / scratch.running_sum[row];
+            row_out.iter_mut().for_each(|v| *v *= inverse);
+        }
+        out
+    }
+
+    /// Copies the keys and values of positions `chunk` of the item's sequence, for its KV
+    /// head, into `keys` and `values` (`[chunk, dim]`).
+    fn gather(&self, item: &Item, chunk: Range<usize>, keys: &mut [f32], values: &mut [f32]) {
+        let (dim, block_size) = (self.shape.dim, self.layout.block_size);
+        let rows = keys.chunks_exact_mut(dim).zip(values.chunks_exact_mut(dim));
+        for (position, (key, value)) in chunk.zip(rows) {
+            let slot = item.span.block_table[position / block_size] as usize * block_size + position % block_size;
+            let first = (slot * self.shape.kv_heads + item.kv_head) * dim;
+            key.iter_mut().zip(&self.keys[first..first + dim]).for_each(|(dst, &v)| *dst = v.to_f32());
+            value.iter_mut().zip(&self.values[first..first + dim]).for_each(|(dst, &v)| *dst = v.to_f32());
+        }
+    }
+}
+
+/// Folds one chunk of a row's scores into its running softmax: `scores` become the
+/// chunk's unnormalized probabilities (zero outside `seen`, the keys the row may see),
+/// and `out`, the row's output so far, is rescaled to the new running max.
+fn online_softmax(scores: &mut [f32], seen: Range<usize>, running_max: &mut f32, running_sum: &mut f32, out: &mut [f32]) {
+    if seen.is_empty() {
+        scores.fill(0.0);
+        return;
+    }
+    let chunk_max = scores[seen.clone()].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    let max = running_max.max(chunk_max);
+    // The first chunk a row sees has a running max of -inf: its rescale is exp(-inf) = 0.
+    let rescale = (*running_max - max).exp();
+    let mut sum = 0.0;
+    for (i, score) in scores.iter_mut().enumerate() {
+        *score = match seen.contains(&i) {
+            true => (*score - max).exp(),
+            false => 0.0,
+        };
+        sum += *score;
+    }
+    *running_sum = *running_sum * rescale + sum;
+    *running_max = max;
+    if rescale != 1.0 {
+        out.iter_mut().for_each(|v| *v *= rescale);
+    }
+}
+
+/// The right-hand side of [`multiply`], `[k, n]` as stored.
+enum Operand<'a> {
+    /// Row-major `[k, n]`.
+    Plain(&'a [f32]),
+    /// Row-major `[n, k]`, read transposed.
+    Transposed(&'a [f32]),
+}
+
+/// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, all row-major.
+fn multiply(m: usize, n: usize, k: usize, lhs: &[f32], rhs: Operand, dst: &mut [f32], accumulate: bool) {
+    let (rhs, rhs_cs, rhs_rs) = match rhs {
+        Operand::Plain(values) => (values, 1, n as isize),
+        Operand::Transposed(values) => (values, k as isize, 1),
+    };
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+    // SAFETY: the assertion bounds every index the call reads or writes: `lhs`'s `m × k`
+    // at row stride `k`, `rhs`'s `k × n` (either layout spans `k * n` values) and `dst`'s
+    // `m × n` at row stride `n`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
