@@ -5,7 +5,8 @@
 //! (filters: `int4`, `int_mma`, `fp8`, `w8a8`, `byte_mma`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda`
 //! picks the devices (default: wgpu and cpu). The tensor-core groups run on CUDA devices
 //! only, and time calls queued back to back ([`queued`]) where the portable groups sync
-//! after each call.
+//! after each call. `paged_attention` times a model step's attention on the Flex device:
+//! the host kernel against the gathered Burn-ops path.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -338,5 +339,57 @@ fn byte_mma_gemm(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, int4_gemm, int_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm);
+/// One model step on the Flex device, its attention by the host kernel (`host`) and by
+/// the gathered Burn-ops path (`gathered`), in one run. The model has one layer with
+/// Llama-3-8B's attention (32 heads, 8 KV heads, head_dim 128) and everything else small
+/// (hidden 256, vocab 2048), so attention is most of the step; weights are dummies.
+/// Decode steps bring one token to each of `batch` sequences of `context` positions;
+/// prefill steps bring `batch` whole prompts of `context` tokens.
+fn paged_attention(c: &mut Criterion) {
+    use ember::models::SequenceChunk;
+    use ember::quant::kernels::{with_policy, KernelPolicy};
+    use ember::quant::ComputeDtype;
+    use ember::{load_model, LoadFormat, LoadOptions};
+
+    let dir = std::env::temp_dir().join("ember-bench-attention");
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, "intermediate_size": 256,
+        "num_hidden_layers": 1, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "vocab_size": 2048, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": false
+    });
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("bench config");
+    let options = LoadOptions { load_format: LoadFormat::Dummy, ..LoadOptions::new(Device::flex(), ComputeDtype::F32) };
+    let loaded = load_model(&dir, &options).expect("dummy model");
+    let model = &loaded.model;
+    const BLOCK: usize = 16;
+
+    let mut group = c.benchmark_group("paged_attention/flex");
+    group.sample_size(10);
+    for (step, batch, context) in [("decode", 1usize, 512usize), ("decode", 1, 4096), ("decode", 16, 512), ("decode", 16, 2048), ("prefill", 1, 512), ("prefill", 4, 1024)] {
+        let blocks_each = (context + 1).div_ceil(BLOCK);
+        let tables: Vec<Vec<u32>> = (0..batch).map(|i| ((i * blocks_each) as u32..((i + 1) * blocks_each) as u32).collect()).collect();
+        let tokens: Vec<u32> = (0..context as u32).map(|t| t * 7 % 2048).collect();
+        let mut cache = model.new_paged_cache(batch * blocks_each, BLOCK);
+        let chunks: Vec<SequenceChunk> = match step {
+            "decode" => {
+                let prompts: Vec<SequenceChunk> = tables.iter().map(|table| SequenceChunk { tokens: &tokens, start: 0, block_table: table }).collect();
+                model.forward_paged(&prompts, &mut cache).expect("prefill the contexts");
+                tables.iter().map(|table| SequenceChunk { tokens: &tokens[..1], start: context, block_table: table }).collect()
+            }
+            _ => tables.iter().map(|table| SequenceChunk { tokens: &tokens, start: 0, block_table: table }).collect(),
+        };
+        group.throughput(Throughput::Elements((batch * if step == "decode" { 1 } else { context }) as u64));
+        for (path, policy) in [("host", KernelPolicy::Auto), ("gathered", KernelPolicy::Reference)] {
+            let id = BenchmarkId::new(format!("{step}_{path}"), format!("batch{batch}_ctx{context}"));
+            // Every call writes the same slots with the same values, so the steps are alike.
+            group.bench_function(id, |b| {
+                b.iter(|| with_policy(policy, || black_box(model.forward_paged(&chunks, &mut cache).expect("step").into_data())))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, int4_gemm, int_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm, paged_attention);
 criterion_main!(benches);

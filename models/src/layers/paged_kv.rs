@@ -106,9 +106,9 @@ impl PagedLayer {
         let device = keys.device();
         let placeholder = || Tensor::empty([0, 0, 0], &device);
         let pool = std::mem::replace(&mut self.keys, placeholder());
-        self.keys = pool.select_assign(0, slots.clone(), keys, IndexingUpdateOp::Assign);
+        self.keys = assign_rows(pool, slots.clone(), keys);
         let pool = std::mem::replace(&mut self.values, placeholder());
-        self.values = pool.select_assign(0, slots, values, IndexingUpdateOp::Assign);
+        self.values = assign_rows(pool, slots, values);
     }
 
     /// The whole pools (handles), for kernels that read them in place.
@@ -124,6 +124,15 @@ impl PagedLayer {
         };
         (gather(&self.keys), gather(&self.values))
     }
+}
+
+/// `pool[slots[i]] = rows[i]`, with each slot's heads as one row of a 2-D view: Flex
+/// copies whole rows of a 2-D tensor, where for 3-D it computes every value's place.
+fn assign_rows(pool: Tensor<3>, slots: Tensor<1, Int>, rows: Tensor<3>) -> Tensor<3> {
+    let [pool_slots, heads, dim] = pool.dims();
+    let [count, _, _] = rows.dims();
+    let pool = pool.reshape([pool_slots, heads * dim]);
+    pool.select_assign(0, slots, rows.reshape([count, heads * dim]), IndexingUpdateOp::Assign).reshape([pool_slots, heads, dim])
 }
 
 /// Index tensors for one batched step, built once on the host and shared by every layer.

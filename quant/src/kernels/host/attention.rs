@@ -24,6 +24,11 @@ const QUERY_ROWS: usize = 64;
 /// Keys per chunk of the online softmax.
 const KEY_CHUNK: usize = 128;
 
+/// Rows up to which an item's scores and value sums are computed key by key, each key
+/// read once for all rows, rather than by `gemm`: decode items have one row per head of a
+/// group (1–8 in current models), too few for `gemm`'s packing to pay.
+const GEMM_ROWS: usize = 16;
+
 /// One sequence's queries in a step.
 #[derive(Debug, Clone)]
 pub struct QuerySpan {
@@ -216,6 +221,22 @@ impl Scratch {
 impl<E: PoolValue> Pools<'_, E> {
     /// The item's output rows, `[tokens, group, dim]`, normalized.
     fn attend_item(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if super::avx2() {
+            // SAFETY: the CPU was just checked to have the features the function is compiled for.
+            return unsafe { self.attend_item_avx2(q, item, scratch) };
+        }
+        self.item_attention(q, item, scratch)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn attend_item_avx2(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Vec<f32> {
+        self.item_attention(q, item, scratch)
+    }
+
+    #[inline(always)]
+    fn item_attention(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Vec<f32> {
         let Heads { heads, dim, .. } = self.shape;
         let group = self.shape.group();
         let rows = item.tokens.len() * group;
@@ -243,7 +264,10 @@ impl<E: PoolValue> Pools<'_, E> {
             let n = chunk.len();
             self.gather(item, chunk.clone(), &mut scratch.keys[..n * dim], &mut scratch.values[..n * dim]);
             let scores = &mut scratch.scores[..rows * n];
-            multiply(rows, n, dim, &scratch.queries, Operand::Transposed(&scratch.keys), scores, false);
+            match rows > GEMM_ROWS {
+                true => multiply(rows, n, dim, &scratch.queries, Operand::Transposed(&scratch.keys), scores, false),
+                false => scores_by_key(&scratch.queries[..rows * dim], &scratch.keys[..n * dim], dim, scores),
+            }
             for (row, scores) in scores.chunks_mut(n).enumerate() {
                 let seen = visible(row);
                 let seen = seen.start.max(chunk.start)..seen.end.min(chunk.end);
@@ -251,7 +275,11 @@ impl<E: PoolValue> Pools<'_, E> {
                 let (max, sum) = (&mut scratch.running_max[row], &mut scratch.running_sum[row]);
                 online_softmax(scores, seen.start.saturating_sub(chunk.start)..seen.end.saturating_sub(chunk.start), max, sum, row_out);
             }
-            multiply(rows, dim, n, &scratch.scores[..rows * n], Operand::Plain(&scratch.values[..n * dim]), &mut out, true);
+            let probabilities = &scratch.scores[..rows * n];
+            match rows > GEMM_ROWS {
+                true => multiply(rows, dim, n, probabilities, Operand::Plain(&scratch.values[..n * dim]), &mut out, true),
+                false => add_values_by_key(probabilities, &scratch.values[..n * dim], dim, &mut out),
+            }
         }
         for (row, row_out) in out.chunks_mut(dim).enumerate() {
             let inverse = 1.0 / scratch.running_sum[row];
@@ -262,6 +290,7 @@ impl<E: PoolValue> Pools<'_, E> {
 
     /// Copies the keys and values of positions `chunk` of the item's sequence, for its KV
     /// head, into `keys` and `values` (`[chunk, dim]`).
+    #[inline(always)]
     fn gather(&self, item: &Item, chunk: Range<usize>, keys: &mut [f32], values: &mut [f32]) {
         let (dim, block_size) = (self.shape.dim, self.layout.block_size);
         let rows = keys.chunks_exact_mut(dim).zip(values.chunks_exact_mut(dim));
@@ -277,28 +306,114 @@ impl<E: PoolValue> Pools<'_, E> {
 /// Folds one chunk of a row's scores into its running softmax: `scores` become the
 /// chunk's unnormalized probabilities (zero outside `seen`, the keys the row may see),
 /// and `out`, the row's output so far, is rescaled to the new running max.
+#[inline(always)]
 fn online_softmax(scores: &mut [f32], seen: Range<usize>, running_max: &mut f32, running_sum: &mut f32, out: &mut [f32]) {
     if seen.is_empty() {
         scores.fill(0.0);
         return;
     }
-    let chunk_max = scores[seen.clone()].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let max = running_max.max(chunk_max);
+    let (hidden_before, rest) = scores.split_at_mut(seen.start);
+    let (seen, hidden_after) = rest.split_at_mut(seen.len());
+    hidden_before.fill(0.0);
+    hidden_after.fill(0.0);
+    let max = running_max.max(lane_max(seen));
     // The first chunk a row sees has a running max of -inf: its rescale is exp(-inf) = 0.
     let rescale = (*running_max - max).exp();
-    let mut sum = 0.0;
-    for (i, score) in scores.iter_mut().enumerate() {
-        *score = match seen.contains(&i) {
-            true => (*score - max).exp(),
-            false => 0.0,
-        };
-        sum += *score;
-    }
-    *running_sum = *running_sum * rescale + sum;
+    seen.iter_mut().for_each(|score| *score = exp_nonpositive(*score - max));
+    *running_sum = *running_sum * rescale + lane_sum(seen);
     *running_max = max;
     if rescale != 1.0 {
         out.iter_mut().for_each(|v| *v *= rescale);
     }
+}
+
+/// `e^x` for `x ≤ 0`, within two ulps, in operations the compiler vectorizes (the
+/// library's `exp` is a call per value, and a prefill takes one per score): `x = n ln 2 +
+/// r` with `|r| ≤ ln 2 / 2`, `e^r` by its Taylor series to `r^6` (the next term is below
+/// 2^-23 of it), times `2^n` built in the exponent bits. Below -87 (where `e^x` leaves
+/// f32's normal range) it returns `e^-87`, which no softmax sum notices.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HIGH: f32 = 0.693_359_4;
+    const LN2_LOW: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23: adding it rounds to an integer, which lands in the low mantissa bits
+    // (a float-to-int conversion would not vectorize, for its saturation).
+    const ROUNDER: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 0.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUNDER;
+    let n_float = shifted - ROUNDER;
+    let n = (shifted.to_bits() as i32).wrapping_sub(ROUNDER.to_bits() as i32);
+    // ln 2 in two parts, so that `n · LN2_HIGH` is exact and `r` loses nothing.
+    let r = x - n_float * LN2_HIGH - n_float * LN2_LOW;
+    let series = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let two_to_n = f32::from_bits((n.wrapping_add(127) as u32) << 23);
+    series * two_to_n
+}
+
+/// Lanes of the running reductions below, so the compiler keeps them in vector registers.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let (chunks, rest) = values.as_chunks::<LANES>();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for chunk in chunks {
+        for lane in 0..LANES {
+            lanes[lane] = lanes[lane].max(chunk[lane]);
+        }
+    }
+    lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f32 {
+    let (chunks, rest) = values.as_chunks::<LANES>();
+    let mut lanes = [0f32; LANES];
+    for chunk in chunks {
+        for lane in 0..LANES {
+            lanes[lane] += chunk[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// `scores [rows, n] = queries [rows, dim] · keysᵀ` (`keys` `[n, dim]`), key by key.
+#[inline(always)]
+fn scores_by_key(queries: &[f32], keys: &[f32], dim: usize, scores: &mut [f32]) {
+    let n = keys.len() / dim;
+    for (j, key) in keys.chunks_exact(dim).enumerate() {
+        for (row, query) in queries.chunks_exact(dim).enumerate() {
+            scores[row * n + j] = dot(query, key);
+        }
+    }
+}
+
+/// `out [rows, dim] += probabilities [rows, n] · values [n, dim]`, key by key.
+#[inline(always)]
+fn add_values_by_key(probabilities: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
+    let n = values.len() / dim;
+    for (row_out, weights) in out.chunks_exact_mut(dim).zip(probabilities.chunks_exact(n)) {
+        for (value, &weight) in values.chunks_exact(dim).zip(weights) {
+            if weight != 0.0 {
+                row_out.iter_mut().zip(value).for_each(|(o, &v)| *o += weight * v);
+            }
+        }
+    }
+}
+
+/// `a · b` in [`LANES`] running sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
+    let mut sums = [0f32; LANES];
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for lane in 0..LANES {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    let rest: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    sums.iter().sum::<f32>() + rest
 }
 
 /// The right-hand side of [`multiply`], `[k, n]` as stored.
