@@ -153,6 +153,7 @@ pub struct StepLayout {
 
 /// What the step's attention kernel reads besides the pools.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per step
 pub(crate) enum StepAttention {
     /// The Burn-ops path: queries padded to `[batch, max_query, …]`, against contexts
     /// gathered and padded to `max_context` and masked.

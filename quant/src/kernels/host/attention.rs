@@ -6,9 +6,11 @@
 //! The work splits by (sequence, KV head, block of queries). A block's queries, for every
 //! query head that reads the KV head, are the rows of one flash-attention pass over the
 //! keys they may see, a chunk at a time: the chunk's keys and values are copied out of
-//! their blocks once for all those rows, scores come from the `gemm` crate, an online
-//! softmax keeps each row's running max and sum (rescaling the row's output when the max
-//! grows), and the chunk's values are added by `gemm`.
+//! their blocks once for all those rows, an online softmax keeps each row's running max
+//! and sum (rescaling the row's output when the max grows), and the chunk's values are
+//! added to the output. Prefill items have enough rows for the `gemm` crate to compute
+//! the scores and value sums; decode items (one row per head of a group) take them key
+//! by key.
 
 use std::ops::Range;
 
@@ -66,7 +68,9 @@ pub fn paged_attention(q: &Tensor<3>, key_pool: &Tensor<3>, value_pool: &Tensor<
     let fits = value_pool.dims() == key_pool.dims()
         && value_pool.dtype() == key_pool.dtype()
         && pool_dim == dim
+        && dim > 0
         && kv_heads > 0
+        && heads >= kv_heads
         && heads.is_multiple_of(kv_heads)
         && spans_fit(spans, tokens, slots, layout);
     if !fits {
@@ -426,35 +430,13 @@ enum Operand<'a> {
 
 /// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]`, all row-major.
 fn multiply(m: usize, n: usize, k: usize, lhs: &[f32], rhs: Operand, dst: &mut [f32], accumulate: bool) {
-    let (rhs, rhs_cs, rhs_rs) = match rhs {
-        Operand::Plain(values) => (values, 1, n as isize),
-        Operand::Transposed(values) => (values, k as isize, 1),
+    let (rhs, rhs_row, rhs_column) = match rhs {
+        Operand::Plain(values) => (values, n, 1),
+        Operand::Transposed(values) => (values, 1, k),
     };
     assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
     // SAFETY: the assertion bounds every index the call reads or writes: `lhs`'s `m × k`
     // at row stride `k`, `rhs`'s `k × n` (either layout spans `k * n` values) and `dst`'s
     // `m × n` at row stride `n`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    unsafe { super::gemm_f32(m, n, k, dst, n, accumulate, lhs, k, rhs, rhs_row, rhs_column) }
 }

@@ -155,6 +155,41 @@ fn by_column_blocks(m: usize, n: usize, width: usize, block: impl Fn(Range<usize
     values
 }
 
+/// `dst (+)= lhs · rhs` for `[m, k] · [k, n]` f32 operands through the `gemm` crate, on
+/// the calling thread: `dst` and `lhs` row-major with row strides `dst_row` and
+/// `lhs_row`, `rhs`'s element `(i, j)` at `i * rhs_row + j * rhs_column`.
+///
+/// # Safety
+/// Every element those strides address for the `m × k`, `k × n` and `m × n` shapes must
+/// lie inside the respective slice, starting from its first element.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: &mut [f32], dst_row: usize, accumulate: bool, lhs: &[f32], lhs_row: usize, rhs: &[f32], rhs_row: usize, rhs_column: usize) {
+    // SAFETY: the caller guarantees every addressed element is in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            lhs_row as isize,
+            rhs.as_ptr(),
+            rhs_column as isize,
+            rhs_row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// `x`'s values as f32, row-major.
 fn f32_values(x: &Tensor<2>) -> Option<Vec<f32>> {
     x.clone().into_data().try_into_vec_as::<f32>().ok()

@@ -119,29 +119,7 @@ fn multiply(m: usize, k: usize, x: &[f32], ks: Range<usize>, tile: &[f32], width
     // SAFETY: the assertion bounds every index the call reads or writes: `x`'s rows
     // `[0, m)` at columns `ks` (row stride K), the tile's `depth × width` values at the
     // row stride `width`, and `dst`'s `m × width`.
-    unsafe {
-        gemm::gemm(
-            m,
-            width,
-            depth,
-            dst.as_mut_ptr(),
-            1,
-            width as isize,
-            accumulate,
-            x.as_ptr().add(ks.start),
-            1,
-            k as isize,
-            tile.as_ptr(),
-            1,
-            width as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    unsafe { super::gemm_f32(m, width, depth, dst, width, accumulate, &x[ks.start..], k, tile, width, 1) }
 }
 
 /// [`TileSource::decode`], compiled for AVX2 with FMA when the CPU has them.
