@@ -555,25 +555,35 @@ fn paged_decode_attention_on_cubecl_cpu() {
 /// The Flex host attention kernel over a shuffled paged pool against attention computed
 /// naively in f64: prefills longer than a key chunk, a chunked prefill, decodes and a
 /// one-token prompt in one step; query groups of 4, 1 and 80 (more rows than one work
-/// item takes); with and without a sliding window; f32, f16 and bf16 pools.
+/// item takes); with and without a sliding window; f32, f16 and bf16 pools. Then decodes
+/// of one and of two sequences with long contexts, too few items for the threads, so
+/// their keys are split and the parts merged.
 #[test]
 fn host_paged_attention_matches_naive_attention() {
+    // (start, queries) per sequence.
+    let mixed = [(0usize, 150usize), (3, 1), (130, 70), (0, 1), (200, 1), (40, 9)];
+    for (heads, kv_heads, dim) in [(8usize, 2usize, 64usize), (3, 3, 32), (80, 1, 16)] {
+        host_attention_against_naive(&mixed, heads, kv_heads, dim, &[None, Some(37)]);
+    }
+    host_attention_against_naive(&[(1500, 1)], 4, 1, 32, &[None, Some(700)]);
+    host_attention_against_naive(&[(1100, 1), (2000, 2)], 2, 1, 16, &[None]);
+}
+
+fn host_attention_against_naive(sequences: &[(usize, usize)], heads: usize, kv_heads: usize, dim: usize, windows: &[Option<usize>]) {
     use ember_quant::kernels::host::attention::{paged_attention, PoolLayout, QuerySpan};
     let device = Device::flex();
     let mut rng = StdRng::seed_from_u64(17);
     let block_size = 16;
-    // (start, queries) per sequence.
-    let sequences = [(0usize, 150usize), (3, 1), (130, 70), (0, 1), (200, 1), (40, 9)];
-    for (heads, kv_heads, dim) in [(8usize, 2usize, 64usize), (3, 3, 32), (80, 1, 16)] {
+    {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            for window in [None, Some(37)] {
+            for &window in windows {
                 let num_blocks = sequences.iter().map(|&(start, len)| (start + len).div_ceil(block_size)).sum::<usize>() + 3;
                 let mut blocks: Vec<u32> = (0..num_blocks as u32).collect();
                 for i in (1..blocks.len()).rev() {
                     blocks.swap(i, rng.random_range(0..=i));
                 }
                 let (mut spans, mut next_block, mut rows) = (Vec::new(), 0, 0);
-                for &(start, len) in &sequences {
+                for &(start, len) in sequences {
                     let owned = (start + len).div_ceil(block_size);
                     spans.push(QuerySpan { rows: rows..rows + len, start, block_table: blocks[next_block..next_block + owned].to_vec() });
                     next_block += owned;

@@ -10,7 +10,9 @@
 //! and sum (rescaling the row's output when the max grows), and the chunk's values are
 //! added to the output. Prefill items have enough rows for the `gemm` crate to compute
 //! the scores and value sums; decode items (one row per head of a group) take them key
-//! by key.
+//! by key. When there are too few items for the threads (a decode step of one or two
+//! sequences), each item's keys are split into parts computed in parallel, and the
+//! parts' sums merged after (flash-decoding).
 
 use std::ops::Range;
 
@@ -151,11 +153,22 @@ impl HostBuffer {
     }
 }
 
-/// One work item: queries `tokens` (rows of `q`) of `span`, every head reading `kv_head`.
+/// One work item: queries `tokens` (rows of `q`) of `span`, every head reading
+/// `kv_head`, against the positions `keys` (all the tokens may see, or a part of them).
+#[derive(Clone)]
 struct Item<'a> {
     span: &'a QuerySpan,
     kv_head: usize,
     tokens: Range<usize>,
+    keys: Range<usize>,
+}
+
+/// An item's output before normalization: per row, the sum of each visible key's
+/// value weighted by `e^(score - max)`, with `max` and the sum of those weights.
+struct Partial {
+    out: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
 }
 
 /// The pools' values for one step, and how to find them.
@@ -169,25 +182,77 @@ struct Pools<'a, E> {
 /// `[tokens, heads, dim]` f32, computed item by item in parallel and then put in place.
 fn attend<E: PoolValue>(q: &[f32], keys: &[E], values: &[E], shape: Heads, spans: &[QuerySpan], layout: PoolLayout) -> Vec<f32> {
     let tokens_per_item = (QUERY_ROWS / shape.group()).max(1);
-    let items: Vec<Item> = spans
+    let whole_items: Vec<Item> = spans
         .iter()
         .flat_map(|span| {
             (0..shape.kv_heads).flat_map(move |kv_head| {
-                span.rows.clone().step_by(tokens_per_item).map(move |first| Item { span, kv_head, tokens: first..(first + tokens_per_item).min(span.rows.end) })
+                span.rows.clone().step_by(tokens_per_item).map(move |first| {
+                    let tokens = first..(first + tokens_per_item).min(span.rows.end);
+                    let first_position = span.start + (first - span.rows.start);
+                    let keys = visible_keys(first_position, layout.window).start..first_position + tokens.len();
+                    Item { span, kv_head, tokens, keys }
+                })
             })
         })
         .collect();
+    // Too few items to keep every thread busy (a decode step of one or two sequences):
+    // their keys are split, each part a work item, and the parts' sums merged after.
+    let wanted_parts = (2 * rayon::current_num_threads()).div_ceil(whole_items.len().max(1));
+    let parts_of = |item: &Item| wanted_parts.min(item.keys.len() / MIN_SPLIT_KEYS).max(1);
+    let items: Vec<Item> = whole_items.iter().flat_map(|item| split_keys(item, parts_of(item))).collect();
     let pools = Pools { keys, values, shape, layout };
-    let results: Vec<Vec<f32>> = items.par_iter().map_init(Scratch::default, |scratch, item| pools.attend_item(q, item, scratch)).collect();
+    let partials: Vec<Partial> = items.par_iter().map_init(Scratch::default, |scratch, item| pools.attend_item(q, item, scratch)).collect();
 
     let Heads { heads, dim, .. } = shape;
     let group = shape.group();
     let mut out = vec![0f32; q.len()];
-    for (item, rows) in items.iter().zip(&results) {
+    let mut next = 0;
+    for item in &whole_items {
+        let parts = parts_of(item);
+        let rows = merge(&partials[next..next + parts], dim);
+        next += parts;
         for (token, token_rows) in item.tokens.clone().zip(rows.chunks(group * dim)) {
             let first = (token * heads + item.kv_head * group) * dim;
             out[first..first + group * dim].copy_from_slice(token_rows);
         }
+    }
+    out
+}
+
+/// Fewest keys in one part of a split item: below this, the merge and the second pass
+/// over the queries cost more than the threads they occupy save.
+const MIN_SPLIT_KEYS: usize = 256;
+
+/// The keys a query at `position` sees.
+fn visible_keys(position: usize, window: Option<usize>) -> Range<usize> {
+    window.map_or(0, |w| (position + 1).saturating_sub(w))..position + 1
+}
+
+/// `item` as `parts` items over consecutive, near-equal parts of its keys.
+fn split_keys<'a>(item: &Item<'a>, parts: usize) -> impl Iterator<Item = Item<'a>> + use<'a> {
+    let (keys, item) = (item.keys.clone(), item.clone());
+    (0..parts).map(move |part| {
+        let bound = |part: usize| keys.start + keys.len() * part / parts;
+        Item { keys: bound(part)..bound(part + 1), ..item.clone() }
+    })
+}
+
+/// One item's normalized rows, `[rows, dim]`, from the partials of its key parts: each
+/// part's sums are rescaled to the largest max before they are added.
+fn merge(partials: &[Partial], dim: usize) -> Vec<f32> {
+    let rows = partials.first().map_or(0, |p| p.max.len());
+    let mut out = vec![0f32; rows * dim];
+    for (row, dst) in out.chunks_mut(dim).enumerate() {
+        let max = partials.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.max[row]));
+        let mut sum = 0.0;
+        for part in partials {
+            // A part that saw none of the row's keys has max -inf, so weight 0.
+            let weight = (part.max[row] - max).exp();
+            sum += weight * part.sum[row];
+            dst.iter_mut().zip(&part.out[row * dim..(row + 1) * dim]).for_each(|(d, &v)| *d += weight * v);
+        }
+        let inverse = 1.0 / sum;
+        dst.iter_mut().for_each(|v| *v *= inverse);
     }
     out
 }
@@ -223,8 +288,8 @@ impl Scratch {
 }
 
 impl<E: PoolValue> Pools<'_, E> {
-    /// The item's output rows, `[tokens, group, dim]`, normalized.
-    fn attend_item(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Vec<f32> {
+    /// The item's output rows, `[tokens, group, dim]`, before normalization.
+    fn attend_item(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Partial {
         #[cfg(target_arch = "x86_64")]
         if super::avx2() {
             // SAFETY: the CPU was just checked to have the features the function is compiled for.
@@ -235,12 +300,12 @@ impl<E: PoolValue> Pools<'_, E> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn attend_item_avx2(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Vec<f32> {
+    fn attend_item_avx2(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Partial {
         self.item_attention(q, item, scratch)
     }
 
     #[inline(always)]
-    fn item_attention(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Vec<f32> {
+    fn item_attention(&self, q: &[f32], item: &Item, scratch: &mut Scratch) -> Partial {
         let Heads { heads, dim, .. } = self.shape;
         let group = self.shape.group();
         let rows = item.tokens.len() * group;
@@ -255,12 +320,8 @@ impl<E: PoolValue> Pools<'_, E> {
         }
         // Row `r` is the query of token `item.tokens.start + r / group`.
         let first_position = item.span.start + (item.tokens.start - item.span.rows.start);
-        let position = |row: usize| first_position + row / group;
-        let visible = |row: usize| {
-            let p = position(row);
-            self.layout.window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
-        };
-        let keys = visible(0).start..visible(rows - 1).end;
+        let visible = |row: usize| visible_keys(first_position + row / group, self.layout.window);
+        let keys = item.keys.clone();
 
         let mut out = vec![0f32; rows * dim];
         for chunk_start in keys.clone().step_by(KEY_CHUNK) {
@@ -285,11 +346,7 @@ impl<E: PoolValue> Pools<'_, E> {
                 false => add_values_by_key(probabilities, &scratch.values[..n * dim], dim, &mut out),
             }
         }
-        for (row, row_out) in out.chunks_mut(dim).enumerate() {
-            let inverse = 1.0 / scratch.running_sum[row];
-            row_out.iter_mut().for_each(|v| *v *= inverse);
-        }
-        out
+        Partial { out, max: scratch.running_max[..rows].to_vec(), sum: scratch.running_sum[..rows].to_vec() }
     }
 
     /// Copies the keys and values of positions `chunk` of the item's sequence, for its KV
