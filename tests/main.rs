@@ -3,6 +3,7 @@
 
 mod common;
 
+mod attention;
 mod byte_kernels;
 mod checkpoint;
 mod cli;
