@@ -41,25 +41,26 @@ fn paged_decode_on(device: Device) {
                 tables.extend((0..width).map(|i| if i < own { blocks[next + i] as i32 } else { 0 }));
                 next += own;
             }
-            let slots = num_blocks * block_size;
             let random = |n: usize, rng: &mut StdRng| (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<f32>>();
-            let upload = |v: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(v, shape), (&device, dtype));
-            let keys = upload(random(slots * kv_heads * head_dim, &mut rng), [slots, kv_heads, head_dim]);
-            let values = upload(random(slots * kv_heads * head_dim, &mut rng), [slots, kv_heads, head_dim]);
-            let q = upload(random(batch * heads * head_dim, &mut rng), [batch, heads, head_dim]);
+            let pool_shape = [num_blocks, kv_heads, block_size, head_dim];
+            let pool = |rng: &mut StdRng| Tensor::<4>::from_data(TensorData::new(random(pool_shape.iter().product(), rng), pool_shape), (&device, dtype));
+            let (keys, values) = (pool(&mut rng), pool(&mut rng));
+            let q = Tensor::<3>::from_data(TensorData::new(random(batch * heads * head_dim, &mut rng), [batch, heads, head_dim]), (&device, dtype));
             let table_tensor = Tensor::<2, burn::tensor::Int>::from_data(TensorData::new(tables.clone(), [batch, width]), (&device, DType::I32));
             let lens: Vec<i32> = contexts.iter().map(|&c| c as i32).collect();
             let lens = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(lens, [batch]), (&device, DType::I32));
-            let layout = PagedAttentionLayout { block_size: block_size as u32, window: window as u32 };
+            let layout = PagedAttentionLayout { window: window as u32 };
             let ours = to_f32(kernels::paged_decode_attention(q.clone(), keys.clone(), values.clone(), table_tensor, lens, layout).reshape([batch * heads * head_dim]));
 
             let mut expected = Vec::new();
             for (b, &context) in contexts.iter().enumerate() {
                 let first = if window > 0 { context.saturating_sub(window) } else { 0 };
+                // Each position as (block, offset): the pool seen as `[blocks * block_size, kv_heads, head_dim]`.
                 let positions: Vec<i64> = (first..context).map(|p| (tables[b * width + p / block_size] as usize * block_size + p % block_size) as i64).collect();
                 let n = positions.len();
                 let index = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(positions, [n]), &device);
-                let gather = |pool: &Tensor<3>| pool.clone().select(0, index.clone()).cast(DType::F32).swap_dims(0, 1).repeat_dim(0, heads / kv_heads);
+                let by_slot = |pool: &Tensor<4>| pool.clone().swap_dims(1, 2).reshape([num_blocks * block_size, kv_heads, head_dim]);
+                let gather = |pool: &Tensor<4>| by_slot(pool).select(0, index.clone()).cast(DType::F32).swap_dims(0, 1).repeat_dim(0, heads / kv_heads);
                 let k = regroup(gather(&keys), kv_heads, heads);
                 let v = regroup(gather(&values), kv_heads, heads);
                 let qb = q.clone().narrow(0, b, 1).cast(DType::F32).reshape([heads, 1, head_dim]);
@@ -93,15 +94,15 @@ fn paged_decode_attention_on_cubecl_cpu() {
 
 /// The Flex host attention kernel over a shuffled paged pool against attention computed
 /// naively in f64: prefills longer than a key chunk, a chunked prefill, decodes and a
-/// one-token prompt in one step; query groups of 4, 1 and 80 (more rows than one work
-/// item takes); with and without a sliding window; f32, f16 and bf16 pools. Then decodes
+/// one-token prompt in one step; query groups of 4, 1, 80 (more rows than one work item
+/// takes) and 3 with a head size not a multiple of the kernel's lanes; with and without a sliding window; f32, f16 and bf16 pools. Then decodes
 /// of one and of two sequences with long contexts, too few items for the threads, so
 /// their keys are split and the parts merged.
 #[test]
 fn host_paged_attention_matches_naive_attention() {
     // (start, queries) per sequence.
     let mixed = [(0usize, 150usize), (3, 1), (130, 70), (0, 1), (200, 1), (40, 9)];
-    for (heads, kv_heads, dim) in [(8usize, 2usize, 64usize), (3, 3, 32), (80, 1, 16)] {
+    for (heads, kv_heads, dim) in [(8usize, 2usize, 64usize), (3, 3, 32), (80, 1, 16), (6, 2, 24)] {
         host_attention_against_naive(&mixed, heads, kv_heads, dim, &[None, Some(37)]);
     }
     host_attention_against_naive(&[(1500, 1)], 4, 1, 32, &[None, Some(700)]);
@@ -109,7 +110,7 @@ fn host_paged_attention_matches_naive_attention() {
 }
 
 fn host_attention_against_naive(sequences: &[(usize, usize)], heads: usize, kv_heads: usize, dim: usize, windows: &[Option<usize>]) {
-    use ember_quant::kernels::host::attention::{paged_attention, PoolLayout, QuerySpan};
+    use ember_quant::kernels::host::attention::{paged_attention, QuerySpan};
     let device = Device::flex();
     let mut rng = StdRng::seed_from_u64(17);
     let block_size = 16;
@@ -126,14 +127,12 @@ fn host_attention_against_naive(sequences: &[(usize, usize)], heads: usize, kv_h
                     rows += len;
                 }
                 let tokens = rows;
-                let slots = num_blocks * block_size;
                 let random = |n: usize, rng: &mut StdRng| (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<f32>>();
-                let upload = |v: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(v, shape), (&device, dtype));
-                let keys = upload(random(slots * kv_heads * dim, &mut rng), [slots, kv_heads, dim]);
-                let values = upload(random(slots * kv_heads * dim, &mut rng), [slots, kv_heads, dim]);
-                let q = upload(random(tokens * heads * dim, &mut rng), [tokens, heads, dim]);
-                let layout = PoolLayout { block_size, window };
-                let ours = to_f32(paged_attention(&q, &keys, &values, &spans, layout).expect("host kernel"));
+                let pool_shape = [num_blocks, kv_heads, block_size, dim];
+                let pool = |rng: &mut StdRng| Tensor::<4>::from_data(TensorData::new(random(pool_shape.iter().product(), rng), pool_shape), (&device, dtype));
+                let (keys, values) = (pool(&mut rng), pool(&mut rng));
+                let q = Tensor::<3>::from_data(TensorData::new(random(tokens * heads * dim, &mut rng), [tokens, heads, dim]), (&device, dtype));
+                let ours = to_f32(paged_attention(&q, &keys, &values, &spans, window).expect("host kernel"));
 
                 // The values as stored (rounded to `dtype`).
                 let (q, keys, values) = (to_f32(q), to_f32(keys), to_f32(values));
@@ -146,8 +145,8 @@ fn host_attention_against_naive(sequences: &[(usize, usize)], heads: usize, kv_h
                             let kv = h / (heads / kv_heads);
                             let query = &q[(row * heads + h) * dim..][..dim];
                             let at = |pool: &[f32], p: usize| {
-                                let slot = span.block_table[p / block_size] as usize * block_size + p % block_size;
-                                pool[(slot * kv_heads + kv) * dim..][..dim].to_vec()
+                                let block = span.block_table[p / block_size] as usize;
+                                pool[((block * kv_heads + kv) * block_size + p % block_size) * dim..][..dim].to_vec()
                             };
                             let scores: Vec<f64> = (first..=position)
                                 .map(|p| at(&keys, p).iter().zip(query).map(|(&k, &q)| k as f64 * q as f64).sum::<f64>() / (dim as f64).sqrt())
@@ -181,14 +180,14 @@ fn host_attention_against_naive(sequences: &[(usize, usize)], heads: usize, kv_h
 /// panic; so do tensors off the Flex device.
 #[test]
 fn host_paged_attention_refuses_what_does_not_fit() {
-    use ember_quant::kernels::host::attention::{paged_attention, PoolLayout, QuerySpan};
+    use ember_quant::kernels::host::attention::{paged_attention, QuerySpan};
     let device = Device::flex();
     let (block_size, blocks, heads, dim) = (4, 3, 2, 8);
-    let pool = Tensor::<3>::zeros([blocks * block_size, heads, dim], &device);
+    let pool = Tensor::<4>::zeros([blocks, heads, block_size, dim], &device);
     let q = Tensor::<3>::zeros([5, heads, dim], &device);
-    let layout = PoolLayout { block_size, window: None };
+    let window = None;
     let span = |rows: std::ops::Range<usize>, start: usize, table: &[u32]| QuerySpan { rows, start, block_table: table.to_vec() };
-    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], layout).is_some());
+    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], window).is_some());
     for (spans, what) in [
         (vec![span(0..5, 0, &[0])], "table shorter than the context"),
         (vec![span(0..5, 0, &[0, 3])], "block outside the pool"),
@@ -196,12 +195,12 @@ fn host_paged_attention_refuses_what_does_not_fit() {
         (vec![span(0..3, 0, &[0]), span(2..5, 0, &[1])], "overlapping rows"),
         (vec![span(0..0, 0, &[0])], "no rows"),
     ] {
-        assert!(paged_attention(&q, &pool, &pool, &spans, layout).is_none(), "{what}");
+        assert!(paged_attention(&q, &pool, &pool, &spans, window).is_none(), "{what}");
     }
-    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], PoolLayout { block_size, window: Some(0) }).is_none(), "window 0");
+    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], Some(0)).is_none(), "window 0");
     let odd_heads = Tensor::<3>::zeros([5, 3, dim], &device);
-    assert!(paged_attention(&odd_heads, &pool, &pool, &[span(0..5, 0, &[0, 1])], layout).is_none(), "3 heads over 2 kv heads");
+    assert!(paged_attention(&odd_heads, &pool, &pool, &[span(0..5, 0, &[0, 1])], window).is_none(), "3 heads over 2 kv heads");
     let wgpu = Device::wgpu(Default::default());
     let (q, pool) = (q.to_device(&wgpu), pool.to_device(&wgpu));
-    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], layout).is_none(), "wgpu tensors");
+    assert!(paged_attention(&q, &pool, &pool, &[span(0..5, 0, &[0, 1])], window).is_none(), "wgpu tensors");
 }

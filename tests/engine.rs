@@ -122,8 +122,9 @@ fn engine_greedy_matches_the_reference_continuation() {
 }
 
 /// One batched step over a paged cache (a whole prompt, then a mixed batch of prefill
-/// chunks and single tokens) gives the logits of the contiguous full forward, through
-/// the host attention kernel and through the gathered Burn-ops path.
+/// chunks and single tokens, then a decode over blocks copied for a fork) gives the
+/// logits of the contiguous full forward, through the host attention kernel and through
+/// the gathered Burn-ops path.
 #[test]
 fn paged_steps_match_the_full_forward() {
     use ember::quant::kernels::{self, AttentionKernel, KernelPolicy};
@@ -154,6 +155,14 @@ fn paged_steps_match_the_full_forward() {
             assert!(max_abs_diff(&mixed[vocab..], row(last)) < 1e-4, "{kernel:?}: whole prefill beside it");
             let decode = model.forward_paged(&[chunk(&ids[last..], last, table_a)], &mut cache).unwrap().try_into_vec_as::<f32>().unwrap();
             assert!(max_abs_diff(&decode, row(last)) < 1e-4, "{kernel:?}: decode after chunks");
+            // A fork: the prompt's blocks copied to others (the last one partly filled),
+            // where the next token is written and its context read.
+            let mut forked = model.new_paged_cache(32, 4);
+            model.forward_paged(&[chunk(&ids[..last], 0, table_b)], &mut forked).unwrap();
+            let pairs: Vec<(u32, u32)> = table_b[..last.div_ceil(4)].iter().copied().zip(table_a.iter().copied()).collect();
+            forked.copy_blocks(&pairs, model.device());
+            let decode = model.forward_paged(&[chunk(&ids[last..], last, table_a)], &mut forked).unwrap().try_into_vec_as::<f32>().unwrap();
+            assert!(max_abs_diff(&decode, row(last)) < 1e-4, "{kernel:?}: decode over copied blocks");
             let err = model.forward_paged(&[chunk(&ids[..], 0, &table_a[..1])], &mut cache).unwrap_err();
             assert!(err.to_string().contains("blocks"), "{err}");
         });

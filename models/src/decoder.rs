@@ -230,7 +230,7 @@ impl DecoderModel {
         // One choice per step: every layer's attention takes the same path.
         let decode_only = StepLayout::is_decode_only(chunks);
         let kernel = kernels::select::paged_attention(&self.device, self.dtype.burn(), c.head_dim, decode_only).kernel;
-        let layout = StepLayout::new(chunks, cache.block_size(), cache.num_blocks(), c.sliding_window, kernel, &self.device)
+        let layout = StepLayout::new(chunks, cache, c.sliding_window, kernel, &self.device)
             .map_err(ModelError::InvalidStep)?;
         let ids: Vec<i64> = chunks.iter().flat_map(|chunk| chunk.tokens.iter().map(|&t| t as i64)).collect();
         let tokens = layout.tokens();

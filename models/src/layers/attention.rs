@@ -2,7 +2,6 @@
 //! sliding-window) mask, and softmax in f32.
 
 use burn::tensor::{activation::softmax, Bool, DType, Device, Tensor, TensorData};
-use ember_quant::kernels::host::attention::PoolLayout;
 use ember_quant::kernels::{self, host, PagedAttentionLayout};
 use ember_quant::{LayerInfo, LayerKind, QLinear};
 
@@ -86,19 +85,17 @@ impl Attention {
         let q = rotate(self.q_proj.forward(x.clone()), heads);
         let k = rotate(self.k_proj.forward(x.clone()), kv_heads);
         let v = self.v_proj.forward(x).reshape([tokens, kv_heads, d]);
-        cache.write(layout.write_slots.clone(), k, v);
+        cache.write(layout.write_rows.clone(), k, v);
         let out = match &layout.attention {
             StepAttention::Gathered(step) => self.attend_gathered(q, cache, step),
             StepAttention::PagedDecode { block_tables, context_lens } => {
                 let (key_pool, value_pool) = cache.pools();
-                let kernel_layout =
-                    PagedAttentionLayout { block_size: layout.block_size as u32, window: layout.sliding_window.unwrap_or(0) as u32 };
+                let kernel_layout = PagedAttentionLayout { window: layout.sliding_window.unwrap_or(0) as u32 };
                 kernels::paged_decode_attention(q, key_pool, value_pool, block_tables.clone(), context_lens.clone(), kernel_layout)
             }
             StepAttention::Host(spans) => {
                 let (key_pool, value_pool) = cache.pools();
-                let pool_layout = PoolLayout { block_size: layout.block_size, window: layout.sliding_window };
-                host::attention::paged_attention(&q, &key_pool, &value_pool, spans, pool_layout)
+                host::attention::paged_attention(&q, &key_pool, &value_pool, spans, layout.sliding_window)
                     .ok_or_else(|| ModelError::InvalidStep("the host attention kernel cannot read this step's pools (not f32, f16 or bf16 on the Flex device)".into()))?
             }
         };
@@ -109,7 +106,7 @@ impl Attention {
     /// returns `[tokens, heads, head_dim]`.
     fn attend_gathered(&self, q: Tensor<3>, cache: &PagedLayer, step: &GatheredStep) -> Tensor<3> {
         let (d, heads) = (self.head_dim, self.num_heads);
-        let (k, v) = cache.read(step.read_slots.clone(), step.batch, step.max_context);
+        let (k, v) = cache.read(step.read_rows.clone(), step.batch, step.max_context);
         let (batch, max_query) = (step.batch, step.max_query);
         let q = match &step.query_rows {
             Some(rows) => q.select(0, rows.clone()),

@@ -29,31 +29,34 @@ impl SequenceChunk<'_> {
     }
 }
 
-/// Keys and values of every layer, `[num_blocks * block_size, kv_heads, head_dim]` each.
+/// Keys and values of every layer, `[num_blocks, kv_heads, block_size, head_dim]` each:
+/// one KV head's positions of a block are adjacent, so a kernel reading one head's
+/// context walks whole runs of `block_size * head_dim` values.
 #[derive(Debug)]
 pub struct PagedKvCache {
     layers: Vec<PagedLayer>,
     block_size: usize,
     num_blocks: usize,
+    kv_heads: usize,
 }
 
 #[derive(Debug)]
 pub struct PagedLayer {
-    keys: Tensor<3>,
-    values: Tensor<3>,
+    keys: Tensor<4>,
+    values: Tensor<4>,
 }
 
 impl PagedKvCache {
     /// Allocates the whole pool up front, zero-filled, in the model's compute dtype.
     pub fn new(config: &ModelConfig, device: &Device, dtype: ComputeDtype, num_blocks: usize, block_size: usize) -> Self {
-        let shape = [num_blocks * block_size, config.num_kv_heads, config.head_dim];
+        let shape = [num_blocks, config.num_kv_heads, block_size, config.head_dim];
         let layers = (0..config.num_layers)
             .map(|_| PagedLayer {
                 keys: Tensor::zeros(shape, (device, dtype.burn())),
                 values: Tensor::zeros(shape, (device, dtype.burn())),
             })
             .collect();
-        Self { layers, block_size, num_blocks }
+        Self { layers, block_size, num_blocks, kv_heads: config.num_kv_heads }
     }
 
     /// Device bytes one block takes across all layers (keys and values).
@@ -73,66 +76,68 @@ impl PagedKvCache {
         &mut self.layers[index]
     }
 
+    /// Row of a pool's `[num_blocks * kv_heads * block_size, head_dim]` view holding
+    /// `kv_head`'s entry at `slot` (`block * block_size + offset`).
+    fn row(&self, slot: usize, kv_head: usize) -> i64 {
+        let (block, offset) = (slot / self.block_size, slot % self.block_size);
+        ((block * self.kv_heads + kv_head) * self.block_size + offset) as i64
+    }
+
     /// Copies whole blocks (`(source, destination)` pairs) in every layer: a forked
     /// sequence gets its own copy of a partly filled block it shared.
     pub fn copy_blocks(&mut self, pairs: &[(u32, u32)], device: &Device) {
         if pairs.is_empty() {
             return;
         }
-        let slots = |pick: fn(&(u32, u32)) -> u32| {
-            let ids: Vec<i64> = pairs
-                .iter()
-                .flat_map(|pair| {
-                    let first = pick(pair) as usize * self.block_size;
-                    (first..first + self.block_size).map(|s| s as i64)
-                })
-                .collect();
-            let len = ids.len();
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [len]), device)
-        };
-        let (from, to) = (slots(|p| p.0), slots(|p| p.1));
+        let blocks = |pick: fn(&(u32, u32)) -> u32| ints(pairs.iter().map(|pair| pick(pair) as i64).collect(), device);
+        let (from, to) = (blocks(|p| p.0), blocks(|p| p.1));
         for layer in &mut self.layers {
-            let keys = layer.keys.clone().select(0, from.clone());
-            let values = layer.values.clone().select(0, from.clone());
-            layer.write(to.clone(), keys, values);
+            for pool in [&mut layer.keys, &mut layer.values] {
+                let copies = pool.clone().select(0, from.clone());
+                update_rows(pool, to.clone(), copies);
+            }
         }
     }
 }
 
 impl PagedLayer {
-    /// Stores `keys`/`values` (`[tokens, kv_heads, head_dim]`) at `slots`.
-    pub(crate) fn write(&mut self, slots: Tensor<1, Int>, keys: Tensor<3>, values: Tensor<3>) {
-        // Taking the pools out leaves them uniquely owned, so backends update in place.
-        let device = keys.device();
-        let placeholder = || Tensor::empty([0, 0, 0], &device);
-        let pool = std::mem::replace(&mut self.keys, placeholder());
-        self.keys = assign_rows(pool, slots.clone(), keys);
-        let pool = std::mem::replace(&mut self.values, placeholder());
-        self.values = assign_rows(pool, slots, values);
+    /// Stores `keys`/`values` (`[tokens, kv_heads, head_dim]`) at the pool `rows` of
+    /// [`StepLayout::write_rows`].
+    pub(crate) fn write(&mut self, rows: Tensor<1, Int>, keys: Tensor<3>, values: Tensor<3>) {
+        for (pool, entries) in [(&mut self.keys, keys), (&mut self.values, values)] {
+            let [tokens, kv_heads, dim] = entries.dims();
+            update_rows(pool, rows.clone(), entries.reshape([tokens * kv_heads, 1, 1, dim]));
+        }
     }
 
     /// The whole pools (handles), for kernels that read them in place.
-    pub(crate) fn pools(&self) -> (Tensor<3>, Tensor<3>) {
+    pub(crate) fn pools(&self) -> (Tensor<4>, Tensor<4>) {
         (self.keys.clone(), self.values.clone())
     }
 
-    /// Gathers `slots` (`[batch * context]`) as `[batch, kv_heads, context, head_dim]`.
-    pub(crate) fn read(&self, slots: Tensor<1, Int>, batch: usize, context: usize) -> (Tensor<4>, Tensor<4>) {
-        let gather = |pool: &Tensor<3>| {
-            let [_, heads, dim] = pool.dims();
-            pool.clone().select(0, slots.clone()).reshape([batch, context, heads, dim]).swap_dims(1, 2)
+    /// Gathers the pool `rows` of [`GatheredStep::read_rows`] as `[batch, kv_heads,
+    /// context, head_dim]`.
+    pub(crate) fn read(&self, rows: Tensor<1, Int>, batch: usize, context: usize) -> (Tensor<4>, Tensor<4>) {
+        let gather = |pool: &Tensor<4>| {
+            let [blocks, heads, block_size, dim] = pool.dims();
+            pool.clone().reshape([blocks * heads * block_size, dim]).select(0, rows.clone()).reshape([batch, heads, context, dim])
         };
         (gather(&self.keys), gather(&self.values))
     }
 }
 
-/// `pool[slots[i]] = rows[i]`, with each slot's heads as one row of a 2-D view: Flex
-/// copies whole rows of a 2-D tensor, where for 3-D it computes every value's place.
-fn assign_rows(pool: Tensor<3>, slots: Tensor<1, Int>, rows: Tensor<3>) -> Tensor<3> {
-    let [pool_slots, heads, dim] = pool.dims();
-    let [count, _, _] = rows.dims();
-    let pool = pool.reshape([pool_slots, heads * dim]);
-    pool.select_assign(0, slots, rows.reshape([count, heads * dim]), IndexingUpdateOp::Assign).reshape([pool_slots, heads, dim])
+/// Writes `entries` (`[count, …]`) over rows `rows` of the pool seen as 2-D with rows
+/// of one entry's size: a head's position (`[count, 1, 1, dim]`) or a whole block. Flex
+/// copies whole rows of a 2-D tensor, where for 4-D it computes every value's place; the
+/// pool is taken out first, so it is uniquely owned and updated in place.
+fn update_rows(pool: &mut Tensor<4>, rows: Tensor<1, Int>, entries: Tensor<4>) {
+    let shape = pool.dims();
+    let [count, a, b, c] = entries.dims();
+    let row_len = a * b * c;
+    let device = entries.device();
+    let whole = std::mem::replace(pool, Tensor::empty([0, 0, 0, 0], &device));
+    let view = whole.reshape([shape.iter().product::<usize>() / row_len, row_len]);
+    *pool = view.select_assign(0, rows, entries.reshape([count, row_len]), IndexingUpdateOp::Assign).reshape(shape);
 }
 
 /// Index tensors for one batched step, built once on the host and shared by every layer.
@@ -141,13 +146,12 @@ fn assign_rows(pool: Tensor<3>, slots: Tensor<1, Int>, rows: Tensor<3>) -> Tenso
 /// linears; how attention finds each sequence's context is [`StepAttention`].
 #[derive(Debug, Clone)]
 pub struct StepLayout {
-    /// Pool slot of every new token.
-    pub(crate) write_slots: Tensor<1, Int>,
+    /// Pool row (see [`PagedKvCache::row`]) of every new token's every KV head.
+    pub(crate) write_rows: Tensor<1, Int>,
     /// Flat row of each sequence's last token: the only rows that need logits.
     pub(crate) last_rows: Tensor<1, Int>,
     pub(crate) positions: Vec<usize>,
     pub(crate) attention: StepAttention,
-    pub(crate) block_size: usize,
     pub(crate) sliding_window: Option<usize>,
 }
 
@@ -170,8 +174,9 @@ pub(crate) struct GatheredStep {
     pub(crate) batch: usize,
     pub(crate) max_query: usize,
     pub(crate) max_context: usize,
-    /// Pool slot of every padded context position (padding reads slot 0, masked).
-    pub(crate) read_slots: Tensor<1, Int>,
+    /// Pool row of every KV head's every padded context position, `[batch, kv_heads,
+    /// max_context]` flat (padding reads slot 0, masked).
+    pub(crate) read_rows: Tensor<1, Int>,
     /// Flat token row of every padded query (padding repeats row 0); `None` when every
     /// sequence brings one token, so flat and padded are the same.
     pub(crate) query_rows: Option<Tensor<1, Int>>,
@@ -186,16 +191,10 @@ impl StepLayout {
         chunks.iter().all(|c| c.tokens.len() == 1)
     }
 
-    /// Checks the chunks against the pool and builds the step's indices for `kernel`
+    /// Checks the chunks against `cache` and builds the step's indices for `kernel`
     /// ([`AttentionKernel::PagedDecode`] only for a decode-only step).
-    pub fn new(
-        chunks: &[SequenceChunk],
-        block_size: usize,
-        num_blocks: usize,
-        sliding_window: Option<usize>,
-        kernel: AttentionKernel,
-        device: &Device,
-    ) -> Result<Self, String> {
+    pub fn new(chunks: &[SequenceChunk], cache: &PagedKvCache, sliding_window: Option<usize>, kernel: AttentionKernel, device: &Device) -> Result<Self, String> {
+        let (block_size, num_blocks) = (cache.block_size, cache.num_blocks);
         if chunks.is_empty() {
             return Err("a step needs at least one sequence".into());
         }
@@ -216,24 +215,25 @@ impl StepLayout {
         }
         let slot = |chunk: &SequenceChunk, pos: usize| slot(chunk, pos, block_size);
         let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let mut write_slots = Vec::with_capacity(tokens);
+        let mut write_rows = Vec::with_capacity(tokens * cache.kv_heads);
         let mut positions = Vec::with_capacity(tokens);
         let mut last_rows = Vec::with_capacity(chunks.len());
         let mut flat = 0usize;
         for chunk in chunks {
             for pos in chunk.start..chunk.context_len() {
-                write_slots.push(slot(chunk, pos));
+                let at = slot(chunk, pos);
+                write_rows.extend((0..cache.kv_heads).map(|head| cache.row(at, head)));
                 positions.push(pos);
             }
             flat += chunk.tokens.len();
             last_rows.push((flat - 1) as i64);
         }
         let attention = match kernel {
-            AttentionKernel::Reference => StepAttention::Gathered(GatheredStep::new(chunks, block_size, sliding_window, device)),
+            AttentionKernel::Reference => StepAttention::Gathered(GatheredStep::new(chunks, cache, sliding_window, device)),
             AttentionKernel::PagedDecode => paged_decode(chunks, block_size, device),
             AttentionKernel::Host => StepAttention::Host(query_spans(chunks, block_size)),
         };
-        Ok(Self { write_slots: ints(write_slots, device), last_rows: ints(last_rows, device), positions, attention, block_size, sliding_window })
+        Ok(Self { write_rows: ints(write_rows, device), last_rows: ints(last_rows, device), positions, attention, sliding_window })
     }
 
     /// Tokens in the step, all sequences together.
@@ -242,9 +242,9 @@ impl StepLayout {
     }
 }
 
-/// Pool slot of position `pos` of `chunk`'s sequence.
-fn slot(chunk: &SequenceChunk, pos: usize, block_size: usize) -> i64 {
-    (chunk.block_table[pos / block_size] as usize * block_size + pos % block_size) as i64
+/// Pool slot (`block * block_size + offset`) of position `pos` of `chunk`'s sequence.
+fn slot(chunk: &SequenceChunk, pos: usize, block_size: usize) -> usize {
+    chunk.block_table[pos / block_size] as usize * block_size + pos % block_size
 }
 
 fn ints(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
@@ -253,19 +253,22 @@ fn ints(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 }
 
 impl GatheredStep {
-    fn new(chunks: &[SequenceChunk], block_size: usize, sliding_window: Option<usize>, device: &Device) -> Self {
+    fn new(chunks: &[SequenceChunk], cache: &PagedKvCache, sliding_window: Option<usize>, device: &Device) -> Self {
+        let block_size = cache.block_size;
         let batch = chunks.len();
         let max_query = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(1);
         let max_context = chunks.iter().map(SequenceChunk::context_len).max().unwrap_or(1);
         let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let mut read_slots = Vec::with_capacity(batch * max_context);
+        let mut read_rows = Vec::with_capacity(batch * cache.kv_heads * max_context);
         let mut query_rows = Vec::with_capacity(batch * max_query);
         let mut token_rows = Vec::with_capacity(tokens);
         let mut mask = Vec::with_capacity(batch * max_query * max_context);
         let mut flat = 0usize;
         for (i, chunk) in chunks.iter().enumerate() {
             let (start, len, context) = (chunk.start, chunk.tokens.len(), chunk.context_len());
-            read_slots.extend((0..max_context).map(|pos| if pos < context { slot(chunk, pos, block_size) } else { 0 }));
+            for head in 0..cache.kv_heads {
+                read_rows.extend((0..max_context).map(|pos| cache.row(if pos < context { slot(chunk, pos, block_size) } else { 0 }, head)));
+            }
             for q in 0..max_query {
                 query_rows.push(if q < len { (flat + q) as i64 } else { 0 });
                 let query_pos = start + q;
@@ -284,7 +287,7 @@ impl GatheredStep {
             batch,
             max_query,
             max_context,
-            read_slots: ints(read_slots, device),
+            read_rows: ints(read_rows, device),
             query_rows: padded.then(|| ints(query_rows, device)),
             token_rows: padded.then(|| ints(token_rows, device)),
             mask: any_masked.then(|| Tensor::from_data(TensorData::new(mask, [batch, 1, max_query, max_context]), device)),

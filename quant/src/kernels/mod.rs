@@ -480,11 +480,12 @@ fn zero_buffer(zeros: &ZeroPoints) -> ZeroBuffer<Dispatch> {
 }
 
 /// Decode attention on the paged pools through the CubeCL kernel (a Cube device; see
-/// [`paged_attention`]). `q` is `[batch, heads, head_dim]`.
+/// [`paged_attention`]). `q` is `[batch, heads, head_dim]`, the pools `[blocks, kv_heads,
+/// block_size, head_dim]`.
 pub fn paged_decode_attention(
     q: Tensor<3>,
-    key_pool: Tensor<3>,
-    value_pool: Tensor<3>,
+    key_pool: Tensor<4>,
+    value_pool: Tensor<4>,
     block_tables: Tensor<2, burn::tensor::Int>,
     context_lens: Tensor<1, burn::tensor::Int>,
     layout: PagedAttentionLayout,

@@ -13,9 +13,9 @@ pub const CUBE_UNITS: u32 = 64;
 
 /// `out[b, h] = softmax(q[b, h] · K_bᵀ · scale) · V_b` where `K_b`/`V_b` are the
 /// positions `0..context_lens[b]` of sequence `b` (the last `window` of them when
-/// `window > 0`), at pool slot `block_tables[b, p / block_size] * block_size + p %
-/// block_size`. `q`/`out` are `[batch, heads, head_dim]`, the pools `[slots, kv_heads,
-/// head_dim]`; query head `h` reads kv head `h / (heads / kv_heads)`.
+/// `window > 0`), position `p` at offset `p % block_size` of block `block_tables[b, p /
+/// block_size]`. `q`/`out` are `[batch, heads, head_dim]`, the pools `[blocks, kv_heads,
+/// block_size, head_dim]`; query head `h` reads kv head `h / (heads / kv_heads)`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn paged_decode_attention<F: Float>(
@@ -62,7 +62,7 @@ pub fn paged_decode_attention<F: Float>(
     let mut running_sum = 0.0f32;
     for pos in first..context {
         let block = block_tables[(b * max_blocks + pos / block_size) as usize];
-        let base = ((block * block_size + pos % block_size) * kv_heads + kv_head) * head_dim;
+        let base = ((block * kv_heads + kv_head) * block_size + pos % block_size) * head_dim;
         let mut score = 0.0f32;
         #[unroll]
         for i in 0..head_dim {

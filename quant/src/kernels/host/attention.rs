@@ -50,23 +50,17 @@ impl QuerySpan {
     }
 }
 
-/// How the pools are paged, and which keys a query sees.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolLayout {
-    pub block_size: usize,
-    /// A query at position `p` sees keys `p - window + 1..=p`; `None`: all of `0..=p`.
-    pub window: Option<usize>,
-}
-
 /// Causal attention of `q` (`[tokens, heads, head_dim]`) over the paged `key_pool` and
-/// `value_pool` (`[slots, kv_heads, head_dim]`), softmax in f32: query head `h` reads KV
-/// head `h / (heads / kv_heads)`. Returns `[tokens, heads, head_dim]` in `q`'s dtype, or
-/// `None` if a tensor is not on the Flex device, the pools are not f32, f16 or bf16, or
-/// the shapes, spans and block tables do not fit together.
-pub fn paged_attention(q: &Tensor<3>, key_pool: &Tensor<3>, value_pool: &Tensor<3>, spans: &[QuerySpan], layout: PoolLayout) -> Option<Tensor<3>> {
+/// `value_pool` (`[blocks, kv_heads, block_size, head_dim]`), softmax in f32: query head
+/// `h` reads KV head `h / (heads / kv_heads)`, and a query at position `p` sees keys `p -
+/// window + 1..=p` (all of `0..=p` without a window). Returns `[tokens, heads, head_dim]`
+/// in `q`'s dtype, or `None` if a tensor is not on the Flex device, the pools are not
+/// f32, f16 or bf16, or the shapes, spans and block tables do not fit together.
+pub fn paged_attention(q: &Tensor<3>, key_pool: &Tensor<4>, value_pool: &Tensor<4>, spans: &[QuerySpan], window: Option<usize>) -> Option<Tensor<3>> {
     let [tokens, heads, dim] = q.dims();
-    let [slots, kv_heads, pool_dim] = key_pool.dims();
+    let [blocks, kv_heads, block_size, pool_dim] = key_pool.dims();
     let shape = Heads { heads, kv_heads, dim };
+    let layout = PoolLayout { block_size, window };
     let fits = value_pool.dims() == key_pool.dims()
         && value_pool.dtype() == key_pool.dtype()
         && pool_dim == dim
@@ -74,7 +68,7 @@ pub fn paged_attention(q: &Tensor<3>, key_pool: &Tensor<3>, value_pool: &Tensor<
         && kv_heads > 0
         && heads >= kv_heads
         && heads.is_multiple_of(kv_heads)
-        && spans_fit(spans, tokens, slots, layout);
+        && spans_fit(spans, tokens, blocks, layout);
     if !fits {
         return None;
     }
@@ -91,10 +85,16 @@ pub fn paged_attention(q: &Tensor<3>, key_pool: &Tensor<3>, value_pool: &Tensor<
     Some(out.cast(q.dtype()))
 }
 
+/// How the pools are paged, and which keys a query sees.
+#[derive(Debug, Clone, Copy)]
+struct PoolLayout {
+    block_size: usize,
+    window: Option<usize>,
+}
+
 /// Every span's rows lie within the `tokens` rows without overlap, and its table names
 /// pool blocks for all of its positions.
-fn spans_fit(spans: &[QuerySpan], tokens: usize, slots: usize, layout: PoolLayout) -> bool {
-    let blocks = slots / layout.block_size.max(1);
+fn spans_fit(spans: &[QuerySpan], tokens: usize, blocks: usize, layout: PoolLayout) -> bool {
     let mut next_row = 0;
     layout.block_size > 0
         && layout.window != Some(0)
@@ -123,6 +123,20 @@ impl Heads {
 /// A value of a pool, read as f32.
 trait PoolValue: Copy + Sync + bytemuck::Pod + burn::tensor::Element {
     fn to_f32(self) -> f32;
+
+    /// `dst = src` as f32s (same lengths).
+    #[inline(always)]
+    fn convert(src: &[Self], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.to_f32());
+    }
+
+    /// `values` as f32s: in place when they are, else converted into `scratch`.
+    #[inline(always)]
+    fn as_f32s<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        scratch.resize(values.len().max(scratch.len()), 0.0);
+        Self::convert(values, &mut scratch[..values.len()]);
+        &scratch[..values.len()]
+    }
 }
 
 impl PoolValue for f32 {
@@ -130,12 +144,25 @@ impl PoolValue for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+
+    #[inline(always)]
+    fn as_f32s<'a>(values: &'a [Self], _: &'a mut Vec<f32>) -> &'a [f32] {
+        values
+    }
 }
 
 impl PoolValue for half::f16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
+    }
+
+    /// One call for the slice: `half` converts it 8 values at a time where the CPU can,
+    /// where `to_f32` checks the CPU for every value.
+    #[inline(always)]
+    fn convert(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
     }
 }
 
@@ -321,46 +348,80 @@ impl<E: PoolValue> Pools<'_, E> {
         // Row `r` is the query of token `item.tokens.start + r / group`.
         let first_position = item.span.start + (item.tokens.start - item.span.rows.start);
         let visible = |row: usize| visible_keys(first_position + row / group, self.layout.window);
-        let keys = item.keys.clone();
 
         let mut out = vec![0f32; rows * dim];
-        for chunk_start in keys.clone().step_by(KEY_CHUNK) {
-            let chunk = chunk_start..(chunk_start + KEY_CHUNK).min(keys.end);
-            let n = chunk.len();
-            self.gather(item, chunk.clone(), &mut scratch.keys[..n * dim], &mut scratch.values[..n * dim]);
-            let scores = &mut scratch.scores[..rows * n];
-            match rows > GEMM_ROWS {
-                true => multiply(rows, n, dim, &scratch.queries, Operand::Transposed(&scratch.keys), scores, false),
-                false => scores_by_key(&scratch.queries[..rows * dim], &scratch.keys[..n * dim], dim, scores),
+        let Scratch { queries, keys: key_buffer, values: value_buffer, scores, running_max, running_sum } = scratch;
+        let queries = &queries[..rows * dim];
+        let (running_max, running_sum) = (&mut running_max[..rows], &mut running_sum[..rows]);
+        if rows > GEMM_ROWS {
+            // Prefill: chunks of keys copied out once for `gemm`'s many rows.
+            for chunk_start in item.keys.clone().step_by(KEY_CHUNK) {
+                let chunk = chunk_start..(chunk_start + KEY_CHUNK).min(item.keys.end);
+                let n = chunk.len();
+                let (keys, values) = (&mut key_buffer[..n * dim], &mut value_buffer[..n * dim]);
+                self.gather(item, chunk.clone(), keys, values);
+                let scores = &mut scores[..rows * n];
+                multiply(rows, n, dim, queries, Operand::Transposed(keys), scores, false);
+                fold_chunk(scores, chunk, &visible, running_max, running_sum, &mut out);
+                multiply(rows, dim, n, scores, Operand::Plain(values), &mut out, true);
             }
-            for (row, scores) in scores.chunks_mut(n).enumerate() {
-                let seen = visible(row);
-                let seen = seen.start.max(chunk.start)..seen.end.min(chunk.end);
-                let row_out = &mut out[row * dim..(row + 1) * dim];
-                let (max, sum) = (&mut scratch.running_max[row], &mut scratch.running_sum[row]);
-                online_softmax(scores, seen.start.saturating_sub(chunk.start)..seen.end.saturating_sub(chunk.start), max, sum, row_out);
-            }
-            let probabilities = &scratch.scores[..rows * n];
-            match rows > GEMM_ROWS {
-                true => multiply(rows, dim, n, probabilities, Operand::Plain(&scratch.values[..n * dim]), &mut out, true),
-                false => add_values_by_key(probabilities, &scratch.values[..n * dim], dim, &mut out),
+        } else {
+            // Decode: each block's run of keys read where it lies (f32 pools) or
+            // converted once, for the item's few rows.
+            for (run, first) in self.runs(item, item.keys.clone()) {
+                let n = run.len();
+                let keys = E::as_f32s(&self.keys[first..first + n * dim], key_buffer);
+                let scores = &mut scores[..rows * n];
+                scores_by_key(queries, keys, dim, scores);
+                fold_chunk(scores, run, &visible, running_max, running_sum, &mut out);
+                let values = E::as_f32s(&self.values[first..first + n * dim], value_buffer);
+                add_values_by_key(scores, values, dim, &mut out);
             }
         }
-        Partial { out, max: scratch.running_max[..rows].to_vec(), sum: scratch.running_sum[..rows].to_vec() }
+        Partial { out, max: running_max.to_vec(), sum: running_sum.to_vec() }
     }
 
     /// Copies the keys and values of positions `chunk` of the item's sequence, for its KV
     /// head, into `keys` and `values` (`[chunk, dim]`).
     #[inline(always)]
     fn gather(&self, item: &Item, chunk: Range<usize>, keys: &mut [f32], values: &mut [f32]) {
-        let (dim, block_size) = (self.shape.dim, self.layout.block_size);
-        let rows = keys.chunks_exact_mut(dim).zip(values.chunks_exact_mut(dim));
-        for (position, (key, value)) in chunk.zip(rows) {
-            let slot = item.span.block_table[position / block_size] as usize * block_size + position % block_size;
-            let first = (slot * self.shape.kv_heads + item.kv_head) * dim;
-            key.iter_mut().zip(&self.keys[first..first + dim]).for_each(|(dst, &v)| *dst = v.to_f32());
-            value.iter_mut().zip(&self.values[first..first + dim]).for_each(|(dst, &v)| *dst = v.to_f32());
+        let dim = self.shape.dim;
+        let mut copied = 0;
+        for (run, first) in self.runs(item, chunk) {
+            let len = run.len() * dim;
+            E::convert(&self.keys[first..first + len], &mut keys[copied..copied + len]);
+            E::convert(&self.values[first..first + len], &mut values[copied..copied + len]);
+            copied += len;
         }
+    }
+
+    /// Positions `keys` of the item's sequence as runs within one block each, with the
+    /// pool index of a run's first value for the item's KV head: a run's rows are adjacent.
+    #[inline(always)]
+    fn runs<'a>(&self, item: &'a Item, keys: Range<usize>) -> impl Iterator<Item = (Range<usize>, usize)> + use<'a, E> {
+        let (block_size, kv_heads, dim) = (self.layout.block_size, self.shape.kv_heads, self.shape.dim);
+        let mut position = keys.start;
+        std::iter::from_fn(move || {
+            (position < keys.end).then(|| {
+                let (block, offset) = (item.span.block_table[position / block_size] as usize, position % block_size);
+                let run = position..(position + block_size - offset).min(keys.end);
+                position = run.end;
+                (run, ((block * kv_heads + item.kv_head) * block_size + offset) * dim)
+            })
+        })
+    }
+}
+
+/// Folds a chunk's scores (`[rows, chunk.len()]`, for the keys at positions `chunk`) into
+/// each row's running softmax; `visible` gives the keys a row may see.
+#[inline(always)]
+fn fold_chunk(scores: &mut [f32], chunk: Range<usize>, visible: &impl Fn(usize) -> Range<usize>, running_max: &mut [f32], running_sum: &mut [f32], out: &mut [f32]) {
+    let (n, dim) = (chunk.len(), out.len() / running_max.len());
+    let rows = scores.chunks_mut(n).zip(out.chunks_mut(dim)).zip(running_max.iter_mut().zip(running_sum.iter_mut()));
+    for (row, ((scores, out), (max, sum))) in rows.enumerate() {
+        let seen = visible(row);
+        let seen = seen.start.max(chunk.start)..seen.end.min(chunk.end);
+        online_softmax(scores, seen.start.saturating_sub(chunk.start)..seen.end.saturating_sub(chunk.start), max, sum, out);
     }
 }
 
@@ -438,43 +499,100 @@ fn lane_sum(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
+/// Most rows one pass of [`scores_by_key`] or [`add_values_by_key`] serves: each value
+/// of a key loaded is used for this many rows, and their running sums (2 vector registers
+/// a row) stay in registers.
+const ROW_BLOCK: usize = 4;
+
 /// `scores [rows, n] = queries [rows, dim] · keysᵀ` (`keys` `[n, dim]`), key by key.
 #[inline(always)]
 fn scores_by_key(queries: &[f32], keys: &[f32], dim: usize, scores: &mut [f32]) {
     let n = keys.len() / dim;
-    for (j, key) in keys.chunks_exact(dim).enumerate() {
-        for (row, query) in queries.chunks_exact(dim).enumerate() {
-            scores[row * n + j] = dot(query, key);
+    for_row_blocks(queries.len() / dim, |first, count| {
+        let query = |r: usize| &queries[(first + r) * dim..(first + r + 1) * dim];
+        for (j, key) in keys.chunks_exact(dim).enumerate() {
+            let mut put = |r: usize, score: f32| scores[(first + r) * n + j] = score;
+            match count {
+                4 => dots([query(0), query(1), query(2), query(3)], key).into_iter().enumerate().for_each(|(r, s)| put(r, s)),
+                2 => dots([query(0), query(1)], key).into_iter().enumerate().for_each(|(r, s)| put(r, s)),
+                _ => put(0, dots([query(0)], key)[0]),
+            }
         }
-    }
+    });
 }
 
-/// `out [rows, dim] += probabilities [rows, n] · values [n, dim]`, key by key.
+/// `out [rows, dim] += probabilities [rows, n] · values [n, dim]`.
 #[inline(always)]
 fn add_values_by_key(probabilities: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
     let n = values.len() / dim;
-    for (row_out, weights) in out.chunks_exact_mut(dim).zip(probabilities.chunks_exact(n)) {
-        for (value, &weight) in values.chunks_exact(dim).zip(weights) {
-            if weight != 0.0 {
-                row_out.iter_mut().zip(value).for_each(|(o, &v)| *o += weight * v);
-            }
+    for_row_blocks(out.len() / dim, |first, count| {
+        let weights = &probabilities[first * n..(first + count) * n];
+        let out = &mut out[first * dim..(first + count) * dim];
+        match count {
+            4 => weighted_sums::<4>(weights, values, dim, out),
+            2 => weighted_sums::<2>(weights, values, dim, out),
+            _ => weighted_sums::<1>(weights, values, dim, out),
         }
+    });
+}
+
+/// Calls `pass(first, count)` over `0..rows` in blocks of [`ROW_BLOCK`], 2 or 1 rows.
+#[inline(always)]
+fn for_row_blocks(rows: usize, mut pass: impl FnMut(usize, usize)) {
+    let mut first = 0;
+    while first < rows {
+        let count = [ROW_BLOCK, 2, 1].into_iter().find(|&c| c <= rows - first).unwrap_or(1);
+        pass(first, count);
+        first += count;
     }
 }
 
-/// `a · b` in [`LANES`] running sums.
+/// `queries[r] · key` for each of `R` rows, in [`LANES`] running sums per row.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
-    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
-    let mut sums = [0f32; LANES];
-    for (x, y) in a_chunks.iter().zip(b_chunks) {
-        for lane in 0..LANES {
-            sums[lane] += x[lane] * y[lane];
+fn dots<const R: usize>(queries: [&[f32]; R], key: &[f32]) -> [f32; R] {
+    let (key_chunks, key_rest) = key.as_chunks::<LANES>();
+    let mut sums = [[0f32; LANES]; R];
+    for (c, k) in key_chunks.iter().enumerate() {
+        for (sum, query) in sums.iter_mut().zip(&queries) {
+            let q = &query[c * LANES..(c + 1) * LANES];
+            for lane in 0..LANES {
+                sum[lane] += q[lane] * k[lane];
+            }
         }
     }
-    let rest: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
-    sums.iter().sum::<f32>() + rest
+    let tail = key_chunks.len() * LANES;
+    std::array::from_fn(|r| sums[r].iter().sum::<f32>() + queries[r][tail..].iter().zip(key_rest).map(|(q, k)| q * k).sum::<f32>())
+}
+
+/// `out [R, dim] += weights [R, n] · values [n, dim]`, a [`LANES`]-wide slice of `dim` at
+/// a time, summed over all the keys in registers before it is added to `out`.
+#[inline(always)]
+fn weighted_sums<const R: usize>(weights: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
+    let n = values.len() / dim;
+    let mut start = 0;
+    while start + LANES <= dim {
+        let mut sums = [[0f32; LANES]; R];
+        for j in 0..n {
+            let value = &values[j * dim + start..j * dim + start + LANES];
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let weight = weights[r * n + j];
+                for lane in 0..LANES {
+                    sum[lane] += weight * value[lane];
+                }
+            }
+        }
+        for (r, sum) in sums.iter().enumerate() {
+            out[r * dim + start..r * dim + start + LANES].iter_mut().zip(sum).for_each(|(o, s)| *o += s);
+        }
+        start += LANES;
+    }
+    // The last `dim % LANES` values (head sizes not a multiple of the lanes).
+    for j in 0..n {
+        for r in 0..R {
+            let weight = weights[r * n + j];
+            out[r * dim + start..(r + 1) * dim].iter_mut().zip(&values[j * dim + start..(j + 1) * dim]).for_each(|(o, &v)| *o += weight * v);
+        }
+    }
 }
 
 /// The right-hand side of [`multiply`], `[k, n]` as stored.

@@ -119,7 +119,6 @@ pub fn gemm_output_shape(x: &Shape, scales: &Shape) -> Shape {
 /// Where a decode step's keys and values are, for [`KernelOps::paged_decode_attention`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PagedAttentionLayout {
-    pub block_size: u32,
     /// Keys a query sees, counting back from itself; 0 means the whole context.
     pub window: u32,
 }
@@ -348,7 +347,7 @@ pub trait KernelOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// One query token per sequence (`q` `[batch, heads, head_dim]`) against its context
-    /// in the paged pools (`[slots, kv_heads, head_dim]`), found through `block_tables`
+    /// in the paged pools (`[blocks, kv_heads, block_size, head_dim]`), found through `block_tables`
     /// (i32 `[batch, max_blocks]`) for `context_lens` (i32 `[batch]`) positions.
     #[fusion(dtype = q, shape = same_shape(q))]
     fn paged_decode_attention(
@@ -499,7 +498,7 @@ impl KernelOps for CubeBackend {
         layout: PagedAttentionLayout,
     ) -> CubeTensor {
         let [batch, heads, head_dim] = [q.shape()[0], q.shape()[1], q.shape()[2]];
-        let kv_heads = key_pool.shape()[1];
+        let [kv_heads, block_size] = [key_pool.shape()[1], key_pool.shape()[2]];
         let max_blocks = block_tables.shape()[1];
         let client = q.client.clone();
         let out = empty_device_dtype(client.clone(), q.device.clone(), q.shape(), q.dtype);
@@ -527,7 +526,7 @@ impl KernelOps for CubeBackend {
                 heads as u32,
                 kv_heads as u32,
                 max_blocks as u32,
-                layout.block_size,
+                block_size as u32,
                 layout.window,
                 (head_dim as f32).powf(-0.5),
                 head_dim as u32,
