@@ -367,9 +367,15 @@ impl<E: PoolValue> Pools<'_, E> {
             }
         } else {
             // Decode: each block's run of keys read where it lies (f32 pools) or
-            // converted once, for the item's few rows.
-            for (run, first) in self.runs(item, item.keys.clone()) {
+            // converted once, for the item's few rows, while the next run is fetched.
+            let mut runs = self.runs(item, item.keys.clone()).peekable();
+            while let Some((run, first)) = runs.next() {
                 let n = run.len();
+                if let Some((next, next_first)) = runs.peek() {
+                    let len = next.len() * dim;
+                    prefetch(&self.keys[*next_first..*next_first + len]);
+                    prefetch(&self.values[*next_first..*next_first + len]);
+                }
                 let keys = E::as_f32s(&self.keys[first..first + n * dim], key_buffer);
                 let scores = &mut scores[..rows * n];
                 scores_by_key(queries, keys, dim, scores);
@@ -422,6 +428,21 @@ fn fold_chunk(scores: &mut [f32], chunk: Range<usize>, visible: &impl Fn(usize) 
         let seen = visible(row);
         let seen = seen.start.max(chunk.start)..seen.end.min(chunk.end);
         online_softmax(scores, seen.start.saturating_sub(chunk.start)..seen.end.saturating_sub(chunk.start), max, sum, out);
+    }
+}
+
+/// Asks the CPU to bring `values` into its caches, while the current run is computed.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn prefetch<E>(values: &[E]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(values);
+        let start = values.as_ptr().cast::<i8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: prefetching never faults, and the address lies within `values`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset)) };
+        }
     }
 }
 
@@ -499,69 +520,64 @@ fn lane_sum(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
-/// Most rows one pass of [`scores_by_key`] or [`add_values_by_key`] serves: each value
-/// of a key loaded is used for this many rows, and their running sums (2 vector registers
-/// a row) stay in registers.
+/// Rows one pass of [`add_values_by_key`] serves: each value loaded is used for this many
+/// rows, whose running sums (2 vector registers a row) stay in registers.
 const ROW_BLOCK: usize = 4;
+const _: () = assert!(ROW_BLOCK == 4, "weighted_sums is unrolled for four rows");
 
 /// `scores [rows, n] = queries [rows, dim] · keysᵀ` (`keys` `[n, dim]`), key by key.
 #[inline(always)]
 fn scores_by_key(queries: &[f32], keys: &[f32], dim: usize, scores: &mut [f32]) {
     let n = keys.len() / dim;
-    for_row_blocks(queries.len() / dim, |first, count| {
-        let query = |r: usize| &queries[(first + r) * dim..(first + r + 1) * dim];
-        for (j, key) in keys.chunks_exact(dim).enumerate() {
-            let mut put = |r: usize, score: f32| scores[(first + r) * n + j] = score;
-            match count {
-                4 => dots([query(0), query(1), query(2), query(3)], key).into_iter().enumerate().for_each(|(r, s)| put(r, s)),
-                2 => dots([query(0), query(1)], key).into_iter().enumerate().for_each(|(r, s)| put(r, s)),
-                _ => put(0, dots([query(0)], key)[0]),
-            }
+    for (j, key) in keys.chunks_exact(dim).enumerate() {
+        for (row, query) in queries.chunks_exact(dim).enumerate() {
+            scores[row * n + j] = dot(query, key);
         }
-    });
+    }
 }
 
 /// `out [rows, dim] += probabilities [rows, n] · values [n, dim]`.
 #[inline(always)]
 fn add_values_by_key(probabilities: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
-    let n = values.len() / dim;
-    for_row_blocks(out.len() / dim, |first, count| {
+    let (rows, n) = (out.len() / dim, values.len() / dim);
+    let mut first = 0;
+    while first < rows {
+        let count = row_block(rows - first);
         let weights = &probabilities[first * n..(first + count) * n];
         let out = &mut out[first * dim..(first + count) * dim];
         match count {
-            4 => weighted_sums::<4>(weights, values, dim, out),
-            2 => weighted_sums::<2>(weights, values, dim, out),
+            ROW_BLOCK => weighted_sums::<ROW_BLOCK>(weights, values, dim, out),
             _ => weighted_sums::<1>(weights, values, dim, out),
         }
-    });
-}
-
-/// Calls `pass(first, count)` over `0..rows` in blocks of [`ROW_BLOCK`], 2 or 1 rows.
-#[inline(always)]
-fn for_row_blocks(rows: usize, mut pass: impl FnMut(usize, usize)) {
-    let mut first = 0;
-    while first < rows {
-        let count = [ROW_BLOCK, 2, 1].into_iter().find(|&c| c <= rows - first).unwrap_or(1);
-        pass(first, count);
         first += count;
     }
 }
 
-/// `queries[r] · key` for each of `R` rows, in [`LANES`] running sums per row.
+/// Rows in the next pass over the keys: a whole [`ROW_BLOCK`] while that many are left.
 #[inline(always)]
-fn dots<const R: usize>(queries: [&[f32]; R], key: &[f32]) -> [f32; R] {
-    let (key_chunks, key_rest) = key.as_chunks::<LANES>();
-    let mut sums = [[0f32; LANES]; R];
-    for (c, k) in key_chunks.iter().enumerate() {
-        for (sum, query) in sums.iter_mut().zip(&queries) {
-            let q = &query[c * LANES..(c + 1) * LANES];
-            for lane in 0..LANES {
-                sum[lane] += q[lane] * k[lane];
-            }
-        }
+fn row_block(left: usize) -> usize {
+    if left >= ROW_BLOCK { ROW_BLOCK } else { 1 }
+}
+
+/// `a · b` in [`LANES`] running sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
+    let mut sums = [0f32; LANES];
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        add_products(&mut sums, x, y);
     }
-    let tail = key_chunks.len() * LANES;
-    std::array::from_fn(|r| sums[r].iter().sum::<f32>() + queries[r][tail..].iter().zip(key_rest).map(|(q, k)| q * k).sum::<f32>())
+    let rest: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    sums.iter().sum::<f32>() + rest
+}
+
+/// `sum += a * b`, lane by lane.
+#[inline(always)]
+fn add_products(sum: &mut [f32; LANES], a: &[f32; LANES], b: &[f32; LANES]) {
+    for lane in 0..LANES {
+        sum[lane] += a[lane] * b[lane];
+    }
 }
 
 /// `out [R, dim] += weights [R, n] · values [n, dim]`, a [`LANES`]-wide slice of `dim` at
@@ -573,12 +589,18 @@ fn weighted_sums<const R: usize>(weights: &[f32], values: &[f32], dim: usize, ou
     while start + LANES <= dim {
         let mut sums = [[0f32; LANES]; R];
         for j in 0..n {
-            let value = &values[j * dim + start..j * dim + start + LANES];
-            for (r, sum) in sums.iter_mut().enumerate() {
-                let weight = weights[r * n + j];
-                for lane in 0..LANES {
-                    sum[lane] += weight * value[lane];
-                }
+            let Some(value) = values[j * dim + start..].first_chunk::<LANES>() else { break };
+            // The rows by name, not in a loop: with a loop over them the compiler kept the
+            // sums in memory.
+            add_scaled(&mut sums[0], weights[j], value);
+            if R > 1 {
+                add_scaled(&mut sums[1 % R], weights[(1 % R) * n + j], value);
+            }
+            if R > 2 {
+                add_scaled(&mut sums[2 % R], weights[(2 % R) * n + j], value);
+            }
+            if R > 3 {
+                add_scaled(&mut sums[3 % R], weights[(3 % R) * n + j], value);
             }
         }
         for (r, sum) in sums.iter().enumerate() {
@@ -592,6 +614,14 @@ fn weighted_sums<const R: usize>(weights: &[f32], values: &[f32], dim: usize, ou
             let weight = weights[r * n + j];
             out[r * dim + start..(r + 1) * dim].iter_mut().zip(&values[j * dim + start..(j + 1) * dim]).for_each(|(o, &v)| *o += weight * v);
         }
+    }
+}
+
+/// `sum += weight * values`, lane by lane.
+#[inline(always)]
+fn add_scaled(sum: &mut [f32; LANES], weight: f32, values: &[f32; LANES]) {
+    for lane in 0..LANES {
+        sum[lane] += weight * values[lane];
     }
 }
 
