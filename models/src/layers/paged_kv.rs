@@ -77,10 +77,10 @@ impl PagedKvCache {
     }
 
     /// Row of a pool's `[num_blocks * kv_heads * block_size, head_dim]` view holding
-    /// `kv_head`'s entry at `slot` (`block * block_size + offset`).
-    fn row(&self, slot: usize, kv_head: usize) -> i64 {
-        let (block, offset) = (slot / self.block_size, slot % self.block_size);
-        ((block * self.kv_heads + kv_head) * self.block_size + offset) as i64
+    /// `kv_head`'s entry for position `pos` of `chunk`'s sequence.
+    fn row(&self, chunk: &SequenceChunk, pos: usize, kv_head: usize) -> i64 {
+        let block = chunk.block_table[pos / self.block_size] as usize;
+        ((block * self.kv_heads + kv_head) * self.block_size + pos % self.block_size) as i64
     }
 
     /// Copies whole blocks (`(source, destination)` pairs) in every layer: a forked
@@ -175,7 +175,7 @@ pub(crate) struct GatheredStep {
     pub(crate) max_query: usize,
     pub(crate) max_context: usize,
     /// Pool row of every KV head's every padded context position, `[batch, kv_heads,
-    /// max_context]` flat (padding reads slot 0, masked).
+    /// max_context]` flat (padding reads the sequence's position 0, masked).
     pub(crate) read_rows: Tensor<1, Int>,
     /// Flat token row of every padded query (padding repeats row 0); `None` when every
     /// sequence brings one token, so flat and padded are the same.
@@ -213,7 +213,6 @@ impl StepLayout {
         if kernel == AttentionKernel::PagedDecode && !Self::is_decode_only(chunks) {
             return Err("the decode kernel takes one token per sequence".into());
         }
-        let slot = |chunk: &SequenceChunk, pos: usize| slot(chunk, pos, block_size);
         let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
         let mut write_rows = Vec::with_capacity(tokens * cache.kv_heads);
         let mut positions = Vec::with_capacity(tokens);
@@ -221,8 +220,7 @@ impl StepLayout {
         let mut flat = 0usize;
         for chunk in chunks {
             for pos in chunk.start..chunk.context_len() {
-                let at = slot(chunk, pos);
-                write_rows.extend((0..cache.kv_heads).map(|head| cache.row(at, head)));
+                write_rows.extend((0..cache.kv_heads).map(|head| cache.row(chunk, pos, head)));
                 positions.push(pos);
             }
             flat += chunk.tokens.len();
@@ -242,11 +240,6 @@ impl StepLayout {
     }
 }
 
-/// Pool slot (`block * block_size + offset`) of position `pos` of `chunk`'s sequence.
-fn slot(chunk: &SequenceChunk, pos: usize, block_size: usize) -> usize {
-    chunk.block_table[pos / block_size] as usize * block_size + pos % block_size
-}
-
 fn ints(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     let len = values.len();
     Tensor::<1, Int>::from_data(TensorData::new(values, [len]), device)
@@ -254,7 +247,6 @@ fn ints(values: Vec<i64>, device: &Device) -> Tensor<1, Int> {
 
 impl GatheredStep {
     fn new(chunks: &[SequenceChunk], cache: &PagedKvCache, sliding_window: Option<usize>, device: &Device) -> Self {
-        let block_size = cache.block_size;
         let batch = chunks.len();
         let max_query = chunks.iter().map(|c| c.tokens.len()).max().unwrap_or(1);
         let max_context = chunks.iter().map(SequenceChunk::context_len).max().unwrap_or(1);
@@ -267,7 +259,7 @@ impl GatheredStep {
         for (i, chunk) in chunks.iter().enumerate() {
             let (start, len, context) = (chunk.start, chunk.tokens.len(), chunk.context_len());
             for head in 0..cache.kv_heads {
-                read_rows.extend((0..max_context).map(|pos| cache.row(if pos < context { slot(chunk, pos, block_size) } else { 0 }, head)));
+                read_rows.extend((0..max_context).map(|pos| cache.row(chunk, if pos < context { pos } else { 0 }, head)));
             }
             for q in 0..max_query {
                 query_rows.push(if q < len { (flat + q) as i64 } else { 0 });
