@@ -20,7 +20,7 @@ fn top_k_one_is_greedy_at_any_temperature() {
     let params = SamplingParams { temperature: 5.0, top_k: 1, seed: Some(3), ..SamplingParams::default() };
     let mut sampler = Sampler::new(params);
     for _ in 0..20 {
-        assert_eq!(sampler.sample(&mut vec![0.0, 0.5, 0.4, -2.0], &[], &[]), 1);
+        assert_eq!(sampler.sample(&mut [0.0, 0.5, 0.4, -2.0], &[], &[]), 1);
     }
 }
 
@@ -45,7 +45,7 @@ fn top_p_keeps_only_the_nucleus() {
     let params = SamplingParams { temperature: 1.0, top_p: 0.5, seed: Some(1), ..SamplingParams::default() };
     let mut sampler = Sampler::new(params);
     for _ in 0..50 {
-        assert_eq!(sampler.sample(&mut vec![4.0, 2.0, 1.0, 0.0], &[], &[]), 0);
+        assert_eq!(sampler.sample(&mut [4.0, 2.0, 1.0, 0.0], &[], &[]), 0);
     }
 }
 
@@ -53,7 +53,7 @@ fn top_p_keeps_only_the_nucleus() {
 fn repetition_penalty_demotes_seen_tokens() {
     let params = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() };
     let mut sampler = Sampler::new(params);
-    assert_eq!(sampler.sample(&mut vec![3.0, 2.0, 0.0], &[0], &[]), 1);
+    assert_eq!(sampler.sample(&mut [3.0, 2.0, 0.0], &[0], &[]), 1);
 }
 
 #[test]
@@ -85,15 +85,15 @@ fn min_p_and_output_penalties_shape_the_distribution() {
     let params = SamplingParams { temperature: 1.0, min_p: 0.5, seed: Some(7), ..SamplingParams::default() };
     let mut sampler = Sampler::new(params);
     for _ in 0..50 {
-        assert_eq!(sampler.sample(&mut vec![2.0, 1.0, 0.5, 0.0], &[], &[]), 0);
+        assert_eq!(sampler.sample(&mut [2.0, 1.0, 0.5, 0.0], &[], &[]), 0);
     }
     // Presence and frequency penalties apply to generated tokens, not to the prompt.
     let mut sampler = Sampler::new(SamplingParams { presence_penalty: 1.5, ..SamplingParams::greedy() });
-    assert_eq!(sampler.sample(&mut vec![3.0, 2.0, 0.0], &[1], &[0]), 1);
-    assert_eq!(sampler.sample(&mut vec![3.0, 2.0, 0.0], &[0], &[]), 0);
+    assert_eq!(sampler.sample(&mut [3.0, 2.0, 0.0], &[1], &[0]), 1);
+    assert_eq!(sampler.sample(&mut [3.0, 2.0, 0.0], &[0], &[]), 0);
     let mut sampler = Sampler::new(SamplingParams { frequency_penalty: 0.6, ..SamplingParams::greedy() });
-    assert_eq!(sampler.sample(&mut vec![3.0, 2.0, 0.0], &[], &[0]), 0, "one occurrence costs 0.6");
-    assert_eq!(sampler.sample(&mut vec![3.0, 2.0, 0.0], &[], &[0, 0]), 1, "two cost 1.2");
+    assert_eq!(sampler.sample(&mut [3.0, 2.0, 0.0], &[], &[0]), 0, "one occurrence costs 0.6");
+    assert_eq!(sampler.sample(&mut [3.0, 2.0, 0.0], &[], &[0, 0]), 1, "two cost 1.2");
 }
 
 fn engine(name: &str, config: EngineConfig) -> Engine {

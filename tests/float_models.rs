@@ -153,6 +153,6 @@ fn half_precision_compute_tracks_reference() {
 
 #[test]
 fn unsupported_dtype_on_device_is_an_error() {
-    let err = logits_in_dtype(Device::wgpu(Default::default()), ComputeDtype::BF16).err().expect("wgpu has no bf16");
+    let err = logits_in_dtype(Device::wgpu(Default::default()), ComputeDtype::BF16).expect_err("wgpu has no bf16");
     assert!(err.to_string().contains("bf16"), "{err}");
 }

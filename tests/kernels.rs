@@ -17,6 +17,8 @@ enum Zeros {
     Float,
 }
 
+// `ActOrder` is GPTQ's own name for the permuted order.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, Debug)]
 enum Order {
     Plain,

@@ -136,7 +136,7 @@ impl ModelConfig {
             return Err(invalid(format!("`{field}` must be positive")));
         }
         let num_kv_heads = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-        if num_kv_heads == 0 || c.num_attention_heads % num_kv_heads != 0 {
+        if num_kv_heads == 0 || !c.num_attention_heads.is_multiple_of(num_kv_heads) {
             return Err(invalid(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({num_kv_heads})",
                 c.num_attention_heads
@@ -144,7 +144,7 @@ impl ModelConfig {
         }
         let head_dim = match c.head_dim {
             Some(d) => d,
-            None if c.hidden_size % c.num_attention_heads == 0 => c.hidden_size / c.num_attention_heads,
+            None if c.hidden_size.is_multiple_of(c.num_attention_heads) => c.hidden_size / c.num_attention_heads,
             None => return Err(invalid("hidden_size is not divisible by num_attention_heads and no head_dim is given".into())),
         };
         if head_dim == 0 || head_dim % 2 != 0 {

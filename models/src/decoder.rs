@@ -12,6 +12,8 @@ use crate::layers::{Attention, KvCache, Mlp, MlpNames, PagedKvCache, RmsNorm, Ro
 use crate::weights::Weights;
 
 /// A decoder layer's feed-forward block.
+// One per decoder layer, both variants large: boxing would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum FeedForward {
     Dense(Mlp),

@@ -82,7 +82,7 @@ pub fn group_size_for(layer: &LayerInfo, group_size: Option<i64>) -> Result<usiz
         Some(g) if g > 0 => g as usize,
         Some(g) => return Err(unsupported(layer, format!("group size {g} is not positive"))),
     };
-    if k % group != 0 {
+    if !k.is_multiple_of(group) {
         return Err(unsupported(layer, format!("group size {group} does not divide in_features {k}")));
     }
     Ok(group)
@@ -91,7 +91,7 @@ pub fn group_size_for(layer: &LayerInfo, group_size: Option<i64>) -> Result<usiz
 /// Packed int layouts need whole words along the packed axis.
 pub fn check_packable(layer: &LayerInfo, bits: u32, axis_len: usize, axis: &str) -> Result<(), QuantError> {
     let per = (32 / bits) as usize;
-    if axis_len % per != 0 {
+    if !axis_len.is_multiple_of(per) {
         return Err(unsupported(layer, format!("{axis} ({axis_len}) is not a multiple of {per}, the {bits}-bit values per 32-bit word")));
     }
     Ok(())

@@ -98,11 +98,11 @@ pub struct SignedIntScheme {
 impl SignedIntScheme {
     pub fn new(layer: &LayerInfo, names: TensorNames, bits: u32, scales: ScaleLayout, activations: ActivationPlan, source_format: &'static str) -> Result<Self, QuantError> {
         let per = 32 / bits as usize;
-        if layer.in_features % per != 0 || layer.in_features % 4 != 0 {
+        if !layer.in_features.is_multiple_of(per) || !layer.in_features.is_multiple_of(4) {
             return Err(super::rules::unsupported(layer, format!("in_features {} must be a multiple of {}", layer.in_features, per.max(4))));
         }
         if let ScaleLayout::Group(g) = scales {
-            if g == 0 || layer.in_features % g != 0 {
+            if g == 0 || !layer.in_features.is_multiple_of(g) {
                 return Err(super::rules::unsupported(layer, format!("group size {g} does not divide in_features {}", layer.in_features)));
             }
         }
@@ -210,7 +210,7 @@ pub struct Fp8Scheme {
 
 impl Fp8Scheme {
     pub fn new(layer: &LayerInfo, names: TensorNames, scales: ScaleLayout, activations: ActivationPlan, source_format: &'static str) -> Result<Self, QuantError> {
-        if layer.in_features % 4 != 0 {
+        if !layer.in_features.is_multiple_of(4) {
             return Err(super::rules::unsupported(layer, format!("in_features {} must be a multiple of 4", layer.in_features)));
         }
         if matches!(scales, ScaleLayout::Group(_)) {

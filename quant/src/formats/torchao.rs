@@ -10,8 +10,9 @@
 //!   -8..7 one per byte, scale `[N, K/g]`, zero point I8 `[N, K/g]`;
 //!   `W = (q − zero_point) · scale`;
 //! - `Int4WeightOnlyConfig` (version 2, plain packing): see [`Int4PlainScheme`]; its zero
-//!   point is a float offset. lm_head and the router stay float unless a per-module
-//! entry names them.
+//!   point is a float offset.
+//!
+//! lm_head and the router stay float unless a per-module entry names them.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -81,7 +81,9 @@ type Octet<E> = Vector<E, Const<8>>;
 /// `direct`, `out` `[M, N]` is written and `partials` is a placeholder; otherwise
 /// `partials` `[splits·M, N]`.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+// `collapsible_if`: an outer `if comptime!(..)` is resolved when the kernel expands, so
+// folding the runtime test into it would change what is generated.
+#[allow(clippy::too_many_arguments, clippy::collapsible_if)]
 pub fn int_mma_gemm<F: Float>(
     x: &[Pair<F>],
     x_pieces: &[Octet<F>],

@@ -354,7 +354,7 @@ pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>, tiling: IntGemmTi
     let zeros = zero_buffer(&weight.zeros);
     // The kernel's contiguous path takes one group per packed word.
     let per_word = crate::packing::per_word(weight.bits);
-    let groups = match weight.groups_contiguous && weight.group_size % per_word == 0 {
+    let groups = match weight.groups_contiguous && weight.group_size.is_multiple_of(per_word) {
         true => GroupBuffer::Contiguous,
         false => GroupBuffer::Indexed(weight.group_index.clone().into_dispatch()),
     };
@@ -409,7 +409,9 @@ pub fn grouped_int_mma_gemm(stack: &IntFragments, x: Tensor<2>, rows_per_expert:
 
 fn int_mma_layout(weight: &IntFragments, x: &Tensor<2>, tiling: MmaTiling) -> IntMmaLayout {
     let wgpu = matches!(x.device().as_dispatch(), DispatchDevice::Cube(cubecl::Device::Wgpu(_)));
-    let bit_dequant = !wgpu && !(weight.bits == 8 && x.dtype() == DType::BF16);
+    // The magic-number dequantization, except on wgpu and where bf16 cannot hold `128 + q`.
+    let bf16_bytes = weight.bits == 8 && x.dtype() == DType::BF16;
+    let bit_dequant = !(wgpu || bf16_bytes);
     let group_size = if weight.group_size >= weight.in_features { 0 } else { weight.group_size as u32 };
     let splits = tiling.splits.clamp(1, (weight.in_features as u32 / int_mma::K_BLOCK).max(1));
     let MmaTiling { m_tiles, warps, k_slices, staging, tensor_cores, .. } = tiling;

@@ -52,11 +52,11 @@ impl Recipe {
             Self::Int { bits, .. } => per_word(*bits).max(4),
             _ => 4,
         };
-        if k % multiple != 0 {
+        if !k.is_multiple_of(multiple) {
             return Err(unsupported(layer, format!("in_features {k} must be a multiple of {multiple} to quantize it")));
         }
         if let Self::Int { group_size: Some(g), .. } = self {
-            if *g == 0 || k % g != 0 {
+            if *g == 0 || !k.is_multiple_of(*g) {
                 return Err(unsupported(layer, format!("group size {g} does not divide in_features {k}")));
             }
         }

@@ -11,6 +11,8 @@ use crate::linear::{LinearRepr, QLinear};
 use crate::method::{LayerInfo, LinearScheme, QuantMethod};
 use crate::unquantized::DenseScheme;
 
+// One plan per layer, made once at load: the size of a `Recipe` costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Plan {
     Float,

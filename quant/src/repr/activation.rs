@@ -7,6 +7,8 @@ use burn::tensor::{DType, Tensor};
 pub const E4M3_MAX: f32 = 448.0;
 
 /// How a scheme quantizes its input activations.
+// One per quantized linear layer; boxing the static scale would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ActivationQuant {
     /// Activations stay in the compute dtype (weight-only schemes).

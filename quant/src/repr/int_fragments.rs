@@ -61,9 +61,9 @@ impl IntFragments {
             Some(format!("{bits}-bit values (the tensor-core kernel takes 4- or 8-bit)"))
         } else if !groups_contiguous {
             Some("act-order groups of uneven size".into())
-        } else if k % K_BLOCK as usize != 0 || n % N_BLOCK as usize != 0 {
+        } else if !k.is_multiple_of(K_BLOCK as usize) || !n.is_multiple_of(N_BLOCK as usize) {
             Some(format!("[{k}x{n}] does not tile into {K_BLOCK}x{N_BLOCK} blocks"))
-        } else if group % 16 != 0 && group < k {
+        } else if !group.is_multiple_of(16) && group < k {
             Some(format!("group size {group} is not a multiple of 16"))
         } else {
             None

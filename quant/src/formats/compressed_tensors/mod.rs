@@ -281,7 +281,7 @@ impl PackQuantizedScheme {
         }
         super::rules::check_packable(layer, bits, layer.in_features, "in_features")?;
         match scales {
-            ScaleLayout::Group(g) if layer.in_features % g != 0 => {
+            ScaleLayout::Group(g) if !layer.in_features.is_multiple_of(g) => {
                 return Err(unsupported(layer, format!("group size {g} does not divide in_features {}", layer.in_features)));
             }
             ScaleLayout::Block(_) if !weights.symmetric => {
