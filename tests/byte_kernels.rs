@@ -309,7 +309,9 @@ fn byte_gemm_selector_explains_its_choice() {
     let weight = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128), &flex, &mut rng);
     let on_flex = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1);
     assert_eq!(on_flex.kernel, GemmKernel::Host);
-    assert!(on_flex.reason.contains("Flex"), "{}", on_flex.reason);
+    assert!(on_flex.reason.contains("Flex") && on_flex.reason.contains("fused kernel"), "{}", on_flex.reason);
+    let tiled = kernels::select::fp8_gemm(&weight, &flex, DType::F32, kernels::host::E4M3_TILED_ROWS);
+    assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason);
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1));
     assert_eq!(forced.kernel, GemmKernel::Reference);
     let per_group_int8 = w8a8_weight(128, 64, ActivationQuant::DynamicPerGroup(32), &flex, &mut rng);

@@ -235,7 +235,9 @@ fn selector_explains_its_choice() {
     let weight = random_weight(PLAIN_G128, &flex, &mut rng);
     let on_flex = kernels::select::int_gemm(&weight, &flex, DType::F32, 1);
     assert_eq!(on_flex.kernel, IntGemmKernel::Host);
-    assert!(on_flex.reason.contains("Flex"), "{}", on_flex.reason);
+    assert!(on_flex.reason.contains("Flex") && on_flex.reason.contains("fused kernel"), "{}", on_flex.reason);
+    let tiled = kernels::select::int_gemm(&weight, &flex, DType::F32, kernels::host::TILED_ROWS);
+    assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason);
     let reference = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &flex, DType::F32, 1));
     assert_eq!(reference.kernel, IntGemmKernel::Reference);
     let ints = kernels::select::int_gemm(&weight, &flex, DType::I32, 1);

@@ -12,6 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
+use super::host::{HostPath, E4M3_TILED_ROWS, TILED_ROWS};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -110,7 +111,7 @@ pub struct Selection<K> {
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
     let tensor_cores = int_mma_choice(device, dtype, rows, weight.in_features, weight.out_features, IntFragments::unsupported(weight));
-    let selection = choose(buffers, device, dtype, rows, tensor_cores);
+    let selection = choose(buffers, device, dtype, HostRows::Product { rows, tiled_from: TILED_ROWS }, tensor_cores);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
         weight.bits, weight.in_features, weight.out_features, weight.group_size, selection.kernel, selection.reason
@@ -123,7 +124,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
     let tensor_cores = int_mma_choice(device, dtype, max_rows, stack.in_features, stack.out_features, IntFragments::unsupported_stack(stack));
-    let selection = choose(buffers, device, dtype, max_rows, tensor_cores);
+    let selection = choose(buffers, device, dtype, HostRows::PerExpert { max_rows, tiled_from: TILED_ROWS }, tensor_cores);
     log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
         stack.bits, stack.experts, stack.in_features, stack.out_features, stack.group_size, selection.kernel, selection.reason
@@ -139,7 +140,7 @@ struct WeightBuffers<'a> {
     k: usize,
 }
 
-fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, tensor_cores: Result<MmaTiling, String>) -> Selection<IntGemmKernel> {
+fn choose(weight: WeightBuffers, device: &Device, dtype: DType, host_rows: HostRows, tensor_cores: Result<MmaTiling, String>) -> Selection<IntGemmKernel> {
     let layout_ok = weight.packed == DType::I32
         && weight.scales == DType::F32
         && match weight.zeros {
@@ -149,8 +150,9 @@ fn choose(weight: WeightBuffers, device: &Device, dtype: DType, rows: usize, ten
         };
     let refusal = (!layout_ok).then(|| "weight buffers are not i32 words with f32 scales".to_string());
     if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
-        return choose_host(dtype, refusal, IntGemmKernel::Host, IntGemmKernel::Reference);
+        return choose_host(dtype, refusal, host_rows, IntGemmKernel::Host, IntGemmKernel::Reference);
     }
+    let rows = host_rows.rows();
     let no_tensor_cores = match tensor_cores {
         Ok(tiling) if refusal.is_none() => {
             let portable = choose_portable(dtype, rows, None, String::new());
@@ -200,10 +202,39 @@ fn kernels_allowed(dtype: DType, refusal: Option<String>, kernel: &str) -> Resul
 
 /// On the Flex device: the host kernel (`host`) where [`kernels_allowed`], otherwise the
 /// reference (`reference`).
-fn choose_host<K>(dtype: DType, refusal: Option<String>, host: K, reference: K) -> Selection<K> {
+fn choose_host<K>(dtype: DType, refusal: Option<String>, rows: HostRows, host: K, reference: K) -> Selection<K> {
     match kernels_allowed(dtype, refusal, "host kernel") {
-        Ok(()) => Selection { kernel: host, reason: "host kernel (Flex keeps its tensors in host memory)".into() },
+        Ok(()) => Selection { kernel: host, reason: format!("{}; Flex keeps its tensors in host memory", rows.path()) },
         Err(reason) => Selection { kernel: reference, reason },
+    }
+}
+
+/// The rows a host product's path ([`HostPath`]) follows.
+#[derive(Debug, Clone, Copy)]
+enum HostRows {
+    /// One product of `rows` rows, tiled from `tiled_from` rows.
+    Product { rows: usize, tiled_from: usize },
+    /// A mixture-of-experts projection: each expert's rows take their own path.
+    PerExpert { max_rows: usize, tiled_from: usize },
+}
+
+impl HostRows {
+    /// The rows the Cube kernels are sized for: the product's, or the largest expert batch.
+    fn rows(self) -> usize {
+        match self {
+            Self::Product { rows, .. } | Self::PerExpert { max_rows: rows, .. } => rows,
+        }
+    }
+
+    /// Which host path runs, and where the other one takes over.
+    fn path(self) -> String {
+        match self {
+            Self::Product { rows, tiled_from } => match HostPath::for_rows(rows, tiled_from) {
+                HostPath::Fused => format!("host fused kernel, tiles for the gemm crate from {tiled_from} rows"),
+                HostPath::Tiled => format!("host tiled kernel, the fused kernel below {tiled_from} rows"),
+            },
+            Self::PerExpert { tiled_from, .. } => format!("host kernels per expert, fused below {tiled_from} rows and tiled from there"),
+        }
     }
 }
 
@@ -360,10 +391,11 @@ fn byte_mma_choice(device: &Device, rows: usize, k: usize, n: usize, operand: El
 
 /// The portable choice, or the tensor-core kernel where `tensor_cores` allows it (the
 /// checks of [`kernels_allowed`] apply to both; Flex gets its host kernel instead).
-fn prefer_tensor_cores(device: &Device, dtype: DType, rows: usize, refusal: Option<String>, tensor_cores: Result<MmaTiling, String>, kernel: &str) -> Selection<GemmKernel> {
+fn prefer_tensor_cores(device: &Device, dtype: DType, rows: HostRows, refusal: Option<String>, tensor_cores: Result<MmaTiling, String>, kernel: &str) -> Selection<GemmKernel> {
     if !matches!(device.as_dispatch(), DispatchDevice::Cube(_)) {
-        return choose_host(dtype, refusal, GemmKernel::Host, GemmKernel::Reference);
+        return choose_host(dtype, refusal, rows, GemmKernel::Host, GemmKernel::Reference);
     }
+    let rows = rows.rows();
     let (tiling, why_not) = match tensor_cores {
         Ok(tiling) => (Some(tiling), String::new()),
         Err(why) => (None, why),
@@ -401,7 +433,7 @@ pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) 
             (byte_mma_choice(device, rows, k, n, e4m3, f32, chunked, refusal.clone()), "byte_mma")
         }
     };
-    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, kernel), &weight.activations);
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: E4M3_TILED_ROWS }, refusal, tensor_cores, kernel), &weight.activations);
     log_once(|| format!(
         "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
@@ -468,7 +500,7 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
     };
     let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
     let tensor_cores = byte_mma_choice(device, rows, weight.in_features, weight.out_features, int8, i32, false, refusal.clone());
-    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, rows, refusal, tensor_cores, "byte_mma"), &weight.activations);
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: TILED_ROWS }, refusal, tensor_cores, "byte_mma"), &weight.activations);
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason
