@@ -670,8 +670,9 @@ fn host_activation_quantization_matches_the_reference() {
         let (ours, table) = (byte_gemm::e4m3_to_f32(byte), e4m3_value(byte));
         assert!(ours == table || (ours.is_nan() && table.is_nan()), "byte {byte:#04x}: {ours} vs {table}");
     }
-    // Every byte, then three more for the scalar tail.
-    let bytes: Vec<u8> = (0..=255u8).chain([0x81, 0x7F, 0x38]).collect();
+    // Every byte (sixteen at a time), eight more with both NaNs (eight at a time), then
+    // three for the scalar tail.
+    let bytes: Vec<u8> = (0..=255u8).chain([0x81, 0x7F, 0x38, 0xFF, 0x00, 0x08, 0x80, 0x77]).chain([0xF8, 0x7E, 0x01]).collect();
     for scale in [1.0f32, 3.0e-4, 0.7] {
         let mut decoded = vec![0f32; bytes.len()];
         byte_gemm::decode_e4m3(&bytes, scale, &mut decoded);
@@ -760,7 +761,6 @@ fn fp8_host_kernel_on_flex() {
     let flex = Device::flex();
     let mut rng = StdRng::seed_from_u64(33);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (&flex, DType::F32)));
-    let (k, n) = (704, 204);
     let cases = [
         (Fp8Scales::Channel, ActivationQuant::DynamicPerToken),
         (Fp8Scales::Tensor, ActivationQuant::DynamicPerTensor),
@@ -770,10 +770,12 @@ fn fp8_host_kernel_on_flex() {
         (Fp8Scales::Channel, ActivationQuant::None),
         (Fp8Scales::Block, ActivationQuant::None),
     ];
-    for (scales, mode) in cases {
-        let what = format!("{scales:?} {}", mode.describe());
+    // K = 708 leaves columns past the fused kernel's last sixteen in a scale chunk; 1, 5
+    // and 6 rows take its row blocks of 4, 1 and 2 (the f16 case's 7 rows, 3).
+    for ((scales, mode), (k, n)) in cases.into_iter().flat_map(|case| [(case.clone(), (704, 204)), (case, (708, 36))]) {
+        let what = format!("{scales:?} {} [{k}x{n}]", mode.describe());
         let weight = fp8_weight(k, n, scales, mode, &flex, &mut rng);
-        for rows in [1usize, 5, kernels::host::E4M3_TILED_ROWS, 66] {
+        for rows in [1usize, 5, 6, kernels::host::E4M3_TILED_ROWS, 66] {
             assert_eq!(kernels::select::fp8_gemm(&weight, &flex, DType::F32, rows).kernel, GemmKernel::Host, "{what}");
             let err = fp8_relative_error_of(&weight, rows, DType::F32, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
             assert!(err < 2e-6, "{what} rows={rows}: relative error {err}");

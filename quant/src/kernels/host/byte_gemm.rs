@@ -4,7 +4,8 @@
 //! - int8 (W8A8): activations quantized to int8 here, code for code as the reference
 //!   does, and each product summed exactly in i32 before the two scales;
 //! - e4m3 (FP8): activations as the reference leaves them (rounded to e4m3 and scaled
-//!   back, or float), each channel's bytes decoded once per chunk for every row.
+//!   back, or float), each channel's bytes decoded once for every row (in registers
+//!   where the CPU has AVX2: [`super::e4m3_rows`]).
 //!
 //! The activation quantization mirrors `crate::repr::quantize_activations`: the scale is
 //! `max(absmax / half_range, f32::MIN_POSITIVE)`, values are divided by it, clamped, and
@@ -112,7 +113,7 @@ pub fn e4m3_to_f32(byte: u8) -> f32 {
     f32::from_bits(magnitude.to_bits() | ((byte as u32 & 0x80) << 24))
 }
 
-/// `out[i] = e4m3(bytes[i]) · scale`, eight bytes at a time where the CPU converts
+/// `out[i] = e4m3(bytes[i]) · scale`, sixteen bytes at a time where the CPU converts
 /// f16: an e4m3 byte's exponent and mantissa, shifted into an f16's, are the value times
 /// 2^−8 (the biases are 7 and 15), subnormals included, so the conversion instruction
 /// does the decoding and the 2^8 joins the scale (exact: a power of two).
@@ -133,13 +134,24 @@ fn decode_e4m3_f16c(bytes: &[u8], scale: f32, out: &mut [f32]) {
     let len = bytes.len().min(out.len());
     let (bytes, out) = (&bytes[..len], &mut out[..len]);
     let scale_up = _mm256_set1_ps(scale * 256.0);
-    for (bytes, out) in bytes.chunks_exact(8).zip(out.chunks_exact_mut(8)) {
-        // SAFETY: `bytes` holds eight bytes, the load's width.
-        let values = _mm256_mul_ps(e4m3_lanes(unsafe { _mm_loadl_epi64(bytes.as_ptr().cast()) }), scale_up);
-        // SAFETY: `out` holds eight f32, the store's width.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), values) };
+    let sixteens = len - len % 16;
+    for (bytes, out) in bytes[..sixteens].chunks_exact(16).zip(out.chunks_exact_mut(16)) {
+        // SAFETY: `bytes` holds sixteen bytes, the load's width.
+        let [low, high] = e4m3_lanes16(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) });
+        // SAFETY: `out` holds sixteen f32, the two stores' width.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(low, scale_up));
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), _mm256_mul_ps(high, scale_up));
+        }
     }
     let tail = len - len % 8;
+    if tail > sixteens {
+        // SAFETY: bytes and values sixteens..sixteens + 8 lie before `tail` ≤ len.
+        unsafe {
+            let values = _mm256_mul_ps(e4m3_lanes(_mm_loadl_epi64(bytes.as_ptr().add(sixteens).cast())), scale_up);
+            _mm256_storeu_ps(out.as_mut_ptr().add(sixteens), values);
+        }
+    }
     out[tail..].iter_mut().zip(&bytes[tail..]).for_each(|(o, &b)| *o = e4m3_to_f32(b) * scale);
 }
 
@@ -148,14 +160,26 @@ fn decode_e4m3_f16c(bytes: &[u8], scale: f32, out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) fn e4m3_lanes(bytes: std::arch::x86_64::__m128i) -> std::arch::x86_64::__m256 {
+    // The upper half's conversion is dead code here and goes.
+    e4m3_lanes16(bytes)[0]
+}
+
+/// Sixteen e4m3 bytes as f32 values times 2^−8, bytes 0..8 and 8..16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn e4m3_lanes16(bytes: std::arch::x86_64::__m128i) -> [std::arch::x86_64::__m256; 2] {
     use std::arch::x86_64::*;
-    let magnitude_mask = _mm_set1_epi16(0x7F);
-    let widened = _mm_cvtepu8_epi16(bytes);
-    let magnitude = _mm_and_si128(widened, magnitude_mask);
-    let sign = _mm_slli_epi16(_mm_andnot_si128(magnitude_mask, widened), 8);
-    // 0x7F (NaN in e4m3fn) would shift into a finite f16: put an f16 NaN there.
-    let is_nan = _mm_cmpeq_epi16(magnitude, magnitude_mask);
-    _mm256_cvtph_ps(_mm_or_si128(_mm_blendv_epi8(_mm_slli_epi16(magnitude, 7), _mm_set1_epi16(0x7E00), is_nan), sign))
+    // Sign-extended to 16 bits and shifted left by 7, a byte's exponent and mantissa sit
+    // on an f16's (the biases 7 and 15 differ by 8, hence the 2^−8) and its sign on bits
+    // 14 and 15: clearing bit 14 leaves the f16, subnormals included.
+    let shifted = _mm256_slli_epi16::<7>(_mm256_cvtepi8_epi16(bytes));
+    let half = _mm256_and_si256(shifted, _mm256_set1_epi16(0xBFFFu16 as i16));
+    // Magnitude 0x7F (NaN in e4m3fn) lands on 0x3F80, a finite f16: bit 14 makes it NaN.
+    let magnitude = _mm256_and_si256(shifted, _mm256_set1_epi16(0x3F80));
+    let nan = _mm256_and_si256(_mm256_cmpeq_epi16(magnitude, _mm256_set1_epi16(0x3F80)), _mm256_set1_epi16(0x4000));
+    let halves = _mm256_or_si256(half, nan);
+    [_mm256_cvtph_ps(_mm256_castsi256_si128(halves)), _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(halves))]
 }
 
 /// What an 8-bit weight decodes to.
@@ -242,12 +266,18 @@ fn gemm(weight: &ByteWeightSlices, operands: Operands, m: usize) -> Vec<f32> {
     super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| dispatch(weight, operands, m, channels, out))
 }
 
-/// [`channel_block`], compiled for AVX2 with FMA when the CPU has them.
+/// [`channel_block`], compiled for AVX2 with FMA when the CPU has them; there e4m3
+/// weights decode in registers instead ([`super::e4m3_rows`]).
 fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::avx2() {
-        // SAFETY: the CPU was just checked to have both features the function is compiled for.
-        return unsafe { channel_block_avx2(weight, operands, m, channels, out) };
+        // SAFETY: the CPU was just checked to have the features both functions are compiled for.
+        return unsafe {
+            match operands {
+                Operands::E4m3 { x } => super::e4m3_rows::e4m3_channels(weight, x, m, channels, out),
+                _ => channel_block_avx2(weight, operands, m, channels, out),
+            }
+        };
     }
     channel_block(weight, operands, m, channels, out)
 }

@@ -15,6 +15,8 @@ pub mod attention;
 pub mod byte_gemm;
 pub mod int_gemm;
 mod byte_tiles;
+#[cfg(target_arch = "x86_64")]
+mod e4m3_rows;
 mod tiles;
 
 use std::ops::Range;

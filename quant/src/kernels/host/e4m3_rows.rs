@@ -1,0 +1,93 @@
+//! e4m3 weights times a few rows of float activations, decoded in registers: sixteen
+//! bytes of a channel become two vectors of f32 (through the f16 conversion instruction)
+//! that every row's running sums multiply at once, so nothing is stored between the
+//! decode and the products, and one decode serves up to [`ROW_BLOCK`] rows. The fused
+//! FP8 path of [`super::byte_gemm`] runs this where the CPU has AVX2, FMA and F16C.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::byte_gemm::{e4m3_lanes16, e4m3_to_f32, ByteWeightSlices};
+
+/// Rows whose sums one pass over a channel's bytes keeps in registers: two vectors each,
+/// eight in all, beside the two decoded vectors and the decode's constants.
+const ROW_BLOCK: usize = 4;
+
+/// `out [m, channels] = x [m, K] · dequant(W[channels])ᵀ`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+    let (k, width) = (weight.k, channels.len());
+    assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
+    for (c, n) in channels.enumerate() {
+        let bytes = &weight.bytes[n * k..(n + 1) * k];
+        let mut first = 0;
+        while first < m {
+            let rows = (m - first).min(ROW_BLOCK);
+            let x = &x[first * k..(first + rows) * k];
+            let sums: [f32; ROW_BLOCK] = match rows {
+                4 => channel_rows::<4>(weight, n, bytes, x),
+                3 => pad(channel_rows::<3>(weight, n, bytes, x)),
+                2 => pad(channel_rows::<2>(weight, n, bytes, x)),
+                _ => pad(channel_rows::<1>(weight, n, bytes, x)),
+            };
+            for (r, sum) in sums.into_iter().take(rows).enumerate() {
+                out[(first + r) * width + c] = sum;
+            }
+            first += rows;
+        }
+    }
+}
+
+fn pad<const R: usize>(sums: [f32; R]) -> [f32; ROW_BLOCK] {
+    std::array::from_fn(|r| sums.get(r).copied().unwrap_or(0.0))
+}
+
+/// The `R` rows of `x` (`[R, K]`) times channel `n`, whose bytes are `bytes`: per scale
+/// chunk, sums of products in two vectors a row, then added to the row's total times the
+/// chunk's scale; the columns past the chunk's last sixteen decode one at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, bytes: &[u8], x: &[f32]) -> [f32; R] {
+    let k = bytes.len();
+    assert!(x.len() >= R * k);
+    let mut totals = [_mm256_setzero_ps(); R];
+    let mut tails = [0f32; R];
+    let chunk = weight.chunk();
+    for start in (0..k).step_by(chunk) {
+        let end = (start + chunk).min(k);
+        let vector_end = start + (end - start) / 16 * 16;
+        let (mut low, mut high) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+        for j in (start..vector_end).step_by(16) {
+            // SAFETY: j + 16 ≤ K = bytes.len().
+            let [low_weights, high_weights] = e4m3_lanes16(unsafe { _mm_loadu_si128(bytes.as_ptr().add(j).cast()) });
+            for r in 0..R {
+                // SAFETY: j + 16 ≤ K, so both loads lie in row r of the asserted `[R, K]`.
+                let (a, b) = unsafe { (_mm256_loadu_ps(x.as_ptr().add(r * k + j)), _mm256_loadu_ps(x.as_ptr().add(r * k + j + 8))) };
+                low[r] = _mm256_fmadd_ps(a, low_weights, low[r]);
+                high[r] = _mm256_fmadd_ps(b, high_weights, high[r]);
+            }
+        }
+        let scale = weight.scale(n, start);
+        // The lanes hold values · 2^−8: the 2^8 joins the scale (exact, a power of two).
+        let lane_scale = _mm256_set1_ps(scale * 256.0);
+        for r in 0..R {
+            totals[r] = _mm256_fmadd_ps(_mm256_add_ps(low[r], high[r]), lane_scale, totals[r]);
+            let row = &x[r * k + vector_end..r * k + end];
+            let tail: f32 = row.iter().zip(&bytes[vector_end..end]).map(|(&a, &b)| a * e4m3_to_f32(b)).sum();
+            tails[r] += tail * scale;
+        }
+    }
+    let mut sums = [0f32; R];
+    for r in 0..R {
+        sums[r] = horizontal_sum(totals[r]) + tails[r];
+    }
+    sums
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn horizontal_sum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
+}
