@@ -68,26 +68,54 @@ pub fn quantize(x: &[f32], m: usize, k: usize, scales: RowScales, grid: Activati
         RowScales::PerGroup(group) => (rows().flat_map(|row| row.chunks(group.max(1)).map(from_absmax)).collect(), group),
     };
     let group = group.max(1);
-    let mut values = Vec::with_capacity(x.len());
+    let mut values = vec![0f32; x.len()];
     let mut scale_of_group = scales.iter();
-    for row in rows() {
-        for part in row.chunks(group) {
-            let scale = *scale_of_group.next().unwrap_or(&1.0);
-            values.extend(part.iter().map(|&v| round_to_grid(v / scale, grid)));
-        }
+    let parts = rows().flat_map(|row| row.chunks(group));
+    let outs = values.chunks_mut(k.max(1)).flat_map(|row| row.chunks_mut(group));
+    for (part, out) in parts.zip(outs) {
+        round_onto_grid(part, *scale_of_group.next().unwrap_or(&1.0), grid, out);
     }
     GridActivations { values, scales, k, group }
 }
 
-fn round_to_grid(scaled: f32, grid: ActivationGrid) -> f32 {
+/// `out[i]` = `part[i] / scale` rounded onto `grid`, compiled for AVX2 where the CPU has
+/// it: x86-64's baseline has no rounding instruction, so each value would call `rintf`.
+fn round_onto_grid(part: &[f32], scale: f32, grid: ActivationGrid, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2() {
+        // SAFETY: the CPU was just checked to have the features the function is compiled for.
+        return unsafe { round_onto_grid_avx2(part, scale, grid, out) };
+    }
+    round_values(part, scale, grid, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_onto_grid_avx2(part: &[f32], scale: f32, grid: ActivationGrid, out: &mut [f32]) {
+    round_values(part, scale, grid, out)
+}
+
+/// [`round_onto_grid`]'s loops, one per grid, with no closure in them: a closure would be
+/// compiled apart, without the caller's target features.
+#[inline(always)]
+fn round_values(part: &[f32], scale: f32, grid: ActivationGrid, out: &mut [f32]) {
     match grid {
-        ActivationGrid::Int8 => scaled.clamp(-128.0, 127.0).round_ties_even(),
-        ActivationGrid::E4M3 => round_to_e4m3(scaled.clamp(-E4M3_MAX, E4M3_MAX)),
+        ActivationGrid::Int8 => {
+            for (o, &v) in out.iter_mut().zip(part) {
+                *o = (v / scale).clamp(-128.0, 127.0).round_ties_even();
+            }
+        }
+        ActivationGrid::E4M3 => {
+            for (o, &v) in out.iter_mut().zip(part) {
+                *o = round_to_e4m3((v / scale).clamp(-E4M3_MAX, E4M3_MAX));
+            }
+        }
     }
 }
 
 /// The nearest e4m3 value (ties to even) for |v| ≤ 448: values are spaced 2^(e−3) in the
 /// binade [2^e, 2^(e+1)) and 2^−9 below 2^−6, so dividing by the spacing is exact.
+#[inline(always)]
 pub fn round_to_e4m3(v: f32) -> f32 {
     let magnitude = v.abs();
     let exponent = if magnitude < 2f32.powi(-6) { -6 } else { (((magnitude.to_bits() >> 23) as i32) - 127).min(8) };
