@@ -151,18 +151,20 @@ fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[G
         // SAFETY: the CPU was just checked to have both features the function is compiled for.
         return unsafe { row_tile_avx2::<BITS, R>(weight, runs, x, cols, out) };
     }
-    row_tile::<BITS, R>(weight, runs, x, cols, out)
+    row_tile::<BITS, R, false>(weight, runs, x, cols, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn row_tile_avx2<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
-    row_tile::<BITS, R>(weight, runs, x, cols, out)
+    row_tile::<BITS, R, true>(weight, runs, x, cols, out)
 }
 
-/// `R` activation rows (`x`, row stride K) times the columns `cols`, into `out` `[R, cols]`.
+/// `R` activation rows (`x`, row stride K) times the columns `cols`, into `out` `[R, cols]`;
+/// with `FMA`, the products accumulate through fused multiply-adds (only where the CPU has
+/// them: elsewhere `mul_add` is a library call).
 #[inline(always)]
-fn row_tile<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
+fn row_tile<const BITS: u32, const R: usize, const FMA: bool>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
     let per_word = (32 / BITS) as usize;
     let (n, k, width) = (weight.n, weight.k, cols.len());
     let midpoint = (1i32 << (BITS - 1)) as f32;
@@ -180,7 +182,7 @@ fn row_tile<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[G
                     xs[r][..per_word].copy_from_slice(&x[r * k + row..][..per_word]);
                     x_sums[r] += xs[r][..per_word].iter().sum::<f32>();
                 }
-                add_words::<BITS, R>(words, &xs, &mut sums, width);
+                add_words::<BITS, R, FMA>(words, &xs, &mut sums, width);
                 row += per_word;
             } else {
                 // A group boundary inside the word (uneven act-order groups): one field.
@@ -202,7 +204,7 @@ fn row_tile<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[G
 /// `sums[r][c] += Σ_f xs[r][f] · (field f of words[c] − 2^(b−1))` for a word row.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `f` is both the field's position and the activation's index
-fn add_words<const BITS: u32, const R: usize>(words: &[i32], xs: &[[f32; 8]; R], sums: &mut [[f32; COLS]; R], width: usize) {
+fn add_words<const BITS: u32, const R: usize, const FMA: bool>(words: &[i32], xs: &[[f32; 8]; R], sums: &mut [[f32; COLS]; R], width: usize) {
     let per_word = (32 / BITS) as usize;
     let midpoint = 1i32 << (BITS - 1);
     // Bounding the width by the arrays' length lets the compiler drop the index checks.
@@ -214,7 +216,7 @@ fn add_words<const BITS: u32, const R: usize>(words: &[i32], xs: &[[f32; 8]; R],
         for f in 0..per_word {
             let q = (field::<BITS>(word, f as u32 * BITS) - midpoint) as f32;
             for r in 0..R {
-                acc[r] += xs[r][f] * q;
+                acc[r] = if FMA { xs[r][f].mul_add(q, acc[r]) } else { acc[r] + xs[r][f] * q };
             }
         }
         for r in 0..R {
