@@ -38,6 +38,7 @@ pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, chan
     }
 }
 
+/// `sums` in the first `R` of [`ROW_BLOCK`] places.
 fn pad<const R: usize>(sums: [f32; R]) -> [f32; ROW_BLOCK] {
     std::array::from_fn(|r| sums.get(r).copied().unwrap_or(0.0))
 }
