@@ -19,7 +19,7 @@ use std::ops::Range;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::HostBuffer;
+use super::{dot, HostBuffer};
 
 /// Most rows (queries × heads of a group) in one work item: enough for `gemm`'s
 /// micro-kernels to run full, few enough that a prefill splits across the threads.
@@ -557,27 +557,6 @@ fn add_values_by_key(probabilities: &[f32], values: &[f32], dim: usize, out: &mu
 #[inline(always)]
 fn row_block(left: usize) -> usize {
     if left >= ROW_BLOCK { ROW_BLOCK } else { 1 }
-}
-
-/// `a · b` in [`LANES`] running sums.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
-    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
-    let mut sums = [0f32; LANES];
-    for (x, y) in a_chunks.iter().zip(b_chunks) {
-        add_products(&mut sums, x, y);
-    }
-    let rest: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
-    sums.iter().sum::<f32>() + rest
-}
-
-/// `sum += a * b`, lane by lane.
-#[inline(always)]
-fn add_products(sum: &mut [f32; LANES], a: &[f32; LANES], b: &[f32; LANES]) {
-    for lane in 0..LANES {
-        sum[lane] += a[lane] * b[lane];
-    }
 }
 
 /// `out [R, dim] += weights [R, n] · values [n, dim]`, a [`LANES`]-wide slice of `dim` at

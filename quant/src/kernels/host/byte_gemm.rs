@@ -13,6 +13,7 @@
 
 use std::ops::Range;
 
+use super::dot;
 use crate::repr::activation::E4M3_MAX;
 use crate::repr::ActivationGrid;
 
@@ -393,20 +394,4 @@ pub(super) fn decode_channel(weight: &ByteWeightSlices, values: ByteValues, n: u
 fn as_i8(bytes: &[u8]) -> &[i8] {
     // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
-}
-
-/// `Σ a·b` with sixteen independent partial sums, which the compiler vectorizes (a single
-/// running sum would have to stay in order).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut lanes = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for i in 0..LANES {
-            lanes[i] += a[i] * b[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }

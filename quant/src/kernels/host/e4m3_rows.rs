@@ -19,18 +19,17 @@ pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, chan
     let (k, width) = (weight.k, channels.len());
     assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
     for (c, n) in channels.enumerate() {
-        let bytes = &weight.bytes[n * k..(n + 1) * k];
         let mut first = 0;
         while first < m {
             let rows = (m - first).min(ROW_BLOCK);
             let x = &x[first * k..(first + rows) * k];
-            let sums: [f32; ROW_BLOCK] = match rows {
-                4 => channel_rows::<4>(weight, n, bytes, x),
-                3 => pad(channel_rows::<3>(weight, n, bytes, x)),
-                2 => pad(channel_rows::<2>(weight, n, bytes, x)),
-                _ => pad(channel_rows::<1>(weight, n, bytes, x)),
+            let sums: &[f32] = match rows {
+                4 => &channel_rows::<4>(weight, n, x),
+                3 => &channel_rows::<3>(weight, n, x),
+                2 => &channel_rows::<2>(weight, n, x),
+                _ => &channel_rows::<1>(weight, n, x),
             };
-            for (r, sum) in sums.into_iter().take(rows).enumerate() {
+            for (r, &sum) in sums.iter().enumerate() {
                 out[(first + r) * width + c] = sum;
             }
             first += rows;
@@ -38,18 +37,14 @@ pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, chan
     }
 }
 
-/// `sums` in the first `R` of [`ROW_BLOCK`] places.
-fn pad<const R: usize>(sums: [f32; R]) -> [f32; ROW_BLOCK] {
-    std::array::from_fn(|r| sums.get(r).copied().unwrap_or(0.0))
-}
-
-/// The `R` rows of `x` (`[R, K]`) times channel `n`, whose bytes are `bytes`: per scale
-/// chunk, sums of products in two vectors a row, then added to the row's total times the
-/// chunk's scale; the columns past the chunk's last sixteen decode one at a time.
+/// The `R` rows of `x` (`[R, K]`) times channel `n`: per scale chunk, sums of products in
+/// two vectors a row, then added to the row's total times the chunk's scale; the columns
+/// past the chunk's last sixteen decode one at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, bytes: &[u8], x: &[f32]) -> [f32; R] {
-    let k = bytes.len();
+fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, x: &[f32]) -> [f32; R] {
+    let k = weight.k;
+    let bytes = &weight.bytes[n * k..(n + 1) * k];
     assert!(x.len() >= R * k);
     let mut totals = [_mm256_setzero_ps(); R];
     let mut tails = [0f32; R];

@@ -112,6 +112,25 @@ impl IntWeightBuffers {
     }
 }
 
+/// Lanes of [`dot`]'s running sums: enough that the compiler keeps them in vector registers.
+const DOT_LANES: usize = 16;
+
+/// `a · b` in [`DOT_LANES`] independent running sums, which the compiler vectorizes (a
+/// single running sum would have to stay in order).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (a_chunks, a_rest) = a.as_chunks::<DOT_LANES>();
+    let (b_chunks, b_rest) = b.as_chunks::<DOT_LANES>();
+    let mut sums = [0f32; DOT_LANES];
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for lane in 0..DOT_LANES {
+            sums[lane] += x[lane] * y[lane];
+        }
+    }
+    let rest: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    sums.iter().sum::<f32>() + rest
+}
+
 /// Whether this CPU has AVX2 with FMA and F16C (x86-64-v3's vector set), for which the
 /// kernels' inner loops are compiled a second time (x86-64's baseline is SSE2: four f32
 /// lanes, no byte-widening instructions).
