@@ -1,6 +1,8 @@
 //! `--device` parsing and the default compute dtype per device.
 
+use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{Device, Tensor};
 use ember_quant::ComputeDtype;
@@ -29,20 +31,55 @@ pub fn parse_device(spec: &str) -> Result<Device, Error> {
     Ok(device)
 }
 
-/// Runs one tiny op; backends report a missing driver or adapter by panicking.
+/// Runs one tiny op. Backends report a missing driver or adapter by panicking, often on
+/// their own threads and in a chain (the driver loader, then every thread waiting on it),
+/// so while the probe runs a panic hook keeps the first message, the root cause, and the
+/// terminal gets one error line instead of a backtrace per thread.
 fn probe(device: &Device) -> Result<(), String> {
+    let first_panic = Arc::new(Mutex::new(None::<String>));
+    let record = Arc::clone(&first_panic);
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut first) = record.lock() {
+            first.get_or_insert_with(|| panic_message(info.payload()));
+        }
+    }));
     let device = device.clone();
-    let outcome = catch_unwind(AssertUnwindSafe(move || Tensor::<1>::ones([1], &device).into_data()));
-    match outcome {
-        Ok(_) => Ok(()),
-        Err(panic) => Err(panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the backend failed to initialise".into())),
+    let outcome = catch_unwind(AssertUnwindSafe(move || Tensor::<1>::ones([1], &device).try_into_data().map(drop)));
+    std::panic::set_hook(previous_hook);
+    let root_cause = first_panic.lock().ok().and_then(|mut first| first.take());
+    match (outcome, root_cause) {
+        (Ok(Ok(())), _) => Ok(()),
+        (_, Some(message)) => Err(elide_long_lists(&message)),
+        (Ok(Err(error)), None) => Err(error.to_string()),
+        (Err(panic), None) => Err(panic_message(panic.as_ref())),
     }
 }
 
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the backend failed to initialise".into())
+}
+
+/// Shortens bracketed lists longer than a line (a driver loader's every candidate file
+/// name) to `[…]`, keeping the sentences around them.
+fn elide_long_lists(message: &str) -> String {
+    const LONGEST_KEPT: usize = 80;
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut rest = message;
+    while let Some(open) = rest.find('[') {
+        let Some(length) = rest[open..].find(']') else { break };
+        out.push_str(&rest[..open]);
+        let list = &rest[open..=open + length];
+        out.push_str(if list.len() > LONGEST_KEPT { "[…]" } else { list });
+        rest = &rest[open + length + 1..];
+    }
+    out.push_str(rest);
+    out
+}
 /// f32 on CPUs (exact, and what the reference logits use); bf16 on CUDA; f32 on wgpu,
 /// where half-precision support depends on the adapter.
 pub fn default_dtype(spec: &str) -> ComputeDtype {
@@ -52,3 +89,4 @@ pub fn default_dtype(spec: &str) -> ComputeDtype {
         ComputeDtype::F32
     }
 }
+

@@ -142,6 +142,24 @@ fn bad_model_path_is_a_clear_error() {
     assert!(stderr.contains("/nonexistent/model/dir") && stderr.contains("not found"), "{stderr}");
 }
 
+/// A device that is not there (no CUDA driver here; no eighth GPU on a GPU machine) is one
+/// error line naming the device and the backend's reason, not a backtrace per thread.
+#[test]
+fn unavailable_device_is_one_clear_error_line() {
+    let cache = TempDir::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["run", "--device", "cuda:7", "--prompt", "x", "--max-tokens", "1"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: device `cuda:7`: ") && lines[0].len() < 400, "{stderr}");
+}
+
 #[test]
 fn inspect_shows_the_scheme_of_each_layer() {
     let cache = TempDir::new().unwrap();
