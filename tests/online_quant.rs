@@ -9,7 +9,11 @@ use ember::engine::{argmax, perplexity};
 use ember::export::{export_compressed_tensors, ExportOptions, ExportScheme};
 use ember::quant::{ComputeDtype, LinearRepr, OnlineSettings, QuantError, TensorSource};
 use ember::{load_model, Error, LoadOptions, LoadedModel};
-use half::f16;
+use ember::quant::online::rtn;
+use ember::quant::repr::e4m3_value;
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use safetensors::Dtype;
 use serde_json::json;
 use tempfile::TempDir;
@@ -60,6 +64,37 @@ fn text_ppl(loaded: &LoadedModel) -> f64 {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/perplexity.txt")).unwrap();
     let ids = loaded.tokenizer().unwrap().encode(&text, true).unwrap();
     perplexity(&loaded.model, &ids, 512, 256).unwrap().perplexity
+}
+
+/// The element roundings online quantization runs (written so the compiler vectorizes
+/// them) against independent definitions: f16 and bf16 against the `half` crate, e4m3
+/// against a search for the nearest code (ties to the even code, saturating at ±448).
+#[test]
+fn quantization_roundings_match_their_definitions() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut values: Vec<f32> = (0..200_000)
+        .map(|_| {
+            let magnitude = 2f32.powi(rng.random_range(-30..20)) * rng.random_range(1.0f32..2.0);
+            if rng.random_bool(0.5) { -magnitude } else { magnitude }
+        })
+        .collect();
+    let ties = (0..64).flat_map(|i| [(i as f32 + 0.5) * 2f32.powi(-24), (i as f32 + 0.5) * 2f32.powi(-9), 1.0 + (i as f32 + 0.5) / 1024.0, 1.0 + (i as f32 + 0.5) / 128.0]);
+    values.extend(ties.clone().chain(ties.map(|t| -t)));
+    values.extend([0.0, -0.0, 65504.0, 65519.0, 65520.0, -65520.0, 1e10, 448.0, 464.0, 500.0, -1e-30, f32::MAX, f32::MIN_POSITIVE]);
+    let e4m3_magnitudes: Vec<(u8, f32)> = (0..0x7Fu8).map(|code| (code, e4m3_value(code))).collect();
+    for &x in &values {
+        assert_eq!(rtn::nearest_f16(x).to_bits(), f16::from_f32(x).to_f32().to_bits(), "f16 of {x:e}");
+        assert_eq!(rtn::nearest_bf16(x).to_bits(), bf16::from_f32(x).to_f32().to_bits(), "bf16 of {x:e}");
+        let (mut best, mut best_distance) = (0u8, f32::INFINITY);
+        for &(code, value) in &e4m3_magnitudes {
+            let distance = (value - x.abs()).abs();
+            if distance < best_distance || (distance == best_distance && code % 2 == 0) {
+                (best, best_distance) = (code, distance);
+            }
+        }
+        let expected = best | if x.is_sign_negative() { 0x80 } else { 0 };
+        assert_eq!(rtn::e4m3_encode(x), expected, "e4m3 of {x:e}");
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use ember_quant::{CheckpointError, ComputeDtype, DtypeRule, HostTensor, StoredDtype, TensorMeta, TensorSource, WeightSpec};
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct DummySource {
@@ -27,27 +28,38 @@ impl TensorSource for DummySource {
             DtypeRule::Exactly(d) => d,
         };
         let count: usize = spec.shape.iter().product();
-        let mut rng = SplitMix64(self.seed ^ fnv1a(spec.name.as_bytes()));
+        let rng = SplitMix64(self.seed ^ fnv1a(spec.name.as_bytes()));
         // Keep activations bounded: 1-D tensors (norm weights, biases) near one, matrices
         // scaled by their fan-in like a standard initialisation.
         let (center, spread) = match spec.shape.as_slice() {
             [_] => (1.0, 0.1),
             shape => (0.0, 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt()),
         };
-        let mut float = || center + spread * (2.0 * rng.unit() - 1.0);
-        let bytes: Vec<u8> = match dtype {
-            StoredDtype::F32 => (0..count).flat_map(|_| float().to_le_bytes()).collect(),
-            StoredDtype::F16 => (0..count).flat_map(|_| f16::from_f32(float()).to_le_bytes()).collect(),
-            StoredDtype::BF16 => (0..count).flat_map(|_| bf16::from_f32(float()).to_le_bytes()).collect(),
-            other => {
-                let mut bytes = vec![0u8; count * other.size_in_bytes()];
-                bytes.chunks_mut(8).for_each(|chunk| {
-                    let word = rng.next().to_le_bytes();
-                    chunk.copy_from_slice(&word[..chunk.len()]);
-                });
-                bytes
+        let float = |rng: &mut SplitMix64| center + spread * (2.0 * rng.unit() - 1.0);
+        // Filled a chunk per rayon task, each task's generator skipped ahead to its first
+        // value, so the values are those of one sequential pass.
+        let width = dtype.size_in_bytes();
+        let mut bytes = vec![0u8; count * width];
+        bytes.par_chunks_mut(VALUES_PER_TASK * width).enumerate().for_each(|(task, out)| match dtype {
+            StoredDtype::F32 | StoredDtype::F16 | StoredDtype::BF16 => {
+                let mut rng = rng.skipped(task * VALUES_PER_TASK);
+                for value in out.chunks_exact_mut(width) {
+                    let v = float(&mut rng);
+                    match dtype {
+                        StoredDtype::F32 => value.copy_from_slice(&v.to_le_bytes()),
+                        StoredDtype::F16 => value.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
+                        _ => value.copy_from_slice(&bf16::from_f32(v).to_le_bytes()),
+                    }
+                }
             }
-        };
+            _ => {
+                // Raw words, eight bytes per draw (a task's bytes are a multiple of eight).
+                let mut rng = rng.skipped(task * VALUES_PER_TASK * width / 8);
+                for chunk in out.chunks_mut(8) {
+                    chunk.copy_from_slice(&rng.next().to_le_bytes()[..chunk.len()]);
+                }
+            }
+        });
         Ok(HostTensor::new(spec.name.clone(), dtype, spec.shape.clone(), Cow::Owned(bytes)))
     }
 
@@ -72,12 +84,23 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// Values filled per rayon task.
+const VALUES_PER_TASK: usize = 1 << 16;
+
 /// Small, fast, good-enough generator for filler values.
+#[derive(Clone, Copy)]
 struct SplitMix64(u64);
 
 impl SplitMix64 {
+    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    /// The generator after `draws` calls of `next`: its state only ever adds `GAMMA`.
+    fn skipped(self, draws: usize) -> Self {
+        Self(self.0.wrapping_add(Self::GAMMA.wrapping_mul(draws as u64)))
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.0 = self.0.wrapping_add(Self::GAMMA);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -16,6 +16,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::dtype::StoredDtype;
+use crate::kernels::host::byte_gemm::round_to_e4m3;
 use crate::repr::activation::E4M3_MAX;
 
 /// Rounds `x` to the precision of a float dtype (identity for F32).
@@ -41,18 +42,130 @@ pub fn e4m3_encode(x: f32) -> u8 {
     if x.is_nan() {
         return 0x7F;
     }
-    let sign = if x.is_sign_negative() { 0x80 } else { 0 };
-    let magnitude = x.abs().min(E4M3_MAX);
-    let code = if magnitude < 2f32.powi(-6) {
-        // Subnormals step by 2^-9; 8 steps is the smallest normal, code 0x08.
-        (magnitude * 512.0).round_ties_even() as u8
-    } else {
-        let exponent = (magnitude.to_bits() >> 23) as i32 - 127;
-        // Mantissa with its implicit bit, in eighths: 8..=16 (16 carries into the exponent).
-        let eighths = (magnitude / 2f32.powi(exponent - 3)).round_ties_even() as i32;
-        (((exponent + 7) << 3) + eighths - 8) as u8
-    };
-    sign | code
+    e4m3_code(round_to_e4m3(x.clamp(-E4M3_MAX, E4M3_MAX)))
+}
+
+/// [`round_to`] for F16 by arithmetic the compiler vectorizes: f16 values are spaced
+/// 2^(e−10) in the binade [2^e, 2^(e+1)) and 2^−24 below 2^−14, so dividing by the
+/// spacing is exact and one rounding instruction does the rest; past 65504 is infinity.
+#[inline(always)]
+pub fn nearest_f16(x: f32) -> f32 {
+    let exponent = (((x.abs().to_bits() >> 23) as i32) - 127).max(-14);
+    let step = f32::from_bits(((exponent - 10 + 127) as u32) << 23);
+    let rounded = (x / step).round_ties_even() * step;
+    if rounded.abs() > 65504.0 { f32::INFINITY.copysign(x) } else { rounded }
+}
+
+/// [`round_to`] for BF16 of a value that is not NaN: round off f32's low sixteen bits,
+/// ties to even (a carry into the exponent is the next binade, or infinity).
+#[inline(always)]
+pub fn nearest_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    f32::from_bits(bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000)
+}
+
+/// The e4m3fn byte of `v`, a value on the e4m3 grid with |v| ≤ 448: a normal value's f32
+/// exponent rebiased from 127 to 7 above its top three mantissa bits, a subnormal one
+/// its count of 2^−9 steps.
+#[inline(always)]
+fn e4m3_code(v: f32) -> u8 {
+    let bits = v.to_bits();
+    let magnitude = v.abs();
+    let code = if magnitude < E4M3_SMALLEST_NORMAL { (magnitude * 512.0) as u32 } else { ((bits >> 20) & 0x7FF) - (120 << 3) };
+    (code | ((bits >> 24) & 0x80)) as u8
+}
+
+const E4M3_SMALLEST_NORMAL: f32 = 1.0 / 64.0;
+
+/// Which float a weight's scaled values are rounded to, as a const parameter so that
+/// each element loop is compiled for one.
+const TO_F32: u8 = 0;
+const TO_F16: u8 = 1;
+const TO_BF16: u8 = 2;
+
+const fn rounding(dtype: StoredDtype) -> u8 {
+    match dtype {
+        StoredDtype::F16 => TO_F16,
+        StoredDtype::BF16 => TO_BF16,
+        _ => TO_F32,
+    }
+}
+
+#[inline(always)]
+fn round_in<const TO: u8>(x: f32) -> f32 {
+    match TO {
+        TO_F16 => nearest_f16(x),
+        TO_BF16 => nearest_bf16(x),
+        _ => x,
+    }
+}
+
+/// One group's integer codes: `x / scale` rounded to the weight's dtype, offset by the
+/// zero point, clamped and rounded half to even. Compiled for AVX2 where the CPU has it:
+/// x86-64's baseline has no rounding instruction, so each value would call `rintf`.
+fn int_codes(block: &[f32], scale: f32, zero: f32, [q_min, q_max]: [f32; 2], dtype: StoredDtype, out: &mut [i8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::host::avx2() {
+        // SAFETY: the CPU was just checked to have the features the function is compiled for.
+        return unsafe { int_codes_avx2(block, scale, zero, [q_min, q_max], dtype, out) };
+    }
+    int_codes_for(block, scale, zero, [q_min, q_max], dtype, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn int_codes_avx2(block: &[f32], scale: f32, zero: f32, range: [f32; 2], dtype: StoredDtype, out: &mut [i8]) {
+    int_codes_for(block, scale, zero, range, dtype, out)
+}
+
+#[inline(always)]
+fn int_codes_for(block: &[f32], scale: f32, zero: f32, range: [f32; 2], dtype: StoredDtype, out: &mut [i8]) {
+    match rounding(dtype) {
+        TO_F16 => int_code_loop::<TO_F16>(block, scale, zero, range, out),
+        TO_BF16 => int_code_loop::<TO_BF16>(block, scale, zero, range, out),
+        _ => int_code_loop::<TO_F32>(block, scale, zero, range, out),
+    }
+}
+
+#[inline(always)]
+fn int_code_loop<const TO: u8>(block: &[f32], scale: f32, zero: f32, [q_min, q_max]: [f32; 2], out: &mut [i8]) {
+    for (code, &x) in out.iter_mut().zip(block) {
+        *code = (round_in::<TO>(x / scale) + zero).clamp(q_min, q_max).round_ties_even() as i8;
+    }
+}
+
+/// One run of e4m3 codes sharing `scale`: `x / scale` rounded to the weight's dtype, then
+/// to e4m3. compressed-tensors adds the (zero) zero point first, which turns −0.0 into
+/// +0.0. Compiled for AVX2 where the CPU has it, as [`int_codes`].
+fn fp8_codes(values: &[f32], scale: f32, dtype: StoredDtype, out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::host::avx2() {
+        // SAFETY: the CPU was just checked to have the features the function is compiled for.
+        return unsafe { fp8_codes_avx2(values, scale, dtype, out) };
+    }
+    fp8_codes_for(values, scale, dtype, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fp8_codes_avx2(values: &[f32], scale: f32, dtype: StoredDtype, out: &mut [u8]) {
+    fp8_codes_for(values, scale, dtype, out)
+}
+
+#[inline(always)]
+fn fp8_codes_for(values: &[f32], scale: f32, dtype: StoredDtype, out: &mut [u8]) {
+    match rounding(dtype) {
+        TO_F16 => fp8_code_loop::<TO_F16>(values, scale, out),
+        TO_BF16 => fp8_code_loop::<TO_BF16>(values, scale, out),
+        _ => fp8_code_loop::<TO_F32>(values, scale, out),
+    }
+}
+
+#[inline(always)]
+fn fp8_code_loop<const TO: u8>(values: &[f32], scale: f32, out: &mut [u8]) {
+    for (code, &x) in out.iter_mut().zip(values) {
+        *code = e4m3_code(round_to_e4m3((round_in::<TO>(x / scale) + 0.0).clamp(-E4M3_MAX, E4M3_MAX)));
+    }
 }
 
 /// Integer weights: signed values `[N, K]`, scales and optional zero points `[N, G]`.
@@ -106,10 +219,8 @@ pub fn quantize_int(weight: &[f32], [n, k]: [usize; 2], dtype: StoredDtype, bits
                 let scale = if scale == 0.0 { epsilon(dtype) } else { scale };
                 row_scales[g] = scale;
                 row_zeros[g] = zero as i8;
-                for (out, &x) in row_values[g * group_size..(g + 1) * group_size].iter_mut().zip(block) {
-                    let scaled = round_to(dtype, x / scale) + zero as f32;
-                    *out = scaled.clamp(q_min as f32, q_max as f32).round_ties_even() as i8;
-                }
+                let codes = &mut row_values[g * group_size..(g + 1) * group_size];
+                int_codes(block, scale, zero as f32, [q_min as f32, q_max as f32], dtype, codes);
             }
         });
     IntQuantized {
@@ -154,10 +265,9 @@ pub fn quantize_fp8(weight: &[f32], [n, k]: [usize; 2], dtype: StoredDtype, [bn,
     });
     let mut codes = vec![0u8; n * k];
     codes.par_chunks_mut(k).enumerate().for_each(|(row, out)| {
-        for (col, code) in out.iter_mut().enumerate() {
-            let scale = scales[(row / bn) * cols + col / bk];
-            // compressed-tensors adds the (zero) zero point, which turns -0.0 into +0.0.
-            *code = e4m3_encode(round_to(dtype, weight[row * k + col] / scale) + 0.0);
+        let row_values = &weight[row * k..(row + 1) * k];
+        for (cb, (values, codes)) in row_values.chunks(bk).zip(out.chunks_mut(bk)).enumerate() {
+            fp8_codes(values, scales[(row / bn) * cols + cb], dtype, codes);
         }
     });
     Fp8Quantized { out_features: n, in_features: k, codes, scales, scale_shape: [rows, cols], scale_dtype: dtype }

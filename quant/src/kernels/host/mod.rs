@@ -135,7 +135,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// kernels' inner loops are compiled a second time (x86-64's baseline is SSE2: four f32
 /// lanes, no byte-widening instructions).
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(crate) fn avx2() -> bool {
     use std::arch::is_x86_feature_detected;
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
