@@ -6,7 +6,8 @@
 //! picks the devices (default: wgpu and cpu). The tensor-core groups run on CUDA devices
 //! only, and time calls queued back to back ([`queued`]) where the portable groups sync
 //! after each call. `paged_attention` times a model step's attention on the Flex device:
-//! the host kernel against the gathered Burn-ops path.
+//! the host kernel against the gathered Burn-ops path; `half_weights` times float weights
+//! kept in f16 / bf16 on Flex against the f32 matmul.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -235,6 +236,32 @@ fn w8a8_gemm(c: &mut Criterion) {
 /// The tensor-core W4A16 kernel on CUDA devices at Mixtral-8x7B's shapes, f16 and bf16,
 /// against the portable register kernel and a dense matmul of the dequantized weight in
 /// the same dtype, in one run (filter: `int_mma`). Skipped on other devices.
+/// Float weights kept in f16 / bf16 on Flex (the host kernel converts them in
+/// registers) against the f32 matmul of the same weight converted once.
+fn half_weights(c: &mut Criterion) {
+    let Ok(device) = ember::device::parse_device("flex") else { return };
+    let mut rng = StdRng::seed_from_u64(5);
+    for (k, n) in [(1024usize, 1024usize), (4096, 4096)] {
+        let values: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.05f32..0.05)).collect();
+        let dense_t = Tensor::<2>::from_data(TensorData::new(values, [n, k]), (&device, DType::F32));
+        for dtype in [DType::F16, DType::BF16] {
+            let weight = dense_t.clone().cast(dtype);
+            let dense = weight.clone().cast(DType::F32).transpose();
+            let mut group = c.benchmark_group(format!("half_weights_{dtype:?}/flex/{k}x{n}").to_lowercase());
+            group.sample_size(10);
+            group.throughput(Throughput::Bytes((k * n * 2) as u64));
+            for m in [1usize, 4, 8, 16, 32, 64, 128] {
+                let x = activations(m, k, &device, &mut rng);
+                for (id, path) in [("host_fused", HostPath::Fused), ("host_tiled", HostPath::Tiled)] {
+                    group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::half_weight_gemm_by(&weight, x.clone(), path).expect("a weight on Flex"))));
+                }
+                group.bench_with_input(BenchmarkId::new("dense_f32_matmul", m), &x, |b, x| b.iter(|| finish(x.clone().matmul(dense.clone()))));
+            }
+            group.finish();
+        }
+    }
+}
+
 fn int_mma_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(3);
     for (name, device) in devices().into_iter().filter(|(name, _)| name.starts_with("cuda")) {
@@ -391,5 +418,5 @@ fn paged_attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, int4_gemm, int_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm, paged_attention);
+criterion_group!(benches, int4_gemm, half_weights, int_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm, paged_attention);
 criterion_main!(benches);

@@ -102,7 +102,11 @@ pub fn load_model(dir: &Path, options: &LoadOptions) -> Result<LoadedModel, Erro
     let method = options.registry.resolve_with_settings(&config.raw, options.quantization.as_deref(), &options.online)?;
     let source: Box<dyn TensorSource> = match options.load_format {
         LoadFormat::Safetensors => Box::new(SafetensorsCheckpoint::open(dir)?),
-        LoadFormat::Dummy => Box::new(DummySource::new(options.dtype, 0)),
+        // Float tensors in the dtype the config says the checkpoint holds, as a real one would.
+        LoadFormat::Dummy => {
+            let stored = config.stored_dtype.as_deref().and_then(ComputeDtype::parse).unwrap_or(options.dtype);
+            Box::new(DummySource::new(stored, 0))
+        }
     };
     let ctx = LoadContext { fp8_weight_only: options.fp8_weight_only, ..LoadContext::new(options.device.clone(), options.dtype) };
     let weights = Weights::new(source.as_ref(), method.as_ref(), &ctx);

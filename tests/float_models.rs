@@ -1,8 +1,8 @@
 //! Float Llama and Mixtral fixtures against the logits and greedy tokens transformers
 //! computed for them in float32.
 
-use burn::tensor::Device;
-use ember::quant::ComputeDtype;
+use burn::tensor::{DType, Device};
+use ember::quant::{ComputeDtype, LinearRepr};
 use ember::{load_model, LoadOptions};
 use safetensors::Dtype;
 
@@ -29,6 +29,23 @@ fn assert_greedy_matches(fixture: &str, device: Device) {
 #[test]
 fn llama_logits_match_reference_on_flex() {
     assert_logits_match("llama-tiny-f16", Device::flex());
+}
+
+/// On Flex with f32 compute, float checkpoints' f16 / bf16 linears (and the embedding
+/// table) keep their stored dtype; the logit tests above run through them. On the
+/// CubeCL devices weights are converted to the compute dtype.
+#[test]
+fn flex_keeps_half_precision_float_weights() {
+    for (fixture, stored) in [("llama-tiny-f16", DType::F16), ("mixtral-tiny-bf16", DType::BF16)] {
+        let loaded = load(fixture, Device::flex());
+        let dense: Vec<DType> = loaded.model.linears().iter().filter_map(|l| match l.repr() {
+            LinearRepr::Dense { weight_t } => Some(weight_t.dtype()),
+            _ => None,
+        }).collect();
+        assert!(!dense.is_empty() && dense.iter().all(|&d| d == stored), "{fixture}: {dense:?}");
+    }
+    let loaded = load("llama-tiny-f16", Device::wgpu(Default::default()));
+    assert!(loaded.model.linears().iter().all(|l| matches!(l.repr(), LinearRepr::Dense { weight_t } if weight_t.dtype() == DType::F32)));
 }
 
 #[test]

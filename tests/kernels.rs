@@ -4,7 +4,7 @@
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use ember_quant::kernels::host::HostPath;
-use ember_quant::kernels::{self, IntGemmKernel, IntGemmTiling, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
+use ember_quant::kernels::{self, DenseKernel, IntGemmKernel, IntGemmTiling, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
 use rand::rngs::StdRng;
@@ -450,6 +450,39 @@ fn int_gemm_host_kernel_on_flex() {
             assert!(err < tolerance(dtype), "{dtype:?} rows={rows}: relative error {err}");
         }
     }
+}
+
+/// Float weights kept in f16 / bf16 on Flex times f32 activations: both host paths and
+/// the forward dispatch against the f32 matmul of the converted weight (the same
+/// products, summed in another order), over K with and without a tail of sixteen, more
+/// than one tile, row blocks of four and their remainders, and N not a multiple of the
+/// channel blocks.
+#[test]
+fn half_weights_host_kernel_on_flex() {
+    let device = Device::flex();
+    let mut rng = StdRng::seed_from_u64(41);
+    for (k, n) in [(64usize, 48usize), (708, 33), (1152, 130)] {
+        let values: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.5f32..0.5)).collect();
+        for dtype in [DType::F16, DType::BF16] {
+            let weight = Tensor::<2>::from_data(TensorData::new(values.clone(), [n, k]), (&device, DType::F32)).cast(dtype);
+            let weight_t = weight.clone().transpose();
+            for rows in [1usize, 3, 4, 6, kernels::host::TILED_ROWS, 33] {
+                let x = activations(rows, k, DType::F32, &device, &mut rng);
+                let expected = to_f32(x.clone().matmul(weight_t.clone().cast(DType::F32)));
+                let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let forward = kernels::dense_forward(&weight_t, x.clone());
+                assert_eq!(forward.dtype(), DType::F32);
+                let outputs = [HostPath::Fused, HostPath::Tiled].map(|path| kernels::host::half_weight_gemm_by(&weight, x.clone(), path).expect("a weight on Flex"));
+                for (name, output) in [("forward", forward), ("fused", outputs[0].clone()), ("tiled", outputs[1].clone())] {
+                    let err = to_f32(output).iter().zip(&expected).fold(0f32, |a, (o, e)| a.max((o - e).abs())) / scale;
+                    assert!(err < 1e-5, "{dtype:?} k={k} n={n} rows={rows} {name}: relative error {err}");
+                }
+            }
+        }
+    }
+    let weight_t = Tensor::<2>::zeros([16, 8], (&device, DType::F16));
+    assert_eq!(kernels::select::mixed_dense_gemm(DType::F16, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Host);
+    assert_eq!(kernels::select::mixed_dense_gemm(DType::F64, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Reference);
 }
 
 /// The grouped host kernel against each expert's reference, with experts of no rows.

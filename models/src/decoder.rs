@@ -105,7 +105,7 @@ impl DecoderModel {
     ) -> Result<Self, ModelError> {
         let c = &config;
         let model = w.pp("model");
-        let embed_tokens = model.pp("embed_tokens").float("weight", [c.vocab_size, c.hidden_size])?;
+        let embed_tokens = model.pp("embed_tokens").float_weight("weight", [c.vocab_size, c.hidden_size])?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let lw = model.pp("layers").pp(i);
@@ -145,7 +145,7 @@ impl DecoderModel {
         self.check_source(w)?;
         let c = &self.config;
         let model = w.pp("model");
-        self.embed_tokens = model.pp("embed_tokens").float("weight", [c.vocab_size, c.hidden_size])?;
+        self.embed_tokens = model.pp("embed_tokens").float_weight("weight", [c.vocab_size, c.hidden_size])?;
         for i in 0..c.num_layers {
             let lw = model.pp("layers").pp(i);
             self.layers[i] = DecoderLayer::load(&lw, c, &(self.ffn)(&lw, c)?)?;
@@ -201,7 +201,7 @@ impl DecoderModel {
         let c = &self.config;
         let step = StepPositions { start: cache.len(), len: s, sliding_window: c.sliding_window };
         let rope = self.rope.tables(step.start, s, &self.device, self.dtype);
-        let mut x: Tensor<3> = self.embed_tokens.clone().select(0, tokens.reshape([b * s])).reshape([b, s, c.hidden_size]);
+        let mut x: Tensor<3> = self.embed(tokens.reshape([b * s])).reshape([b, s, c.hidden_size]);
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.self_attn.forward(layer.input_layernorm.forward(x.clone()), &rope, cache.layer(i), step);
             x = x + h;
@@ -210,6 +210,12 @@ impl DecoderModel {
         }
         cache.advance(s);
         self.lm_head.forward(self.norm.forward(x)).cast(DType::F32)
+    }
+
+    /// The embeddings of `ids`, in the compute dtype (the table may be kept in its
+    /// checkpoint's f16 or bf16).
+    fn embed(&self, ids: Tensor<1, Int>) -> Tensor<2> {
+        self.embed_tokens.clone().select(0, ids).cast(self.dtype.burn())
     }
 
     /// A paged KV pool sized for this model.
@@ -238,7 +244,7 @@ impl DecoderModel {
         let tokens = layout.tokens();
         let ids = Tensor::<1, Int>::from_data(burn::tensor::TensorData::new(ids, [tokens]), &self.device);
         let rope = self.rope.tables_at(layout.positions.iter().copied(), &self.device, self.dtype);
-        let mut x: Tensor<3> = self.embed_tokens.clone().select(0, ids).unsqueeze_dim(0);
+        let mut x: Tensor<3> = self.embed(ids).unsqueeze_dim(0);
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.self_attn.forward_paged(layer.input_layernorm.forward(x.clone()), &rope, cache.layer(i), &layout)?;
             x = x + h;

@@ -63,6 +63,15 @@ impl<'a> Weights<'a> {
         Ok(self.source.load(&spec)?.to_float_tensor(&self.ctx.device, self.ctx.dtype)?)
     }
 
+    /// A float matrix that products or lookups read (embeddings): on the Flex device its
+    /// f16 or bf16 values stay as stored ([`LoadContext::float_weight_dtype`]); callers cast
+    /// what they read to the compute dtype.
+    pub fn float_weight(&self, leaf: &str, shape: [usize; 2]) -> Result<Tensor<2>, ModelError> {
+        let spec = WeightSpec::float(self.name(leaf), shape);
+        let tensor = self.source.load(&spec)?;
+        Ok(tensor.to_float_tensor(&self.ctx.device, self.ctx.float_weight_dtype(tensor.dtype))?)
+    }
+
     /// The description of a linear layer under this prefix.
     pub fn layer(&self, leaf: &str, in_features: usize, out_features: usize, bias: bool, kind: LayerKind) -> LayerInfo {
         LayerInfo { prefix: self.name(leaf), in_features, out_features, bias, kind }

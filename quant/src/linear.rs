@@ -17,7 +17,9 @@ pub trait LinearForward: Send + Sync + Debug {
 /// The closed set of weight representations the kernels know, plus an escape hatch.
 #[derive(Debug)]
 pub enum LinearRepr {
-    /// A float weight stored transposed, `[in_features, out_features]`, so forward is `x · W`.
+    /// A float weight stored transposed, `[in_features, out_features]`, so forward is `x · W`;
+    /// in the compute dtype, or in its checkpoint's f16/bf16 on the Flex device
+    /// ([`crate::LoadContext::float_weight_dtype`]).
     Dense { weight_t: Tensor<2> },
     /// 4-bit weight-only (GPTQ, AWQ, compressed-tensors W4A16, torchao int4).
     Int4(PackedIntWeight),
@@ -122,7 +124,7 @@ impl QLinear {
         let rows: usize = dims[..D - 1].iter().product();
         let flat: Tensor<2> = x.reshape([rows, self.in_features]);
         let mut y = match &self.repr {
-            LinearRepr::Dense { weight_t } => flat.matmul(weight_t.clone()),
+            LinearRepr::Dense { weight_t } => crate::kernels::dense_forward(weight_t, flat),
             LinearRepr::Int4(w) | LinearRepr::Int8(w) => crate::kernels::int_weight_forward(w, &self.fragments, flat),
             LinearRepr::Fp8(w) => crate::kernels::fp8_forward(w, &self.fragments, flat),
             LinearRepr::W8A8(w) => crate::kernels::w8a8_forward(w, flat),

@@ -7,8 +7,9 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use burn::tensor::Device;
+use burn_dispatch::DispatchDevice;
 
-use crate::dtype::ComputeDtype;
+use crate::dtype::{ComputeDtype, StoredDtype};
 use crate::error::{LoadError, QuantError};
 use crate::linear::QLinear;
 use crate::online::Recipe;
@@ -53,6 +54,18 @@ pub struct LoadContext {
 impl LoadContext {
     pub fn new(device: Device, dtype: ComputeDtype) -> Self {
         Self { device, dtype, fp8_weight_only: false }
+    }
+
+    /// The dtype a float weight stored as `stored` is kept in. On the Flex device computing
+    /// in f32, f16 and bf16 weights stay as stored: half the memory, and half the bytes
+    /// every product reads, converted to f32 exactly in the host kernel's registers
+    /// (`kernels::host::half_gemm`). Elsewhere the compute dtype.
+    pub fn float_weight_dtype(&self, stored: StoredDtype) -> ComputeDtype {
+        match (self.device.as_dispatch(), self.dtype, stored) {
+            (DispatchDevice::Flex(_), ComputeDtype::F32, StoredDtype::F16) => ComputeDtype::F16,
+            (DispatchDevice::Flex(_), ComputeDtype::F32, StoredDtype::BF16) => ComputeDtype::BF16,
+            _ => self.dtype,
+        }
     }
 }
 

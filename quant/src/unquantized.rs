@@ -59,7 +59,8 @@ impl LinearScheme for DenseScheme {
     }
 
     fn finish(self: Box<Self>, mut tensors: LayerTensors<'_>, ctx: &LoadContext) -> Result<QLinear, LoadError> {
-        let weight = tensors.take("weight")?.to_float_tensor::<2>(&ctx.device, ctx.dtype)?;
+        let weight = tensors.take("weight")?;
+        let weight = weight.to_float_tensor::<2>(&ctx.device, ctx.float_weight_dtype(weight.dtype))?;
         Ok(QLinear::dense(weight, None))
     }
 

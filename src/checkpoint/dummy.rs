@@ -10,7 +10,8 @@ use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct DummySource {
-    /// The dtype produced for specs that accept any float (no conversion at load).
+    /// The dtype produced for specs that accept any float: the one the config says the
+    /// checkpoint holds.
     float_dtype: ComputeDtype,
     seed: u64,
 }

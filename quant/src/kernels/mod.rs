@@ -31,7 +31,7 @@ pub use ops::{
     byte_gemm_output_shape, byte_mma_output_shape, gemm_output_shape, int_mma_output_shape, quantized_activation_specs, same_shape, ActivationQuantLayout, ActivationScale, ByteMmaLayout, Fp8GemmLayout, ScaleStrides,
     GroupBuffer, IntMmaLayout, IntGemmLayout, IntGemmTiling, KernelOps, PagedAttentionLayout, W8A8GemmLayout, ZeroBuffer,
 };
-pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, INT_MMA_K_SLICES, WEIGHT_STAGES, AttentionKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
+pub use select::{byte_mma_tiling, int_mma_tiling, mma_tiling, with_policy, INT_MMA_K_SLICES, WEIGHT_STAGES, AttentionKernel, DenseKernel, GemmKernel, IntGemmKernel, KernelPolicy, Selection};
 
 /// A weight's fragment-ordered copy for the tensor-core W4A16 / W8A16 kernel, repacked
 /// the first time that kernel is selected for it (`None` if the repack refused the
@@ -53,6 +53,21 @@ pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &FragmentCache, x
             // register kernel still gives the right answer.
             None => int_weight_gemm(weight, x, IntGemmTiling::Registers { tile_m: select::MAX_TILE_M }),
         },
+    }
+}
+
+/// `x · W` for a float weight stored transposed (`weight_t`, `[in, out]`): the matmul
+/// when the weight is in `x`'s dtype, otherwise (f16 or bf16 weights kept as stored on
+/// the Flex device) the kernel the selector picks.
+pub fn dense_forward(weight_t: &Tensor<2>, x: Tensor<2>) -> Tensor<2> {
+    if weight_t.dtype() == x.dtype() {
+        return x.matmul(weight_t.clone());
+    }
+    let reference = |x: Tensor<2>| x.clone().matmul(weight_t.clone().cast(x.dtype()));
+    match select::mixed_dense_gemm(weight_t.dtype(), &x.device(), x.dtype(), x.dims()[0], weight_t.dims()).kernel {
+        DenseKernel::Reference => reference(x),
+        // The transpose of the transposed view is the stored `[out, in]` layout, read in place.
+        DenseKernel::Host => host::half_weight_gemm(&weight_t.clone().transpose(), x.clone()).unwrap_or_else(|| reference(x)),
     }
 }
 

@@ -508,6 +508,31 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
     selection
 }
 
+/// A kernel for a float weight stored in another dtype than its activations (f16 or
+/// bf16 weights kept as stored on the Flex device, see `LoadContext::float_weight_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseKernel {
+    /// The matmul of the weight cast to the activations' dtype, on every call.
+    Reference,
+    /// The host kernel on the Flex device ([`super::host::half_gemm`]), converting the
+    /// weight in registers.
+    Host,
+}
+
+/// Picks the kernel for `rows × K` activations of `dtype` times a `[K, N]` float weight
+/// stored in `weight_dtype`.
+pub fn mixed_dense_gemm(weight_dtype: DType, device: &Device, dtype: DType, rows: usize, [k, n]: [usize; 2]) -> Selection<DenseKernel> {
+    let selection = match device.as_dispatch() {
+        DispatchDevice::Cube(_) => Selection { kernel: DenseKernel::Reference, reason: "no kernel for mixed float dtypes on CubeCL devices, which load weights in the compute dtype".into() },
+        _ => {
+            let refusal = (!matches!(weight_dtype, DType::F16 | DType::BF16)).then(|| format!("weight in {weight_dtype:?}; the host kernel reads f16 or bf16"));
+            choose_host(dtype, refusal, HostRows::Product { rows, tiled_from: TILED_ROWS }, DenseKernel::Host, DenseKernel::Reference)
+        }
+    };
+    log_once(|| format!("float {weight_dtype:?} [{k}x{n}] rows={rows} {dtype:?}: {:?} ({})", selection.kernel, selection.reason));
+    selection
+}
+
 /// A kernel for the attention of a batched step over the paged KV pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {

@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::byte_gemm::{e4m3_lanes16, e4m3_to_f32, ByteWeightSlices};
+use super::horizontal_sum;
 
 /// Rows whose sums one pass over a channel's bytes keeps in registers: two vectors each,
 /// eight in all, beside the two decoded vectors and the decode's constants.
@@ -78,12 +79,4 @@ fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, x: &[f32]) 
         sums[r] = horizontal_sum(totals[r]) + tails[r];
     }
     sums
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn horizontal_sum(v: __m256) -> f32 {
-    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
 }

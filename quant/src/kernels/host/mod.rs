@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod byte_gemm;
+pub mod half_gemm;
 pub mod int_gemm;
 mod byte_tiles;
 #[cfg(target_arch = "x86_64")]
@@ -27,6 +28,7 @@ use rayon::prelude::*;
 
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use byte_gemm::{ByteValues, ByteWeightSlices, RowScales, WeightScales};
+use half_gemm::{HalfFormat, HalfWeightSlices};
 use int_gemm::{Centring, Grouping, IntWeightSlices};
 use tiles::{ByteTiles, Summation};
 
@@ -138,6 +140,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn avx2() -> bool {
     use std::arch::is_x86_feature_detected;
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// The sum of a vector's eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn horizontal_sum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<1>(pair, pair)))
 }
 
 /// The zero-point buffer, and whether it holds float offsets.
@@ -277,6 +290,35 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
         HostPath::Tiled => tiles::tiled_gemm(weight, &values, m, Summation::Floats),
     };
     Some(output(product, m, weight.n, &x))
+}
+
+/// `x · W` for a float weight `[n, k]` (nn.Linear's layout) stored in f16 or bf16, with
+/// the output in `x`'s dtype, by the path suited to `x`'s rows; `None` if the weight is
+/// not on the Flex device, not f16 or bf16, or `x` does not have `k` columns.
+pub fn half_weight_gemm(weight: &Tensor<2>, x: Tensor<2>) -> Option<Tensor<2>> {
+    let rows = x.dims()[0];
+    half_weight_gemm_by(weight, x, HostPath::for_rows(rows, TILED_ROWS))
+}
+
+/// [`half_weight_gemm`] by `path`.
+pub fn half_weight_gemm_by(weight: &Tensor<2>, x: Tensor<2>, path: HostPath) -> Option<Tensor<2>> {
+    let ([m, k], [n, weight_k]) = (x.dims(), weight.dims());
+    if k != weight_k {
+        return None;
+    }
+    let buffer = HostBuffer::of(weight)?;
+    let (values, format): (&[u16], HalfFormat) = match weight.dtype() {
+        DType::F16 => (bytemuck::cast_slice(buffer.0.as_slice::<half::f16>()?), HalfFormat::F16),
+        DType::BF16 => (bytemuck::cast_slice(buffer.0.as_slice::<half::bf16>()?), HalfFormat::BF16),
+        _ => return None,
+    };
+    let slices = HalfWeightSlices { k, n, values, format };
+    let activations = f32_values(&x)?;
+    let product = match path {
+        HostPath::Fused => half_gemm::half_gemm(&slices, &activations, m),
+        HostPath::Tiled => tiles::tiled_gemm(&slices, &activations, m, Summation::Floats),
+    };
+    Some(output(product, m, n, &x))
 }
 
 /// A mixture-of-experts projection on the Flex device: `x` holds `rows_per_expert[e]`

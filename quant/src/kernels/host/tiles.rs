@@ -23,8 +23,15 @@ pub(super) const DEPTH: usize = 512;
 pub(super) trait TileSource: Sync {
     fn k(&self) -> usize;
     fn n(&self) -> usize;
+    /// Whether [`TileSource::decode`] writes `[cols, ks]` (each channel's run contiguous)
+    /// rather than `[ks, cols]`: the `gemm` crate packs K-major tiles fastest, but a
+    /// weight whose values need no arithmetic to decode is faster to copy run by run
+    /// than to store down the tile's columns.
+    const CHANNEL_MAJOR: bool = false;
+
     /// Writes the values of columns `ks` of channels `cols` into `tile` `[ks, cols]`
-    /// (K-major). `ks` starts at a multiple of [`DEPTH`].
+    /// (K-major; `[cols, ks]` if [`TileSource::CHANNEL_MAJOR`]). `ks` starts at a
+    /// multiple of [`DEPTH`].
     fn decode(&self, ks: Range<usize>, cols: Range<usize>, tile: &mut [f32]);
 }
 
@@ -92,11 +99,12 @@ fn channel_block(source: &impl TileSource, x: &[f32], m: usize, k: usize, cols: 
         let ks = start..(start + DEPTH).min(k);
         let tile = &mut scratch.tile[..ks.len() * width];
         decode(source, ks.clone(), cols.clone(), tile);
+        let layout = TileLayout::of(source, ks.len(), width);
         match summation {
-            Summation::Floats => multiply(m, k, x, ks, tile, width, out, start > 0),
+            Summation::Floats => multiply(m, k, x, ks, tile, layout, out, start > 0),
             Summation::Integers { .. } => {
                 let sums = &mut scratch.tile_sums[..m * width];
-                multiply(m, k, x, ks, tile, width, sums, false);
+                multiply(m, k, x, ks, tile, layout, sums, false);
                 // Whole numbers below 2^24 in magnitude: the conversion is exact.
                 totals.iter_mut().zip(sums.iter()).for_each(|(total, &sum)| *total += sum as i32);
             }
@@ -111,15 +119,33 @@ fn channel_block(source: &impl TileSource, x: &[f32], m: usize, k: usize, cols: 
     }
 }
 
-/// `dst [m, width] (+)= x[:, ks] · tile [ks, width]`.
+/// A decoded tile's shape and strides.
+#[derive(Clone, Copy)]
+struct TileLayout {
+    width: usize,
+    /// Between consecutive K columns, and between consecutive channels.
+    k_stride: usize,
+    channel_stride: usize,
+}
+
+impl TileLayout {
+    fn of<S: TileSource>(_: &S, depth: usize, width: usize) -> Self {
+        match S::CHANNEL_MAJOR {
+            true => Self { width, k_stride: 1, channel_stride: depth },
+            false => Self { width, k_stride: width, channel_stride: 1 },
+        }
+    }
+}
+
+/// `dst [m, width] (+)= x[:, ks] · tile`, the tile `[ks, width]` as laid out.
 #[allow(clippy::too_many_arguments)]
-fn multiply(m: usize, k: usize, x: &[f32], ks: Range<usize>, tile: &[f32], width: usize, dst: &mut [f32], accumulate: bool) {
-    let depth = ks.len();
+fn multiply(m: usize, k: usize, x: &[f32], ks: Range<usize>, tile: &[f32], layout: TileLayout, dst: &mut [f32], accumulate: bool) {
+    let (depth, width) = (ks.len(), layout.width);
     assert!(x.len() >= m * k && ks.end <= k && tile.len() >= depth * width && dst.len() == m * width);
     // SAFETY: the assertion bounds every index the call reads or writes: `x`'s rows
-    // `[0, m)` at columns `ks` (row stride K), the tile's `depth × width` values at the
-    // row stride `width`, and `dst`'s `m × width`.
-    unsafe { super::gemm_f32(m, width, depth, dst, width, accumulate, &x[ks.start..], k, tile, width, 1) }
+    // `[0, m)` at columns `ks` (row stride K), the tile's `depth × width` values (either
+    // layout's largest index is depth · width − 1), and `dst`'s `m × width`.
+    unsafe { super::gemm_f32(m, width, depth, dst, width, accumulate, &x[ks.start..], k, tile, layout.k_stride, layout.channel_stride) }
 }
 
 /// [`TileSource::decode`], compiled for AVX2 with FMA when the CPU has them.
@@ -172,5 +198,23 @@ impl TileSource for ByteTiles<'_> {
     #[inline(always)]
     fn decode(&self, ks: Range<usize>, cols: Range<usize>, tile: &mut [f32]) {
         super::byte_tiles::decode_tile(self.weight, self.values, ks, cols, tile)
+    }
+}
+
+/// A float weight kept in f16 or bf16: each channel's run converts straight into place.
+impl TileSource for super::half_gemm::HalfWeightSlices<'_> {
+    const CHANNEL_MAJOR: bool = true;
+
+    fn k(&self) -> usize {
+        self.k
+    }
+
+    fn n(&self) -> usize {
+        self.n
+    }
+
+    #[inline(always)]
+    fn decode(&self, ks: Range<usize>, cols: Range<usize>, tile: &mut [f32]) {
+        self.decode_tile(ks, cols, tile)
     }
 }
