@@ -12,7 +12,6 @@ use std::ops::Range;
 use half::slice::HalfFloatSliceExt;
 use half::f16;
 
-
 /// The two 16-bit float formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HalfFormat {
@@ -21,10 +20,18 @@ pub enum HalfFormat {
 }
 
 impl HalfFormat {
-    /// `out[i]` = `bits[i]` as f32 (`half` uses the CPU's f16 conversion where it has one).
+    /// `out[i]` = `bits[i]` as f32.
+    #[inline(always)]
     fn convert(self, bits: &[u16], out: &mut [f32]) {
         match self {
-            Self::F16 => bytemuck::cast_slice::<u16, f16>(bits).convert_to_f32_slice(out),
+            Self::F16 => {
+                #[cfg(target_arch = "x86_64")]
+                if super::avx2() {
+                    // SAFETY: the CPU was just checked to have the features the function is compiled for.
+                    return unsafe { avx2::convert_f16(bits, out) };
+                }
+                bytemuck::cast_slice::<u16, f16>(bits).convert_to_f32_slice(out)
+            }
             Self::BF16 => out.iter_mut().zip(bits).for_each(|(v, &bits)| *v = f32::from_bits((bits as u32) << 16)),
         }
     }
@@ -155,6 +162,20 @@ mod avx2 {
     #[inline]
     fn widen<const BF16: bool>(halves: __m128i) -> __m256 {
         if BF16 { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves))) } else { _mm256_cvtph_ps(halves) }
+    }
+
+    /// `out[i]` = `bits[i]` as f32, eight at a time through the f16 conversion instruction.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) fn convert_f16(bits: &[u16], out: &mut [f32]) {
+        let len = bits.len().min(out.len());
+        let vector_end = len / 8 * 8;
+        for j in (0..vector_end).step_by(8) {
+            // SAFETY: j + 8 ≤ len, within both slices.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(j), _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().add(j).cast()))) };
+        }
+        for j in vector_end..len {
+            out[j] = to_f32::<false>(bits[j]);
+        }
     }
 
     #[inline(always)]
