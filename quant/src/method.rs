@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use burn_dispatch::DispatchDevice;
 
 use crate::dtype::{ComputeDtype, StoredDtype};
+use crate::kernels::KernelPolicy;
 use crate::error::{LoadError, QuantError};
 use crate::linear::QLinear;
 use crate::online::Recipe;
@@ -59,8 +60,13 @@ impl LoadContext {
     /// The dtype a float weight stored as `stored` is kept in. On the Flex device computing
     /// in f32, f16 and bf16 weights stay as stored: half the memory, and half the bytes
     /// every product reads, converted to f32 exactly in the host kernel's registers
-    /// (`kernels::host::half_gemm`). Elsewhere the compute dtype.
+    /// (`kernels::host::half_gemm`). Elsewhere, and with the kernels off
+    /// (`EMBER_KERNELS=reference`, whose float products stay plain f32 matmuls), the
+    /// compute dtype.
     pub fn float_weight_dtype(&self, stored: StoredDtype) -> ComputeDtype {
+        if crate::kernels::select::policy() == KernelPolicy::Reference {
+            return self.dtype;
+        }
         match (self.device.as_dispatch(), self.dtype, stored) {
             (DispatchDevice::Flex(_), ComputeDtype::F32, StoredDtype::F16) => ComputeDtype::F16,
             (DispatchDevice::Flex(_), ComputeDtype::F32, StoredDtype::BF16) => ComputeDtype::BF16,
