@@ -63,7 +63,10 @@ pub fn dense_forward(weight_t: &Tensor<2>, x: Tensor<2>) -> Tensor<2> {
     if weight_t.dtype() == x.dtype() {
         return x.matmul(weight_t.clone());
     }
-    let reference = |x: Tensor<2>| x.clone().matmul(weight_t.clone().cast(x.dtype()));
+    let reference = |x: Tensor<2>| {
+        let dtype = x.dtype();
+        x.matmul(weight_t.clone().cast(dtype))
+    };
     match select::mixed_dense_gemm(weight_t.dtype(), &x.device(), x.dtype(), x.dims()[0], weight_t.dims()).kernel {
         DenseKernel::Reference => reference(x),
         // The transpose of the transposed view is the stored `[out, in]` layout, read in place.
