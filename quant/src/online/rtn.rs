@@ -19,11 +19,11 @@ use crate::dtype::StoredDtype;
 use crate::kernels::host::byte_gemm::round_to_e4m3;
 use crate::repr::activation::E4M3_MAX;
 
-/// Rounds `x` to the precision of a float dtype (identity for F32).
+/// Rounds `x` to the precision of a float dtype (identity for F32), ties to even.
 pub fn round_to(dtype: StoredDtype, x: f32) -> f32 {
     match dtype {
-        StoredDtype::F16 => f16::from_f32(x).to_f32(),
-        StoredDtype::BF16 => bf16::from_f32(x).to_f32(),
+        StoredDtype::F16 => nearest_f16(x),
+        StoredDtype::BF16 => nearest_bf16(x),
         _ => x,
     }
 }
@@ -37,12 +37,12 @@ fn epsilon(dtype: StoredDtype) -> f32 {
     }
 }
 
-/// The e4m3fn byte nearest to `x` (ties to even), saturating at ±448.
+/// The e4m3fn byte nearest to `x` (ties to even), saturating at ±448; NaN is 0x7F.
+/// Branch-free, so loops over it vectorize.
+#[inline(always)]
 pub fn e4m3_encode(x: f32) -> u8 {
-    if x.is_nan() {
-        return 0x7F;
-    }
-    e4m3_code(round_to_e4m3(x.clamp(-E4M3_MAX, E4M3_MAX)))
+    let code = e4m3_code(round_to_e4m3(x.clamp(-E4M3_MAX, E4M3_MAX)));
+    if x.is_nan() { 0x7F } else { code }
 }
 
 /// [`round_to`] for F16 by arithmetic the compiler vectorizes: f16 values are spaced
@@ -164,7 +164,7 @@ fn fp8_codes_for(values: &[f32], scale: f32, dtype: StoredDtype, out: &mut [u8])
 #[inline(always)]
 fn fp8_code_loop<const TO: u8>(values: &[f32], scale: f32, out: &mut [u8]) {
     for (code, &x) in out.iter_mut().zip(values) {
-        *code = e4m3_code(round_to_e4m3((round_in::<TO>(x / scale) + 0.0).clamp(-E4M3_MAX, E4M3_MAX)));
+        *code = e4m3_encode(round_in::<TO>(x / scale) + 0.0);
     }
 }
 
