@@ -373,8 +373,8 @@ impl<E: PoolValue> Pools<'_, E> {
                 let n = run.len();
                 if let Some((next, next_first)) = runs.peek() {
                     let len = next.len() * dim;
-                    prefetch(&self.keys[*next_first..*next_first + len]);
-                    prefetch(&self.values[*next_first..*next_first + len]);
+                    super::prefetch(&self.keys[*next_first..*next_first + len]);
+                    super::prefetch(&self.values[*next_first..*next_first + len]);
                 }
                 let keys = E::as_f32s(&self.keys[first..first + n * dim], key_buffer);
                 let scores = &mut scores[..rows * n];
@@ -428,21 +428,6 @@ fn fold_chunk(scores: &mut [f32], chunk: Range<usize>, visible: &impl Fn(usize) 
         let seen = visible(row);
         let seen = seen.start.max(chunk.start)..seen.end.min(chunk.end);
         online_softmax(scores, seen.start.saturating_sub(chunk.start)..seen.end.saturating_sub(chunk.start), max, sum, out);
-    }
-}
-
-/// Asks the CPU to bring `values` into its caches, while the current run is computed.
-#[inline(always)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn prefetch<E>(values: &[E]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let bytes = std::mem::size_of_val(values);
-        let start = values.as_ptr().cast::<i8>();
-        for offset in (0..bytes).step_by(64) {
-            // SAFETY: prefetching never faults, and the address lies within `values`.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset)) };
-        }
     }
 }
 

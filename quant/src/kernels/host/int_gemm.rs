@@ -2,16 +2,24 @@
 //! in place from host memory.
 //!
 //! Each task owns a block of output columns. Within a group the weights are integers, so
-//! the products are summed unscaled, `Σ x·(q − 2^(b−1))`, and scaled once per group: the
-//! zero point enters as its offset from the midpoint times the group's activation sum.
-//! Each packed word is unpacked once for up to eight activation rows, and the loops
-//! run along the word row so that the compiler vectorizes them across columns.
+//! the products are summed unscaled, `Σ x·q`, and scaled once per group: the zero point
+//! (the midpoint 2^(b−1) for symmetric weights) enters as itself times the group's
+//! activation sum. Each packed word is unpacked once for up to eight activation rows, and
+//! the loops run along the word row so that the compiler vectorizes them across columns.
+//! A field is not shifted down before its conversion: masked in place it is the float
+//! `q·2^(b·f)` exactly, and the activation it multiplies is scaled by `2^(−b·f)` instead
+//! (also exact), which leaves a mask, a conversion and a multiply-add per value.
 
 use std::ops::Range;
 
 /// Output columns per task: one word row of the block is 512 bytes of 4-bit weights,
 /// and the block's sums for a row tile stay in the L1 cache.
 const COLS: usize = 128;
+
+/// Word rows ahead of the current one whose block is requested from memory: each word
+/// row of a block is its own short run (the next is a whole matrix row away), which the
+/// CPU's stream prefetchers do not follow.
+const PREFETCH_WORD_ROWS: usize = 8;
 
 /// How each group is centred.
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +175,6 @@ fn row_tile_avx2<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs
 fn row_tile<const BITS: u32, const R: usize, const FMA: bool>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
     let per_word = (32 / BITS) as usize;
     let (n, k, width) = (weight.n, weight.k, cols.len());
-    let midpoint = (1i32 << (BITS - 1)) as f32;
     let mut sums = [[0f32; COLS]; R];
     for run in runs {
         sums.iter_mut().for_each(|s| s[..width].fill(0.0));
@@ -177,10 +184,17 @@ fn row_tile<const BITS: u32, const R: usize, const FMA: bool>(weight: &IntWeight
             let words = &weight.words[(row / per_word) * n + cols.start..][..width];
             if row % per_word == 0 && row + per_word <= run.rows.end {
                 // A whole word: every field of it is in this group.
+                let ahead = (row / per_word + PREFETCH_WORD_ROWS) * n + cols.start;
+                if let Some(next) = weight.words.get(ahead..ahead + width) {
+                    super::prefetch(next);
+                }
                 let mut xs = [[0f32; 8]; R];
                 for r in 0..R {
-                    xs[r][..per_word].copy_from_slice(&x[r * k + row..][..per_word]);
-                    x_sums[r] += xs[r][..per_word].iter().sum::<f32>();
+                    let values = &x[r * k + row..][..per_word];
+                    x_sums[r] += values.iter().sum::<f32>();
+                    for (f, (scaled, &value)) in xs[r].iter_mut().zip(values).enumerate() {
+                        *scaled = value * field_scale::<BITS>(f);
+                    }
                 }
                 add_words::<BITS, R, FMA>(words, &xs, &mut sums, width);
                 row += per_word;
@@ -191,7 +205,7 @@ fn row_tile<const BITS: u32, const R: usize, const FMA: bool>(weight: &IntWeight
                     let xv = x[r * k + row];
                     x_sums[r] += xv;
                     for (sum, &word) in sums[r][..width].iter_mut().zip(words) {
-                        *sum += xv * (field::<BITS>(word, shift) as f32 - midpoint);
+                        *sum += xv * field::<BITS>(word, shift) as f32;
                     }
                 }
                 row += 1;
@@ -201,12 +215,13 @@ fn row_tile<const BITS: u32, const R: usize, const FMA: bool>(weight: &IntWeight
     }
 }
 
-/// `sums[r][c] += Σ_f xs[r][f] · (field f of words[c] − 2^(b−1))` for a word row.
+/// `sums[r][c] += Σ_f xs[r][f] · 2^(b·f) · (field f of words[c])` for a word row, `xs`
+/// holding each activation times [`field_scale`].
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // `f` is both the field's position and the activation's index
 fn add_words<const BITS: u32, const R: usize, const FMA: bool>(words: &[i32], xs: &[[f32; 8]; R], sums: &mut [[f32; COLS]; R], width: usize) {
     let per_word = (32 / BITS) as usize;
-    let midpoint = 1i32 << (BITS - 1);
+    let top = per_word - 1;
     // Bounding the width by the arrays' length lets the compiler drop the index checks.
     let width = width.min(COLS);
     let words = &words[..width];
@@ -214,7 +229,13 @@ fn add_words<const BITS: u32, const R: usize, const FMA: bool>(words: &[i32], xs
         let word = words[c];
         let mut acc = [0f32; R];
         for f in 0..per_word {
-            let q = (field::<BITS>(word, f as u32 * BITS) - midpoint) as f32;
+            // Masked in place, a field below the top is a non-negative multiple of
+            // 2^(b·f) with at most b significant bits: its conversion is exact. The top
+            // field would carry the sign bit, so it is shifted down instead.
+            let q = match f == top {
+                true => ((word as u32) >> (f as u32 * BITS)) as i32 as f32,
+                false => (word & (field_mask::<BITS>() << (f as u32 * BITS))) as f32,
+            };
             for r in 0..R {
                 acc[r] = if FMA { xs[r][f].mul_add(q, acc[r]) } else { acc[r] + xs[r][f] * q };
             }
@@ -225,13 +246,30 @@ fn add_words<const BITS: u32, const R: usize, const FMA: bool>(words: &[i32], xs
     }
 }
 
+/// What the activation at field `f` of a word is scaled by for [`add_words`]: the
+/// inverse of the field's place value, or 1 for the top field, which is shifted down.
 #[inline(always)]
-fn field<const BITS: u32>(word: i32, shift: u32) -> i32 {
-    (word >> shift) & ((1i32 << BITS) - 1)
+fn field_scale<const BITS: u32>(f: usize) -> f32 {
+    let top = (32 / BITS) as usize - 1;
+    match f < top {
+        true => f32::from_bits((127 - BITS * f as u32) << 23),
+        false => 1.0,
+    }
 }
 
-/// `out[r] += scales[g] · (sums[r] − (zeros[g] − 2^(b−1)) · Σx)`, or with float offsets
-/// `scales[g] · sums[r] + offsets[g] · Σx`.
+#[inline(always)]
+fn field_mask<const BITS: u32>() -> i32 {
+    (1i32 << BITS) - 1
+}
+
+#[inline(always)]
+fn field<const BITS: u32>(word: i32, shift: u32) -> i32 {
+    (word >> shift) & field_mask::<BITS>()
+}
+
+/// `out[r] += scales[g] · (sums[r] − zeros[g] · Σx)` (the zero point is the midpoint
+/// 2^(b−1) for symmetric weights), or with float offsets
+/// `scales[g] · (sums[r] − 2^(b−1) · Σx) + offsets[g] · Σx`.
 #[inline(always)]
 fn scale_group<const R: usize>(weight: &IntWeightSlices, group: usize, cols: &Range<usize>, sums: &[[f32; COLS]; R], x_sums: &[f32; R], out: &mut [f32]) {
     let width = cols.len();
@@ -243,17 +281,17 @@ fn scale_group<const R: usize>(weight: &IntWeightSlices, group: usize, cols: &Ra
         match weight.centring {
             Centring::Midpoint => {
                 for ((o, &s), &sum) in out.iter_mut().zip(scales).zip(sums) {
-                    *o += s * sum;
+                    *o += s * (sum - midpoint * x_sum);
                 }
             }
             Centring::Integer(zeros) => {
                 for (((o, &s), &sum), &z) in out.iter_mut().zip(scales).zip(sums).zip(&zeros[at..at + width]) {
-                    *o += s * (sum - (z as f32 - midpoint) * x_sum);
+                    *o += s * (sum - z as f32 * x_sum);
                 }
             }
             Centring::Float(offsets) => {
                 for (((o, &s), &sum), &offset) in out.iter_mut().zip(scales).zip(sums).zip(&offsets[at..at + width]) {
-                    *o += s * sum + offset * x_sum;
+                    *o += s * (sum - midpoint * x_sum) + offset * x_sum;
                 }
             }
         }

@@ -189,6 +189,21 @@ fn by_column_blocks(m: usize, n: usize, width: usize, block: impl Fn(Range<usize
     values
 }
 
+/// Asks the CPU to bring `values` into its caches, while the current run is computed.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub(super) fn prefetch<E>(values: &[E]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(values);
+        let start = values.as_ptr().cast::<i8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: prefetching never faults, and the address lies within `values`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset)) };
+        }
+    }
+}
+
 /// `dst (+)= lhs · rhs` for `[m, k] · [k, n]` f32 operands through the `gemm` crate, on
 /// the calling thread: `dst` and `lhs` row-major with row strides `dst_row` and
 /// `lhs_row`, `rhs`'s element `(i, j)` at `i * rhs_row + j * rhs_column`.
