@@ -295,8 +295,8 @@ fn gemm(weight: &ByteWeightSlices, operands: Operands, m: usize) -> Vec<f32> {
     super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| dispatch(weight, operands, m, channels, out))
 }
 
-/// [`channel_block`], compiled for AVX2 with FMA when the CPU has them; there e4m3
-/// weights decode in registers instead ([`super::e4m3_rows`]).
+/// [`channel_block`], compiled for AVX2 with FMA when the CPU has them; there e4m3 and
+/// W8A8 weights decode in registers instead ([`super::e4m3_rows`], [`super::int8_rows`]).
 fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::avx2() {
@@ -304,6 +304,7 @@ fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: R
         return unsafe {
             match operands {
                 Operands::E4m3 { x } => super::e4m3_rows::e4m3_channels(weight, x, m, channels, out),
+                Operands::Int8 { a, a_scales } => super::int8_rows::int8_channels(weight, a, a_scales, m, channels, out),
                 _ => channel_block_avx2(weight, operands, m, channels, out),
             }
         };
@@ -343,8 +344,12 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
             // pair up into the CPU's i16 multiply-add.
             let weights = as_i8(weight.bytes);
             let mut widened = vec![0i16; k];
-            for (c, n) in channels.enumerate() {
-                widened.iter_mut().zip(&weights[n * k..(n + 1) * k]).for_each(|(v, &w)| *v = w as i16);
+            for (c, n) in channels.clone().enumerate() {
+                let next = super::next_channel(weights, k, n, &channels);
+                for (line, (widened, weights)) in widened.chunks_mut(64).zip(weights[n * k..(n + 1) * k].chunks(64)).enumerate() {
+                    super::prefetch_line(next, line * 64);
+                    widened.iter_mut().zip(weights).for_each(|(v, &w)| *v = w as i16);
+                }
                 let w_scale = weight.scale(n, 0);
                 for row in 0..m {
                     out[row * width + c] = dot_i16(&a[row * k..(row + 1) * k], &widened) as f32 * a_scales[row] * w_scale;
@@ -354,8 +359,12 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
         Operands::Int8WeightOnly { x } => {
             let weights = as_i8(weight.bytes);
             let mut values = vec![0f32; k];
-            for (c, n) in channels.enumerate() {
-                values.iter_mut().zip(&weights[n * k..(n + 1) * k]).for_each(|(v, &w)| *v = w as f32);
+            for (c, n) in channels.clone().enumerate() {
+                let next = super::next_channel(weights, k, n, &channels);
+                for (line, (values, weights)) in values.chunks_mut(64).zip(weights[n * k..(n + 1) * k].chunks(64)).enumerate() {
+                    super::prefetch_line(next, line * 64);
+                    values.iter_mut().zip(weights).for_each(|(v, &w)| *v = w as f32);
+                }
                 let w_scale = weight.scale(n, 0);
                 for row in 0..m {
                     out[row * width + c] = dot(&x[row * k..(row + 1) * k], &values) * w_scale;

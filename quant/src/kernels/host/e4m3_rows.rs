@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::byte_gemm::{e4m3_lanes16, e4m3_to_f32, ByteWeightSlices};
-use super::horizontal_sum;
+use super::{horizontal_sum, prefetch_line};
 
 /// Rows whose sums one pass over a channel's bytes keeps in registers: two vectors each,
 /// eight in all, beside the two decoded vectors and the decode's constants.
@@ -19,16 +19,18 @@ const ROW_BLOCK: usize = 4;
 pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
     let (k, width) = (weight.k, channels.len());
     assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
-    for (c, n) in channels.enumerate() {
+    for (c, n) in channels.clone().enumerate() {
+        let next = super::next_channel(weight.bytes, k, n, &channels);
         let mut first = 0;
         while first < m {
             let rows = (m - first).min(ROW_BLOCK);
             let x = &x[first * k..(first + rows) * k];
+            let ahead = if first == 0 { next } else { &[] };
             let sums: &[f32] = match rows {
-                4 => &channel_rows::<4>(weight, n, x),
-                3 => &channel_rows::<3>(weight, n, x),
-                2 => &channel_rows::<2>(weight, n, x),
-                _ => &channel_rows::<1>(weight, n, x),
+                4 => &channel_rows::<4>(weight, n, x, ahead),
+                3 => &channel_rows::<3>(weight, n, x, ahead),
+                2 => &channel_rows::<2>(weight, n, x, ahead),
+                _ => &channel_rows::<1>(weight, n, x, ahead),
             };
             for (r, &sum) in sums.iter().enumerate() {
                 out[(first + r) * width + c] = sum;
@@ -40,10 +42,11 @@ pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, chan
 
 /// The `R` rows of `x` (`[R, K]`) times channel `n`: per scale chunk, sums of products in
 /// two vectors a row, then added to the row's total times the chunk's scale; the columns
-/// past the chunk's last sixteen decode one at a time.
+/// past the chunk's last sixteen decode one at a time. `ahead` (what is read next) is
+/// prefetched alongside.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, x: &[f32]) -> [f32; R] {
+fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, x: &[f32], ahead: &[u8]) -> [f32; R] {
     let k = weight.k;
     let bytes = &weight.bytes[n * k..(n + 1) * k];
     assert!(x.len() >= R * k);
@@ -55,6 +58,7 @@ fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, x: &[f32]) 
         let vector_end = start + (end - start) / 16 * 16;
         let (mut low, mut high) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
         for j in (start..vector_end).step_by(16) {
+            prefetch_line(ahead, j);
             // SAFETY: j + 16 ≤ K = bytes.len().
             let [low_weights, high_weights] = e4m3_lanes16(unsafe { _mm_loadu_si128(bytes.as_ptr().add(j).cast()) });
             for r in 0..R {

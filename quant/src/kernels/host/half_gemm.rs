@@ -103,24 +103,26 @@ mod avx2 {
     use std::ops::Range;
 
     use super::{HalfWeightSlices, ROW_BLOCK};
-    use crate::kernels::host::horizontal_sum;
+    use crate::kernels::host::{horizontal_sum, prefetch_line};
 
     /// `out [m, channels] = x [m, K] · W[channels]ᵀ`; `BF16` picks the format.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) fn channels<const BF16: bool>(weight: &HalfWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
         let (k, width) = (weight.k, channels.len());
         assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.values.len() >= weight.n * k);
-        for (c, n) in channels.enumerate() {
+        for (c, n) in channels.clone().enumerate() {
             let values = weight.channel(n);
+            let next = crate::kernels::host::next_channel(weight.values, k, n, &channels);
             let mut first = 0;
             while first < m {
                 let rows = (m - first).min(ROW_BLOCK);
                 let x = &x[first * k..(first + rows) * k];
+                let ahead = if first == 0 { next } else { &[] };
                 let sums: &[f32] = match rows {
-                    4 => &channel_rows::<4, BF16>(values, x),
-                    3 => &channel_rows::<3, BF16>(values, x),
-                    2 => &channel_rows::<2, BF16>(values, x),
-                    _ => &channel_rows::<1, BF16>(values, x),
+                    4 => &channel_rows::<4, BF16>(values, x, ahead),
+                    3 => &channel_rows::<3, BF16>(values, x, ahead),
+                    2 => &channel_rows::<2, BF16>(values, x, ahead),
+                    _ => &channel_rows::<1, BF16>(values, x, ahead),
                 };
                 for (r, &sum) in sums.iter().enumerate() {
                     out[(first + r) * width + c] = sum;
@@ -130,15 +132,17 @@ mod avx2 {
         }
     }
 
-    /// The `R` rows of `x` (`[R, K]`, K = `values.len()`) times one channel's values.
+    /// The `R` rows of `x` (`[R, K]`, K = `values.len()`) times one channel's values,
+    /// prefetching `ahead` (what is read next) alongside.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn channel_rows<const R: usize, const BF16: bool>(values: &[u16], x: &[f32]) -> [f32; R] {
+    fn channel_rows<const R: usize, const BF16: bool>(values: &[u16], x: &[f32], ahead: &[u16]) -> [f32; R] {
         let k = values.len();
         assert!(x.len() >= R * k);
         let vector_end = k / 16 * 16;
         let (mut low, mut high) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
         for j in (0..vector_end).step_by(16) {
+            prefetch_line(ahead, j);
             // SAFETY: j + 16 ≤ K = values.len().
             let (first, second) = unsafe { (_mm_loadu_si128(values.as_ptr().add(j).cast()), _mm_loadu_si128(values.as_ptr().add(j + 8).cast())) };
             let (low_weights, high_weights) = (widen::<BF16>(first), widen::<BF16>(second));

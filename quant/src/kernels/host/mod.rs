@@ -18,6 +18,8 @@ pub mod int_gemm;
 mod byte_tiles;
 #[cfg(target_arch = "x86_64")]
 mod e4m3_rows;
+#[cfg(target_arch = "x86_64")]
+mod int8_rows;
 mod tiles;
 
 use std::ops::Range;
@@ -201,6 +203,31 @@ pub(super) fn prefetch<E>(values: &[E]) {
             // SAFETY: prefetching never faults, and the address lies within `values`.
             unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset)) };
         }
+    }
+}
+
+/// Asks the CPU for the cache line holding `ahead[index]` when that element starts one,
+/// and if `ahead` has it. Kernels that stream one channel after another call this at each
+/// step with `ahead` the next channel, so its first lines are on their way when the
+/// current one ends: the stream prefetchers stop at page boundaries, and a channel of
+/// a few KiB is only a page or two.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub(super) fn prefetch_line<E>(ahead: &[E], index: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if (index * std::mem::size_of::<E>()).is_multiple_of(64) && index < ahead.len() {
+        // SAFETY: prefetching never faults, and the address lies within `ahead`.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ahead.as_ptr().add(index).cast()) };
+    }
+}
+
+/// Channel `n + 1` of a `[N, k]` weight's `values` if it is in the task's `channels`, or
+/// nothing: what [`prefetch_line`] asks for while channel `n` is read.
+#[inline(always)]
+pub(super) fn next_channel<'a, T>(values: &'a [T], k: usize, n: usize, channels: &Range<usize>) -> &'a [T] {
+    match n + 1 < channels.end {
+        true => values.get((n + 1) * k..(n + 2) * k).unwrap_or(&[]),
+        false => &[],
     }
 }
 
