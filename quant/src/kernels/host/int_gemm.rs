@@ -225,9 +225,12 @@ fn add_words<const BITS: u32, const R: usize, const FMA: bool>(words: &[i32], xs
     // Bounding the width by the arrays' length lets the compiler drop the index checks.
     let width = width.min(COLS);
     let words = &words[..width];
+    // Few rows leave few independent sums per column: each row's fields alternate
+    // between `chains` partial sums so consecutive multiply-adds do not wait on each other.
+    let chains = if R <= 2 { 2 } else { 1 };
     for c in 0..width {
         let word = words[c];
-        let mut acc = [0f32; R];
+        let mut acc = [[0f32; 2]; R];
         for f in 0..per_word {
             // Masked in place, a field below the top is a non-negative multiple of
             // 2^(b·f) with at most b significant bits: its conversion is exact. The top
@@ -236,12 +239,14 @@ fn add_words<const BITS: u32, const R: usize, const FMA: bool>(words: &[i32], xs
                 true => ((word as u32) >> (f as u32 * BITS)) as i32 as f32,
                 false => (word & (field_mask::<BITS>() << (f as u32 * BITS))) as f32,
             };
+            let chain = f % chains;
             for r in 0..R {
-                acc[r] = if FMA { xs[r][f].mul_add(q, acc[r]) } else { acc[r] + xs[r][f] * q };
+                let acc = &mut acc[r][chain];
+                *acc = if FMA { xs[r][f].mul_add(q, *acc) } else { *acc + xs[r][f] * q };
             }
         }
         for r in 0..R {
-            sums[r][c] += acc[r];
+            sums[r][c] += if chains == 2 { acc[r][0] + acc[r][1] } else { acc[r][0] };
         }
     }
 }
