@@ -721,12 +721,13 @@ fn w8a8_host_kernel_on_flex() {
     let mut rng = StdRng::seed_from_u64(32);
     let (k, n) = (1028, 200);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
-    let many = kernels::host::TILED_ROWS + 2;
+    // Past the rows from which each mode's products are tiled.
+    let (many, many_float) = (kernels::host::INT8_CODES_TILED_ROWS + 2, kernels::host::TILED_ROWS + 2);
     let cases = [
         (ActivationQuant::DynamicPerToken, vec![1usize, 3, 16, many]),
         (ActivationQuant::DynamicPerTensor, vec![4]),
         (static_scale(), vec![5, many]),
-        (ActivationQuant::None, vec![3, many]),
+        (ActivationQuant::None, vec![3, many_float]),
     ];
     for (mode, row_counts) in cases {
         let weight = w8a8_weight(k, n, mode, &flex, &mut rng);

@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::host::{HostPath, E4M3_TILED_ROWS, TILED_ROWS};
+use super::host::{w8a8_tiled_rows, HostPath, E4M3_TILED_ROWS, TILED_ROWS};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -500,7 +500,7 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
     };
     let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
     let tensor_cores = byte_mma_choice(device, rows, weight.in_features, weight.out_features, int8, i32, false, refusal.clone());
-    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: TILED_ROWS }, refusal, tensor_cores, "byte_mma"), &weight.activations);
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: w8a8_tiled_rows(&weight.activations) }, refusal, tensor_cores, "byte_mma"), &weight.activations);
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason

@@ -276,12 +276,27 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
 }
 
-/// Rows from which an integer or int8 weight's product decodes tiles for the `gemm`
+/// Rows from which an integer or float weight's product decodes tiles for the `gemm`
 /// crate rather than running the fused kernel, whose one-row-tile-at-a-time sums fall
 /// behind the crate's register-blocked micro-kernels there (BENCHMARKS.md: at 4096², Int4
-/// 8.9 ms tiled against 10.3 fused at 16 rows, W8A8 9.4 against 17; at 8 rows the fused
-/// kernels are ahead).
+/// 11.0 ms tiled against 11.8 fused at 32 rows; at 8 rows the fused kernel is ahead,
+/// 3.3 against 4.7 ms, and at 16 the two are within the machine's spread).
 pub const TILED_ROWS: usize = 16;
+
+/// [`TILED_ROWS`] for W8A8 weights with quantized activations, whose fused kernel widens
+/// each sixteen bytes once for four rows of int8 codes and sums them through the i16
+/// multiply-add: it stays ahead of the tiles up to 32 rows (BENCHMARKS.md: at 4096²,
+/// 5.2–5.7 ms fused against 8.3–8.9 tiled at 16 rows, 10.4 against 13.5–14.8 at 32).
+pub const INT8_CODES_TILED_ROWS: usize = 32;
+
+/// The rows from which a W8A8 product takes the tiled path: [`INT8_CODES_TILED_ROWS`]
+/// when its activations are quantized, [`TILED_ROWS`] when they stay float.
+pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
+    match activations {
+        ActivationQuant::None => TILED_ROWS,
+        _ => INT8_CODES_TILED_ROWS,
+    }
+}
 
 /// [`TILED_ROWS`] for e4m3 weights, whose fused kernel computes one dot product per row
 /// and channel: tiled is ahead from 8 rows (7.5 ms against 12.2 at 4096²).
@@ -478,7 +493,7 @@ pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<T
 /// row or tensor (or kept float), `None` as for [`fp8_gemm`] and for per-group scales.
 pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    w8a8_gemm_by(weight, x, HostPath::for_rows(rows, TILED_ROWS))
+    w8a8_gemm_by(weight, x, HostPath::for_rows(rows, w8a8_tiled_rows(&weight.activations)))
 }
 
 /// [`w8a8_gemm`] by `path`.
