@@ -55,10 +55,10 @@ fn channel_rows<const R: usize>(bytes: &[u8], a: &[i16], ahead: &[u8]) -> [i32; 
         prefetch_line(ahead, j);
         // SAFETY: j + 16 ≤ K = bytes.len().
         let weights = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(bytes.as_ptr().add(j).cast()) });
-        for r in 0..R {
+        for (r, sum) in sums.iter_mut().enumerate() {
             // SAFETY: j + 16 ≤ K, so the sixteen codes lie in row r of the asserted `[R, K]`.
             let codes = unsafe { _mm256_loadu_si256(a.as_ptr().add(r * k + j).cast()) };
-            sums[r] = _mm256_add_epi32(sums[r], _mm256_madd_epi16(codes, weights));
+            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(codes, weights));
         }
     }
     let mut totals = [0i32; R];
