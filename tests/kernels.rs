@@ -3,7 +3,7 @@
 //! points, act-order, row counts and dtypes, plus the selector's choices.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels::host::HostPath;
+use ember_quant::kernels::host::{HostPath, VectorIsa};
 use ember_quant::kernels::{self, DenseKernel, IntGemmKernel, IntGemmTiling, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
@@ -421,8 +421,21 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
 /// a multiple of the 128-column block, the tiled path (chosen from `TILED_ROWS`) on every
 /// layout and on K spanning several tiles with act-order and uneven groups, and f16 / bf16
 /// activations.
+///
+/// The fused kernel is compiled once per vector set: each one this CPU has is checked in
+/// turn (the cap is process-wide; tests running meanwhile stay correct under it).
 #[test]
 fn int_gemm_host_kernel_on_flex() {
+    let widest = kernels::host::vector_isa();
+    for isa in [VectorIsa::Avx512, VectorIsa::Avx2, VectorIsa::Baseline].into_iter().filter(|&isa| isa <= widest) {
+        kernels::host::limit_vector_isa(isa);
+        assert_eq!(kernels::host::vector_isa(), isa);
+        int_host_kernel_cases();
+    }
+    kernels::host::limit_vector_isa(widest);
+}
+
+fn int_host_kernel_cases() {
     for (i, case) in LAYOUT_CASES.into_iter().chain([PLAIN_G128, Case { n: 300, ..PLAIN_G128 }]).enumerate() {
         for rows in [1usize, 2, 3, 4, 7, 13] {
             let err = host_relative_error(case, rows, DType::F32, 300 + i as u64, None);

@@ -12,6 +12,8 @@
 
 use std::ops::Range;
 
+use super::VectorIsa;
+
 /// Output columns per task: one word row of the block is 512 bytes of 4-bit weights,
 /// and the block's sums for a row tile stay in the L1 cache.
 const COLS: usize = 128;
@@ -152,14 +154,23 @@ fn dequantize_row<const BITS: u32>(weight: &IntWeightSlices, words: &[i32], fiel
     }
 }
 
-/// [`row_tile`], compiled for AVX2 with FMA when the CPU has them.
+/// [`row_tile`], compiled for the widest vector set the CPU has (AVX-512, or AVX2 with
+/// FMA).
 fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2() {
-        // SAFETY: the CPU was just checked to have both features the function is compiled for.
-        return unsafe { row_tile_avx2::<BITS, R>(weight, runs, x, cols, out) };
+    // SAFETY (both calls): `vector_isa` reports only sets the CPU was checked to have.
+    match super::vector_isa() {
+        #[cfg(target_arch = "x86_64")]
+        VectorIsa::Avx512 => unsafe { row_tile_avx512::<BITS, R>(weight, runs, x, cols, out) },
+        #[cfg(target_arch = "x86_64")]
+        VectorIsa::Avx2 => unsafe { row_tile_avx2::<BITS, R>(weight, runs, x, cols, out) },
+        _ => row_tile::<BITS, R, false>(weight, runs, x, cols, out),
     }
-    row_tile::<BITS, R, false>(weight, runs, x, cols, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn row_tile_avx512<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
+    row_tile::<BITS, R, true>(weight, runs, x, cols, out)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -23,6 +23,7 @@ mod int8_rows;
 mod tiles;
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_dispatch::{BackendTensor, DispatchTensorKind};
@@ -142,6 +143,50 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub(crate) fn avx2() -> bool {
     use std::arch::is_x86_feature_detected;
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+/// The vector instruction sets a host kernel may be compiled for, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VectorIsa {
+    /// x86-64's baseline (SSE2), or another architecture.
+    Baseline,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// AVX-512 (sixteen f32 lanes) beside AVX2's set: the integer kernel's loops, which
+    /// the compiler vectorizes, run twice as wide.
+    Avx512,
+}
+
+/// The widest set [`vector_isa`] may return, as a `VectorIsa` discriminant.
+static VECTOR_ISA_LIMIT: AtomicU8 = AtomicU8::new(VectorIsa::Avx512 as u8);
+
+/// The widest vector set this CPU has, within the limit of [`limit_vector_isa`].
+pub fn vector_isa() -> VectorIsa {
+    let limit = VECTOR_ISA_LIMIT.load(Ordering::Relaxed);
+    let widest = detected_isa();
+    [VectorIsa::Avx512, VectorIsa::Avx2].into_iter().find(|&isa| isa <= widest && isa as u8 <= limit).unwrap_or(VectorIsa::Baseline)
+}
+
+/// Caps the vector set the host kernels use from now on, process-wide (to compare them,
+/// or to keep a CPU that slows its clock for AVX-512 on AVX2); results agree up to
+/// summation order.
+pub fn limit_vector_isa(limit: VectorIsa) {
+    VECTOR_ISA_LIMIT.store(limit as u8, Ordering::Relaxed);
+}
+
+fn detected_isa() -> VectorIsa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !avx2() {
+            return VectorIsa::Baseline;
+        }
+        match std::arch::is_x86_feature_detected!("avx512f") {
+            true => VectorIsa::Avx512,
+            false => VectorIsa::Avx2,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    VectorIsa::Baseline
 }
 
 /// The sum of a vector's eight lanes.
