@@ -722,7 +722,7 @@ fn w8a8_host_kernel_on_flex() {
     let (k, n) = (1028, 200);
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
     // Past the rows from which each mode's products are tiled.
-    let (many, many_float) = (kernels::host::INT8_CODES_TILED_ROWS + 2, kernels::host::TILED_ROWS + 2);
+    let (many, many_float) = (kernels::host::INT_TILED_ROWS + 2, kernels::host::TILED_ROWS + 2);
     let cases = [
         (ActivationQuant::DynamicPerToken, vec![1usize, 3, 16, many]),
         (ActivationQuant::DynamicPerTensor, vec![4]),

@@ -236,7 +236,7 @@ fn selector_explains_its_choice() {
     let on_flex = kernels::select::int_gemm(&weight, &flex, DType::F32, 1);
     assert_eq!(on_flex.kernel, IntGemmKernel::Host);
     assert!(on_flex.reason.contains("Flex") && on_flex.reason.contains("fused kernel"), "{}", on_flex.reason);
-    let tiled = kernels::select::int_gemm(&weight, &flex, DType::F32, kernels::host::TILED_ROWS);
+    let tiled = kernels::select::int_gemm(&weight, &flex, DType::F32, kernels::host::INT_TILED_ROWS);
     assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason);
     let reference = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &flex, DType::F32, 1));
     assert_eq!(reference.kernel, IntGemmKernel::Reference);
@@ -418,7 +418,7 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
 }
 
 /// Every layout at row counts covering each row tile (1, 2, 4, 8) and ragged ones, N not
-/// a multiple of the 128-column block, the tiled path (chosen from `TILED_ROWS`) on every
+/// a multiple of the 128-column block, the tiled path (chosen from `INT_TILED_ROWS`) on every
 /// layout and on K spanning several tiles with act-order and uneven groups, and f16 / bf16
 /// activations.
 ///
@@ -453,12 +453,12 @@ fn int_host_kernel_cases() {
             assert!(err < tolerance(DType::F32), "{case:?} {path:?}: relative error {err}");
         }
     }
-    for (i, rows) in [kernels::host::TILED_ROWS, 64, 257].into_iter().enumerate() {
+    for (i, rows) in [kernels::host::INT_TILED_ROWS, 64, 257].into_iter().enumerate() {
         let err = host_relative_error(Case { zeros: Zeros::Integer, ..PLAIN_G128 }, rows, DType::F32, 320 + i as u64, None);
         assert!(err < tolerance(DType::F32), "rows={rows}: relative error {err}");
     }
     for dtype in [DType::F16, DType::BF16] {
-        for rows in [5, kernels::host::TILED_ROWS] {
+        for rows in [5, kernels::host::INT_TILED_ROWS] {
             let err = host_relative_error(Case { zeros: Zeros::Float, group_size: 32, ..PLAIN_G128 }, rows, dtype, 330, None);
             assert!(err < tolerance(dtype), "{dtype:?} rows={rows}: relative error {err}");
         }
@@ -507,7 +507,7 @@ fn grouped_int_gemm_host_kernel_on_flex() {
         (Case { bits: 8, k: 128, n: 96, group_size: 0, zeros: Zeros::Float, ..PLAIN_G128 }, vec![9, 3, 0, 20]),
         (Case { k: 256, n: 160, ..PLAIN_G128 }, vec![0, 0, 5, 0]),
         // An expert with enough rows to take the tiled path beside ones that stay fused.
-        (Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![3, kernels::host::TILED_ROWS + 2, 0, 1]),
+        (Case { k: 128, n: 64, group_size: 64, zeros: Zeros::Integer, ..PLAIN_G128 }, vec![3, kernels::host::INT_TILED_ROWS + 2, 0, 1]),
     ] {
         let mut rng = StdRng::seed_from_u64(13);
         let (_, stack) = random_stack(case, rows_per_expert.len(), &device, &mut rng);

@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::host::{w8a8_tiled_rows, HostPath, E4M3_TILED_ROWS, TILED_ROWS};
+use super::host::{w8a8_tiled_rows, HostPath, E4M3_TILED_ROWS, INT_TILED_ROWS, TILED_ROWS};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -111,7 +111,7 @@ pub struct Selection<K> {
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
     let tensor_cores = int_mma_choice(device, dtype, rows, weight.in_features, weight.out_features, IntFragments::unsupported(weight));
-    let selection = choose(buffers, device, dtype, HostRows::Product { rows, tiled_from: TILED_ROWS }, tensor_cores);
+    let selection = choose(buffers, device, dtype, HostRows::Product { rows, tiled_from: INT_TILED_ROWS }, tensor_cores);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
         weight.bits, weight.in_features, weight.out_features, weight.group_size, selection.kernel, selection.reason
@@ -124,7 +124,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
     let tensor_cores = int_mma_choice(device, dtype, max_rows, stack.in_features, stack.out_features, IntFragments::unsupported_stack(stack));
-    let selection = choose(buffers, device, dtype, HostRows::PerExpert { max_rows, tiled_from: TILED_ROWS }, tensor_cores);
+    let selection = choose(buffers, device, dtype, HostRows::PerExpert { max_rows, tiled_from: INT_TILED_ROWS }, tensor_cores);
     log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
         stack.bits, stack.experts, stack.in_features, stack.out_features, stack.group_size, selection.kernel, selection.reason

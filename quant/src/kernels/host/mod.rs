@@ -4,8 +4,8 @@
 //! directly rather than through [`super::KernelOps`], whose implementations must cover
 //! every op, tensor-core ones included.
 //!
-//! Each product takes one of two paths by its rows ([`HostPath`]): below [`TILED_ROWS`]
-//! the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
+//! Each product takes one of two paths by its rows ([`HostPath`]): below a threshold
+//! ([`TILED_ROWS`], [`INT_TILED_ROWS`], [`E4M3_TILED_ROWS`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
 //! write nothing but the output; from there `tiles` decodes the weight a cache-sized
 //! tile at a time and multiplies each tile by every row with the `gemm` crate.
 //!
@@ -321,25 +321,26 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
 }
 
-/// Rows from which an integer or float weight's product decodes tiles for the `gemm`
-/// crate rather than running the fused kernel, whose one-row-tile-at-a-time sums fall
-/// behind the crate's register-blocked micro-kernels there (BENCHMARKS.md: at 4096², Int4
-/// 11.0 ms tiled against 11.8 fused at 32 rows; at 8 rows the fused kernel is ahead,
-/// 3.3 against 4.7 ms, and at 16 the two are within the machine's spread).
+/// Rows from which a float weight's product (f16 / bf16, or int8 values with float
+/// activations) decodes tiles for the `gemm` crate rather than running the fused kernel,
+/// whose few-rows-at-a-time sums fall behind the crate's register-blocked micro-kernels
+/// there (BENCHMARKS.md: at 4096² with 16 rows, bf16 weights 10.5 ms tiled against 8.8
+/// fused, f16 12.7 against 13.5; from 32 rows the tiles lead).
 pub const TILED_ROWS: usize = 16;
 
-/// [`TILED_ROWS`] for W8A8 weights with quantized activations, whose fused kernel widens
-/// each sixteen bytes once for four rows of int8 codes and sums them through the i16
-/// multiply-add: it stays ahead of the tiles up to 32 rows (BENCHMARKS.md: at 4096²,
-/// 5.2–5.7 ms fused against 8.3–8.9 tiled at 16 rows, 10.4 against 13.5–14.8 at 32).
-pub const INT8_CODES_TILED_ROWS: usize = 32;
+/// [`TILED_ROWS`] for packed integer weights and for W8A8 with quantized activations,
+/// whose fused kernels unpack a word for eight rows, or widen sixteen bytes for four rows'
+/// i16 multiply-adds: they stay ahead of the tiles up to 32 rows (BENCHMARKS.md, at 4096²
+/// and 16 rows: Int4 5.4–5.8 ms fused against 6.9–7.2 tiled, W8A8 5.2–5.7 against
+/// 8.3–8.9; at 64 rows the tiles lead or tie).
+pub const INT_TILED_ROWS: usize = 32;
 
-/// The rows from which a W8A8 product takes the tiled path: [`INT8_CODES_TILED_ROWS`]
-/// when its activations are quantized, [`TILED_ROWS`] when they stay float.
+/// The rows from which a W8A8 product takes the tiled path: [`INT_TILED_ROWS`] when its
+/// activations are quantized, [`TILED_ROWS`] when they stay float.
 pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
     match activations {
         ActivationQuant::None => TILED_ROWS,
-        _ => INT8_CODES_TILED_ROWS,
+        _ => INT_TILED_ROWS,
     }
 }
 
@@ -370,7 +371,7 @@ impl HostPath {
 /// mismatch).
 pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    int_weight_gemm_by(weight, x, HostPath::for_rows(rows, TILED_ROWS))
+    int_weight_gemm_by(weight, x, HostPath::for_rows(rows, INT_TILED_ROWS))
 }
 
 /// [`int_weight_gemm`] by `path`.
@@ -434,7 +435,7 @@ pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_exper
     let mut first = 0;
     for (expert, &rows) in rows_per_expert.iter().enumerate().filter(|(_, &rows)| rows > 0) {
         let expert_x = x.clone().narrow(0, first, rows);
-        outputs.push(product(&buffers.slices(expert)?, expert_x, HostPath::for_rows(rows, TILED_ROWS))?);
+        outputs.push(product(&buffers.slices(expert)?, expert_x, HostPath::for_rows(rows, INT_TILED_ROWS))?);
         first += rows;
     }
     match (first == m, outputs.is_empty()) {
