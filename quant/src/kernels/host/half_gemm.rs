@@ -103,7 +103,7 @@ mod avx2 {
     use std::ops::Range;
 
     use super::{HalfWeightSlices, ROW_BLOCK};
-    use crate::kernels::host::{horizontal_sum, prefetch_line};
+    use crate::kernels::host::{horizontal_sum, next_channel, prefetch_line};
 
     /// `out [m, channels] = x [m, K] · W[channels]ᵀ`; `BF16` picks the format.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -112,7 +112,7 @@ mod avx2 {
         assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.values.len() >= weight.n * k);
         for (c, n) in channels.clone().enumerate() {
             let values = weight.channel(n);
-            let next = crate::kernels::host::next_channel(weight.values, k, n, &channels);
+            let next = next_channel(weight.values, k, n, &channels);
             let mut first = 0;
             while first < m {
                 let rows = (m - first).min(ROW_BLOCK);

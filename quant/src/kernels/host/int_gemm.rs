@@ -264,6 +264,8 @@ fn add_words<const BITS: u32, const R: usize, const FMA: bool>(words: &[i32], xs
 
 /// What the activation at field `f` of a word is scaled by for [`add_words`]: the
 /// inverse of the field's place value, or 1 for the top field, which is shifted down.
+/// (Exact above 2^−100 in magnitude; activations that small, far below any a normalized
+/// layer produces, may round.)
 #[inline(always)]
 fn field_scale<const BITS: u32>(f: usize) -> f32 {
     let top = (32 / BITS) as usize - 1;
