@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::byte_gemm::{e4m3_lanes16, e4m3_to_f32, ByteWeightSlices};
-use super::{horizontal_sum, prefetch_line};
+use super::{horizontal_sum, prefetch_line, row_blocks};
 
 /// Rows whose sums one pass over a channel's bytes keeps in registers: two vectors each,
 /// eight in all, beside the two decoded vectors and the decode's constants.
@@ -21,11 +21,8 @@ pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, chan
     assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
     for (c, n) in channels.clone().enumerate() {
         let next = super::next_channel(weight.bytes, k, n, &channels);
-        let mut first = 0;
-        while first < m {
-            let rows = (m - first).min(ROW_BLOCK);
+        for (first, rows, ahead) in row_blocks(m, ROW_BLOCK, next) {
             let x = &x[first * k..(first + rows) * k];
-            let ahead = if first == 0 { next } else { &[] };
             let sums: &[f32] = match rows {
                 4 => &channel_rows::<4>(weight, n, x, ahead),
                 3 => &channel_rows::<3>(weight, n, x, ahead),
@@ -35,7 +32,6 @@ pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, chan
             for (r, &sum) in sums.iter().enumerate() {
                 out[(first + r) * width + c] = sum;
             }
-            first += rows;
         }
     }
 }

@@ -103,7 +103,7 @@ mod avx2 {
     use std::ops::Range;
 
     use super::{HalfWeightSlices, ROW_BLOCK};
-    use crate::kernels::host::{horizontal_sum, next_channel, prefetch_line};
+    use crate::kernels::host::{horizontal_sum, next_channel, prefetch_line, row_blocks};
 
     /// `out [m, channels] = x [m, K] · W[channels]ᵀ`; `BF16` picks the format.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -113,11 +113,8 @@ mod avx2 {
         for (c, n) in channels.clone().enumerate() {
             let values = weight.channel(n);
             let next = next_channel(weight.values, k, n, &channels);
-            let mut first = 0;
-            while first < m {
-                let rows = (m - first).min(ROW_BLOCK);
+            for (first, rows, ahead) in row_blocks(m, ROW_BLOCK, next) {
                 let x = &x[first * k..(first + rows) * k];
-                let ahead = if first == 0 { next } else { &[] };
                 let sums: &[f32] = match rows {
                     4 => &channel_rows::<4, BF16>(values, x, ahead),
                     3 => &channel_rows::<3, BF16>(values, x, ahead),
@@ -127,7 +124,6 @@ mod avx2 {
                 for (r, &sum) in sums.iter().enumerate() {
                     out[(first + r) * width + c] = sum;
                 }
-                first += rows;
             }
         }
     }

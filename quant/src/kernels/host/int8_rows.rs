@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::byte_gemm::ByteWeightSlices;
-use super::{next_channel, prefetch_line};
+use super::{next_channel, prefetch_line, row_blocks};
 
 /// Rows whose sums one pass over a channel's bytes keeps in registers.
 const ROW_BLOCK: usize = 4;
@@ -23,11 +23,8 @@ pub(super) fn int8_channels(weight: &ByteWeightSlices, a: &[i16], a_scales: &[f3
         let bytes = &weight.bytes[n * k..(n + 1) * k];
         let next = next_channel(weight.bytes, k, n, &channels);
         let w_scale = weight.scale(n, 0);
-        let mut first = 0;
-        while first < m {
-            let rows = (m - first).min(ROW_BLOCK);
+        for (first, rows, ahead) in row_blocks(m, ROW_BLOCK, next) {
             let a = &a[first * k..(first + rows) * k];
-            let ahead = if first == 0 { next } else { &[] };
             let sums: &[i32] = match rows {
                 4 => &channel_rows::<4>(bytes, a, ahead),
                 3 => &channel_rows::<3>(bytes, a, ahead),
@@ -37,7 +34,6 @@ pub(super) fn int8_channels(weight: &ByteWeightSlices, a: &[i16], a_scales: &[f3
             for (r, &sum) in sums.iter().enumerate() {
                 out[(first + r) * width + c] = sum as f32 * a_scales[first + r] * w_scale;
             }
-            first += rows;
         }
     }
 }

@@ -276,6 +276,13 @@ pub(super) fn next_channel<'a, T>(values: &'a [T], k: usize, n: usize, channels:
     }
 }
 
+/// `m` rows in blocks of at most `block`: `(first, rows, ahead)` for each, `ahead` being
+/// `next` for the first block, the one whose pass reads the channel from memory, and
+/// nothing for the rest, whose passes find it in the cache.
+pub(super) fn row_blocks<T>(m: usize, block: usize, next: &[T]) -> impl Iterator<Item = (usize, usize, &[T])> {
+    (0..m).step_by(block.max(1)).map(move |first| (first, (m - first).min(block), if first == 0 { next } else { &[] }))
+}
+
 /// `dst (+)= lhs · rhs` for `[m, k] · [k, n]` f32 operands through the `gemm` crate, on
 /// the calling thread: `dst` and `lhs` row-major with row strides `dst_row` and
 /// `lhs_row`, `rhs`'s element `(i, j)` at `i * rhs_row + j * rhs_column`.
