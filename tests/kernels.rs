@@ -426,13 +426,7 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
 /// turn (the cap is process-wide; tests running meanwhile stay correct under it).
 #[test]
 fn int_gemm_host_kernel_on_flex() {
-    let widest = kernels::host::vector_isa();
-    for isa in [VectorIsa::Avx512, VectorIsa::Avx2, VectorIsa::Baseline].into_iter().filter(|&isa| isa <= widest) {
-        kernels::host::limit_vector_isa(isa);
-        assert_eq!(kernels::host::vector_isa(), isa);
-        int_host_kernel_cases();
-    }
-    kernels::host::limit_vector_isa(widest);
+    crate::common::under_each_vector_isa(|_| int_host_kernel_cases());
 }
 
 fn int_host_kernel_cases() {
@@ -467,19 +461,24 @@ fn int_host_kernel_cases() {
 
 /// Float weights kept in f16 / bf16 on Flex times f32 activations: both host paths and
 /// the forward dispatch against the f32 matmul of the converted weight (the same
-/// products, summed in another order), over K with and without a tail of sixteen, more
-/// than one tile, row blocks of four and their remainders, and N not a multiple of the
-/// channel blocks.
+/// products, summed in another order), over K with and without a tail of a step (sixteen
+/// or thirty-two columns), more than one tile and (K = 4660 at one row, 1152 from four)
+/// more than one of the register kernel's slices, row blocks of four and eight and their
+/// remainders, and N not a multiple of the channel blocks; under each vector set.
 #[test]
 fn half_weights_host_kernel_on_flex() {
+    crate::common::under_each_vector_isa(half_weight_cases);
+}
+
+fn half_weight_cases(isa: VectorIsa) {
     let device = Device::flex();
     let mut rng = StdRng::seed_from_u64(41);
-    for (k, n) in [(64usize, 48usize), (708, 33), (1152, 130)] {
+    for (k, n) in [(64usize, 48usize), (708, 33), (1152, 130), (4660, 20)] {
         let values: Vec<f32> = (0..n * k).map(|_| rng.random_range(-0.5f32..0.5)).collect();
         for dtype in [DType::F16, DType::BF16] {
             let weight = Tensor::<2>::from_data(TensorData::new(values.clone(), [n, k]), (&device, DType::F32)).cast(dtype);
             let weight_t = weight.clone().transpose();
-            for rows in [1usize, 3, 4, 6, kernels::host::TILED_ROWS, 33] {
+            for rows in [1usize, 3, 4, 6, 9, 13, kernels::host::float_tiled_rows(), 33] {
                 let x = activations(rows, k, DType::F32, &device, &mut rng);
                 let expected = to_f32(x.clone().matmul(weight_t.clone().cast(DType::F32)));
                 let scale = expected.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -488,7 +487,7 @@ fn half_weights_host_kernel_on_flex() {
                 let outputs = [HostPath::Fused, HostPath::Tiled].map(|path| kernels::host::half_weight_gemm_by(&weight, x.clone(), path).expect("a weight on Flex"));
                 for (name, output) in [("forward", forward), ("fused", outputs[0].clone()), ("tiled", outputs[1].clone())] {
                     let err = to_f32(output).iter().zip(&expected).fold(0f32, |a, (o, e)| a.max((o - e).abs())) / scale;
-                    assert!(err < 1e-5, "{dtype:?} k={k} n={n} rows={rows} {name}: relative error {err}");
+                    assert!(err < 1e-5, "{isa:?} {dtype:?} k={k} n={n} rows={rows} {name}: relative error {err}");
                 }
             }
         }

@@ -126,3 +126,19 @@ pub fn greedy_tokens(loaded: LoadedModel, prompt: &[u32], max_tokens: usize) -> 
     let mut out = engine.generate(vec![(Prompt::Tokens(prompt.to_vec()), params)], false).unwrap();
     out.remove(0).completions.remove(0).token_ids
 }
+
+/// Runs `check` under each vector set the host kernels may use on this CPU, widest first,
+/// then restores the widest. The cap is process-wide: tests running meanwhile stay
+/// correct under it, and one lock keeps two of these from interleaving.
+pub fn under_each_vector_isa(mut check: impl FnMut(ember_quant::kernels::host::VectorIsa)) {
+    use ember_quant::kernels::host::{limit_vector_isa, vector_isa, VectorIsa};
+    static SWITCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _switching = SWITCHING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let widest = vector_isa();
+    for isa in [VectorIsa::Avx512, VectorIsa::Avx2, VectorIsa::Baseline].into_iter().filter(|&isa| isa <= widest) {
+        limit_vector_isa(isa);
+        assert_eq!(vector_isa(), isa);
+        check(isa);
+    }
+    limit_vector_isa(widest);
+}

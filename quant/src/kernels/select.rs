@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::host::{w8a8_tiled_rows, HostPath, E4M3_TILED_ROWS, INT_TILED_ROWS, TILED_ROWS};
+use super::host::{e4m3_tiled_rows, float_tiled_rows, w8a8_tiled_rows, HostPath, INT_TILED_ROWS};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -229,6 +229,7 @@ impl HostRows {
     /// Which host path runs, and where the other one takes over.
     fn path(self) -> String {
         match self {
+            Self::Product { tiled_from: usize::MAX, .. } => "host fused kernel, at every row count".into(),
             Self::Product { rows, tiled_from } => match HostPath::for_rows(rows, tiled_from) {
                 HostPath::Fused => format!("host fused kernel, tiles for the gemm crate from {tiled_from} rows"),
                 HostPath::Tiled => format!("host tiled kernel, the fused kernel below {tiled_from} rows"),
@@ -433,7 +434,7 @@ pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) 
             (byte_mma_choice(device, rows, k, n, e4m3, f32, chunked, refusal.clone()), "byte_mma")
         }
     };
-    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: E4M3_TILED_ROWS }, refusal, tensor_cores, kernel), &weight.activations);
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: e4m3_tiled_rows() }, refusal, tensor_cores, kernel), &weight.activations);
     log_once(|| format!(
         "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
@@ -526,7 +527,7 @@ pub fn mixed_dense_gemm(weight_dtype: DType, device: &Device, dtype: DType, rows
         DispatchDevice::Cube(_) => Selection { kernel: DenseKernel::Reference, reason: "no kernel for mixed float dtypes on CubeCL devices, which load weights in the compute dtype".into() },
         _ => {
             let refusal = (!matches!(weight_dtype, DType::F16 | DType::BF16)).then(|| format!("weight in {weight_dtype:?}; the host kernel reads f16 or bf16"));
-            choose_host(dtype, refusal, HostRows::Product { rows, tiled_from: TILED_ROWS }, DenseKernel::Host, DenseKernel::Reference)
+            choose_host(dtype, refusal, HostRows::Product { rows, tiled_from: float_tiled_rows() }, DenseKernel::Host, DenseKernel::Reference)
         }
     };
     log_once(|| format!("float {weight_dtype:?} [{k}x{n}] rows={rows} {dtype:?}: {:?} ({})", selection.kernel, selection.reason));

@@ -267,8 +267,9 @@ impl ByteWeightSlices<'_> {
 enum Operands<'a> {
     /// e4m3 weights, float activations.
     E4m3 { x: &'a [f32] },
-    /// int8 weights, int8 activation codes with one scale per row.
-    Int8 { a: &'a [i16], a_scales: &'a [f32] },
+    /// int8 weights, int8 activation codes with one scale per row, and where the VNNI
+    /// kernel runs, the codes plus its bias as bytes.
+    Int8 { a: &'a [i16], biased: Option<&'a [u8]>, a_scales: &'a [f32] },
     /// int8 weights, float activations.
     Int8WeightOnly { x: &'a [f32] },
 }
@@ -279,11 +280,17 @@ pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
     gemm(weight, Operands::E4m3 { x }, m)
 }
 
-/// `[m, K] · Wᵀ` for int8 weights and int8 activation codes `a` (as i16) with one scale per row
-/// (`a_scales`, `[m]`): each product summed in i32, then times both scales in the
-/// reference's order.
-pub fn int8_gemm(weight: &ByteWeightSlices, a: &[i16], a_scales: &[f32], m: usize) -> Vec<f32> {
-    gemm(weight, Operands::Int8 { a, a_scales }, m)
+/// `[m, K] · Wᵀ` for int8 weights and int8 activation codes (integers in −128..=127, as
+/// f32) with one scale per row (`a_scales`, `[m]`): each product summed in i32, then
+/// times both scales in the reference's order.
+pub fn int8_gemm(weight: &ByteWeightSlices, codes: &[f32], a_scales: &[f32], m: usize) -> Vec<f32> {
+    let a: Vec<i16> = codes.iter().map(|&code| code as i16).collect();
+    #[cfg(target_arch = "x86_64")]
+    if super::vnni() {
+        let biased: Vec<u8> = a.iter().map(|&code| (code + super::int8_rows::CODE_BIAS) as u8).collect();
+        return gemm(weight, Operands::Int8 { a: &a, biased: Some(&biased), a_scales }, m);
+    }
+    gemm(weight, Operands::Int8 { a: &a, biased: None, a_scales }, m)
 }
 
 /// `[m, K] · Wᵀ` for int8 weights and float activations (weight-only), channel scales.
@@ -296,18 +303,27 @@ fn gemm(weight: &ByteWeightSlices, operands: Operands, m: usize) -> Vec<f32> {
 }
 
 /// [`channel_block`], compiled for AVX2 with FMA when the CPU has them; there e4m3 and
-/// W8A8 weights decode in registers instead ([`super::e4m3_rows`], [`super::int8_rows`]).
+/// W8A8 weights decode in registers instead ([`super::e4m3_rows`], [`super::int8_rows`]),
+/// twice as wide with AVX-512 (and VNNI for int8).
 fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::avx2() {
-        // SAFETY: the CPU was just checked to have the features both functions are compiled for.
-        return unsafe {
-            match operands {
-                Operands::E4m3 { x } => super::e4m3_rows::e4m3_channels(weight, x, m, channels, out),
-                Operands::Int8 { a, a_scales } => super::int8_rows::int8_channels(weight, a, a_scales, m, channels, out),
-                _ => channel_block_avx2(weight, operands, m, channels, out),
+    {
+        use super::VectorIsa;
+        let isa = super::vector_isa();
+        // SAFETY (every call): `vector_isa` reports only sets the CPU was checked to have,
+        // and AVX2's is part of AVX-512's.
+        match (operands, isa) {
+            (Operands::E4m3 { x }, VectorIsa::Avx512) => return unsafe { super::e4m3_rows::e4m3_channels_avx512(weight, x, m, channels, out) },
+            (Operands::E4m3 { x }, VectorIsa::Avx2) => return unsafe { super::e4m3_rows::e4m3_channels_avx2(weight, x, m, channels, out) },
+            (Operands::Int8 { biased: Some(biased), a_scales, .. }, VectorIsa::Avx512) => {
+                return unsafe { super::int8_rows::int8_channels_vnni(weight, biased, a_scales, m, channels, out) };
             }
-        };
+            (Operands::Int8 { a, a_scales, .. }, VectorIsa::Avx2 | VectorIsa::Avx512) => {
+                return unsafe { super::int8_rows::int8_channels_avx2(weight, a, a_scales, m, channels, out) };
+            }
+            (_, VectorIsa::Avx2 | VectorIsa::Avx512) => return unsafe { channel_block_avx2(weight, operands, m, channels, out) },
+            (_, VectorIsa::Baseline) => {}
+        }
     }
     channel_block(weight, operands, m, channels, out)
 }
@@ -339,7 +355,7 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
                 }
             }
         }
-        Operands::Int8 { a, a_scales } => {
+        Operands::Int8 { a, a_scales, .. } => {
             // Widened to i16 once per channel (the codes once per call), the products
             // pair up into the CPU's i16 multiply-add.
             let weights = as_i8(weight.bytes);

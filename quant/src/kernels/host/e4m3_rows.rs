@@ -1,82 +1,94 @@
-//! e4m3 weights times a few rows of float activations, decoded in registers: sixteen
+//! e4m3 weights times a few rows of float activations, decoded in registers: a step's
 //! bytes of a channel become two vectors of f32 (through the f16 conversion instruction)
 //! that every row's running sums multiply at once, so nothing is stored between the
-//! decode and the products, and one decode serves up to [`ROW_BLOCK`] rows. The fused
-//! FP8 path of [`super::byte_gemm`] runs this where the CPU has AVX2, FMA and F16C.
+//! decode and the products, and one decode serves a block of rows. The fused FP8 path of
+//! [`super::byte_gemm`] runs this where the CPU has AVX2 (sixteen bytes a step) or
+//! AVX-512 (thirty-two).
 
-use std::arch::x86_64::*;
+use std::marker::PhantomData;
 use std::ops::Range;
 
-use super::byte_gemm::{e4m3_lanes16, e4m3_to_f32, ByteWeightSlices};
-use super::{horizontal_sum, prefetch_line, row_blocks};
+use super::byte_gemm::{e4m3_to_f32, ByteWeightSlices};
+use super::lanes::{Avx2, Avx512, F32Lanes};
+use super::prefetch_line;
+use super::sliced::{self, RowKernel};
 
-/// Rows whose sums one pass over a channel's bytes keeps in registers: two vectors each,
-/// eight in all, beside the two decoded vectors and the decode's constants.
-const ROW_BLOCK: usize = 4;
-
-/// `out [m, channels] = x [m, K] · dequant(W[channels])ᵀ`.
+/// `out [m, channels] = x [m, K] · dequant(W[channels])ᵀ`, with AVX2.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn e4m3_channels(weight: &ByteWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
-    let (k, width) = (weight.k, channels.len());
-    assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
-    for (c, n) in channels.clone().enumerate() {
-        let next = super::next_channel(weight.bytes, k, n, &channels);
-        for (first, rows, ahead) in row_blocks(m, ROW_BLOCK, next) {
-            let x = &x[first * k..(first + rows) * k];
-            let sums: &[f32] = match rows {
-                4 => &channel_rows::<4>(weight, n, x, ahead),
-                3 => &channel_rows::<3>(weight, n, x, ahead),
-                2 => &channel_rows::<2>(weight, n, x, ahead),
-                _ => &channel_rows::<1>(weight, n, x, ahead),
-            };
-            for (r, &sum) in sums.iter().enumerate() {
-                out[(first + r) * width + c] = sum;
-            }
-        }
-    }
+pub(super) fn e4m3_channels_avx2(weight: &ByteWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+    // SAFETY: compiled for AVX2's set, which the caller checked the CPU has.
+    unsafe { sliced::channels(&E4m3Rows::<Avx2>(weight, PhantomData), x, m, channels, out) }
 }
 
-/// The `R` rows of `x` (`[R, K]`) times channel `n`: per scale chunk, sums of products in
-/// two vectors a row, then added to the row's total times the chunk's scale; the columns
-/// past the chunk's last sixteen decode one at a time. `ahead` (what is read next) is
-/// prefetched alongside.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn channel_rows<const R: usize>(weight: &ByteWeightSlices, n: usize, x: &[f32], ahead: &[u8]) -> [f32; R] {
-    let k = weight.k;
-    let bytes = &weight.bytes[n * k..(n + 1) * k];
-    assert!(x.len() >= R * k);
-    let mut totals = [_mm256_setzero_ps(); R];
-    let mut tails = [0f32; R];
-    let chunk = weight.chunk();
-    for start in (0..k).step_by(chunk) {
-        let end = (start + chunk).min(k);
-        let vector_end = start + (end - start) / 16 * 16;
-        let (mut low, mut high) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-        for j in (start..vector_end).step_by(16) {
-            prefetch_line(ahead, j);
-            // SAFETY: j + 16 ≤ K = bytes.len().
-            let [low_weights, high_weights] = e4m3_lanes16(unsafe { _mm_loadu_si128(bytes.as_ptr().add(j).cast()) });
+/// [`e4m3_channels_avx2`] with AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+pub(super) fn e4m3_channels_avx512(weight: &ByteWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+    // SAFETY: compiled for AVX-512's set, which the caller checked the CPU has.
+    unsafe { sliced::channels(&E4m3Rows::<Avx512>(weight, PhantomData), x, m, channels, out) }
+}
+
+/// The kernel, in `L`'s vectors.
+struct E4m3Rows<'a, L>(&'a ByteWeightSlices<'a>, PhantomData<L>);
+
+impl<L: F32Lanes> RowKernel for E4m3Rows<'_, L> {
+    type Input = f32;
+    type Weight = u8;
+    type Sum = f32;
+    const ROW_BLOCK: usize = L::ROW_BLOCK;
+
+    fn weight(&self) -> (&[u8], usize) {
+        (self.0.bytes, self.0.k)
+    }
+
+    /// Whole scale chunks.
+    fn slice_columns(&self, rows: usize) -> usize {
+        sliced::slice_columns(rows, 4, self.0.chunk())
+    }
+
+    /// Per scale chunk, sums of products in two vectors a row, then added to the row's
+    /// total times the chunk's scale; the columns past the chunk's last whole step
+    /// decode one at a time.
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(&self, n: usize, ks: Range<usize>, x: &[f32], ahead: &[u8]) -> [f32; R] {
+        let weight = self.0;
+        let (k, step) = (weight.k, 2 * L::WIDTH);
+        let bytes = &weight.bytes[n * k..(n + 1) * k];
+        assert!(x.len() >= R * k && ks.end <= k);
+        // SAFETY (every vector operation): the caller runs this where `L`'s set is present.
+        let mut totals = [unsafe { L::zero() }; R];
+        let mut tails = [0f32; R];
+        let chunk = weight.chunk();
+        for start in ks.clone().step_by(chunk) {
+            let end = (start + chunk).min(ks.end);
+            let vector_end = start + (end - start) / step * step;
+            let (mut low, mut high) = ([unsafe { L::zero() }; R], [unsafe { L::zero() }; R]);
+            for j in (start..vector_end).step_by(step) {
+                prefetch_line(ahead, j - ks.start);
+                // SAFETY: j + step ≤ K = bytes.len().
+                let [low_weights, high_weights] = unsafe { L::e4m3(bytes.as_ptr().add(j)) };
+                for r in 0..R {
+                    // SAFETY: j + step ≤ K, so both loads lie in row r of the asserted `[R, K]`.
+                    unsafe {
+                        let row = x.as_ptr().add(r * k + j);
+                        low[r] = L::mul_add(L::load(row), low_weights, low[r]);
+                        high[r] = L::mul_add(L::load(row.add(L::WIDTH)), high_weights, high[r]);
+                    }
+                }
+            }
+            let scale = weight.scale(n, start);
+            // The lanes hold values · 2^−8: the 2^8 joins the scale (exact, a power of two).
+            let lane_scale = unsafe { L::splat(scale * 256.0) };
             for r in 0..R {
-                // SAFETY: j + 16 ≤ K, so both loads lie in row r of the asserted `[R, K]`.
-                let (a, b) = unsafe { (_mm256_loadu_ps(x.as_ptr().add(r * k + j)), _mm256_loadu_ps(x.as_ptr().add(r * k + j + 8))) };
-                low[r] = _mm256_fmadd_ps(a, low_weights, low[r]);
-                high[r] = _mm256_fmadd_ps(b, high_weights, high[r]);
+                totals[r] = unsafe { L::mul_add(L::add(low[r], high[r]), lane_scale, totals[r]) };
+                let row = &x[r * k + vector_end..r * k + end];
+                let tail: f32 = row.iter().zip(&bytes[vector_end..end]).map(|(&a, &b)| a * e4m3_to_f32(b)).sum();
+                tails[r] += tail * scale;
             }
         }
-        let scale = weight.scale(n, start);
-        // The lanes hold values · 2^−8: the 2^8 joins the scale (exact, a power of two).
-        let lane_scale = _mm256_set1_ps(scale * 256.0);
+        let mut sums = [0f32; R];
         for r in 0..R {
-            totals[r] = _mm256_fmadd_ps(_mm256_add_ps(low[r], high[r]), lane_scale, totals[r]);
-            let row = &x[r * k + vector_end..r * k + end];
-            let tail: f32 = row.iter().zip(&bytes[vector_end..end]).map(|(&a, &b)| a * e4m3_to_f32(b)).sum();
-            tails[r] += tail * scale;
+            sums[r] = unsafe { L::sum(totals[r]) } + tails[r];
         }
+        sums
     }
-    let mut sums = [0f32; R];
-    for r in 0..R {
-        sums[r] = horizontal_sum(totals[r]) + tails[r];
-    }
-    sums
 }

@@ -1,11 +1,11 @@
 //! Float weights kept in their checkpoint's f16 or bf16, times f32 activations. Both
 //! halves convert to f32 exactly, so this is the f32 product of the f32 weight while
 //! reading half the bytes: at a few rows, where a matmul is bound by reading the weight,
-//! that is half the time. Where the CPU has AVX2, FMA and F16C, sixteen values of a
-//! channel become two f32 vectors in registers (the f16 conversion instruction, or a
-//! widen and shift for bf16) that up to [`ROW_BLOCK`] rows' running sums multiply at once.
-//! From [`super::TILED_ROWS`] rows the weight is decoded a tile at a time for the `gemm`
-//! crate instead ([`super::tiles`]).
+//! that is half the time. Where the CPU has AVX2, FMA and F16C (or AVX-512), a step of
+//! sixteen (thirty-two) values of a channel becomes two f32 vectors in registers (the f16
+//! conversion instruction, or a widen and shift for bf16) that a block of rows' running
+//! sums multiply at once. From [`super::float_tiled_rows`] rows the weight is decoded a
+//! tile at a time for the `gemm` crate instead ([`super::tiles`]).
 
 use std::ops::Range;
 
@@ -28,7 +28,7 @@ impl HalfFormat {
                 #[cfg(target_arch = "x86_64")]
                 if super::avx2() {
                     // SAFETY: the CPU was just checked to have the features the function is compiled for.
-                    return unsafe { avx2::convert_f16(bits, out) };
+                    return unsafe { registers::convert_f16(bits, out) };
                 }
                 bytemuck::cast_slice::<u16, f16>(bits).convert_to_f32_slice(out)
             }
@@ -64,22 +64,21 @@ impl HalfWeightSlices<'_> {
 /// Output channels per task: a task reads 16 channels' K values once per row block.
 const CHANNELS: usize = 16;
 
-/// Rows whose sums one pass over a channel keeps in registers: two vectors each, eight
-/// in all, beside the two decoded vectors.
-const ROW_BLOCK: usize = 4;
-
 /// `[m, K] · Wᵀ` → `[m, N]`, f32, row-major.
 pub fn half_gemm(weight: &HalfWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
     super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| {
         #[cfg(target_arch = "x86_64")]
-        if super::avx2() {
-            // SAFETY: the CPU was just checked to have the features the kernels are compiled for.
-            return unsafe {
-                match weight.format {
-                    HalfFormat::F16 => avx2::channels::<false>(weight, x, m, channels, out),
-                    HalfFormat::BF16 => avx2::channels::<true>(weight, x, m, channels, out),
-                }
-            };
+        {
+            use super::VectorIsa;
+            let bf16 = weight.format == HalfFormat::BF16;
+            // SAFETY (every call): `vector_isa` reports only sets the CPU was checked to have.
+            match (super::vector_isa(), bf16) {
+                (VectorIsa::Avx512, false) => return unsafe { registers::channels_avx512::<false>(weight, x, m, channels, out) },
+                (VectorIsa::Avx512, true) => return unsafe { registers::channels_avx512::<true>(weight, x, m, channels, out) },
+                (VectorIsa::Avx2, false) => return unsafe { registers::channels_avx2::<false>(weight, x, m, channels, out) },
+                (VectorIsa::Avx2, true) => return unsafe { registers::channels_avx2::<true>(weight, x, m, channels, out) },
+                (VectorIsa::Baseline, _) => {}
+            }
         }
         channels_portable(weight, x, m, channels, out)
     })
@@ -97,71 +96,83 @@ fn channels_portable(weight: &HalfWeightSlices, x: &[f32], m: usize, channels: R
     }
 }
 
+/// The register kernel: each step's values of a channel become two f32 vectors (the f16
+/// conversion instruction, or a widen and shift for bf16) that a block of rows' running
+/// sums multiply at once, over a slice of K at a time so the rows' activations stay in
+/// L1 while every channel of the task passes.
+/// The register kernel: each step's values of a channel become two f32 vectors (the f16
+/// conversion instruction, or a widen and shift for bf16) that a block of rows' running
+/// sums multiply at once.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+mod registers {
     use std::arch::x86_64::*;
+    use std::marker::PhantomData;
     use std::ops::Range;
 
-    use super::{HalfWeightSlices, ROW_BLOCK};
-    use crate::kernels::host::{horizontal_sum, next_channel, prefetch_line, row_blocks};
+    use super::HalfWeightSlices;
+    use crate::kernels::host::lanes::{Avx2, Avx512, F32Lanes};
+    use crate::kernels::host::prefetch_line;
+    use crate::kernels::host::sliced::{self, RowKernel};
 
-    /// `out [m, channels] = x [m, K] · W[channels]ᵀ`; `BF16` picks the format.
+    /// `out [m, channels] = x [m, K] · W[channels]ᵀ` with AVX2; `BF16` picks the format.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn channels<const BF16: bool>(weight: &HalfWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
-        let (k, width) = (weight.k, channels.len());
-        assert!(x.len() >= m * k && out.len() >= m * width && channels.end <= weight.n && weight.values.len() >= weight.n * k);
-        for (c, n) in channels.clone().enumerate() {
-            let values = weight.channel(n);
-            let next = next_channel(weight.values, k, n, &channels);
-            for (first, rows, ahead) in row_blocks(m, ROW_BLOCK, next) {
-                let x = &x[first * k..(first + rows) * k];
-                let sums: &[f32] = match rows {
-                    4 => &channel_rows::<4, BF16>(values, x, ahead),
-                    3 => &channel_rows::<3, BF16>(values, x, ahead),
-                    2 => &channel_rows::<2, BF16>(values, x, ahead),
-                    _ => &channel_rows::<1, BF16>(values, x, ahead),
-                };
-                for (r, &sum) in sums.iter().enumerate() {
-                    out[(first + r) * width + c] = sum;
+    pub(super) fn channels_avx2<const BF16: bool>(weight: &HalfWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+        // SAFETY: compiled for AVX2's set, which the caller checked the CPU has.
+        unsafe { sliced::channels(&HalfRows::<Avx2, BF16>(weight, PhantomData), x, m, channels, out) }
+    }
+
+    /// [`channels_avx2`] with AVX-512.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+    pub(super) fn channels_avx512<const BF16: bool>(weight: &HalfWeightSlices, x: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+        // SAFETY: compiled for AVX-512's set, which the caller checked the CPU has.
+        unsafe { sliced::channels(&HalfRows::<Avx512, BF16>(weight, PhantomData), x, m, channels, out) }
+    }
+
+    /// The kernel, in `L`'s vectors.
+    struct HalfRows<'a, L, const BF16: bool>(&'a HalfWeightSlices<'a>, PhantomData<L>);
+
+    impl<L: F32Lanes, const BF16: bool> RowKernel for HalfRows<'_, L, BF16> {
+        type Input = f32;
+        type Weight = u16;
+        type Sum = f32;
+        const ROW_BLOCK: usize = L::ROW_BLOCK;
+
+        fn weight(&self) -> (&[u16], usize) {
+            (self.0.values, self.0.k)
+        }
+
+        fn slice_columns(&self, rows: usize) -> usize {
+            sliced::slice_columns(rows, 4, 2 * L::WIDTH)
+        }
+
+        #[inline(always)]
+        unsafe fn rows<const R: usize>(&self, n: usize, ks: Range<usize>, x: &[f32], ahead: &[u16]) -> [f32; R] {
+            let (k, step) = (self.0.k, 2 * L::WIDTH);
+            let values = self.0.channel(n);
+            assert!(x.len() >= R * k && ks.end <= k);
+            let vector_end = ks.start + ks.len() / step * step;
+            // SAFETY (every vector operation): the caller runs this where `L`'s set is present.
+            let (mut low, mut high) = ([unsafe { L::zero() }; R], [unsafe { L::zero() }; R]);
+            for j in (ks.start..vector_end).step_by(step) {
+                prefetch_line(ahead, j - ks.start);
+                // SAFETY: j + step ≤ K = values.len().
+                let (low_weights, high_weights) = unsafe { (L::half::<BF16>(values.as_ptr().add(j)), L::half::<BF16>(values.as_ptr().add(j + L::WIDTH))) };
+                for r in 0..R {
+                    // SAFETY: j + step ≤ K, so both loads lie in row r of the asserted `[R, K]`.
+                    unsafe {
+                        let row = x.as_ptr().add(r * k + j);
+                        low[r] = L::mul_add(L::load(row), low_weights, low[r]);
+                        high[r] = L::mul_add(L::load(row.add(L::WIDTH)), high_weights, high[r]);
+                    }
                 }
             }
-        }
-    }
-
-    /// The `R` rows of `x` (`[R, K]`, K = `values.len()`) times one channel's values,
-    /// prefetching `ahead` (what is read next) alongside.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn channel_rows<const R: usize, const BF16: bool>(values: &[u16], x: &[f32], ahead: &[u16]) -> [f32; R] {
-        let k = values.len();
-        assert!(x.len() >= R * k);
-        let vector_end = k / 16 * 16;
-        let (mut low, mut high) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-        for j in (0..vector_end).step_by(16) {
-            prefetch_line(ahead, j);
-            // SAFETY: j + 16 ≤ K = values.len().
-            let (first, second) = unsafe { (_mm_loadu_si128(values.as_ptr().add(j).cast()), _mm_loadu_si128(values.as_ptr().add(j + 8).cast())) };
-            let (low_weights, high_weights) = (widen::<BF16>(first), widen::<BF16>(second));
+            let mut sums = [0f32; R];
             for r in 0..R {
-                // SAFETY: j + 16 ≤ K, so both loads lie in row r of the asserted `[R, K]`.
-                let (a, b) = unsafe { (_mm256_loadu_ps(x.as_ptr().add(r * k + j)), _mm256_loadu_ps(x.as_ptr().add(r * k + j + 8))) };
-                low[r] = _mm256_fmadd_ps(a, low_weights, low[r]);
-                high[r] = _mm256_fmadd_ps(b, high_weights, high[r]);
+                let tail: f32 = x[r * k + vector_end..r * k + ks.end].iter().zip(&values[vector_end..ks.end]).map(|(&a, &bits)| a * to_f32::<BF16>(bits)).sum();
+                sums[r] = unsafe { L::sum(L::add(low[r], high[r])) } + tail;
             }
+            sums
         }
-        let mut sums = [0f32; R];
-        for r in 0..R {
-            let tail: f32 = x[r * k + vector_end..(r + 1) * k].iter().zip(&values[vector_end..]).map(|(&a, &bits)| a * to_f32::<BF16>(bits)).sum();
-            sums[r] = horizontal_sum(_mm256_add_ps(low[r], high[r])) + tail;
-        }
-        sums
-    }
-
-    /// Eight 16-bit values as f32: a bf16 is an f32's top half, an f16 converts.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn widen<const BF16: bool>(halves: __m128i) -> __m256 {
-        if BF16 { _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves))) } else { _mm256_cvtph_ps(halves) }
     }
 
     /// `out[i]` = `bits[i]` as f32, eight at a time through the f16 conversion instruction.

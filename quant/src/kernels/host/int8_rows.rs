@@ -1,69 +1,154 @@
-//! int8 weights times a few rows of int8 activation codes (W8A8), in registers: sixteen
-//! bytes of a channel widen to sixteen i16 lanes, which the CPU's i16 multiply-add pairs
-//! with each row's codes into eight i32 sums, so every product is summed exactly and one
-//! widening serves up to [`ROW_BLOCK`] rows. The fused int8 path of [`super::byte_gemm`]
-//! runs this where the CPU has AVX2.
+//! int8 weights times a few rows of int8 activation codes (W8A8), in registers, every
+//! product summed exactly in i32, one pass over a channel's bytes serving a block of rows:
+//!
+//! - AVX2: sixteen bytes widen to i16 lanes, which the i16 multiply-add pairs with each
+//!   row's codes (as i16) into eight i32 sums;
+//! - AVX-512 VNNI: sixty-four bytes at once go through the u8 · i8 dot-product
+//!   instruction with each row's codes biased by 128 into u8, four products to each of
+//!   sixteen i32 sums; the bias comes back out as 128 · Σw, which the same instruction
+//!   sums alongside against ones.
+//!
+//! The fused int8 path of [`super::byte_gemm`] runs these.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::byte_gemm::ByteWeightSlices;
-use super::{next_channel, prefetch_line, row_blocks};
+use super::prefetch_line;
+use super::sliced::{self, RowKernel};
 
-/// Rows whose sums one pass over a channel's bytes keeps in registers.
-const ROW_BLOCK: usize = 4;
+/// What the VNNI kernel adds to a code to make it an unsigned byte.
+pub(super) const CODE_BIAS: i16 = 128;
 
 /// `out [m, channels] = (a [m, K] · W[channels]ᵀ) · a_scales[row] · the channel's scale`,
-/// the products summed in i32 and scaled in the reference's order.
+/// the products summed in i32 and scaled in the reference's order, with AVX2; `a` holds
+/// the codes as i16.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn int8_channels(weight: &ByteWeightSlices, a: &[i16], a_scales: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
-    let (k, width) = (weight.k, channels.len());
-    assert!(a.len() >= m * k && a_scales.len() >= m && out.len() >= m * width && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
-    for (c, n) in channels.clone().enumerate() {
-        let bytes = &weight.bytes[n * k..(n + 1) * k];
-        let next = next_channel(weight.bytes, k, n, &channels);
-        let w_scale = weight.scale(n, 0);
-        for (first, rows, ahead) in row_blocks(m, ROW_BLOCK, next) {
-            let a = &a[first * k..(first + rows) * k];
-            let sums: &[i32] = match rows {
-                4 => &channel_rows::<4>(bytes, a, ahead),
-                3 => &channel_rows::<3>(bytes, a, ahead),
-                2 => &channel_rows::<2>(bytes, a, ahead),
-                _ => &channel_rows::<1>(bytes, a, ahead),
-            };
-            for (r, &sum) in sums.iter().enumerate() {
-                out[(first + r) * width + c] = sum as f32 * a_scales[first + r] * w_scale;
-            }
+pub(super) fn int8_channels_avx2(weight: &ByteWeightSlices, a: &[i16], a_scales: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+    let mut sums = vec![0i32; m * channels.len()];
+    // SAFETY: compiled for AVX2's set, which the caller checked the CPU has.
+    unsafe { sliced::channels(&Avx2Rows(weight), a, m, channels.clone(), &mut sums) };
+    scale_sums(weight, &sums, a_scales, channels, out);
+}
+
+/// [`int8_channels_avx2`] with AVX-512 VNNI; `biased` holds the codes plus
+/// [`CODE_BIAS`], as bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn int8_channels_vnni(weight: &ByteWeightSlices, biased: &[u8], a_scales: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+    let mut sums = vec![0i32; m * channels.len()];
+    // SAFETY: compiled for AVX-512 VNNI's set, which the caller checked the CPU has.
+    unsafe { sliced::channels(&VnniRows(weight), biased, m, channels.clone(), &mut sums) };
+    scale_sums(weight, &sums, a_scales, channels, out);
+}
+
+/// `out[row, c]` = `sums[row, c] · a_scales[row] · scale(channel c)`.
+#[inline(always)]
+fn scale_sums(weight: &ByteWeightSlices, sums: &[i32], a_scales: &[f32], channels: Range<usize>, out: &mut [f32]) {
+    let width = channels.len();
+    for (row, (sums, out)) in sums.chunks(width).zip(out.chunks_mut(width)).enumerate() {
+        for ((o, &sum), n) in out.iter_mut().zip(sums).zip(channels.clone()) {
+            *o = sum as f32 * a_scales[row] * weight.scale(n, 0);
         }
     }
 }
 
-/// The `R` rows of `a` (`[R, K]`, K = `bytes.len()`) times one channel's int8 `bytes`,
-/// exactly, prefetching `ahead` (what is read next) alongside.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn channel_rows<const R: usize>(bytes: &[u8], a: &[i16], ahead: &[u8]) -> [i32; R] {
-    let k = bytes.len();
-    assert!(a.len() >= R * k);
-    let vector_end = k / 16 * 16;
-    let mut sums = [_mm256_setzero_si256(); R];
-    for j in (0..vector_end).step_by(16) {
-        prefetch_line(ahead, j);
-        // SAFETY: j + 16 ≤ K = bytes.len().
-        let weights = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(bytes.as_ptr().add(j).cast()) });
-        for (r, sum) in sums.iter_mut().enumerate() {
-            // SAFETY: j + 16 ≤ K, so the sixteen codes lie in row r of the asserted `[R, K]`.
-            let codes = unsafe { _mm256_loadu_si256(a.as_ptr().add(r * k + j).cast()) };
-            *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(codes, weights));
+/// The codes past a kernel's last whole step, one at a time: `Σ (a − bias) · w`.
+#[inline(always)]
+fn tail_sum<A: Copy + Into<i32>>(codes: &[A], bytes: &[u8], bias: i32) -> i32 {
+    codes.iter().zip(bytes).map(|(&a, &b)| (a.into() - bias) * b as i8 as i32).sum()
+}
+
+struct Avx2Rows<'a>(&'a ByteWeightSlices<'a>);
+
+impl RowKernel for Avx2Rows<'_> {
+    type Input = i16;
+    type Weight = u8;
+    type Sum = i32;
+    /// Sums take one register a row.
+    const ROW_BLOCK: usize = 8;
+
+    fn weight(&self) -> (&[u8], usize) {
+        (self.0.bytes, self.0.k)
+    }
+
+    fn slice_columns(&self, rows: usize) -> usize {
+        sliced::slice_columns(rows, 2, 16)
+    }
+
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(&self, n: usize, ks: Range<usize>, a: &[i16], ahead: &[u8]) -> [i32; R] {
+        let k = self.0.k;
+        let bytes = &self.0.bytes[n * k..(n + 1) * k];
+        assert!(a.len() >= R * k && ks.end <= k);
+        let vector_end = ks.start + ks.len() / 16 * 16;
+        // SAFETY (every vector operation): the caller runs this where AVX2 is present.
+        let mut sums = [unsafe { _mm256_setzero_si256() }; R];
+        for j in (ks.start..vector_end).step_by(16) {
+            prefetch_line(ahead, j - ks.start);
+            // SAFETY: j + 16 ≤ K = bytes.len().
+            let weights = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(bytes.as_ptr().add(j).cast())) };
+            for (r, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: j + 16 ≤ K, so the sixteen codes lie in row r of the asserted `[R, K]`.
+                unsafe {
+                    let codes = _mm256_loadu_si256(a.as_ptr().add(r * k + j).cast());
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(codes, weights));
+                }
+            }
         }
+        let mut totals = [0i32; R];
+        for r in 0..R {
+            let mut lanes = [0i32; 8];
+            // SAFETY: `lanes` holds eight i32, the store's width.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums[r]) };
+            let tail = tail_sum(&a[r * k + vector_end..r * k + ks.end], &bytes[vector_end..ks.end], 0);
+            totals[r] = lanes.iter().sum::<i32>() + tail;
+        }
+        totals
     }
-    let mut totals = [0i32; R];
-    for r in 0..R {
-        let mut lanes = [0i32; 8];
-        // SAFETY: `lanes` holds eight i32, the store's width.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums[r]) };
-        let tail: i32 = a[r * k + vector_end..(r + 1) * k].iter().zip(&bytes[vector_end..]).map(|(&a, &b)| a as i32 * b as i8 as i32).sum();
-        totals[r] = lanes.iter().sum::<i32>() + tail;
+}
+
+struct VnniRows<'a>(&'a ByteWeightSlices<'a>);
+
+impl RowKernel for VnniRows<'_> {
+    type Input = u8;
+    type Weight = u8;
+    type Sum = i32;
+    const ROW_BLOCK: usize = 8;
+
+    fn weight(&self) -> (&[u8], usize) {
+        (self.0.bytes, self.0.k)
     }
-    totals
+
+    fn slice_columns(&self, rows: usize) -> usize {
+        sliced::slice_columns(rows, 1, 64)
+    }
+
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(&self, n: usize, ks: Range<usize>, biased: &[u8], ahead: &[u8]) -> [i32; R] {
+        let k = self.0.k;
+        let bytes = &self.0.bytes[n * k..(n + 1) * k];
+        assert!(biased.len() >= R * k && ks.end <= k);
+        let vector_end = ks.start + ks.len() / 64 * 64;
+        // SAFETY (every vector operation): the caller runs this where AVX-512 VNNI is present.
+        let (mut sums, mut weight_sum, ones) = unsafe { ([_mm512_setzero_si512(); R], _mm512_setzero_si512(), _mm512_set1_epi8(1)) };
+        for j in (ks.start..vector_end).step_by(64) {
+            prefetch_line(ahead, j - ks.start);
+            // SAFETY: j + 64 ≤ K = bytes.len().
+            let weights = unsafe { _mm512_loadu_si512(bytes.as_ptr().add(j).cast()) };
+            weight_sum = unsafe { _mm512_dpbusd_epi32(weight_sum, ones, weights) };
+            for (r, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: j + 64 ≤ K, so the sixty-four codes lie in row r of the asserted `[R, K]`.
+                unsafe { *sum = _mm512_dpbusd_epi32(*sum, _mm512_loadu_si512(biased.as_ptr().add(r * k + j).cast()), weights) };
+            }
+        }
+        // Σ (a + 128) · w − 128 · Σ w, in wrapping i32 like the lanes (exact wherever the
+        // product fits an i32, as the reference's sum must).
+        let bias = unsafe { _mm512_reduce_add_epi32(weight_sum) }.wrapping_mul(CODE_BIAS as i32);
+        let mut totals = [0i32; R];
+        for r in 0..R {
+            let tail = tail_sum(&biased[r * k + vector_end..r * k + ks.end], &bytes[vector_end..ks.end], CODE_BIAS as i32);
+            totals[r] = unsafe { _mm512_reduce_add_epi32(sums[r]) }.wrapping_sub(bias).wrapping_add(tail);
+        }
+        totals
+    }
 }

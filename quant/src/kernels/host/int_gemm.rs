@@ -168,7 +168,7 @@ fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[G
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
 fn row_tile_avx512<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[GroupRun], x: &[f32], cols: Range<usize>, out: &mut [f32]) {
     row_tile::<BITS, R, true>(weight, runs, x, cols, out)
 }

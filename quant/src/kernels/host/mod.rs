@@ -5,7 +5,7 @@
 //! every op, tensor-core ones included.
 //!
 //! Each product takes one of two paths by its rows ([`HostPath`]): below a threshold
-//! ([`TILED_ROWS`], [`INT_TILED_ROWS`], [`E4M3_TILED_ROWS`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
+//! ([`float_tiled_rows`], [`INT_TILED_ROWS`], [`w8a8_tiled_rows`], [`e4m3_tiled_rows`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
 //! write nothing but the output; from there `tiles` decodes the weight a cache-sized
 //! tile at a time and multiplies each tile by every row with the `gemm` crate.
 //!
@@ -20,6 +20,10 @@ mod byte_tiles;
 mod e4m3_rows;
 #[cfg(target_arch = "x86_64")]
 mod int8_rows;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
+#[cfg(target_arch = "x86_64")]
+mod sliced;
 mod tiles;
 
 use std::ops::Range;
@@ -145,6 +149,12 @@ pub(crate) fn avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
+/// Whether the W8A8 kernel's AVX-512 build may run: it needs VNNI's byte dot product.
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    vector_isa() == VectorIsa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
 /// The vector instruction sets a host kernel may be compiled for, narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum VectorIsa {
@@ -152,19 +162,58 @@ pub enum VectorIsa {
     Baseline,
     /// AVX2 with FMA and F16C.
     Avx2,
-    /// AVX-512 (sixteen f32 lanes) beside AVX2's set: the integer kernel's loops, which
-    /// the compiler vectorizes, run twice as wide.
+    /// AVX-512 F, BW, DQ and VL (x86-64-v4's set; sixteen f32 lanes) beside AVX2's:
+    /// the integer kernel's loops, which the compiler vectorizes, and the e4m3 and
+    /// 16-bit float register kernels run twice as wide.
     Avx512,
 }
 
-/// The widest set [`vector_isa`] may return, as a `VectorIsa` discriminant.
-static VECTOR_ISA_LIMIT: AtomicU8 = AtomicU8::new(VectorIsa::Avx512 as u8);
+impl VectorIsa {
+    /// The name [`VECTOR_ISA_ENV`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The environment variable that caps the vector set from the start (`baseline`, `avx2`
+/// or `avx512`), as [`limit_vector_isa`] does later.
+pub const VECTOR_ISA_ENV: &str = "EMBER_VECTOR_ISA";
+
+/// The widest set [`vector_isa`] may return, as a `VectorIsa` discriminant, or
+/// [`LIMIT_UNREAD`] until [`VECTOR_ISA_ENV`] has been read.
+static VECTOR_ISA_LIMIT: AtomicU8 = AtomicU8::new(LIMIT_UNREAD);
+const LIMIT_UNREAD: u8 = u8::MAX;
 
 /// The widest vector set this CPU has, within the limit of [`limit_vector_isa`].
 pub fn vector_isa() -> VectorIsa {
-    let limit = VECTOR_ISA_LIMIT.load(Ordering::Relaxed);
+    let mut limit = VECTOR_ISA_LIMIT.load(Ordering::Relaxed);
+    if limit == LIMIT_UNREAD {
+        limit = limit_from_env() as u8;
+        // A limit set meanwhile wins.
+        limit = match VECTOR_ISA_LIMIT.compare_exchange(LIMIT_UNREAD, limit, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => limit,
+            Err(set) => set,
+        };
+    }
     let widest = detected_isa();
     [VectorIsa::Avx512, VectorIsa::Avx2].into_iter().find(|&isa| isa <= widest && isa as u8 <= limit).unwrap_or(VectorIsa::Baseline)
+}
+
+/// The cap [`VECTOR_ISA_ENV`] names, or none (an unknown name is logged and ignored).
+fn limit_from_env() -> VectorIsa {
+    let name = std::env::var(VECTOR_ISA_ENV).unwrap_or_default();
+    if name.trim().is_empty() {
+        return VectorIsa::Avx512;
+    }
+    let known = [VectorIsa::Baseline, VectorIsa::Avx2, VectorIsa::Avx512];
+    known.into_iter().find(|isa| isa.name().eq_ignore_ascii_case(name.trim())).unwrap_or_else(|| {
+        tracing::warn!("{VECTOR_ISA_ENV}={name:?} is not one of baseline, avx2, avx512; using the widest the CPU has");
+        VectorIsa::Avx512
+    })
 }
 
 /// Caps the vector set the host kernels use from now on, process-wide (to compare them,
@@ -180,7 +229,8 @@ fn detected_isa() -> VectorIsa {
         if !avx2() {
             return VectorIsa::Baseline;
         }
-        match std::arch::is_x86_feature_detected!("avx512f") {
+        use std::arch::is_x86_feature_detected;
+        match is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512vl") {
             true => VectorIsa::Avx512,
             false => VectorIsa::Avx2,
         }
@@ -276,13 +326,6 @@ pub(super) fn next_channel<'a, T>(values: &'a [T], k: usize, n: usize, channels:
     }
 }
 
-/// `m` rows in blocks of at most `block`: `(first, rows, ahead)` for each, `ahead` being
-/// `next` for the first block, the one whose pass reads the channel from memory, and
-/// nothing for the rest, whose passes find it in the cache.
-pub(super) fn row_blocks<T>(m: usize, block: usize, next: &[T]) -> impl Iterator<Item = (usize, usize, &[T])> {
-    (0..m).step_by(block.max(1)).map(move |first| (first, (m - first).min(block), if first == 0 { next } else { &[] }))
-}
-
 /// `dst (+)= lhs · rhs` for `[m, k] · [k, n]` f32 operands through the `gemm` crate, on
 /// the calling thread: `dst` and `lhs` row-major with row strides `dst_row` and
 /// `lhs_row`, `rhs`'s element `(i, j)` at `i * rhs_row + j * rhs_column`.
@@ -328,32 +371,53 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
 }
 
-/// Rows from which a float weight's product (f16 / bf16, or int8 values with float
-/// activations) decodes tiles for the `gemm` crate rather than running the fused kernel,
-/// whose few-rows-at-a-time sums fall behind the crate's register-blocked micro-kernels
-/// there (BENCHMARKS.md: at 4096² with 16 rows, bf16 weights 10.5 ms tiled against 8.8
-/// fused, f16 12.7 against 13.5; from 32 rows the tiles lead).
-pub const TILED_ROWS: usize = 16;
+/// Rows from which a product of float weights (f16 / bf16) decodes tiles for the `gemm`
+/// crate rather than running the fused register kernel, whose blocks of rows fall behind
+/// the crate's register-blocked micro-kernels there. The wider the kernel's vectors and
+/// row blocks, the later (BENCHMARKS.md, "Host kernels under each vector set": at 4096²,
+/// bf16 weights with AVX-512 12.6 ms fused against 15.9 tiled at 32 rows, 22.2 against
+/// 18.9 at 64; with AVX2 7.0 against 8.9 at 16 rows, 14.4 against 13.5 at 32).
+pub fn float_tiled_rows() -> usize {
+    match vector_isa() {
+        VectorIsa::Avx512 => 48,
+        VectorIsa::Avx2 => 32,
+        VectorIsa::Baseline => 16,
+    }
+}
 
-/// [`TILED_ROWS`] for packed integer weights and for W8A8 with quantized activations,
-/// whose fused kernels unpack a word for eight rows, or widen sixteen bytes for four rows'
-/// i16 multiply-adds: they stay ahead of the tiles up to 32 rows (BENCHMARKS.md, at 4096²
-/// and 16 rows: Int4 5.4–5.8 ms fused against 6.9–7.2 tiled, W8A8 5.2–5.7 against
-/// 8.3–8.9; at 64 rows the tiles lead or tie).
+/// [`float_tiled_rows`] for int8 weights with float activations (W8A8 layers whose
+/// activations stay float), whose fused kernel converts each channel into a buffer.
+pub const INT8_WEIGHT_ONLY_TILED_ROWS: usize = 16;
+
+/// [`float_tiled_rows`] for packed integer weights, whose fused kernel unpacks a word for
+/// eight rows: it stays ahead of the tiles up to 32 rows (BENCHMARKS.md, at 4096² and 16
+/// rows: Int4 5.4–5.8 ms fused against 6.9–7.2 tiled; at 64 rows the tiles lead or tie).
 pub const INT_TILED_ROWS: usize = 32;
 
-/// The rows from which a W8A8 product takes the tiled path: [`INT_TILED_ROWS`] when its
-/// activations are quantized, [`TILED_ROWS`] when they stay float.
+/// The rows from which a W8A8 product takes the tiled path. With quantized activations
+/// and AVX-512 VNNI, none: the fused kernel's byte dot products (64 a step, exact in i32)
+/// outrun the tiles' f32 products at every row count measured (at 4096² and 128 rows
+/// 20.0 ms against 39.7); without VNNI, [`INT_TILED_ROWS`]; with float activations,
+/// [`INT8_WEIGHT_ONLY_TILED_ROWS`].
 pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
     match activations {
-        ActivationQuant::None => TILED_ROWS,
+        ActivationQuant::None => INT8_WEIGHT_ONLY_TILED_ROWS,
+        #[cfg(target_arch = "x86_64")]
+        _ if vnni() => usize::MAX,
         _ => INT_TILED_ROWS,
     }
 }
 
-/// [`TILED_ROWS`] for e4m3 weights, whose fused kernel computes one dot product per row
-/// and channel: tiled is ahead from 8 rows (7.5 ms against 12.2 at 4096²).
-pub const E4M3_TILED_ROWS: usize = 8;
+/// [`float_tiled_rows`] for e4m3 weights, whose fused kernel decodes a step's bytes for
+/// each block of rows (at 4096², with AVX-512 6.6 ms fused against 7.7 tiled at 16 rows,
+/// 12.6 against 10.5 at 32; with AVX2 4.3 against 4.9 at 8 rows, 9.4 against 7.0 at 16).
+pub fn e4m3_tiled_rows() -> usize {
+    match vector_isa() {
+        VectorIsa::Avx512 => 32,
+        VectorIsa::Avx2 => 16,
+        VectorIsa::Baseline => 8,
+    }
+}
 
 /// How a host product runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,7 +471,7 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
 /// not on the Flex device, not f16 or bf16, or `x` does not have `k` columns.
 pub fn half_weight_gemm(weight: &Tensor<2>, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    half_weight_gemm_by(weight, x, HostPath::for_rows(rows, TILED_ROWS))
+    half_weight_gemm_by(weight, x, HostPath::for_rows(rows, float_tiled_rows()))
 }
 
 /// [`half_weight_gemm`] by `path`.
@@ -521,7 +585,7 @@ fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid
 /// does not have K columns (the reference then reports the mismatch).
 pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    fp8_gemm_by(weight, x, HostPath::for_rows(rows, E4M3_TILED_ROWS))
+    fp8_gemm_by(weight, x, HostPath::for_rows(rows, e4m3_tiled_rows()))
 }
 
 /// [`fp8_gemm`] by `path`.
@@ -562,10 +626,7 @@ pub fn w8a8_gemm_by(weight: &W8A8Weight, x: Tensor<2>, path: HostPath) -> Option
         (Some(scales), path) => {
             let codes = byte_gemm::quantize(&values, m, k, scales, ActivationGrid::Int8);
             match path {
-                HostPath::Fused => {
-                    let a: Vec<i16> = codes.values.iter().map(|&v| v as i16).collect();
-                    byte_gemm::int8_gemm(&slices, &a, &codes.scales, m)
-                }
+                HostPath::Fused => byte_gemm::int8_gemm(&slices, &codes.values, &codes.scales, m),
                 HostPath::Tiled => {
                     let summation = Summation::Integers { row_scales: &codes.scales, channel_scales: slices.scales };
                     tiles::tiled_gemm(&ByteTiles { weight: &slices, values: ByteValues::Int8Codes }, &codes.values, m, summation)
