@@ -209,6 +209,8 @@ fn w8a8_gemm(c: &mut Criterion) {
                 activations: ActivationQuant::DynamicPerToken,
             };
             let dense = w.dequantize().transpose();
+            // The same weight with float activations (int8 weight-only).
+            let weight_only = W8A8Weight { activations: ActivationQuant::None, ..w.clone() };
             let mut group = c.benchmark_group(format!("w8a8/{name}/{k}x{n}"));
             group.sample_size(10);
             for &m in byte_rows(&name) {
@@ -221,6 +223,10 @@ fn w8a8_gemm(c: &mut Criterion) {
                     GemmKernel::Host => {
                         for (id, path) in [("host_fused", HostPath::Fused), ("host_tiled", HostPath::Tiled)] {
                             group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| finish(kernels::host::w8a8_gemm_by(&w, x.clone(), path).expect("a weight on Flex"))));
+                        }
+                        for (id, path) in [("host_fused_weight_only", HostPath::Fused), ("host_tiled_weight_only", HostPath::Tiled)] {
+                            let run = |x: &Tensor<2>| finish(kernels::host::w8a8_gemm_by(&weight_only, x.clone(), path).expect("a weight on Flex"));
+                            group.bench_with_input(BenchmarkId::new(id, m), &x, |b, x| b.iter(|| run(x)));
                         }
                     }
                     other => panic!("{name}: {other:?} is selected, not a portable or host kernel"),

@@ -735,7 +735,7 @@ fn w8a8_host_cases(isa: VectorIsa) {
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
     // Past the rows from which each mode's products are tiled (W8A8 with quantized
     // activations only without VNNI).
-    let (many, many_float) = (kernels::host::INT_TILED_ROWS + 2, kernels::host::INT8_WEIGHT_ONLY_TILED_ROWS + 2);
+    let (many, many_float) = (kernels::host::INT_TILED_ROWS + 2, kernels::host::byte_tiled_rows() + 2);
     let full = i8::MIN..=i8::MAX;
     let cases = [
         (ActivationQuant::DynamicPerToken, 1028, full.clone(), vec![1usize, 3, 8, 13, 16, many]),
@@ -799,7 +799,7 @@ fn fp8_host_cases(isa: VectorIsa) {
     for ((scales, mode), (k, n)) in cases.into_iter().flat_map(shapes) {
         let what = format!("{isa:?} {scales:?} {} [{k}x{n}]", mode.describe());
         let weight = fp8_weight(k, n, scales, mode, &flex, &mut rng);
-        let row_counts: &[usize] = if k > 4096 { &[1, 3] } else { &[1, 5, 6, kernels::host::e4m3_tiled_rows(), 66] };
+        let row_counts: &[usize] = if k > 4096 { &[1, 3] } else { &[1, 5, 6, kernels::host::byte_tiled_rows(), 66] };
         for &rows in row_counts {
             assert_eq!(kernels::select::fp8_gemm(&weight, &flex, DType::F32, rows).kernel, GemmKernel::Host, "{what}");
             let err = fp8_relative_error_of(&weight, rows, DType::F32, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));

@@ -5,7 +5,8 @@
 //!   does, and each product summed exactly in i32 before the two scales;
 //! - e4m3 (FP8): activations as the reference leaves them (rounded to e4m3 and scaled
 //!   back, or float), each channel's bytes decoded once for every row (in registers
-//!   where the CPU has AVX2: [`super::e4m3_rows`]).
+//!   where the CPU has AVX2: [`super::byte_rows`], as are int8 weights with float
+//!   activations).
 //!
 //! The activation quantization mirrors `crate::repr::quantize_activations`: the scale is
 //! `max(absmax / half_range, f32::MIN_POSITIVE)`, values are divided by it, clamped, and
@@ -267,12 +268,25 @@ impl ByteWeightSlices<'_> {
 enum Operands<'a> {
     /// e4m3 weights, float activations.
     E4m3 { x: &'a [f32] },
-    /// int8 weights, int8 activation codes with one scale per row, and where the VNNI
-    /// kernel runs, the codes plus its bias as bytes.
-    Int8 { a: &'a [i16], biased: Option<&'a [u8]>, a_scales: &'a [f32] },
+    /// int8 weights, int8 activation codes with one scale per row.
+    Int8 { codes: Int8Codes<'a>, a_scales: &'a [f32] },
     /// int8 weights, float activations.
     Int8WeightOnly { x: &'a [f32] },
 }
+
+/// int8 activation codes as a kernel reads them.
+#[derive(Clone, Copy)]
+enum Int8Codes<'a> {
+    /// As i16, the i16 multiply-add's operand.
+    Wide(&'a [i16]),
+    /// Plus [`CODE_BIAS`], as bytes: the VNNI dot product's unsigned operand (made only
+    /// where the CPU has it).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Biased(&'a [u8]),
+}
+
+/// What the VNNI kernel adds to an int8 code to make it an unsigned byte.
+pub(super) const CODE_BIAS: i16 = 128;
 
 /// `[m, K] · dequant(W)ᵀ` for e4m3 weights and float activations `x` (already rounded
 /// and scaled back where the scheme quantizes them).
@@ -284,13 +298,13 @@ pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
 /// f32) with one scale per row (`a_scales`, `[m]`): each product summed in i32, then
 /// times both scales in the reference's order.
 pub fn int8_gemm(weight: &ByteWeightSlices, codes: &[f32], a_scales: &[f32], m: usize) -> Vec<f32> {
-    let a: Vec<i16> = codes.iter().map(|&code| code as i16).collect();
     #[cfg(target_arch = "x86_64")]
     if super::vnni() {
-        let biased: Vec<u8> = a.iter().map(|&code| (code + super::int8_rows::CODE_BIAS) as u8).collect();
-        return gemm(weight, Operands::Int8 { a: &a, biased: Some(&biased), a_scales }, m);
+        let biased: Vec<u8> = codes.iter().map(|&code| (code as i16 + CODE_BIAS) as u8).collect();
+        return gemm(weight, Operands::Int8 { codes: Int8Codes::Biased(&biased), a_scales }, m);
     }
-    gemm(weight, Operands::Int8 { a: &a, biased: None, a_scales }, m)
+    let wide: Vec<i16> = codes.iter().map(|&code| code as i16).collect();
+    gemm(weight, Operands::Int8 { codes: Int8Codes::Wide(&wide), a_scales }, m)
 }
 
 /// `[m, K] · Wᵀ` for int8 weights and float activations (weight-only), channel scales.
@@ -302,9 +316,8 @@ fn gemm(weight: &ByteWeightSlices, operands: Operands, m: usize) -> Vec<f32> {
     super::by_column_blocks(m, weight.n, CHANNELS, |channels, out| dispatch(weight, operands, m, channels, out))
 }
 
-/// [`channel_block`], compiled for AVX2 with FMA when the CPU has them; there e4m3 and
-/// W8A8 weights decode in registers instead ([`super::e4m3_rows`], [`super::int8_rows`]),
-/// twice as wide with AVX-512 (and VNNI for int8).
+/// The register kernels ([`super::byte_rows`], [`super::int8_rows`]) where the CPU has
+/// AVX2 or AVX-512 (with VNNI for int8 codes), [`channel_block`] elsewhere.
 fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -313,29 +326,26 @@ fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: R
         // SAFETY (every call): `vector_isa` reports only sets the CPU was checked to have,
         // and AVX2's is part of AVX-512's.
         match (operands, isa) {
-            (Operands::E4m3 { x }, VectorIsa::Avx512) => return unsafe { super::e4m3_rows::e4m3_channels_avx512(weight, x, m, channels, out) },
-            (Operands::E4m3 { x }, VectorIsa::Avx2) => return unsafe { super::e4m3_rows::e4m3_channels_avx2(weight, x, m, channels, out) },
-            (Operands::Int8 { biased: Some(biased), a_scales, .. }, VectorIsa::Avx512) => {
+            (Operands::E4m3 { x }, VectorIsa::Avx512) => return unsafe { super::byte_rows::byte_channels_avx512::<true>(weight, x, m, channels, out) },
+            (Operands::E4m3 { x }, VectorIsa::Avx2) => return unsafe { super::byte_rows::byte_channels_avx2::<true>(weight, x, m, channels, out) },
+            (Operands::Int8WeightOnly { x }, VectorIsa::Avx512) => return unsafe { super::byte_rows::byte_channels_avx512::<false>(weight, x, m, channels, out) },
+            (Operands::Int8WeightOnly { x }, VectorIsa::Avx2) => return unsafe { super::byte_rows::byte_channels_avx2::<false>(weight, x, m, channels, out) },
+            // Biased codes were made for this kernel, on a CPU with its set (whatever the
+            // cap says by now).
+            (Operands::Int8 { codes: Int8Codes::Biased(biased), a_scales }, _) if super::cpu_has_vnni() => {
                 return unsafe { super::int8_rows::int8_channels_vnni(weight, biased, a_scales, m, channels, out) };
             }
-            (Operands::Int8 { a, a_scales, .. }, VectorIsa::Avx2 | VectorIsa::Avx512) => {
+            (Operands::Int8 { codes: Int8Codes::Wide(a), a_scales }, VectorIsa::Avx2 | VectorIsa::Avx512) => {
                 return unsafe { super::int8_rows::int8_channels_avx2(weight, a, a_scales, m, channels, out) };
             }
-            (_, VectorIsa::Avx2 | VectorIsa::Avx512) => return unsafe { channel_block_avx2(weight, operands, m, channels, out) },
-            (_, VectorIsa::Baseline) => {}
+            _ => {}
         }
     }
     channel_block(weight, operands, m, channels, out)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn channel_block_avx2(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
-    channel_block(weight, operands, m, channels, out)
-}
-
-/// Every row times the output channels `channels`, into `out` `[m, channels]`.
-#[inline(always)]
+/// Every row times the output channels `channels`, into `out` `[m, channels]`: each
+/// channel decoded into a buffer, then one dot product per row.
 fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: Range<usize>, out: &mut [f32]) {
     let (k, width) = (weight.k, channels.len());
     match operands {
@@ -355,7 +365,7 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
                 }
             }
         }
-        Operands::Int8 { a, a_scales, .. } => {
+        Operands::Int8 { codes, a_scales } => {
             // Widened to i16 once per channel (the codes once per call), the products
             // pair up into the CPU's i16 multiply-add.
             let weights = as_i8(weight.bytes);
@@ -368,7 +378,11 @@ fn channel_block(weight: &ByteWeightSlices, operands: Operands, m: usize, channe
                 }
                 let w_scale = weight.scale(n, 0);
                 for row in 0..m {
-                    out[row * width + c] = dot_i16(&a[row * k..(row + 1) * k], &widened) as f32 * a_scales[row] * w_scale;
+                    let sum = match codes {
+                        Int8Codes::Wide(a) => dot_i16(&a[row * k..(row + 1) * k], &widened),
+                        Int8Codes::Biased(biased) => biased[row * k..(row + 1) * k].iter().zip(&widened).map(|(&b, &w)| (b as i32 - CODE_BIAS as i32) * w as i32).sum(),
+                    };
+                    out[row * width + c] = sum as f32 * a_scales[row] * w_scale;
                 }
             }
         }

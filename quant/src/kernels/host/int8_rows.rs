@@ -13,12 +13,9 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::byte_gemm::ByteWeightSlices;
+use super::byte_gemm::{ByteWeightSlices, CODE_BIAS};
 use super::prefetch_line;
 use super::sliced::{self, RowKernel};
-
-/// What the VNNI kernel adds to a code to make it an unsigned byte.
-pub(super) const CODE_BIAS: i16 = 128;
 
 /// `out [m, channels] = (a [m, K] · W[channels]ᵀ) · a_scales[row] · the channel's scale`,
 /// the products summed in i32 and scaled in the reference's order, with AVX2; `a` holds

@@ -1,4 +1,4 @@
-//! The f32 vector operations the register kernels ([`super::e4m3_rows`],
+//! The f32 vector operations the register kernels ([`super::byte_rows`],
 //! [`super::half_gemm`]) are written in, for AVX2 (eight lanes) and AVX-512 (sixteen).
 //! A kernel's body is generic over [`F32Lanes`] and `#[inline(always)]`, and each vector
 //! set gets an entry point compiled with its `#[target_feature]`s, so the body and every
@@ -33,6 +33,8 @@ pub(super) trait F32Lanes {
     /// conversion instruction decodes it; magnitude 0x7F (NaN) would land on a finite f16
     /// and is made NaN apart.
     unsafe fn e4m3(bytes: *const u8) -> [Self::Vector; 2];
+    /// The `2 · WIDTH` int8 values at `bytes` as f32, the first `WIDTH` in the first vector.
+    unsafe fn int8(bytes: *const u8) -> [Self::Vector; 2];
     /// The `WIDTH` f16 (or, with `BF16`, bf16) values at `bits` as f32, exactly.
     unsafe fn half<const BF16: bool>(bits: *const u16) -> Self::Vector;
 }
@@ -81,6 +83,14 @@ impl F32Lanes for Avx2 {
     #[inline(always)]
     unsafe fn e4m3(bytes: *const u8) -> [__m256; 2] {
         unsafe { super::byte_gemm::e4m3_lanes16(_mm_loadu_si128(bytes.cast())) }
+    }
+
+    #[inline(always)]
+    unsafe fn int8(bytes: *const u8) -> [__m256; 2] {
+        unsafe {
+            let (low, high) = (_mm_loadl_epi64(bytes.cast()), _mm_loadl_epi64(bytes.add(8).cast()));
+            [_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(low)), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(high))]
+        }
     }
 
     #[inline(always)]
@@ -137,6 +147,14 @@ impl F32Lanes for Avx512 {
             let nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(shifted, _mm512_set1_epi16(0x3F80)), _mm512_set1_epi16(0x3F80));
             let halves = _mm512_mask_blend_epi16(nan, half, _mm512_set1_epi16(0x7E00));
             [_mm512_cvtph_ps(_mm512_castsi512_si256(halves)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(halves))]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn int8(bytes: *const u8) -> [__m512; 2] {
+        unsafe {
+            let (low, high) = (_mm_loadu_si128(bytes.cast()), _mm_loadu_si128(bytes.add(16).cast()));
+            [_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(low)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(high))]
         }
     }
 

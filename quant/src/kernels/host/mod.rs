@@ -5,7 +5,7 @@
 //! every op, tensor-core ones included.
 //!
 //! Each product takes one of two paths by its rows ([`HostPath`]): below a threshold
-//! ([`float_tiled_rows`], [`INT_TILED_ROWS`], [`w8a8_tiled_rows`], [`e4m3_tiled_rows`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
+//! ([`float_tiled_rows`], [`INT_TILED_ROWS`], [`w8a8_tiled_rows`], [`byte_tiled_rows`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
 //! write nothing but the output; from there `tiles` decodes the weight a cache-sized
 //! tile at a time and multiplies each tile by every row with the `gemm` crate.
 //!
@@ -17,7 +17,7 @@ pub mod half_gemm;
 pub mod int_gemm;
 mod byte_tiles;
 #[cfg(target_arch = "x86_64")]
-mod e4m3_rows;
+mod byte_rows;
 #[cfg(target_arch = "x86_64")]
 mod int8_rows;
 #[cfg(target_arch = "x86_64")]
@@ -149,10 +149,17 @@ pub(crate) fn avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
-/// Whether the W8A8 kernel's AVX-512 build may run: it needs VNNI's byte dot product.
+/// Whether the W8A8 kernel's AVX-512 build may run: [`vector_isa`] allows AVX-512 and
+/// the CPU has VNNI's byte dot product.
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
-    vector_isa() == VectorIsa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
+    vector_isa() == VectorIsa::Avx512 && cpu_has_vnni()
+}
+
+/// Whether the CPU has AVX-512's set with VNNI, whatever the cap.
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_vnni() -> bool {
+    detected_isa() == VectorIsa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
 /// The vector instruction sets a host kernel may be compiled for, narrowest first.
@@ -385,10 +392,6 @@ pub fn float_tiled_rows() -> usize {
     }
 }
 
-/// [`float_tiled_rows`] for int8 weights with float activations (W8A8 layers whose
-/// activations stay float), whose fused kernel converts each channel into a buffer.
-pub const INT8_WEIGHT_ONLY_TILED_ROWS: usize = 16;
-
 /// [`float_tiled_rows`] for packed integer weights, whose fused kernel unpacks a word for
 /// eight rows: it stays ahead of the tiles up to 32 rows (BENCHMARKS.md, at 4096² and 16
 /// rows: Int4 5.4–5.8 ms fused against 6.9–7.2 tiled; at 64 rows the tiles lead or tie).
@@ -398,20 +401,22 @@ pub const INT_TILED_ROWS: usize = 32;
 /// and AVX-512 VNNI, none: the fused kernel's byte dot products (64 a step, exact in i32)
 /// outrun the tiles' f32 products at every row count measured (at 4096² and 128 rows
 /// 20.0 ms against 39.7); without VNNI, [`INT_TILED_ROWS`]; with float activations,
-/// [`INT8_WEIGHT_ONLY_TILED_ROWS`].
+/// [`byte_tiled_rows`] (the int8 weights decode in the e4m3 kernel's loop).
 pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
     match activations {
-        ActivationQuant::None => INT8_WEIGHT_ONLY_TILED_ROWS,
+        ActivationQuant::None => byte_tiled_rows(),
         #[cfg(target_arch = "x86_64")]
         _ if vnni() => usize::MAX,
         _ => INT_TILED_ROWS,
     }
 }
 
-/// [`float_tiled_rows`] for e4m3 weights, whose fused kernel decodes a step's bytes for
-/// each block of rows (at 4096², with AVX-512 6.6 ms fused against 7.7 tiled at 16 rows,
-/// 12.6 against 10.5 at 32; with AVX2 4.3 against 4.9 at 8 rows, 9.4 against 7.0 at 16).
-pub fn e4m3_tiled_rows() -> usize {
+/// [`float_tiled_rows`] for 8-bit weights with float activations (e4m3, and int8 in
+/// W8A8 layers whose activations stay float), whose fused kernel decodes a step's bytes
+/// for each block of rows (e4m3 at 4096², with AVX-512 6.6 ms fused against 7.7 tiled at
+/// 16 rows, 12.6 against 10.5 at 32; with AVX2 4.3 against 4.9 at 8 rows, 9.4 against
+/// 7.0 at 16).
+pub fn byte_tiled_rows() -> usize {
     match vector_isa() {
         VectorIsa::Avx512 => 32,
         VectorIsa::Avx2 => 16,
@@ -585,7 +590,7 @@ fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid
 /// does not have K columns (the reference then reports the mismatch).
 pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    fp8_gemm_by(weight, x, HostPath::for_rows(rows, e4m3_tiled_rows()))
+    fp8_gemm_by(weight, x, HostPath::for_rows(rows, byte_tiled_rows()))
 }
 
 /// [`fp8_gemm`] by `path`.

@@ -1,4 +1,4 @@
-//! The loop the register kernels ([`super::e4m3_rows`], [`super::int8_rows`], the 16-bit
+//! The loop the register kernels ([`super::byte_rows`], [`super::int8_rows`], the 16-bit
 //! float one of [`super::half_gemm`]) share: a task's output channels times its rows,
 //! in blocks of rows whose running sums a kernel keeps in registers, and over a slice of
 //! K at a time so that a block's activations stay in the core's L1 data cache while every
