@@ -170,8 +170,9 @@ pub enum VectorIsa {
     /// AVX2 with FMA and F16C.
     Avx2,
     /// AVX-512 F, BW, DQ and VL (x86-64-v4's set; sixteen f32 lanes) beside AVX2's:
-    /// the integer kernel's loops, which the compiler vectorizes, and the e4m3 and
-    /// 16-bit float register kernels run twice as wide.
+    /// the integer kernel's loops, which the compiler vectorizes, and the 8-bit and
+    /// 16-bit float register kernels run twice as wide; W8A8 takes its VNNI kernel where
+    /// the CPU has VNNI too.
     Avx512,
 }
 
@@ -381,7 +382,7 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
 /// Rows from which a product of float weights (f16 / bf16) decodes tiles for the `gemm`
 /// crate rather than running the fused register kernel, whose blocks of rows fall behind
 /// the crate's register-blocked micro-kernels there. The wider the kernel's vectors and
-/// row blocks, the later (BENCHMARKS.md, "Host kernels under each vector set": at 4096²,
+/// row blocks, the later (BENCHMARKS.md, "The register kernels under each vector set": at 4096²,
 /// bf16 weights with AVX-512 12.6 ms fused against 15.9 tiled at 32 rows, 22.2 against
 /// 18.9 at 64; with AVX2 7.0 against 8.9 at 16 rows, 14.4 against 13.5 at 32).
 pub fn float_tiled_rows() -> usize {
