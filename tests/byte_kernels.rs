@@ -5,7 +5,6 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use ember::quant::kernels::{self, GemmKernel, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
-use ember::quant::kernels::host::{HostPath, VectorIsa};
 use ember::quant::repr::{e4m3_table, e4m3_value, quantize_activations, ActivationGrid, ActivationQuant, Fp8Weight, W8A8Weight};
 use ember::quant::ComputeDtype;
 use ember::{load_model, LoadOptions};
@@ -16,7 +15,7 @@ use crate::common::{fixture, max_abs_diff, prompt_logits, Reference};
 
 const ROWS: [usize; 5] = [1, 3, 16, 64, 257];
 
-fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+pub(crate) fn to_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(DType::F32).into_data().try_to_vec::<f32>().expect("f32 data")
 }
 
@@ -30,7 +29,7 @@ fn floats(values: Vec<f32>, shape: [usize; 2], dtype: DType, device: &Device) ->
 
 /// Activations whose rows span six orders of magnitude, with an all-zero row, exact
 /// ties of the int8 grid and values past the static scale's range.
-fn activations(rows: usize, k: usize, dtype: DType, device: &Device, rng: &mut StdRng) -> Tensor<2> {
+pub(crate) fn activations(rows: usize, k: usize, dtype: DType, device: &Device, rng: &mut StdRng) -> Tensor<2> {
     let mut values = Vec::with_capacity(rows * k);
     for row in 0..rows {
         let magnitude = 10f32.powf(rng.random_range(-3.0..3.0));
@@ -118,7 +117,7 @@ fn w8a8_weight(k: usize, n: usize, activations: ActivationQuant, device: &Device
 }
 
 /// A random int8 weight whose codes lie in `codes`.
-fn w8a8_weight_within(k: usize, n: usize, activations: ActivationQuant, device: &Device, rng: &mut StdRng, codes: std::ops::RangeInclusive<i8>) -> W8A8Weight {
+pub(crate) fn w8a8_weight_within(k: usize, n: usize, activations: ActivationQuant, device: &Device, rng: &mut StdRng, codes: std::ops::RangeInclusive<i8>) -> W8A8Weight {
     let codes = random_words(n, k, rng, |rng| rng.random_range(codes.clone()) as u8);
     let scales: Vec<f32> = (0..n).map(|_| rng.random_range(1e-3..1e-2)).collect();
     W8A8Weight {
@@ -201,7 +200,7 @@ fn w8a8_gemm_on_cubecl_cpu() {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Fp8Scales {
+pub(crate) enum Fp8Scales {
     Tensor,
     Channel,
     /// 128×128 blocks (DeepSeek `weight_scale_inv`, compressed-tensors FP8_BLOCK).
@@ -209,7 +208,7 @@ enum Fp8Scales {
 }
 
 /// A random e4m3 weight (every finite byte) with scales of the given layout.
-fn fp8_weight(k: usize, n: usize, scales: Fp8Scales, activations: ActivationQuant, device: &Device, rng: &mut StdRng) -> Fp8Weight {
+pub(crate) fn fp8_weight(k: usize, n: usize, scales: Fp8Scales, activations: ActivationQuant, device: &Device, rng: &mut StdRng) -> Fp8Weight {
     let codes = random_words(n, k, rng, |rng| loop {
         let byte = rng.random::<u8>();
         if byte & 0x7F != 0x7F {
@@ -243,7 +242,7 @@ fn fp8_relative_error(weight: &Fp8Weight, rows: usize, dtype: DType, device: &De
 
 /// The largest error of `kernel`'s output against the reference, relative to each row's
 /// largest reference value.
-fn fp8_relative_error_of(weight: &Fp8Weight, rows: usize, dtype: DType, device: &Device, rng: &mut StdRng, kernel: impl Fn(&Fp8Weight, Tensor<2>) -> Tensor<2>) -> f32 {
+pub(crate) fn fp8_relative_error_of(weight: &Fp8Weight, rows: usize, dtype: DType, device: &Device, rng: &mut StdRng, kernel: impl Fn(&Fp8Weight, Tensor<2>) -> Tensor<2>) -> f32 {
     let x = activations(rows, weight.in_features, dtype, device, rng);
     let ours = to_f32(kernel(weight, x.clone()));
     let reference = to_f32(fp8_on_flex(weight).forward_reference(x.to_device(&Device::flex())));
@@ -714,101 +713,5 @@ fn host_activation_quantization_matches_the_reference() {
                 assert_eq!(mismatches, 0, "{what}: {mismatches} scaled-back values differ from the reference");
             }
         }
-    }
-}
-
-/// The W8A8 host kernel on Flex (the selector's choice there): with quantized
-/// activations the i32 sums and the two scales multiply in the reference's order, so the
-/// outputs are equal bit for bit while the f32 reference is exact (sums below 2^24: K ≤
-/// 1032, or codes within ±8 at K = 4100), fused or tiled (K = 1028 is two whole tiles and
-/// four columns, whose exact sums add in i32; K = 4100 spans three of the fused kernel's
-/// slices from eight rows); weight-only layers agree within f32 rounding. Under each
-/// vector set (AVX-512's kernel is VNNI's, in row blocks of eight).
-#[test]
-fn w8a8_host_kernel_on_flex() {
-    crate::common::under_each_vector_isa(w8a8_host_cases);
-}
-
-fn w8a8_host_cases(isa: VectorIsa) {
-    let flex = Device::flex();
-    let mut rng = StdRng::seed_from_u64(32);
-    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
-    // Past the rows from which each mode's products are tiled (W8A8 with quantized
-    // activations only without VNNI).
-    let (many, many_float) = (kernels::host::INT_TILED_ROWS + 2, kernels::host::byte_tiled_rows() + 2);
-    let full = i8::MIN..=i8::MAX;
-    let cases = [
-        (ActivationQuant::DynamicPerToken, 1028, full.clone(), vec![1usize, 3, 8, 13, 16, many]),
-        (ActivationQuant::DynamicPerTensor, 1028, full.clone(), vec![4]),
-        (static_scale(), 1028, full.clone(), vec![5, many]),
-        (ActivationQuant::None, 1028, full, vec![3, many_float]),
-        (ActivationQuant::DynamicPerToken, 4100, -8..=8, vec![1, 11]),
-    ];
-    for (mode, k, codes, row_counts) in cases {
-        let n = if k > 2048 { 40 } else { 200 };
-        let weight = w8a8_weight_within(k, n, mode, &flex, &mut rng, codes);
-        for rows in row_counts {
-            for dtype in [DType::F32, DType::BF16] {
-                let what = format!("{isa:?} {} k={k} rows={rows} {dtype:?}", weight.activations.describe());
-                assert_eq!(kernels::select::w8a8_gemm(&weight, &flex, dtype, rows).kernel, GemmKernel::Host, "{what}");
-                let x = activations(rows, k, dtype, &flex, &mut rng);
-                let ours = kernels::w8a8_forward(&weight, x.clone());
-                assert_eq!(ours.dtype(), dtype, "{what}");
-                let (ours, reference) = (to_f32(ours), to_f32(weight.forward_reference(x)));
-                let exact = dtype == DType::F32 && !matches!(weight.activations, ActivationQuant::None);
-                if exact {
-                    let mismatches = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
-                    assert_eq!(mismatches, 0, "{what}: {mismatches} outputs differ");
-                } else {
-                    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let tolerance = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
-                    assert!(max_abs_diff(&ours, &reference) <= tolerance * scale, "{what}: {}", max_abs_diff(&ours, &reference) / scale);
-                }
-            }
-        }
-    }
-}
-
-/// The FP8 host kernel on Flex for every scale layout and activation mode, against the
-/// reference (within f32 summation order), fused and tiled (K = 704: a whole tile of 512
-/// columns, then one and a half 128-column scale blocks; N = 204: three whole blocks of 64
-/// channels, then eight and four), under each vector set.
-#[test]
-fn fp8_host_kernel_on_flex() {
-    crate::common::under_each_vector_isa(fp8_host_cases);
-}
-
-fn fp8_host_cases(isa: VectorIsa) {
-    let flex = Device::flex();
-    let mut rng = StdRng::seed_from_u64(33);
-    let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.02f32], [1]), (&flex, DType::F32)));
-    let cases = [
-        (Fp8Scales::Channel, ActivationQuant::DynamicPerToken),
-        (Fp8Scales::Tensor, ActivationQuant::DynamicPerTensor),
-        (Fp8Scales::Tensor, static_scale()),
-        (Fp8Scales::Block, ActivationQuant::DynamicPerGroup(128)),
-        (Fp8Scales::Block, ActivationQuant::DynamicPerToken),
-        (Fp8Scales::Channel, ActivationQuant::None),
-        (Fp8Scales::Block, ActivationQuant::None),
-    ];
-    // K = 708 leaves columns past the fused kernel's last step in a scale chunk; 1, 5
-    // and 6 rows take AVX2's row blocks of 4, 1 and 2 (the f16 case's 7 rows, 3), 13
-    // rows (fused by request) AVX-512's of 8 and 5; K = 4612 spans two of the fused
-    // kernel's slices at one row, K = 704 two from five rows.
-    let shapes = |case: (Fp8Scales, ActivationQuant)| [(case.clone(), (704, 204)), (case.clone(), (708, 36)), (case, (4612, 20))];
-    for ((scales, mode), (k, n)) in cases.into_iter().flat_map(shapes) {
-        let what = format!("{isa:?} {scales:?} {} [{k}x{n}]", mode.describe());
-        let weight = fp8_weight(k, n, scales, mode, &flex, &mut rng);
-        let row_counts: &[usize] = if k > 4096 { &[1, 3] } else { &[1, 5, 6, kernels::host::byte_tiled_rows(), 66] };
-        for &rows in row_counts {
-            assert_eq!(kernels::select::fp8_gemm(&weight, &flex, DType::F32, rows).kernel, GemmKernel::Host, "{what}");
-            let err = fp8_relative_error_of(&weight, rows, DType::F32, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
-            assert!(err < 2e-6, "{what} rows={rows}: relative error {err}");
-        }
-        let fused = |w: &Fp8Weight, x| kernels::host::fp8_gemm_by(w, x, HostPath::Fused).expect("a weight on Flex");
-        let err = fp8_relative_error_of(&weight, 13, DType::F32, &flex, &mut rng, fused);
-        assert!(err < 2e-6, "{what} rows=13 fused: relative error {err}");
-        let err = fp8_relative_error_of(&weight, 7, DType::F16, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
-        assert!(err < 2e-2, "{what} f16: relative error {err}");
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 
 mod attention;
+mod byte_host_kernels;
 mod byte_kernels;
 mod checkpoint;
 mod cli;
