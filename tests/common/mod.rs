@@ -135,7 +135,7 @@ pub fn under_each_vector_isa(mut check: impl FnMut(ember_quant::kernels::host::V
     static SWITCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _switching = SWITCHING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let widest = vector_isa();
-    for isa in [VectorIsa::Avx512, VectorIsa::Avx2, VectorIsa::Baseline].into_iter().filter(|&isa| isa <= widest) {
+    for isa in [VectorIsa::Amx, VectorIsa::Avx512, VectorIsa::Avx2, VectorIsa::Baseline].into_iter().filter(|&isa| isa <= widest) {
         limit_vector_isa(isa);
         assert_eq!(vector_isa(), isa);
         check(isa);

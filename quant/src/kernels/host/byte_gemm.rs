@@ -2,7 +2,8 @@
 //! channel's bytes are contiguous), read in place from host memory:
 //!
 //! - int8 (W8A8): activations quantized to int8 here, code for code as the reference
-//!   does, and each product summed exactly in i32 before the two scales;
+//!   does, and each product summed exactly in i32 before the two scales (on AMX's tile
+//!   unit where the CPU has one: [`super::int8_amx`]);
 //! - e4m3 (FP8): activations as the reference leaves them (rounded to e4m3 and scaled
 //!   back, or float), each channel's bytes decoded once for every row (in registers
 //!   where the CPU has AVX2: [`super::byte_rows`], as are int8 weights with float
@@ -13,6 +14,8 @@
 //! rounded half to even (int8) or to the nearest e4m3 value.
 
 use std::ops::Range;
+
+use rayon::prelude::*;
 
 use super::dot;
 use crate::repr::activation::E4M3_MAX;
@@ -59,25 +62,42 @@ impl GridActivations {
     }
 }
 
-/// `x` `[m, k]` quantized onto `grid` with `scales`.
+/// `x` `[m, k]` quantized onto `grid` with `scales`, rows in parallel.
 pub fn quantize(x: &[f32], m: usize, k: usize, scales: RowScales, grid: ActivationGrid) -> GridActivations {
-    let from_absmax = |values: &[f32]| (values.iter().fold(0f32, |a, v| a.max(v.abs())) / grid.half_range()).max(f32::MIN_POSITIVE);
-    let rows = || x.chunks(k.max(1));
+    let from_absmax = |values: &[f32]| (absmax(values) / grid.half_range()).max(f32::MIN_POSITIVE);
+    let row_len = k.max(1);
     let (scales, group) = match scales {
         RowScales::Static(scale) => (vec![scale; m], k),
         RowScales::PerTensor => (vec![from_absmax(x); m], k),
-        RowScales::PerRow => (rows().map(from_absmax).collect(), k),
-        RowScales::PerGroup(group) => (rows().flat_map(|row| row.chunks(group.max(1)).map(from_absmax)).collect(), group),
+        RowScales::PerRow => (x.par_chunks(row_len).map(from_absmax).collect(), k),
+        RowScales::PerGroup(group) => {
+            let groups = |row: &[f32]| row.chunks(group.max(1)).map(from_absmax).collect::<Vec<_>>();
+            (x.par_chunks(row_len).flat_map_iter(groups).collect(), group)
+        }
     };
     let group = group.max(1);
+    let groups_per_row = k.div_ceil(group);
     let mut values = vec![0f32; x.len()];
-    let mut scale_of_group = scales.iter();
-    let parts = rows().flat_map(|row| row.chunks(group));
-    let outs = values.chunks_mut(k.max(1)).flat_map(|row| row.chunks_mut(group));
-    for (part, out) in parts.zip(outs) {
-        round_onto_grid(part, *scale_of_group.next().unwrap_or(&1.0), grid, out);
-    }
+    values.par_chunks_mut(row_len).zip(x.par_chunks(row_len)).enumerate().for_each(|(row, (out, part))| {
+        for (index, (out, part)) in out.chunks_mut(group).zip(part.chunks(group)).enumerate() {
+            round_onto_grid(part, scales.get(row * groups_per_row + index).copied().unwrap_or(1.0), grid, out);
+        }
+    });
     GridActivations { values, scales, k, group }
+}
+
+/// The largest `|v|` of `values` (NaN skipped, as `f32::max` does), in sixteen running
+/// maxima the compiler vectorizes.
+fn absmax(values: &[f32]) -> f32 {
+    let larger = |a: f32, v: f32| if v.abs() > a { v.abs() } else { a };
+    let (chunks, rest) = values.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = larger(*lane, v);
+        }
+    }
+    rest.iter().chain(&lanes).fold(0f32, |a, &v| larger(a, v))
 }
 
 /// `out[i]` = `part[i] / scale` rounded onto `grid`, compiled for AVX2 where the CPU has
@@ -296,8 +316,17 @@ pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
 
 /// `[m, K] · Wᵀ` for int8 weights and int8 activation codes (integers in −128..=127, as
 /// f32) with one scale per row (`a_scales`, `[m]`): each product summed in i32, then
-/// times both scales in the reference's order.
+/// times both scales in the reference's order. From [`super::int8_amx::MIN_ROWS`] rows
+/// on AMX's tile unit where the CPU has it, otherwise in the register kernels.
 pub fn int8_gemm(weight: &ByteWeightSlices, codes: &[f32], a_scales: &[f32], m: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if m >= super::int8_amx::MIN_ROWS && super::vector_isa() == super::VectorIsa::Amx {
+        use super::int8_amx;
+        // SAFETY: `vector_isa` reports AMX only where the tile unit was found usable.
+        let tiled = unsafe { int8_amx::TiledCodes::new(codes, m, weight.k) };
+        // SAFETY: as above.
+        return super::by_column_blocks(m, weight.n, int8_amx::CHANNELS, |channels, out| unsafe { int8_amx::int8_channels(weight, &tiled, a_scales, m, channels, out) });
+    }
     #[cfg(target_arch = "x86_64")]
     if super::vnni() {
         let biased: Vec<u8> = codes.iter().map(|&code| (code as i16 + CODE_BIAS) as u8).collect();
@@ -326,16 +355,16 @@ fn dispatch(weight: &ByteWeightSlices, operands: Operands, m: usize, channels: R
         // SAFETY (every call): `vector_isa` reports only sets the CPU was checked to have,
         // and AVX2's is part of AVX-512's.
         match (operands, isa) {
-            (Operands::E4m3 { x }, VectorIsa::Avx512) => return unsafe { super::byte_rows::byte_channels_avx512::<true>(weight, x, m, channels, out) },
+            (Operands::E4m3 { x }, VectorIsa::Amx | VectorIsa::Avx512) => return unsafe { super::byte_rows::byte_channels_avx512::<true>(weight, x, m, channels, out) },
             (Operands::E4m3 { x }, VectorIsa::Avx2) => return unsafe { super::byte_rows::byte_channels_avx2::<true>(weight, x, m, channels, out) },
-            (Operands::Int8WeightOnly { x }, VectorIsa::Avx512) => return unsafe { super::byte_rows::byte_channels_avx512::<false>(weight, x, m, channels, out) },
+            (Operands::Int8WeightOnly { x }, VectorIsa::Amx | VectorIsa::Avx512) => return unsafe { super::byte_rows::byte_channels_avx512::<false>(weight, x, m, channels, out) },
             (Operands::Int8WeightOnly { x }, VectorIsa::Avx2) => return unsafe { super::byte_rows::byte_channels_avx2::<false>(weight, x, m, channels, out) },
             // Biased codes were made for this kernel, on a CPU with its set (whatever the
             // cap says by now).
             (Operands::Int8 { codes: Int8Codes::Biased(biased), a_scales }, _) if super::cpu_has_vnni() => {
                 return unsafe { super::int8_rows::int8_channels_vnni(weight, biased, a_scales, m, channels, out) };
             }
-            (Operands::Int8 { codes: Int8Codes::Wide(a), a_scales }, VectorIsa::Avx2 | VectorIsa::Avx512) => {
+            (Operands::Int8 { codes: Int8Codes::Wide(a), a_scales }, VectorIsa::Avx2 | VectorIsa::Amx | VectorIsa::Avx512) => {
                 return unsafe { super::int8_rows::int8_channels_avx2(weight, a, a_scales, m, channels, out) };
             }
             _ => {}

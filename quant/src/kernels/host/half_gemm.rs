@@ -73,8 +73,8 @@ pub fn half_gemm(weight: &HalfWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
             let bf16 = weight.format == HalfFormat::BF16;
             // SAFETY (every call): `vector_isa` reports only sets the CPU was checked to have.
             match (super::vector_isa(), bf16) {
-                (VectorIsa::Avx512, false) => return unsafe { registers::channels_avx512::<false>(weight, x, m, channels, out) },
-                (VectorIsa::Avx512, true) => return unsafe { registers::channels_avx512::<true>(weight, x, m, channels, out) },
+                (VectorIsa::Amx | VectorIsa::Avx512, false) => return unsafe { registers::channels_avx512::<false>(weight, x, m, channels, out) },
+                (VectorIsa::Amx | VectorIsa::Avx512, true) => return unsafe { registers::channels_avx512::<true>(weight, x, m, channels, out) },
                 (VectorIsa::Avx2, false) => return unsafe { registers::channels_avx2::<false>(weight, x, m, channels, out) },
                 (VectorIsa::Avx2, true) => return unsafe { registers::channels_avx2::<true>(weight, x, m, channels, out) },
                 (VectorIsa::Baseline, _) => {}

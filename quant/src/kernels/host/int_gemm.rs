@@ -160,7 +160,7 @@ fn dispatch<const BITS: u32, const R: usize>(weight: &IntWeightSlices, runs: &[G
     // SAFETY (both calls): `vector_isa` reports only sets the CPU was checked to have.
     match super::vector_isa() {
         #[cfg(target_arch = "x86_64")]
-        VectorIsa::Avx512 => unsafe { row_tile_avx512::<BITS, R>(weight, runs, x, cols, out) },
+        VectorIsa::Amx | VectorIsa::Avx512 => unsafe { row_tile_avx512::<BITS, R>(weight, runs, x, cols, out) },
         #[cfg(target_arch = "x86_64")]
         VectorIsa::Avx2 => unsafe { row_tile_avx2::<BITS, R>(weight, runs, x, cols, out) },
         _ => row_tile::<BITS, R, false>(weight, runs, x, cols, out),

@@ -19,6 +19,8 @@ mod byte_tiles;
 #[cfg(target_arch = "x86_64")]
 mod byte_rows;
 #[cfg(target_arch = "x86_64")]
+mod int8_amx;
+#[cfg(target_arch = "x86_64")]
 mod int8_rows;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
@@ -153,16 +155,16 @@ pub(crate) fn avx2() -> bool {
 /// the CPU has VNNI's byte dot product.
 #[cfg(target_arch = "x86_64")]
 fn vnni() -> bool {
-    vector_isa() == VectorIsa::Avx512 && cpu_has_vnni()
+    vector_isa() >= VectorIsa::Avx512 && cpu_has_vnni()
 }
 
 /// Whether the CPU has AVX-512's set with VNNI, whatever the cap.
 #[cfg(target_arch = "x86_64")]
 fn cpu_has_vnni() -> bool {
-    detected_isa() == VectorIsa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
+    detected_isa() >= VectorIsa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
-/// The vector instruction sets a host kernel may be compiled for, narrowest first.
+/// The instruction sets a host kernel may be compiled for, narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum VectorIsa {
     /// x86-64's baseline (SSE2), or another architecture.
@@ -174,6 +176,9 @@ pub enum VectorIsa {
     /// 16-bit float register kernels run twice as wide; W8A8 takes its VNNI kernel where
     /// the CPU has VNNI too.
     Avx512,
+    /// AVX-512 with AMX's tile unit and its int8 products (x86 server cores since
+    /// Sapphire Rapids), which W8A8 products with int8 activations run on.
+    Amx,
 }
 
 impl VectorIsa {
@@ -183,12 +188,13 @@ impl VectorIsa {
             Self::Baseline => "baseline",
             Self::Avx2 => "avx2",
             Self::Avx512 => "avx512",
+            Self::Amx => "amx",
         }
     }
 }
 
-/// The environment variable that caps the vector set from the start (`baseline`, `avx2`
-/// or `avx512`), as [`limit_vector_isa`] does later.
+/// The environment variable that caps the vector set from the start (`baseline`, `avx2`,
+/// `avx512` or `amx`), as [`limit_vector_isa`] does later.
 pub const VECTOR_ISA_ENV: &str = "EMBER_VECTOR_ISA";
 
 /// The widest set [`vector_isa`] may return, as a `VectorIsa` discriminant, or
@@ -208,19 +214,19 @@ pub fn vector_isa() -> VectorIsa {
         };
     }
     let widest = detected_isa();
-    [VectorIsa::Avx512, VectorIsa::Avx2].into_iter().find(|&isa| isa <= widest && isa as u8 <= limit).unwrap_or(VectorIsa::Baseline)
+    [VectorIsa::Amx, VectorIsa::Avx512, VectorIsa::Avx2].into_iter().find(|&isa| isa <= widest && isa as u8 <= limit).unwrap_or(VectorIsa::Baseline)
 }
 
 /// The cap [`VECTOR_ISA_ENV`] names, or none (an unknown name is logged and ignored).
 fn limit_from_env() -> VectorIsa {
     let name = std::env::var(VECTOR_ISA_ENV).unwrap_or_default();
     if name.trim().is_empty() {
-        return VectorIsa::Avx512;
+        return VectorIsa::Amx;
     }
-    let known = [VectorIsa::Baseline, VectorIsa::Avx2, VectorIsa::Avx512];
+    let known = [VectorIsa::Baseline, VectorIsa::Avx2, VectorIsa::Avx512, VectorIsa::Amx];
     known.into_iter().find(|isa| isa.name().eq_ignore_ascii_case(name.trim())).unwrap_or_else(|| {
-        tracing::warn!("{VECTOR_ISA_ENV}={name:?} is not one of baseline, avx2, avx512; using the widest the CPU has");
-        VectorIsa::Avx512
+        tracing::warn!("{VECTOR_ISA_ENV}={name:?} is not one of baseline, avx2, avx512, amx; using the widest the CPU has");
+        VectorIsa::Amx
     })
 }
 
@@ -238,9 +244,11 @@ fn detected_isa() -> VectorIsa {
             return VectorIsa::Baseline;
         }
         use std::arch::is_x86_feature_detected;
-        match is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512vl") {
-            true => VectorIsa::Avx512,
-            false => VectorIsa::Avx2,
+        let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512vl");
+        match (avx512, avx512 && int8_amx::available()) {
+            (true, true) => VectorIsa::Amx,
+            (true, false) => VectorIsa::Avx512,
+            (false, _) => VectorIsa::Avx2,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -369,9 +377,34 @@ unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: &mut [f32], dst_row: usize
     }
 }
 
-/// `x`'s values as f32, row-major.
-fn f32_values(x: &Tensor<2>) -> Option<Vec<f32>> {
-    x.clone().into_data().try_into_vec_as::<f32>().ok()
+/// `x`'s values as f32, row-major: read in place when `x` holds f32 on the Flex device,
+/// converted otherwise (copying out a prefill's activations took as long as the
+/// product's own quantization of them).
+fn f32_values(x: &Tensor<2>) -> Option<F32Values> {
+    if x.dtype() == DType::F32 {
+        if let Some(buffer) = HostBuffer::of(x).filter(|buffer| buffer.f32s().is_some()) {
+            return Some(F32Values::InPlace(buffer));
+        }
+    }
+    x.clone().into_data().try_into_vec_as::<f32>().ok().map(F32Values::Converted)
+}
+
+/// Activations as [`f32_values`] finds them.
+enum F32Values {
+    InPlace(HostBuffer),
+    Converted(Vec<f32>),
+}
+
+impl std::ops::Deref for F32Values {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            // Checked to hold f32 when made.
+            Self::InPlace(buffer) => buffer.f32s().unwrap_or_default(),
+            Self::Converted(values) => values,
+        }
+    }
 }
 
 /// `[m, n]` f32 values as a tensor in `like`'s dtype, on its device.
@@ -387,7 +420,7 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
 /// 18.9 at 64; with AVX2 7.0 against 8.9 at 16 rows, 14.4 against 13.5 at 32).
 pub fn float_tiled_rows() -> usize {
     match vector_isa() {
-        VectorIsa::Avx512 => 48,
+        VectorIsa::Amx | VectorIsa::Avx512 => 48,
         VectorIsa::Avx2 => 32,
         VectorIsa::Baseline => 16,
     }
@@ -399,9 +432,10 @@ pub fn float_tiled_rows() -> usize {
 pub const INT_TILED_ROWS: usize = 32;
 
 /// The rows from which a W8A8 product takes the tiled path. With quantized activations
-/// and AVX-512 VNNI, none: the fused kernel's byte dot products (64 a step, exact in i32)
-/// outrun the tiles' f32 products at every row count measured (at 4096² and 128 rows
-/// 20.0 ms against 39.7); without VNNI, [`INT_TILED_ROWS`]; with float activations,
+/// and AVX-512 VNNI, none: the fused kernel's byte dot products (64 a step, exact in i32,
+/// or AMX's tile products from [`int8_amx::MIN_ROWS`] rows) outrun the tiles' f32
+/// products at every row count measured (at 4096² and 128 rows 20.0 ms against 39.7,
+/// 3.6 on AMX); without VNNI, [`INT_TILED_ROWS`]; with float activations,
 /// [`byte_tiled_rows`] (the int8 weights decode in the e4m3 kernel's loop).
 pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
     match activations {
@@ -419,7 +453,7 @@ pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
 /// 7.0 at 16).
 pub fn byte_tiled_rows() -> usize {
     match vector_isa() {
-        VectorIsa::Avx512 => 32,
+        VectorIsa::Amx | VectorIsa::Avx512 => 32,
         VectorIsa::Avx2 => 16,
         VectorIsa::Baseline => 8,
     }
@@ -577,12 +611,12 @@ fn row_scales(mode: &ActivationQuant) -> Option<Option<RowScales>> {
 
 /// Activations for a float-activation product: `x` itself, or rounded onto `grid` and
 /// scaled back.
-fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> Option<Vec<f32>> {
+fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid) -> Option<F32Values> {
     let [m, k] = x.dims();
     let values = f32_values(x)?;
     Some(match row_scales(mode)? {
         None => values,
-        Some(scales) => byte_gemm::quantize(&values, m, k, scales, grid).dequantize(),
+        Some(scales) => F32Values::Converted(byte_gemm::quantize(&values, m, k, scales, grid).dequantize()),
     })
 }
 
