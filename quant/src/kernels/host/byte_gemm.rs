@@ -3,7 +3,7 @@
 //!
 //! - int8 (W8A8): activations quantized to int8 here, code for code as the reference
 //!   does, and each product summed exactly in i32 before the two scales (on AMX's tile
-//!   unit where the CPU has one: [`super::int8_amx`]);
+//!   unit where the CPU has one: [`super::amx`]);
 //! - e4m3 (FP8): activations as the reference leaves them (rounded to e4m3 and scaled
 //!   back, or float), each channel's bytes decoded once for every row (in registers
 //!   where the CPU has AVX2: [`super::byte_rows`], as are int8 weights with float
@@ -314,18 +314,33 @@ pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
     gemm(weight, Operands::E4m3 { x }, m)
 }
 
+/// `[m, K] · Wᵀ` for e4m3 weights with one scale per channel or tensor and e4m3
+/// activation codes (e4m3 values, as f32) with one scale per row, on AMX's tile unit:
+/// each sum of exact products times both scales.
+///
+/// # Safety
+/// Only where [`super::vector_isa`] reported [`super::VectorIsa::Amx`].
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn e4m3_codes_gemm(weight: &ByteWeightSlices, codes: &[f32], a_scales: &[f32], m: usize) -> Vec<f32> {
+    use super::amx;
+    // SAFETY: passed on from the caller.
+    let tiles = unsafe { amx::e4m3::codes(codes, m, weight.k) };
+    // SAFETY: as above, and `tiles` holds the m rows' codes.
+    super::by_column_blocks(m, weight.n, amx::CHANNELS, |channels, out| unsafe { amx::e4m3::channels(weight, &tiles, a_scales, m, channels, out) })
+}
+
 /// `[m, K] · Wᵀ` for int8 weights and int8 activation codes (integers in −128..=127, as
 /// f32) with one scale per row (`a_scales`, `[m]`): each product summed in i32, then
-/// times both scales in the reference's order. From [`super::int8_amx::MIN_ROWS`] rows
+/// times both scales in the reference's order. From [`super::amx::int8::MIN_ROWS`] rows
 /// on AMX's tile unit where the CPU has it, otherwise in the register kernels.
 pub fn int8_gemm(weight: &ByteWeightSlices, codes: &[f32], a_scales: &[f32], m: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if m >= super::int8_amx::MIN_ROWS && super::vector_isa() == super::VectorIsa::Amx {
-        use super::int8_amx;
+    if m >= super::amx::int8::MIN_ROWS && super::vector_isa() == super::VectorIsa::Amx {
+        use super::amx;
         // SAFETY: `vector_isa` reports AMX only where the tile unit was found usable.
-        let tiled = unsafe { int8_amx::TiledCodes::new(codes, m, weight.k) };
-        // SAFETY: as above.
-        return super::by_column_blocks(m, weight.n, int8_amx::CHANNELS, |channels, out| unsafe { int8_amx::int8_channels(weight, &tiled, a_scales, m, channels, out) });
+        let tiles = unsafe { amx::int8::codes(codes, m, weight.k) };
+        // SAFETY: as above, and `tiles` holds the m rows' codes.
+        return super::by_column_blocks(m, weight.n, amx::CHANNELS, |channels, out| unsafe { amx::int8::channels(weight, &tiles, a_scales, m, channels, out) });
     }
     #[cfg(target_arch = "x86_64")]
     if super::vnni() {
