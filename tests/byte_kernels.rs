@@ -315,8 +315,15 @@ fn byte_gemm_selector_explains_its_choice() {
     let on_flex = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1);
     assert_eq!(on_flex.kernel, GemmKernel::Host);
     assert!(on_flex.reason.contains("Flex") && on_flex.reason.contains("fused kernel"), "{}", on_flex.reason);
-    // Tiled under every vector set.
+    // Tiled under every vector set but AMX, whose tile unit takes block-scaled FP8 with
+    // quantized activations at every row count; float activations are tiled everywhere.
     let tiled = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 66);
+    match kernels::host::vector_isa() {
+        kernels::host::VectorIsa::Amx => assert!(tiled.reason.contains("fused kernel, at every row count"), "{}", tiled.reason),
+        _ => assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason),
+    }
+    let float_activations = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::None, &flex, &mut rng);
+    let tiled = kernels::select::fp8_gemm(&float_activations, &flex, DType::F32, 66);
     assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason);
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1));
     assert_eq!(forced.kernel, GemmKernel::Reference);

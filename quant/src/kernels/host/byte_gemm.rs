@@ -314,19 +314,27 @@ pub fn e4m3_gemm(weight: &ByteWeightSlices, x: &[f32], m: usize) -> Vec<f32> {
     gemm(weight, Operands::E4m3 { x }, m)
 }
 
-/// `[m, K] · Wᵀ` for e4m3 weights with one scale per channel or tensor and e4m3
-/// activation codes (e4m3 values, as f32) with one scale per row, on AMX's tile unit:
-/// each sum of exact products times both scales.
+/// `[m, K] · Wᵀ` for e4m3 weights and activation codes on the e4m3 grid (`codes`), on
+/// AMX's tile unit: each scale chunk's sum of exact products times its two scales.
 ///
 /// # Safety
-/// Only where [`super::vector_isa`] reported [`super::VectorIsa::Amx`].
+/// Only where [`super::vector_isa`] reported [`super::VectorIsa::Amx`]; the scale chunks
+/// (the weight's blocks or the activations' groups, equal where both are) must be
+/// whole multiples of 32 columns, unless one chunk spans K.
 #[cfg(target_arch = "x86_64")]
-pub(super) unsafe fn e4m3_codes_gemm(weight: &ByteWeightSlices, codes: &[f32], a_scales: &[f32], m: usize) -> Vec<f32> {
-    use super::amx;
+pub(super) unsafe fn e4m3_codes_gemm(weight: &ByteWeightSlices, codes: &GridActivations, m: usize) -> Vec<f32> {
+    use super::amx::{self, ActivationScales};
+    let per_row = codes.k.div_ceil(codes.group).max(1);
+    let columns = match (per_row, weight.scale_layout) {
+        (1, WeightScales::Block { bk, .. }) => bk,
+        (1, _) => weight.k,
+        _ => codes.group,
+    };
+    let activation_scales = ActivationScales { values: &codes.scales, per_row, columns: columns.max(1) };
     // SAFETY: passed on from the caller.
-    let tiles = unsafe { amx::e4m3::codes(codes, m, weight.k) };
+    let tiles = unsafe { amx::e4m3::codes(&codes.values, m, weight.k) };
     // SAFETY: as above, and `tiles` holds the m rows' codes.
-    super::by_column_blocks(m, weight.n, amx::CHANNELS, |channels, out| unsafe { amx::e4m3::channels(weight, &tiles, a_scales, m, channels, out) })
+    super::by_column_blocks(m, weight.n, amx::CHANNELS, |channels, out| unsafe { amx::e4m3::channels(weight, &tiles, activation_scales, m, channels, out) })
 }
 
 /// `[m, K] · Wᵀ` for int8 weights and int8 activation codes (integers in −128..=127, as

@@ -630,8 +630,8 @@ pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
 
 /// The rows from which an FP8 product takes the tiled path: none where it runs on AMX's
 /// tile unit from [`amx::e4m3::MIN_ROWS`] rows ([`fp8_on_tiles`]; at 4096² and 128 rows
-/// its bf16 products take 8.1 ms where the tiles took 37.1), otherwise
-/// [`byte_tiled_rows`].
+/// its bf16 products take 8.1 ms where the tiles took 37.1, with channel scales),
+/// otherwise [`byte_tiled_rows`].
 pub fn fp8_tiled_rows(weight: &Fp8Weight) -> usize {
     match fp8_on_tiles(weight) {
         true => usize::MAX,
@@ -639,13 +639,26 @@ pub fn fp8_tiled_rows(weight: &Fp8Weight) -> usize {
     }
 }
 
-/// Whether an FP8 product of enough rows runs on AMX's tile unit: the CPU has it, the
-/// weight's scales are per channel or tensor, and its activations are quantized onto
-/// e4m3 with one scale per row (dynamic per token or tensor, or static), so that both
-/// operands' codes are exact in bf16.
+/// Whether an FP8 product of enough rows runs on AMX's tile unit: the CPU has it, and
+/// the activations are quantized onto e4m3 (so both operands' codes are exact in bf16)
+/// with scales whose chunks of K line up with the weight's: one per row or tensor, or
+/// per group of the weight's block width. Scale chunks must be whole steps of the bf16
+/// tiles (32 columns) unless one spans K.
 fn fp8_on_tiles(weight: &Fp8Weight) -> bool {
-    let row_scales = matches!(weight.activations, ActivationQuant::DynamicPerToken | ActivationQuant::DynamicPerTensor | ActivationQuant::Static(_));
-    vector_isa() == VectorIsa::Amx && weight.block.is_none() && row_scales
+    let k = weight.in_features;
+    let group = match weight.activations {
+        ActivationQuant::None => return false,
+        ActivationQuant::DynamicPerGroup(group) => Some(group),
+        ActivationQuant::DynamicPerToken | ActivationQuant::DynamicPerTensor | ActivationQuant::Static(_) => None,
+    };
+    let chunk = match (weight.block.map(|[_, bk]| bk), group) {
+        (None, None) => k,
+        (Some(columns), None) | (None, Some(columns)) => columns,
+        (Some(bk), Some(group)) if bk == group => bk,
+        _ => return false,
+    };
+    let whole_steps = chunk >= k || (chunk > 0 && chunk.is_multiple_of(amx::e4m3::COLUMNS));
+    vector_isa() == VectorIsa::Amx && whole_steps
 }
 
 /// [`fp8_gemm`] by `path`.
@@ -662,8 +675,8 @@ pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<T
     if path == HostPath::Fused && m >= amx::e4m3::MIN_ROWS && fp8_on_tiles(weight) {
         let scales = row_scales(&weight.activations)??;
         let codes = byte_gemm::quantize(&f32_values(&x)?, m, weight.in_features, scales, ActivationGrid::E4M3);
-        // SAFETY: `fp8_on_tiles` checked that `vector_isa` reports AMX.
-        let product = unsafe { byte_gemm::e4m3_codes_gemm(&slices, &codes.values, &codes.scales, m) };
+        // SAFETY: `fp8_on_tiles` checked that `vector_isa` reports AMX, and the chunks.
+        let product = unsafe { byte_gemm::e4m3_codes_gemm(&slices, &codes, m) };
         return Some(output(product, m, n, &x));
     }
     let activations = float_activations(&x, &weight.activations, ActivationGrid::E4M3)?;

@@ -1,20 +1,21 @@
 //! FP8 on the tile unit where activations are quantized onto e4m3 too: every e4m3 value
 //! is exact in bf16, so the bf16 tile product (pairs of exact products summed into f32)
-//! multiplies weight and activation codes, and both scales apply once per sum. The
-//! weight's bytes widen to bf16 a task at a time, into tile order, and serve every row
-//! block from there.
+//! multiplies weight and activation codes, and both scales apply once per sum of a
+//! scale chunk (all of K for channel or tensor scales, 128 columns for 128×128 blocks).
+//! The weight's bytes widen to bf16 a task at a time, into tile order, and serve every
+//! row block from there.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::{RightTiles, ScaledOutput, Task, TileProduct, CHANNELS, LINE, LINES, TILE_BYTES};
+use super::{ActivationScales, RightTiles, ScaledOutput, Task, TileProduct, CHANNELS, LINE, LINES, TILE_BYTES};
 use crate::kernels::host::byte_gemm::{e4m3_to_f32, ByteWeightSlices};
 use crate::kernels::host::lanes::{Avx512, F32Lanes};
 
 /// bf16 values a tile line holds: one step's columns.
-const COLUMNS: usize = LINE / 2;
+pub(crate) const COLUMNS: usize = LINE / 2;
 
 /// Rows from which a product runs here rather than in the e4m3 register kernel. Below,
 /// widening each task's weight to bf16 costs what the register kernel's whole product
@@ -54,14 +55,15 @@ thread_local! {
     static WIDENED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out [m, channels] = (codes · W[channels]ᵀ) · a_scales[row] · the channel's scale`
-/// for e4m3 weights with one scale per channel or tensor, products exact and summed in
-/// f32; `channels` spans at most [`CHANNELS`].
+/// `out [m, channels] = codes · W[channels]ᵀ` for e4m3 weights, each chunk of K's sums
+/// (products exact, summed in f32) times its activation scale and its weight scale;
+/// `channels` spans at most [`CHANNELS`].
 ///
 /// # Safety
 /// Only where [`super::available`] reported the tile unit usable; `codes` made by
-/// [`codes`] for `m` rows of the weight's K.
-pub(crate) unsafe fn channels(weight: &ByteWeightSlices, codes: &RightTiles, a_scales: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
+/// [`codes`] for `m` rows of the weight's K; the scales' chunks whole steps of
+/// [`COLUMNS`] (or all of K) and within the weight's scale chunks.
+pub(crate) unsafe fn channels(weight: &ByteWeightSlices, codes: &RightTiles, activation_scales: ActivationScales, m: usize, channels: Range<usize>, out: &mut [f32]) {
     let k = weight.k;
     let steps = k.div_ceil(COLUMNS);
     assert!(codes.steps == steps && channels.len() <= CHANNELS && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
@@ -74,9 +76,9 @@ pub(crate) unsafe fn channels(weight: &ByteWeightSlices, codes: &RightTiles, a_s
             // SAFETY: the tile unit's CPUs have AVX-512.
             unsafe { widen_channel(&weight.bytes[n * k..(n + 1) * k], c % LINES, tiles) };
         }
-        let mut task = E4m3Task { output: ScaledOutput { weight, a_scales, m, channels, out }, widened, steps };
+        let mut task = E4m3Task { output: ScaledOutput { weight, activation_scales, m, channels, out }, widened, steps };
         // SAFETY: passed on from the caller.
-        unsafe { super::run(&mut task, codes) };
+        unsafe { super::run(&mut task, codes, COLUMNS) };
     });
 }
 

@@ -6,7 +6,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{RightTiles, ScaledOutput, Task, TileBuffer, TileProduct, LINE, LINES, TILE_BYTES};
+use super::{ActivationScales, RightTiles, ScaledOutput, Task, TileBuffer, TileProduct, LINE, LINES, TILE_BYTES};
 use crate::kernels::host::byte_gemm::ByteWeightSlices;
 
 /// Rows from which a product runs here rather than in AVX-512 VNNI's register kernel.
@@ -46,10 +46,12 @@ fn encode_codes(codes: &[f32], bytes: &mut [u8]) {
 /// [`codes`] for `m` rows of the weight's K.
 pub(crate) unsafe fn channels(weight: &ByteWeightSlices, codes: &RightTiles, a_scales: &[f32], m: usize, channels: Range<usize>, out: &mut [f32]) {
     assert!(codes.steps == weight.k.div_ceil(LINE));
-    let output = ScaledOutput { weight, a_scales, m, channels, out };
+    // One scale per row, over all of K.
+    let activation_scales = ActivationScales { values: a_scales, per_row: 1, columns: weight.k.max(1) };
+    let output = ScaledOutput { weight, activation_scales, m, channels, out };
     let mut task = Int8Task { output, padded: [TileBuffer([0; TILE_BYTES]), TileBuffer([0; TILE_BYTES])] };
     // SAFETY: passed on from the caller.
-    unsafe { super::run(&mut task, codes) };
+    unsafe { super::run(&mut task, codes, LINE) };
 }
 
 struct Int8Tiles;

@@ -12,9 +12,9 @@
 //! `[rows, channels]` as it is scaled.
 //!
 //! A task ([`run`]) covers two weight tiles (32 channels) and walks the rows two
-//! activation tiles at a time, four tiles of sums resident while K passes: each tile
-//! loaded serves two products. The instructions are not in Rust's stable intrinsics,
-//! hence the inline assembly.
+//! activation tiles at a time, four tiles of sums resident while a scale chunk of K
+//! passes: each tile loaded serves two products. The instructions are not in Rust's
+//! stable intrinsics, hence the inline assembly.
 
 pub(super) mod e4m3;
 pub(super) mod int8;
@@ -148,38 +148,66 @@ pub(super) trait Task<'a> {
     fn output(&mut self) -> &mut ScaledOutput<'a>;
 }
 
-/// A task's output `out [m, channels]`: each sum times its row's scale and its
-/// channel's (in that order, the reference's).
+/// A task's output `out [m, channels]`: the sums of each chunk of K, times the row's
+/// scale and the channel's (in that order, the reference's), added up.
 pub(super) struct ScaledOutput<'a> {
     pub(super) weight: &'a ByteWeightSlices<'a>,
-    pub(super) a_scales: &'a [f32],
+    pub(super) activation_scales: ActivationScales<'a>,
     pub(super) m: usize,
     pub(super) channels: Range<usize>,
     pub(super) out: &'a mut [f32],
+}
+
+/// Activation scales `[m, per_row]`, each row's `i`-th covering columns
+/// `i · columns..(i + 1) · columns`: the chunks of K whose sums a product scales apart
+/// (one chunk for per-row scales, or the weight's scale blocks).
+#[derive(Clone, Copy)]
+pub(crate) struct ActivationScales<'a> {
+    pub(crate) values: &'a [f32],
+    pub(crate) per_row: usize,
+    pub(crate) columns: usize,
 }
 
 impl ScaledOutput<'_> {
     /// Checks the shapes the tile loops rely on: at most [`CHANNELS`] channels of the
     /// weight, `m` rows of scales and output.
     fn check(&self) {
-        let (weight, width) = (self.weight, self.channels.len());
+        let (weight, width, scales) = (self.weight, self.channels.len(), self.activation_scales);
         assert!(width <= CHANNELS && self.channels.end <= weight.n && weight.bytes.len() >= weight.n * weight.k);
-        assert!(self.out.len() >= self.m * width && self.a_scales.len() >= self.m);
+        assert!(self.out.len() >= self.m * width && scales.per_row >= 1 && scales.values.len() >= self.m * scales.per_row);
     }
 
     fn weight_tiles(&self) -> usize {
         self.channels.len().div_ceil(LINES)
     }
 
-    /// The sums of weight tile `tile` by row block `block`, `sums[channel · 16 + row]`.
-    fn write<S: Copy>(&mut self, tile: usize, block: usize, sums: &[S; LINES * LINES], value: impl Fn(S) -> f32) {
-        let (width, offset) = (self.channels.len(), tile * LINES);
+    /// The sums of weight tile `tile` by row block `block` over K chunk `chunk`,
+    /// `sums[channel · 16 + row]`, scaled into `partial` (written for the first chunk,
+    /// added for the others, in the sums' order so the compiler vectorizes it), and
+    /// from there into `out` after the `last`.
+    #[allow(clippy::too_many_arguments)]
+    fn write<S: Copy>(&mut self, partial: &mut [f32; LINES * LINES], tile: usize, block: usize, chunk: usize, last: bool, sums: &[S; LINES * LINES], value: impl Fn(S) -> f32) {
+        let (width, offset, scales) = (self.channels.len(), tile * LINES, self.activation_scales);
         let channels = self.channels.start + offset..(self.channels.start + offset + LINES).min(self.channels.end);
         let rows = block * LINES..((block + 1) * LINES).min(self.m);
-        for (c, n) in channels.enumerate() {
-            let scale = self.weight.scale(n, 0);
-            for (lane, row) in rows.clone().enumerate() {
-                self.out[row * width + offset + c] = value(sums[c * LINES + lane]) * self.a_scales[row] * scale;
+        let group = chunk.min(scales.per_row - 1);
+        let mut row_scales = [0f32; LINES];
+        for (scale, row) in row_scales.iter_mut().zip(rows.clone()) {
+            *scale = scales.values[row * scales.per_row + group];
+        }
+        for (c, n) in channels.clone().enumerate() {
+            let channel_scale = self.weight.scale(n, chunk * scales.columns);
+            let (sums, partial) = (&sums[c * LINES..(c + 1) * LINES], &mut partial[c * LINES..(c + 1) * LINES]);
+            for ((partial, &sum), &row_scale) in partial.iter_mut().zip(sums).zip(&row_scales) {
+                let product = value(sum) * row_scale * channel_scale;
+                *partial = if chunk == 0 { product } else { *partial + product };
+            }
+        }
+        if last {
+            for c in 0..channels.len() {
+                for (lane, row) in rows.clone().enumerate() {
+                    self.out[row * width + offset + c] = partial[c * LINES + lane];
+                }
             }
         }
     }
@@ -189,62 +217,76 @@ impl ScaledOutput<'_> {
 #[repr(C, align(64))]
 struct Sums<S>([S; LINES * LINES]);
 
-/// Every row block of `right` times `task`'s weight tiles over all steps, each tile of
-/// sums written to the task's output.
+/// Every row block of `right` times `task`'s weight tiles, each chunk of K (the
+/// activation scales' `columns`, `step_columns` to a step) into its own tiles of sums,
+/// written to the task's output.
 ///
 /// # Safety
 /// Only where [`available`] reported the tile unit usable; `right` must hold the
 /// output's rows, each as long as the weight tiles' steps.
-pub(super) unsafe fn run<'a, T: Task<'a>>(task: &mut T, right: &RightTiles) {
+pub(super) unsafe fn run<'a, T: Task<'a>>(task: &mut T, right: &RightTiles, step_columns: usize) {
     const { assert!(size_of::<<T::Product as TileProduct>::Sum>() == 4, "a tile of sums is 16 lines of 16 four-byte sums") };
     task.output().check();
     let blocks = task.output().m.div_ceil(LINES);
     assert!(right.bytes.len() >= blocks * right.steps * TILE_BYTES);
+    let (columns, k) = (task.output().activation_scales.columns, task.output().weight.k);
+    assert!(columns.is_multiple_of(step_columns) || columns >= k, "chunks of whole steps");
+    let chunk_steps = match columns >= k {
+        true => right.steps.max(1),
+        false => (columns / step_columns).max(1),
+    };
     let two_tiles = task.output().weight_tiles() == 2;
+    let value = <T::Product as TileProduct>::value;
     let mut sums = Sums([<T::Product as TileProduct>::Sum::default(); LINES * LINES]);
+    let mut partials = [[0f32; LINES * LINES]; 4];
+    let chunks = right.steps.div_ceil(chunk_steps);
     // SAFETY: the caller checked the CPU has the tile unit and the process may use it.
     unsafe { load_config(&TileConfig::full()) };
     for first in (0..blocks).step_by(2) {
         let pair = blocks - first >= 2;
-        // SAFETY (every tile instruction): the configuration is loaded; each load reads
-        // sixteen lines of 64 bytes from a pointer and stride that `weight_tile` or
-        // `tile` vouches for, and each store writes the 1 KiB of `sums`.
-        unsafe {
-            zero::<0>();
-            zero::<1>();
-            zero::<2>();
-            zero::<3>();
-            for step in 0..right.steps {
-                let (w0, stride) = task.weight_tile(0, step);
-                load::<4>(w0, stride);
-                load::<6>(right.tile(first, step), LINE);
-                T::Product::product::<0, 4, 6>();
-                if pair {
-                    load::<7>(right.tile(first + 1, step), LINE);
-                    T::Product::product::<1, 4, 7>();
-                }
-                if two_tiles {
-                    let (w1, stride) = task.weight_tile(1, step);
-                    load::<5>(w1, stride);
-                    T::Product::product::<2, 5, 6>();
+        for (chunk, start) in (0..right.steps).step_by(chunk_steps).enumerate() {
+            // SAFETY (every tile instruction): the configuration is loaded; each load
+            // reads sixteen lines of 64 bytes from a pointer and stride that
+            // `weight_tile` or `tile` vouches for, and each store writes the 1 KiB of
+            // `sums`.
+            unsafe {
+                zero::<0>();
+                zero::<1>();
+                zero::<2>();
+                zero::<3>();
+                for step in start..(start + chunk_steps).min(right.steps) {
+                    let (w0, stride) = task.weight_tile(0, step);
+                    load::<4>(w0, stride);
+                    load::<6>(right.tile(first, step), LINE);
+                    T::Product::product::<0, 4, 6>();
                     if pair {
-                        T::Product::product::<3, 5, 7>();
+                        load::<7>(right.tile(first + 1, step), LINE);
+                        T::Product::product::<1, 4, 7>();
+                    }
+                    if two_tiles {
+                        let (w1, stride) = task.weight_tile(1, step);
+                        load::<5>(w1, stride);
+                        T::Product::product::<2, 5, 6>();
+                        if pair {
+                            T::Product::product::<3, 5, 7>();
+                        }
                     }
                 }
-            }
-            let value = <T::Product as TileProduct>::value;
-            store::<0>(&mut sums);
-            task.output().write(0, first, &sums.0, value);
-            if pair {
-                store::<1>(&mut sums);
-                task.output().write(0, first + 1, &sums.0, value);
-            }
-            if two_tiles {
-                store::<2>(&mut sums);
-                task.output().write(1, first, &sums.0, value);
+                let last = chunk + 1 == chunks;
+                let [partial_0, partial_1, partial_2, partial_3] = &mut partials;
+                store::<0>(&mut sums);
+                task.output().write(partial_0, 0, first, chunk, last, &sums.0, value);
                 if pair {
-                    store::<3>(&mut sums);
-                    task.output().write(1, first + 1, &sums.0, value);
+                    store::<1>(&mut sums);
+                    task.output().write(partial_1, 0, first + 1, chunk, last, &sums.0, value);
+                }
+                if two_tiles {
+                    store::<2>(&mut sums);
+                    task.output().write(partial_2, 1, first, chunk, last, &sums.0, value);
+                    if pair {
+                        store::<3>(&mut sums);
+                        task.output().write(partial_3, 1, first + 1, chunk, last, &sums.0, value);
+                    }
                 }
             }
         }
