@@ -319,7 +319,7 @@ fn byte_gemm_selector_explains_its_choice() {
     // quantized activations at every row count; float activations are tiled everywhere.
     let tiled = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 66);
     match kernels::host::vector_isa() {
-        kernels::host::VectorIsa::Amx => assert!(tiled.reason.contains("fused kernel, at every row count"), "{}", tiled.reason),
+        kernels::host::VectorIsa::Amx => assert!(tiled.reason.contains("fused kernel, at every row count (on AMX's tile unit from 8 rows)"), "{}", tiled.reason),
         _ => assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason),
     }
     let float_activations = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::None, &flex, &mut rng);

@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::host::{float_tiled_rows, fp8_tiled_rows, w8a8_tiled_rows, HostPath, INT_TILED_ROWS};
+use super::host::{amx_rows, float_tiled_rows, fp8_tiled_rows, w8a8_tiled_rows, HostPath, INT_TILED_ROWS};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -229,7 +229,12 @@ impl HostRows {
     /// Which host path runs, and where the other one takes over.
     fn path(self) -> String {
         match self {
-            Self::Product { tiled_from: usize::MAX, .. } => "host fused kernel, at every row count".into(),
+            // Only 8-bit products with quantized activations are never tiled, and those
+            // are the ones the tile unit takes.
+            Self::Product { tiled_from: usize::MAX, .. } => match amx_rows() {
+                Some(rows) => format!("host fused kernel, at every row count (on AMX's tile unit from {rows} rows)"),
+                None => "host fused kernel, at every row count".into(),
+            },
             Self::Product { rows, tiled_from } => match HostPath::for_rows(rows, tiled_from) {
                 HostPath::Fused => format!("host fused kernel, tiles for the gemm crate from {tiled_from} rows"),
                 HostPath::Tiled => format!("host tiled kernel, the fused kernel below {tiled_from} rows"),

@@ -459,6 +459,17 @@ pub fn byte_tiled_rows() -> usize {
     }
 }
 
+/// The rows from which W8A8 products with int8 activations and FP8 products with e4m3
+/// activations run on AMX's tile unit, or `None` where [`vector_isa`] does not allow it.
+pub fn amx_rows() -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if vector_isa() == VectorIsa::Amx {
+        const { assert!(amx::int8::MIN_ROWS == amx::e4m3::MIN_ROWS, "one threshold to report") };
+        return Some(amx::int8::MIN_ROWS);
+    }
+    None
+}
+
 /// How a host product runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostPath {
