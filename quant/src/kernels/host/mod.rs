@@ -5,7 +5,7 @@
 //! every op, tensor-core ones included.
 //!
 //! Each product takes one of two paths by its rows ([`HostPath`]): below a threshold
-//! ([`float_tiled_rows`], [`INT_TILED_ROWS`], [`w8a8_tiled_rows`], [`byte_tiled_rows`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
+//! ([`float_tiled_rows`], [`INT_TILED_ROWS`], [`w8a8_tiled_rows`], [`fp8_tiled_rows`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
 //! write nothing but the output; from there `tiles` decodes the weight a cache-sized
 //! tile at a time and multiplies each tile by every row with the `gemm` crate.
 //!
@@ -176,8 +176,9 @@ pub enum VectorIsa {
     /// 16-bit float register kernels run twice as wide; W8A8 takes its VNNI kernel where
     /// the CPU has VNNI too.
     Avx512,
-    /// AVX-512 with AMX's tile unit and its int8 products (x86 server cores since
-    /// Sapphire Rapids), which W8A8 products with int8 activations run on.
+    /// AVX-512 with AMX's tile unit and its int8 and bf16 products (x86 server cores
+    /// since Sapphire Rapids), which W8A8 products with int8 activations and FP8 products
+    /// with e4m3 activations run on from [`amx_rows`] rows.
     Amx,
 }
 
