@@ -236,8 +236,15 @@ fn selector_explains_its_choice() {
     let on_flex = kernels::select::int_gemm(&weight, &flex, DType::F32, 1);
     assert_eq!(on_flex.kernel, IntGemmKernel::Host);
     assert!(on_flex.reason.contains("Flex") && on_flex.reason.contains("fused kernel"), "{}", on_flex.reason);
-    let tiled = kernels::select::int_gemm(&weight, &flex, DType::F32, kernels::host::INT_TILED_ROWS);
+    // Uneven act-order groups never run on AMX's tile unit; even ones do where it exists.
+    let uneven = random_weight(Case { order: Order::Uneven, group_size: 64, ..PLAIN_G128 }, &flex, &mut rng);
+    let tiled = kernels::select::int_gemm(&uneven, &flex, DType::F32, kernels::host::INT_TILED_ROWS);
     assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason);
+    let many_rows = kernels::select::int_gemm(&weight, &flex, DType::F32, kernels::host::INT_TILED_ROWS);
+    match kernels::host::amx_rows() {
+        Some(rows) => assert!(many_rows.reason.contains(&format!("on AMX's tile unit from {rows} rows")), "{}", many_rows.reason),
+        None => assert!(many_rows.reason.contains("tiled kernel"), "{}", many_rows.reason),
+    }
     let reference = kernels::with_policy(KernelPolicy::Reference, || kernels::select::int_gemm(&weight, &flex, DType::F32, 1));
     assert_eq!(reference.kernel, IntGemmKernel::Reference);
     let ints = kernels::select::int_gemm(&weight, &flex, DType::I32, 1);
@@ -420,7 +427,9 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
 /// Every layout at row counts covering each row tile (1, 2, 4, 8) and ragged ones, N not
 /// a multiple of the 128-column block, the tiled path (chosen from `INT_TILED_ROWS`) on every
 /// layout and on K spanning several tiles with act-order and uneven groups, and f16 / bf16
-/// activations.
+/// activations. Under AMX, products from 8 rows run on the tile unit: one row block (13)
+/// or a pair (19, 32, 64, 257 with a lone last block), channel tiles of 8 and 12 (N = 72,
+/// 300), and K with a partial last step of 32 columns (200, 100).
 ///
 /// The fused kernel is compiled once per vector set: each one this CPU has is checked in
 /// turn (the cap is process-wide; tests running meanwhile stay correct under it).
@@ -440,11 +449,17 @@ fn int_host_kernel_cases() {
     }
     // K = 1152 is two whole tiles of 512 and a part.
     let long = Case { k: 1152, n: 200, order: Order::ActOrder, zeros: Zeros::Integer, ..PLAIN_G128 };
-    let cases = [long, Case { order: Order::Uneven, group_size: 64, zeros: Zeros::Float, ..long }, Case { bits: 8, group_size: 0, ..long }];
+    let cases = [
+        long,
+        Case { order: Order::Uneven, group_size: 64, zeros: Zeros::Float, ..long },
+        Case { bits: 8, group_size: 0, ..long },
+        Case { k: 200, group_size: 0, zeros: Zeros::Integer, ..long },
+        Case { bits: 8, k: 100, group_size: 0, zeros: Zeros::Float, ..long },
+    ];
     for (i, case) in cases.into_iter().enumerate() {
-        for path in [HostPath::Fused, HostPath::Tiled] {
-            let err = host_relative_error(case, 5, DType::F32, 350 + i as u64, Some(path));
-            assert!(err < tolerance(DType::F32), "{case:?} {path:?}: relative error {err}");
+        for (path, rows) in [(HostPath::Fused, 5), (HostPath::Fused, 19), (HostPath::Tiled, 5)] {
+            let err = host_relative_error(case, rows, DType::F32, 350 + i as u64, Some(path));
+            assert!(err < tolerance(DType::F32), "{case:?} {path:?} rows={rows}: relative error {err}");
         }
     }
     for (i, rows) in [kernels::host::INT_TILED_ROWS, 64, 257].into_iter().enumerate() {
@@ -455,6 +470,53 @@ fn int_host_kernel_cases() {
         for rows in [5, kernels::host::INT_TILED_ROWS] {
             let err = host_relative_error(Case { zeros: Zeros::Float, group_size: 32, ..PLAIN_G128 }, rows, dtype, 330, None);
             assert!(err < tolerance(dtype), "{dtype:?} rows={rows}: relative error {err}");
+        }
+    }
+}
+
+/// Activations whose values need every bf16 term the tile unit splits them into: f32
+/// `c = 1 + 2⁻⁹ + 2⁻¹⁸` (three terms), then `−1` and `−2⁻⁹` at the next two rows of K,
+/// whose equal weight values `w` leave `w · 2⁻¹⁸`; f16 `1 + 2⁻⁹` and `−1` (two terms),
+/// leaving `w · 2⁻⁹`. Scales are powers of two, so every path computes these exactly:
+/// a term dropped would show as a zero. Under each vector set, rows on and off the tile
+/// unit.
+#[test]
+fn int_gemm_host_kernel_keeps_every_bit_of_the_activations() {
+    crate::common::under_each_vector_isa(exact_activation_cases);
+}
+
+fn exact_activation_cases(isa: VectorIsa) {
+    let device = Device::flex();
+    let (k, n, group_size) = (64usize, 48usize, 32usize);
+    let mut rng = StdRng::seed_from_u64(61);
+    // Each channel's first three rows hold one value, never the midpoint (a zero weight).
+    let q: Vec<i32> = (0..k * n).map(|index| if index < 3 * n { [1, 3, 12, 15][index % n % 4] } else { rng.random_range(0..16) }).collect();
+    let mut words = vec![0i32; k / 8 * n];
+    for (index, &value) in q.iter().enumerate() {
+        let (row, col) = (index / n, index % n);
+        words[row / 8 * n + col] |= value << (4 * (row % 8));
+    }
+    let scales = Tensor::<2>::from_data(TensorData::new(vec![0.0625f32; k / group_size * n], [k / group_size, n]), (&device, DType::F32));
+    let weight = PackedIntWeight::new(4, int_tensor(words, [k / 8, n], &device), scales, ZeroPoints::Midpoint, group_size);
+    let c = 1.0 + 2f32.powi(-9) + 2f32.powi(-18);
+    for (dtype, leading, leaves) in [(DType::F32, vec![c, -1.0, -(2f32.powi(-9))], 2f32.powi(-18)), (DType::F16, vec![1.0 + 2f32.powi(-9), -1.0], 2f32.powi(-9))] {
+        for rows in [3usize, 8, 40] {
+            let mut values = vec![0f32; rows * k];
+            for row in 0..rows {
+                let row_scale = 2f32.powi(row as i32 % 4);
+                for (column, &value) in leading.iter().enumerate() {
+                    values[row * k + column] = value * row_scale;
+                }
+            }
+            let x = Tensor::<2>::from_data(TensorData::new(values, [rows, k]), (&device, DType::F32)).cast(dtype);
+            let expected: Vec<f32> = (0..rows * n).map(|index| (q[index % n] - 8) as f32 * 0.0625 * leaves * 2f32.powi((index / n) as i32 % 4)).collect();
+            for path in [None, Some(HostPath::Tiled)] {
+                let output = match path {
+                    Some(path) => kernels::host::int_weight_gemm_by(&weight, x.clone(), path).expect("a weight on Flex"),
+                    None => kernels::host::int_weight_gemm(&weight, x.clone()).expect("a weight on Flex"),
+                };
+                assert_eq!(to_f32(output), expected, "{isa:?} {dtype:?} rows={rows} {path:?}");
+            }
         }
     }
 }

@@ -127,15 +127,18 @@ pub fn greedy_tokens(loaded: LoadedModel, prompt: &[u32], max_tokens: usize) -> 
     out.remove(0).completions.remove(0).token_ids
 }
 
-/// Runs `check` under each vector set the host kernels may use on this CPU, widest first,
-/// then restores the widest. The cap is process-wide: tests running meanwhile stay
+/// Runs `check` under each vector set the host kernels may use on this CPU, widest first
+/// (AMX emulated where the CPU has AVX-512 without it), then restores the widest. The cap is process-wide: tests running meanwhile stay
 /// correct under it, and one lock keeps two of these from interleaving.
 pub fn under_each_vector_isa(mut check: impl FnMut(ember_quant::kernels::host::VectorIsa)) {
     use ember_quant::kernels::host::{limit_vector_isa, vector_isa, VectorIsa};
     static SWITCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _switching = SWITCHING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let widest = vector_isa();
-    for isa in [VectorIsa::Amx, VectorIsa::Avx512, VectorIsa::Avx2, VectorIsa::Baseline].into_iter().filter(|&isa| isa <= widest) {
+    // Without the unit, its kernels run on emulated tile instructions.
+    let tiles = ember_quant::kernels::host::emulate_amx();
+    let checked = |isa: VectorIsa| isa <= widest || (isa == VectorIsa::Amx && tiles);
+    for isa in [VectorIsa::Amx, VectorIsa::Avx512, VectorIsa::Avx2, VectorIsa::Baseline].into_iter().filter(|&isa| checked(isa)) {
         limit_vector_isa(isa);
         assert_eq!(vector_isa(), isa);
         check(isa);

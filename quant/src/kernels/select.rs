@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::host::{amx_rows, float_tiled_rows, fp8_tiled_rows, w8a8_tiled_rows, HostPath, INT_TILED_ROWS};
+use super::host::{amx_rows, float_tiled_rows, fp8_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -111,7 +111,7 @@ pub struct Selection<K> {
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
     let tensor_cores = int_mma_choice(device, dtype, rows, weight.in_features, weight.out_features, IntFragments::unsupported(weight));
-    let selection = choose(buffers, device, dtype, HostRows::Product { rows, tiled_from: INT_TILED_ROWS }, tensor_cores);
+    let selection = choose(buffers, device, dtype, HostRows::Product { rows, tiled_from: int_tiled_rows(weight.bits, weight.in_features, weight.group_size, weight.groups_contiguous) }, tensor_cores);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
         weight.bits, weight.in_features, weight.out_features, weight.group_size, selection.kernel, selection.reason
@@ -124,7 +124,7 @@ pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: u
 pub fn grouped_int_gemm(stack: &ExpertStack, device: &Device, dtype: DType, max_rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: stack.packed.dtype(), scales: stack.scales.dtype(), zeros: &stack.zeros, k: stack.in_features };
     let tensor_cores = int_mma_choice(device, dtype, max_rows, stack.in_features, stack.out_features, IntFragments::unsupported_stack(stack));
-    let selection = choose(buffers, device, dtype, HostRows::PerExpert { max_rows, tiled_from: INT_TILED_ROWS }, tensor_cores);
+    let selection = choose(buffers, device, dtype, HostRows::PerExpert { max_rows, tiled_from: int_tiled_rows(stack.bits, stack.in_features, stack.group_size, true) }, tensor_cores);
     log_once(|| format!(
         "moe int{} {}x[{}x{}] g{} max rows={max_rows} {dtype:?}: {:?} ({})",
         stack.bits, stack.experts, stack.in_features, stack.out_features, stack.group_size, selection.kernel, selection.reason
@@ -229,12 +229,10 @@ impl HostRows {
     /// Which host path runs, and where the other one takes over.
     fn path(self) -> String {
         match self {
-            // Only 8-bit products with quantized activations are never tiled, and those
-            // are the ones the tile unit takes.
-            Self::Product { tiled_from: usize::MAX, .. } => match amx_rows() {
-                Some(rows) => format!("host fused kernel, at every row count (on AMX's tile unit from {rows} rows)"),
-                None => "host fused kernel, at every row count".into(),
-            },
+            // Only products the tile unit takes and 8-bit ones with quantized activations
+            // are never tiled.
+            Self::Product { tiled_from: usize::MAX, .. } => format!("host fused kernel, at every row count{}", on_tile_unit()),
+            Self::PerExpert { tiled_from: usize::MAX, .. } => format!("host fused kernel per expert, at every row count{}", on_tile_unit()),
             Self::Product { rows, tiled_from } => match HostPath::for_rows(rows, tiled_from) {
                 HostPath::Fused => format!("host fused kernel, tiles for the gemm crate from {tiled_from} rows"),
                 HostPath::Tiled => format!("host tiled kernel, the fused kernel below {tiled_from} rows"),
@@ -242,6 +240,11 @@ impl HostRows {
             Self::PerExpert { tiled_from, .. } => format!("host kernels per expert, fused below {tiled_from} rows and tiled from there"),
         }
     }
+}
+
+/// Where AMX's tile unit takes a host product: " (on AMX's tile unit from N rows)", or nothing.
+fn on_tile_unit() -> String {
+    amx_rows().map(|rows| format!(" (on AMX's tile unit from {rows} rows)")).unwrap_or_default()
 }
 
 /// On a Cube device, where [`kernels_allowed`]: the portable kernel, with its `tile_m`

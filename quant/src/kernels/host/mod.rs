@@ -5,7 +5,7 @@
 //! every op, tensor-core ones included.
 //!
 //! Each product takes one of two paths by its rows ([`HostPath`]): below a threshold
-//! ([`float_tiled_rows`], [`INT_TILED_ROWS`], [`w8a8_tiled_rows`], [`fp8_tiled_rows`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
+//! ([`float_tiled_rows`], [`int_tiled_rows`], [`w8a8_tiled_rows`], [`fp8_tiled_rows`]) the fused kernels ([`int_gemm`], [`byte_gemm`]) decode each weight in registers and
 //! write nothing but the output; from there `tiles` decodes the weight a cache-sized
 //! tile at a time and multiplies each tile by every row with the `gemm` crate.
 //!
@@ -177,8 +177,9 @@ pub enum VectorIsa {
     /// the CPU has VNNI too.
     Avx512,
     /// AVX-512 with AMX's tile unit and its int8 and bf16 products (x86 server cores
-    /// since Sapphire Rapids), which W8A8 products with int8 activations and FP8 products
-    /// with e4m3 activations run on from [`amx_rows`] rows.
+    /// since Sapphire Rapids), which W8A8 products with int8 activations, FP8 products
+    /// with e4m3 activations and packed integer products (Int4 / Int8 weight-only, their
+    /// float activations split exactly into bf16 terms) run on from [`amx_rows`] rows.
     Amx,
 }
 
@@ -236,6 +237,18 @@ fn limit_from_env() -> VectorIsa {
 /// summation order.
 pub fn limit_vector_isa(limit: VectorIsa) {
     VECTOR_ISA_LIMIT.store(limit as u8, Ordering::Relaxed);
+}
+
+/// Where the CPU has AVX-512 but not AMX, runs the tile kernels' instructions in
+/// software from now on, process-wide, so that [`VectorIsa::Amx`] becomes the widest set
+/// and those kernels can be checked ([`limit_vector_isa`] still caps it); thousands of
+/// times slower than the unit. Returns whether the tile unit, real or emulated, is there.
+pub fn emulate_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if detected_isa() == VectorIsa::Avx512 {
+        amx::emulated::enable();
+    }
+    detected_isa() == VectorIsa::Amx
 }
 
 fn detected_isa() -> VectorIsa {
@@ -432,6 +445,27 @@ pub fn float_tiled_rows() -> usize {
 /// rows: Int4 5.4–5.8 ms fused against 6.9–7.2 tiled; at 64 rows the tiles lead or tie).
 pub const INT_TILED_ROWS: usize = 32;
 
+/// The rows from which a product of a `bits`-bit packed weight with `k` rows in groups
+/// of `group_size` (stored contiguously, or not: uneven act-order groups) takes the
+/// tiled path: none where AMX's tile unit takes it from [`amx::packed::MIN_ROWS`] rows
+/// ([`int_on_tiles`]), otherwise [`INT_TILED_ROWS`].
+pub fn int_tiled_rows(bits: u32, k: usize, group_size: usize, groups_contiguous: bool) -> usize {
+    match int_on_tiles(bits, k, group_size, groups_contiguous) {
+        true => usize::MAX,
+        false => INT_TILED_ROWS,
+    }
+}
+
+/// Whether a packed integer product of enough rows runs on AMX's tile unit: the CPU has
+/// it, and each group is whole steps of its bf16 tiles (32 rows) or spans K.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn int_on_tiles(bits: u32, k: usize, group_size: usize, groups_contiguous: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vector_isa() == VectorIsa::Amx && amx::packed::takes(bits, k, group_size, groups_contiguous);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The rows from which a W8A8 product takes the tiled path. With quantized activations
 /// and AVX-512 VNNI, none: the fused kernel's byte dot products (64 a step, exact in i32,
 /// or AMX's tile products from [`amx::int8::MIN_ROWS`] rows) outrun the tiles' f32
@@ -460,12 +494,13 @@ pub fn byte_tiled_rows() -> usize {
     }
 }
 
-/// The rows from which W8A8 products with int8 activations and FP8 products with e4m3
-/// activations run on AMX's tile unit, or `None` where [`vector_isa`] does not allow it.
+/// The rows from which W8A8 products with int8 activations, FP8 products with e4m3
+/// activations and packed integer products run on AMX's tile unit, or `None` where
+/// [`vector_isa`] does not allow it.
 pub fn amx_rows() -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if vector_isa() == VectorIsa::Amx {
-        const { assert!(amx::int8::MIN_ROWS == amx::e4m3::MIN_ROWS, "one threshold to report") };
+        const { assert!(amx::int8::MIN_ROWS == amx::e4m3::MIN_ROWS && amx::e4m3::MIN_ROWS == amx::packed::MIN_ROWS, "one threshold to report") };
         return Some(amx::int8::MIN_ROWS);
     }
     None
@@ -494,7 +529,8 @@ impl HostPath {
 /// mismatch).
 pub fn int_weight_gemm(weight: &PackedIntWeight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    int_weight_gemm_by(weight, x, HostPath::for_rows(rows, INT_TILED_ROWS))
+    let tiled_rows = int_tiled_rows(weight.bits, weight.in_features, weight.group_size, weight.groups_contiguous);
+    int_weight_gemm_by(weight, x, HostPath::for_rows(rows, tiled_rows))
 }
 
 /// [`int_weight_gemm`] by `path`.
@@ -511,6 +547,14 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
         return None;
     }
     let values = f32_values(&x)?;
+    #[cfg(target_arch = "x86_64")]
+    if let (HostPath::Fused, Grouping::Contiguous(group_size)) = (path, weight.grouping) {
+        if m >= amx::packed::MIN_ROWS && int_on_tiles(weight.bits, k, group_size, true) {
+            // SAFETY: `int_on_tiles` checked that `vector_isa` reports AMX, and the layout.
+            let product = unsafe { amx::packed::gemm(weight, &values, m, amx::packed::terms(x.dtype())) };
+            return Some(output(product, m, weight.n, &x));
+        }
+    }
     let product = match path {
         HostPath::Fused => int_gemm::int_gemm(weight, &values, m),
         HostPath::Tiled => tiles::tiled_gemm(weight, &values, m, Summation::Floats),
@@ -554,11 +598,12 @@ pub fn grouped_int_weight_gemm(stack: &ExpertStack, x: Tensor<2>, rows_per_exper
     let [m, _] = x.dims();
     let n = stack.out_features;
     let buffers = IntWeightBuffers::of_stack(stack)?;
+    let tiled_rows = int_tiled_rows(stack.bits, stack.in_features, stack.group_size, true);
     let mut outputs = Vec::new();
     let mut first = 0;
     for (expert, &rows) in rows_per_expert.iter().enumerate().filter(|(_, &rows)| rows > 0) {
         let expert_x = x.clone().narrow(0, first, rows);
-        outputs.push(product(&buffers.slices(expert)?, expert_x, HostPath::for_rows(rows, INT_TILED_ROWS))?);
+        outputs.push(product(&buffers.slices(expert)?, expert_x, HostPath::for_rows(rows, tiled_rows))?);
         first += rows;
     }
     match (first == m, outputs.is_empty()) {

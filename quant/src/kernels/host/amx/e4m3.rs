@@ -5,12 +5,11 @@
 //! The weight's bytes widen to bf16 a task at a time, into tile order, and serve every
 //! row block from there.
 
-use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::{ActivationScales, RightTiles, ScaledOutput, Task, TileProduct, CHANNELS, LINE, LINES, TILE_BYTES};
+use super::{ActivationScales, Bf16Tiles, RightTiles, ScaledOutput, Task, CHANNELS, LINE, LINES, TILE_BYTES};
 use crate::kernels::host::byte_gemm::{e4m3_to_f32, ByteWeightSlices};
 use crate::kernels::host::lanes::{Avx512, F32Lanes};
 
@@ -103,21 +102,6 @@ fn widen_channel(bytes: &[u8], line: usize, tiles: &mut [u8]) {
     for (column, &byte) in bytes.iter().enumerate().skip(whole * COLUMNS) {
         let at = column / COLUMNS * TILE_BYTES + line * LINE + column % COLUMNS * 2;
         tiles[at..at + 2].copy_from_slice(&((e4m3_to_f32(byte).to_bits() >> 16) as u16).to_le_bytes());
-    }
-}
-
-struct Bf16Tiles;
-
-impl TileProduct for Bf16Tiles {
-    type Sum = f32;
-
-    #[inline(always)]
-    unsafe fn product<const SUMS: u8, const LEFT: u8, const RIGHT: u8>() {
-        unsafe { asm!("tdpbf16ps tmm{s}, tmm{l}, tmm{r}", s = const SUMS, l = const LEFT, r = const RIGHT, options(nostack, nomem, preserves_flags)) };
-    }
-
-    fn value(sum: f32) -> f32 {
-        sum
     }
 }
 

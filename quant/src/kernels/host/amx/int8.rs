@@ -2,7 +2,6 @@
 //! tile is sixteen channels' 64 bytes, lines a channel apart), int8 activation codes as
 //! the right, every product summed exactly in i32 as the reference sums them.
 
-use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
@@ -61,7 +60,7 @@ impl TileProduct for Int8Tiles {
 
     #[inline(always)]
     unsafe fn product<const SUMS: u8, const LEFT: u8, const RIGHT: u8>() {
-        unsafe { asm!("tdpbssd tmm{s}, tmm{l}, tmm{r}", s = const SUMS, l = const LEFT, r = const RIGHT, options(nostack, nomem, preserves_flags)) };
+        unsafe { super::dpbssd::<SUMS, LEFT, RIGHT>() };
     }
 
     fn value(sum: i32) -> f32 {

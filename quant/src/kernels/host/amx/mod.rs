@@ -2,10 +2,12 @@
 //! tile registers of sixteen 64-byte lines, and instructions that multiply a 16-line
 //! tile by another into a tile of 16 × 16 sums: int8 (64 products to a sum, in i32,
 //! [`int8`]) or bf16 pairs (32, in f32, [`e4m3`] for FP8 whose activations are
-//! quantized too: e4m3 values are exact in bf16). One such instruction makes 16 384
-//! int8 products where AVX-512 VNNI's dot product makes 64.
+//! quantized too: e4m3 values are exact in bf16; [`packed`] for Int4 / Int8 weights with
+//! float activations, each split into bf16 terms that add up to it exactly). One such
+//! instruction makes 16 384 int8 products where AVX-512 VNNI's dot product makes 64.
 //!
-//! The left operand is a weight tile, sixteen channels' lines. The right operand must
+//! For 8-bit weights the left operand is a weight tile, sixteen channels' lines ([`packed`]
+//! swaps the roles, as its K-packed words lie in the right operand's order). The right operand must
 //! hold each of its sixteen columns' values four bytes at a time along a line, so the
 //! activations, made anew on every call, are written in that order ([`RightTiles`]). A
 //! tile of sums is then sixteen channels by sixteen rows, turned back into the output's
@@ -14,10 +16,13 @@
 //! A task ([`run`]) covers two weight tiles (32 channels) and walks the rows two
 //! activation tiles at a time, four tiles of sums resident while a scale chunk of K
 //! passes: each tile loaded serves two products. The instructions are not in Rust's
-//! stable intrinsics, hence the inline assembly.
+//! stable intrinsics, hence the inline assembly; [`emulated`] computes them in software
+//! where the CPU lacks the unit, so the kernels are checked on any AVX-512 CPU.
 
 pub(super) mod e4m3;
+pub(super) mod emulated;
 pub(super) mod int8;
+pub(super) mod packed;
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -39,7 +44,13 @@ pub(super) const CHANNELS: usize = 2 * LINES;
 /// Whether the CPU has AMX's tiles with int8 and bf16 products and the OS lets this
 /// process use them (Linux enables the tiles' 8 KiB of register state per process, on
 /// request).
+/// Or, once [`emulated::enable`]d, whether its instructions run in software instead.
 pub(super) fn available() -> bool {
+    on_the_cpu() || emulated::enabled()
+}
+
+/// Whether the CPU's own tile unit is usable.
+pub(super) fn on_the_cpu() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| cpu_has_amx() && request_tile_state())
 }
@@ -137,6 +148,22 @@ pub(super) trait TileProduct {
     unsafe fn product<const SUMS: u8, const LEFT: u8, const RIGHT: u8>();
     /// A sum as f32.
     fn value(sum: Self::Sum) -> f32;
+}
+
+/// bf16 pairs multiplied into f32 sums.
+pub(super) struct Bf16Tiles;
+
+impl TileProduct for Bf16Tiles {
+    type Sum = f32;
+
+    #[inline(always)]
+    unsafe fn product<const SUMS: u8, const LEFT: u8, const RIGHT: u8>() {
+        unsafe { dpbf16ps::<SUMS, LEFT, RIGHT>() };
+    }
+
+    fn value(sum: f32) -> f32 {
+        sum
+    }
 }
 
 /// One task of a product: its weight tiles, and where their sums go.
@@ -319,26 +346,59 @@ pub(super) struct TileBuffer(pub(super) [u8; TILE_BYTES]);
 /// `config` must be a valid palette; the tile state stays until [`release`].
 #[inline(always)]
 unsafe fn load_config(config: &TileConfig) {
-    unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly, preserves_flags)) };
+    if !emulated::enabled() {
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly, preserves_flags)) };
+    }
 }
 
 #[inline(always)]
 unsafe fn release() {
-    unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    if !emulated::enabled() {
+        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    }
 }
 
 #[inline(always)]
 unsafe fn zero<const TILE: u8>() {
-    unsafe { asm!("tilezero tmm{t}", t = const TILE, options(nostack, nomem, preserves_flags)) };
+    match emulated::enabled() {
+        true => emulated::zero(TILE),
+        false => unsafe { asm!("tilezero tmm{t}", t = const TILE, options(nostack, nomem, preserves_flags)) },
+    }
 }
 
 /// Tile `TILE` ← sixteen lines of 64 bytes, `stride` bytes apart from `base`.
 #[inline(always)]
 unsafe fn load<const TILE: u8>(base: *const u8, stride: usize) {
-    unsafe { asm!("tileloadd tmm{t}, [{base} + {stride}*1]", t = const TILE, base = in(reg) base, stride = in(reg) stride, options(nostack, readonly, preserves_flags)) };
+    match emulated::enabled() {
+        true => unsafe { emulated::load(TILE, base, stride) },
+        false => unsafe { asm!("tileloadd tmm{t}, [{base} + {stride}*1]", t = const TILE, base = in(reg) base, stride = in(reg) stride, options(nostack, readonly, preserves_flags)) },
+    }
 }
 
 #[inline(always)]
 unsafe fn store<const TILE: u8>(sums: &mut Sums<impl Copy>) {
-    unsafe { asm!("tilestored [{base} + {stride}*1], tmm{t}", t = const TILE, base = in(reg) sums.0.as_mut_ptr(), stride = in(reg) LINE, options(nostack, preserves_flags)) };
+    assert!(size_of_val(&sums.0) == TILE_BYTES, "a tile of sums is 16 lines of 16 four-byte sums");
+    match emulated::enabled() {
+        // SAFETY: `sums` holds 1 KiB, checked above.
+        true => emulated::store(TILE, unsafe { &mut *sums.0.as_mut_ptr().cast::<[u8; TILE_BYTES]>() }),
+        false => unsafe { asm!("tilestored [{base} + {stride}*1], tmm{t}", t = const TILE, base = in(reg) sums.0.as_mut_ptr(), stride = in(reg) LINE, options(nostack, preserves_flags)) },
+    }
+}
+
+/// Tile `SUMS` += tile `LEFT` · tile `RIGHT`, int8 by int8 into i32.
+#[inline(always)]
+unsafe fn dpbssd<const SUMS: u8, const LEFT: u8, const RIGHT: u8>() {
+    match emulated::enabled() {
+        true => emulated::dpbssd(SUMS, LEFT, RIGHT),
+        false => unsafe { asm!("tdpbssd tmm{s}, tmm{l}, tmm{r}", s = const SUMS, l = const LEFT, r = const RIGHT, options(nostack, nomem, preserves_flags)) },
+    }
+}
+
+/// Tile `SUMS` += tile `LEFT` · tile `RIGHT`, bf16 pairs into f32.
+#[inline(always)]
+unsafe fn dpbf16ps<const SUMS: u8, const LEFT: u8, const RIGHT: u8>() {
+    match emulated::enabled() {
+        true => emulated::dpbf16ps(SUMS, LEFT, RIGHT),
+        false => unsafe { asm!("tdpbf16ps tmm{s}, tmm{l}, tmm{r}", s = const SUMS, l = const LEFT, r = const RIGHT, options(nostack, nomem, preserves_flags)) },
+    }
 }

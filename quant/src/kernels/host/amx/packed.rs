@@ -1,0 +1,388 @@
+//! Packed integer weights (`Int4` / `Int8` weight-only: GPTQ, AWQ, compressed-tensors
+//! W4A16 / W8A16, torchao) times float activations, on the tile unit's bf16 products.
+//!
+//! A weight value less its zero point is a small integer (at most 255 in magnitude),
+//! exact in bf16. An f32 activation is exactly the sum of three bf16 values (its leading
+//! eight significant bits rounded, eight more of what remains, and the rest), an f16 one
+//! of two and a bf16 one of itself; so that many bf16 products multiply an activation by
+//! a weight value exactly, and the tile unit sums them in f32 as the reference sums its
+//! own products. Each group's sums take the group's scale once.
+//!
+//! The operands swap roles against [`super::run`]: the activations are the left operand,
+//! a line holding 32 consecutive values of one row (copied into tiles per call, one tile
+//! per term, block of sixteen rows and step of 32 columns), and the weight is the right.
+//! A right-operand line holds two consecutive K rows of sixteen channels, which is how
+//! K-packed words lie already: a word row of sixteen channels is 64 contiguous bytes and
+//! unpacks into four lines (4-bit) or two (8-bit), without a transpose. A tile of sums
+//! is then sixteen rows by sixteen channels, the output's own order, and a group's
+//! scales apply along its lines.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+use burn::tensor::DType;
+use rayon::prelude::*;
+
+use super::{load, load_config, release, store, zero, Bf16Tiles, Sums, TileConfig, TileProduct, CHANNELS, LINE, LINES};
+use crate::kernels::host::int_gemm::{Centring, Grouping, IntWeightSlices};
+
+/// Rows from which a product runs here rather than in the register kernel. Not yet
+/// timed on a CPU with the unit: set where the FP8 tile kernel, whose per-call widening
+/// of the weight into bf16 tiles writes as many bytes as this one's, overtook its
+/// register kernel (BENCHMARKS.md, "FP8 on AMX": 2.47 ms against 3.41 at eight rows of
+/// 4096²; the Int4 register kernel takes about 2.5 there, and twice that at sixteen).
+pub(crate) const MIN_ROWS: usize = 8;
+
+/// bf16 values a tile line holds: one step's columns of a row, or sixteen channels'
+/// values of two K rows.
+const COLUMNS: usize = LINE / 2;
+
+/// A tile line of bf16 values, aligned as the tile loads read best.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u16; COLUMNS]);
+
+const ZERO_LINE: Line = Line([0; COLUMNS]);
+
+/// Whether the tile loop takes a `bits`-bit weight of `k` rows in groups of `group_size`
+/// (stored contiguously when `contiguous`): each group whole steps of 32 rows, or one
+/// group spanning K.
+pub(crate) fn takes(bits: u32, k: usize, group_size: usize, contiguous: bool) -> bool {
+    let whole_steps = group_size >= k || (group_size > 0 && group_size.is_multiple_of(COLUMNS));
+    matches!(bits, 4 | 8) && k > 0 && k.is_multiple_of(32 / bits as usize) && contiguous && whole_steps
+}
+
+/// The bf16 terms that carry each activation of `dtype` exactly.
+pub(crate) fn terms(dtype: DType) -> usize {
+    match dtype {
+        DType::BF16 => 1,
+        DType::F16 => 2,
+        _ => 3,
+    }
+}
+
+/// `[m, K] · dequant(W)` → `[m, N]`, f32, row-major, for activations `x` whose values
+/// `terms` bf16 values carry exactly (three for any f32 between 2^−100 and 2^127 in
+/// magnitude: smaller remainders fall below bf16's normal range, which the tile unit
+/// reads as zero).
+///
+/// # Safety
+/// Only where [`super::available`] reported the tile unit usable, for a weight
+/// [`takes`] accepts.
+pub(crate) unsafe fn gemm(weight: &IntWeightSlices, x: &[f32], m: usize, terms: usize) -> Vec<f32> {
+    let Grouping::Contiguous(group_size) = weight.grouping else {
+        unreachable!("`takes` accepts contiguous groups only")
+    };
+    let k = weight.k;
+    let group_size = group_size.min(k).max(1);
+    assert!(x.len() >= m * k && (1..=3).contains(&terms));
+    // SAFETY: passed on from the caller (the tile unit's CPUs have AVX-512).
+    let activations = unsafe { ActivationTiles::new(x, m, k, terms) };
+    let group_sums = match weight.centring {
+        Centring::Float(_) => group_sums(x, m, k, group_size),
+        Centring::Midpoint | Centring::Integer(_) => Vec::new(),
+    };
+    let product = Product { weight, activations: &activations, group_sums: &group_sums, group_size, m };
+    // SAFETY: passed on from the caller.
+    crate::kernels::host::by_column_blocks(m, weight.n, CHANNELS, |channels, out| unsafe { product.channels(channels, out) })
+}
+
+/// Each row's sum over each group, `[m, G]`: what a group's float offsets multiply.
+fn group_sums(x: &[f32], m: usize, k: usize, group_size: usize) -> Vec<f32> {
+    (0..m).flat_map(|row| x[row * k..(row + 1) * k].chunks(group_size).map(|group| group.iter().sum::<f32>())).collect()
+}
+
+/// Activations `[m, K]` as left-operand tiles `[blocks, steps, terms, 16 lines]`: line
+/// `r` of a tile holds row `16 · block + r`'s columns of the step as one of its bf16
+/// terms. Rows past `m` and columns past K are zeros.
+struct ActivationTiles {
+    lines: Vec<Line>,
+    steps: usize,
+    terms: usize,
+}
+
+impl ActivationTiles {
+    /// # Safety
+    /// Only on CPUs with AVX-512 (F, BW, DQ, VL).
+    unsafe fn new(x: &[f32], m: usize, k: usize, terms: usize) -> Self {
+        let steps = k.div_ceil(COLUMNS);
+        let block_lines = steps * terms * LINES;
+        let mut lines = vec![ZERO_LINE; m.div_ceil(LINES) * block_lines];
+        lines.par_chunks_mut(block_lines.max(1)).enumerate().for_each(|(block, tiles)| {
+            for lane in 0..LINES.min(m - block * LINES) {
+                let row = block * LINES + lane;
+                // SAFETY: passed on from the caller.
+                unsafe { split_row(&x[row * k..(row + 1) * k], lane, terms, tiles) };
+            }
+        });
+        Self { lines, steps, terms }
+    }
+
+    /// Term `term`'s tile of row block `block` at step `step`.
+    fn tile(&self, block: usize, step: usize, term: usize) -> *const u8 {
+        self.lines[((block * self.steps + step) * self.terms + term) * LINES..][..LINES].as_ptr().cast()
+    }
+}
+
+/// A row's values as `terms` bf16 terms into line `lane` of its block's tiles `tiles`
+/// (`[steps, terms, 16 lines]`), sixteen values at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn split_row(row: &[f32], lane: usize, terms: usize, tiles: &mut [Line]) {
+    assert!(lane < LINES && tiles.len() >= row.len().div_ceil(COLUMNS) * terms * LINES);
+    for (step, values) in row.chunks(COLUMNS).enumerate() {
+        for (half, values) in values.chunks(COLUMNS / 2).enumerate() {
+            let mask = (1u32 << values.len()).wrapping_sub(1) as u16;
+            // SAFETY: the mask reads only `values`' own lanes.
+            let mut rest = unsafe { _mm512_maskz_loadu_ps(mask, values.as_ptr()) };
+            for term in 0..terms {
+                let rounded = round_to_bf16(rest);
+                rest = _mm512_sub_ps(rest, rounded);
+                let line = &mut tiles[(step * terms + term) * LINES + lane].0[half * COLUMNS / 2..][..COLUMNS / 2];
+                let upper = _mm512_srli_epi32::<16>(_mm512_castps_si512(rounded));
+                // SAFETY: sixteen u16 written to a slice of sixteen.
+                unsafe { _mm256_storeu_si256(line.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(upper)) };
+            }
+        }
+    }
+}
+
+/// `values` rounded to bf16 (to nearest, ties to even), as f32 whose lower sixteen bits
+/// are zero. The remainder `values − rounded` is then exact in f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn round_to_bf16(values: __m512) -> __m512 {
+    let bits = _mm512_castps_si512(values);
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
+    _mm512_castsi512_ps(_mm512_and_si512(rounded, _mm512_set1_epi32(0xffff_0000_u32 as i32)))
+}
+
+thread_local! {
+    /// A task's weight tiles in bf16, kept between tasks (up to 896 KiB at K = 14 336).
+    static WIDENED: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One product's operands, shared by its tasks.
+struct Product<'a> {
+    weight: &'a IntWeightSlices<'a>,
+    activations: &'a ActivationTiles,
+    /// `[m, G]` for float offsets, empty otherwise.
+    group_sums: &'a [f32],
+    group_size: usize,
+    m: usize,
+}
+
+impl Product<'_> {
+    /// `out [m, channels]`, `channels` spanning at most [`CHANNELS`]: the task's
+    /// weight widened to bf16 tiles, then every pair of row blocks times them, a group
+    /// of steps at a time into four tiles of sums, scaled into f32 partial sums.
+    ///
+    /// # Safety
+    /// Only where [`super::available`] reported the tile unit usable.
+    unsafe fn channels(&self, channels: Range<usize>, out: &mut [f32]) {
+        let (weight, activations, m) = (self.weight, self.activations, self.m);
+        let steps = weight.k.div_ceil(COLUMNS);
+        let weight_tiles = channels.len().div_ceil(LINES);
+        assert!(activations.steps == steps && channels.len() <= CHANNELS && channels.end <= weight.n && out.len() >= m * channels.len());
+        assert!(activations.lines.len() >= m.div_ceil(LINES) * steps * activations.terms * LINES);
+        WIDENED.with_borrow_mut(|widened| {
+            // Every line the loop reads is written by `widen`: no clearing.
+            if widened.len() < weight_tiles * steps * LINES {
+                widened.resize(weight_tiles * steps * LINES, ZERO_LINE);
+            }
+            for tile in 0..weight_tiles {
+                let first = channels.start + tile * LINES;
+                let tile_channels = first..(first + LINES).min(channels.end);
+                // SAFETY: the tile unit's CPUs have AVX-512.
+                unsafe { widen(weight, tile_channels, self.group_size, &mut widened[tile * steps * LINES..(tile + 1) * steps * LINES]) };
+            }
+            let weight_tile = |tile: usize, step: usize| widened[(tile * steps + step) * LINES..][..LINES].as_ptr().cast::<u8>();
+            let mut output = TaskOutput { product: self, channels: channels.clone(), out, partials: [[0.0; LINES * LINES]; 4], sums: Sums([0.0; LINES * LINES]) };
+            let two_tiles = weight_tiles == 2;
+            let group_steps = self.group_size.div_ceil(COLUMNS).min(steps).max(1);
+            let blocks = m.div_ceil(LINES);
+            // SAFETY (every tile instruction): the caller checked the tile unit is
+            // usable and the configuration is loaded; each load reads sixteen lines
+            // of 64 bytes from a tile of `widened` or of the activations, and each
+            // store writes the 1 KiB of `sums`.
+            unsafe {
+                load_config(&TileConfig::full());
+                for first in (0..blocks).step_by(2) {
+                    let pair = blocks - first >= 2;
+                    for (group, start) in (0..steps).step_by(group_steps).enumerate() {
+                        zero::<0>();
+                        zero::<1>();
+                        zero::<2>();
+                        zero::<3>();
+                        for step in start..(start + group_steps).min(steps) {
+                            load::<4>(weight_tile(0, step), LINE);
+                            if two_tiles {
+                                load::<5>(weight_tile(1, step), LINE);
+                            }
+                            row_block::<0, 1>(activations, first, step, two_tiles);
+                            if pair {
+                                row_block::<2, 3>(activations, first + 1, step, two_tiles);
+                            }
+                        }
+                        output.scale::<0>(0, first, group);
+                        if two_tiles {
+                            output.scale::<1>(1, first, group);
+                        }
+                        if pair {
+                            output.scale::<2>(0, first + 1, group);
+                            if two_tiles {
+                                output.scale::<3>(1, first + 1, group);
+                            }
+                        }
+                    }
+                    output.write(first, pair, two_tiles);
+                }
+                release();
+            }
+        });
+    }
+}
+
+/// Every term of row block `block` at `step` times weight tiles 4 (into sums `S0`) and,
+/// if `two_tiles`, 5 (into `S1`), alternating between tiles 6 and 7 for the terms so
+/// that a load need not wait for the products of the one before.
+///
+/// # Safety
+/// The tile configuration is loaded and the weight tiles are.
+#[inline(always)]
+unsafe fn row_block<const S0: u8, const S1: u8>(activations: &ActivationTiles, block: usize, step: usize, two_tiles: bool) {
+    for term in 0..activations.terms {
+        // SAFETY: the tile is sixteen lines of `activations`; passed on from the caller.
+        unsafe {
+            if term % 2 == 0 {
+                load::<6>(activations.tile(block, step, term), LINE);
+                Bf16Tiles::product::<S0, 6, 4>();
+                if two_tiles {
+                    Bf16Tiles::product::<S1, 6, 5>();
+                }
+            } else {
+                load::<7>(activations.tile(block, step, term), LINE);
+                Bf16Tiles::product::<S0, 7, 4>();
+                if two_tiles {
+                    Bf16Tiles::product::<S1, 7, 5>();
+                }
+            }
+        }
+    }
+}
+
+/// Channels `channels` (at most sixteen) of the weight as right-operand bf16 tiles
+/// `lines` (`[steps, 16 lines]`): line `j` of step `s` holds, for each channel, the
+/// values of K rows `32s + 2j` and `32s + 2j + 1` less their zero point (the midpoint
+/// for float offsets, which the scaling adds). Lines past K are zeros.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, lines: &mut [Line]) {
+    let (bits, k, n) = (weight.bits, weight.k, weight.n);
+    let per_word = 32 / bits as usize;
+    let (word_rows, groups) = (k / per_word, k.div_ceil(group_size));
+    assert!(channels.len() <= LINES && channels.end <= n && lines.len() >= k.div_ceil(COLUMNS) * LINES);
+    assert!(weight.words.len() >= word_rows * n && weight.scales.len() >= groups * n);
+    let mask = (1u32 << channels.len()).wrapping_sub(1) as u16;
+    let midpoint = _mm512_set1_epi32(1 << (bits - 1));
+    let field_mask = _mm512_set1_epi32((1 << bits) - 1);
+    let upper_half = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+    let mut zeros = midpoint;
+    for word_row in 0..word_rows {
+        let row = word_row * per_word;
+        if row.is_multiple_of(group_size) {
+            zeros = match weight.centring {
+                Centring::Integer(points) => {
+                    assert!(points.len() >= groups * n);
+                    // SAFETY: the mask reads the group's channels, inside `points`.
+                    unsafe { _mm512_maskz_loadu_epi32(mask, points.as_ptr().add(row / group_size * n + channels.start).cast()) }
+                }
+                Centring::Midpoint | Centring::Float(_) => midpoint,
+            };
+        }
+        // SAFETY: the mask reads the word row's channels, inside `words`.
+        let words = unsafe { _mm512_maskz_loadu_epi32(mask, weight.words.as_ptr().add(word_row * n + channels.start).cast()) };
+        for pair in 0..per_word / 2 {
+            // Each value is an integer of at most eight significant bits: its f32's
+            // upper half is its bf16, exactly.
+            let field = |index: usize| centred_field(words, index * bits as usize, field_mask, zeros);
+            let (low, high) = (field(2 * pair), field(2 * pair + 1));
+            let line = _mm512_or_si512(_mm512_srli_epi32::<16>(low), _mm512_and_si512(high, upper_half));
+            let at = (row + 2 * pair) / 2;
+            // SAFETY: sixty-four bytes written to a line of `lines`.
+            unsafe { _mm512_storeu_si512(lines[at / LINES * LINES + at % LINES].0.as_mut_ptr().cast(), line) };
+        }
+    }
+    if !k.is_multiple_of(COLUMNS) {
+        let last = k / COLUMNS * LINES;
+        lines[last + k % COLUMNS / 2..last + LINES].fill(ZERO_LINE);
+    }
+}
+
+/// The field at bit `shift` of each word less its zero point, as f32 bits.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn centred_field(words: __m512i, shift: usize, field_mask: __m512i, zeros: __m512i) -> __m512i {
+    let field = _mm512_and_si512(_mm512_srl_epi32(words, _mm_cvtsi32_si128(shift as i32)), field_mask);
+    _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(field, zeros)))
+}
+
+/// A task's sums on their way out: the partial sums of up to four tiles of sums
+/// (`[row, channel]` each, row blocks `first` and `first + 1` by weight tiles 0 and 1).
+struct TaskOutput<'a, 'p> {
+    product: &'p Product<'p>,
+    channels: Range<usize>,
+    out: &'a mut [f32],
+    partials: [[f32; LINES * LINES]; 4],
+    sums: Sums<f32>,
+}
+
+impl TaskOutput<'_, '_> {
+    /// Tile of sums `SUMS` (weight tile `tile` by row block `block`, over group `group`)
+    /// times the group's scales, and its offsets times the rows' sums over the group,
+    /// into its partial sums (written for the first group, added for the others).
+    ///
+    /// # Safety
+    /// The tile configuration is loaded.
+    #[inline(always)]
+    unsafe fn scale<const SUMS: u8>(&mut self, tile: usize, block: usize, group: usize) {
+        // SAFETY: passed on from the caller; the store writes the 1 KiB of `sums`.
+        unsafe { store::<SUMS>(&mut self.sums) };
+        let (weight, n, m) = (self.product.weight, self.product.weight.n, self.product.m);
+        let first = self.channels.start + tile * LINES;
+        let width = (self.channels.end - first).min(LINES);
+        let mut scales = [0f32; LINES];
+        scales[..width].copy_from_slice(&weight.scales[group * n + first..][..width]);
+        let mut offsets = [0f32; LINES];
+        let mut row_sums = [0f32; LINES];
+        if let Centring::Float(values) = weight.centring {
+            offsets[..width].copy_from_slice(&values[group * n + first..][..width]);
+            let groups = self.product.group_sums.len() / m.max(1);
+            for (lane, row) in (block * LINES..((block + 1) * LINES).min(m)).enumerate() {
+                row_sums[lane] = self.product.group_sums[row * groups + group];
+            }
+        }
+        let partial = &mut self.partials[SUMS as usize];
+        for ((partial, sums), &row_sum) in partial.chunks_exact_mut(LINES).zip(self.sums.0.chunks_exact(LINES)).zip(&row_sums) {
+            for c in 0..LINES {
+                let value = sums[c] * scales[c] + offsets[c] * row_sum;
+                partial[c] = if group == 0 { value } else { partial[c] + value };
+            }
+        }
+    }
+
+    /// The partial sums of row blocks `first` (and `first + 1` if `pair`) into `out`.
+    fn write(&mut self, first: usize, pair: bool, two_tiles: bool) {
+        let (m, width) = (self.product.m, self.channels.len());
+        for (slot, tile) in [(0, 0), (1, 1), (2, 0), (3, 1)] {
+            let block = first + slot / 2;
+            if (tile == 1 && !two_tiles) || (slot >= 2 && !pair) {
+                continue;
+            }
+            let columns = tile * LINES..(tile * LINES + LINES).min(width);
+            for (lane, row) in (block * LINES..((block + 1) * LINES).min(m)).enumerate() {
+                self.out[row * width + columns.start..row * width + columns.end].copy_from_slice(&self.partials[slot][lane * LINES..][..columns.len()]);
+            }
+        }
+    }
+}
