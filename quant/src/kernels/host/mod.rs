@@ -550,8 +550,8 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
     #[cfg(target_arch = "x86_64")]
     if let (HostPath::Fused, Grouping::Contiguous(group_size)) = (path, weight.grouping) {
         if m >= amx::packed::MIN_ROWS && int_on_tiles(weight.bits, k, group_size, true) {
-            // SAFETY: `int_on_tiles` checked that `vector_isa` reports AMX, and the layout.
-            let product = unsafe { amx::packed::gemm(weight, &values, m, amx::packed::terms(x.dtype())) };
+            // SAFETY: `int_on_tiles` checked that `vector_isa` reports AMX, and the groups.
+            let product = unsafe { amx::packed::gemm(weight, group_size, &values, m, amx::packed::terms(x.dtype())) };
             return Some(output(product, m, weight.n, &x));
         }
     }

@@ -53,23 +53,30 @@ fn dword(tile: &[u8; TILE_BYTES], index: usize) -> [u8; 4] {
     [tile[4 * index], tile[4 * index + 1], tile[4 * index + 2], tile[4 * index + 3]]
 }
 
-/// Tile `sums` += tile `left` · tile `right`, int8 by int8 into i32.
-pub(super) fn dpbssd(sums: u8, left: u8, right: u8) {
+/// Tile `sums` += tile `left` · tile `right`: each four-byte sum updated by `add` with
+/// the sixteen pairs of four-byte values that its line of `left` and its column of
+/// `right` hold, in order.
+fn product(sums: u8, left: u8, right: u8, add: impl Fn([u8; 4], [u8; 4], [u8; 4]) -> [u8; 4]) {
     TILES.with_borrow_mut(|tiles| {
         let (a, b) = (tiles[left as usize], tiles[right as usize]);
         let c = &mut tiles[sums as usize];
         for row in 0..LINES {
             for column in 0..LINES {
-                let mut sum = i32::from_le_bytes(dword(c, row * LINES + column));
+                let mut sum = dword(c, row * LINES + column);
                 for pair in 0..LINES {
-                    let (x, y) = (dword(&a, row * LINES + pair), dword(&b, pair * LINES + column));
-                    for byte in 0..4 {
-                        sum = sum.wrapping_add(x[byte] as i8 as i32 * y[byte] as i8 as i32);
-                    }
+                    sum = add(sum, dword(&a, row * LINES + pair), dword(&b, pair * LINES + column));
                 }
-                c[4 * (row * LINES + column)..][..4].copy_from_slice(&sum.to_le_bytes());
+                c[4 * (row * LINES + column)..][..4].copy_from_slice(&sum);
             }
         }
+    });
+}
+
+/// Tile `sums` += tile `left` · tile `right`, int8 by int8 into i32.
+pub(super) fn dpbssd(sums: u8, left: u8, right: u8) {
+    product(sums, left, right, |sum, x, y| {
+        let products = (0..4).map(|byte| x[byte] as i8 as i32 * y[byte] as i8 as i32);
+        products.fold(i32::from_le_bytes(sum), i32::wrapping_add).to_le_bytes()
     });
 }
 
@@ -82,19 +89,8 @@ fn bf16(bytes: [u8; 2]) -> f32 {
 
 /// Tile `sums` += tile `left` · tile `right`, bf16 pairs into f32.
 pub(super) fn dpbf16ps(sums: u8, left: u8, right: u8) {
-    TILES.with_borrow_mut(|tiles| {
-        let (a, b) = (tiles[left as usize], tiles[right as usize]);
-        let c = &mut tiles[sums as usize];
-        for row in 0..LINES {
-            for column in 0..LINES {
-                let mut sum = f32::from_le_bytes(dword(c, row * LINES + column));
-                for pair in 0..LINES {
-                    let (x, y) = (dword(&a, row * LINES + pair), dword(&b, pair * LINES + column));
-                    sum += bf16([x[0], x[1]]) * bf16([y[0], y[1]]);
-                    sum += bf16([x[2], x[3]]) * bf16([y[2], y[3]]);
-                }
-                c[4 * (row * LINES + column)..][..4].copy_from_slice(&sum.to_le_bytes());
-            }
-        }
+    product(sums, left, right, |sum, x, y| {
+        let sum = f32::from_le_bytes(sum) + bf16([x[0], x[1]]) * bf16([y[0], y[1]]);
+        (sum + bf16([x[2], x[3]]) * bf16([y[2], y[3]])).to_le_bytes()
     });
 }

@@ -25,7 +25,7 @@ use burn::tensor::DType;
 use rayon::prelude::*;
 
 use super::{load, load_config, release, store, zero, Bf16Tiles, Sums, TileConfig, TileProduct, CHANNELS, LINE, LINES};
-use crate::kernels::host::int_gemm::{Centring, Grouping, IntWeightSlices};
+use crate::kernels::host::int_gemm::{Centring, IntWeightSlices};
 
 /// Rows from which a product runs here rather than in the register kernel. Not yet
 /// timed on a CPU with the unit: set where the FP8 tile kernel, whose per-call widening
@@ -68,12 +68,9 @@ pub(crate) fn terms(dtype: DType) -> usize {
 /// reads as zero).
 ///
 /// # Safety
-/// Only where [`super::available`] reported the tile unit usable, for a weight
-/// [`takes`] accepts.
-pub(crate) unsafe fn gemm(weight: &IntWeightSlices, x: &[f32], m: usize, terms: usize) -> Vec<f32> {
-    let Grouping::Contiguous(group_size) = weight.grouping else {
-        unreachable!("`takes` accepts contiguous groups only")
-    };
+/// Only where [`super::available`] reported the tile unit usable, for a weight whose
+/// groups are contiguous runs of `group_size` rows and which [`takes`] accepts.
+pub(crate) unsafe fn gemm(weight: &IntWeightSlices, group_size: usize, x: &[f32], m: usize, terms: usize) -> Vec<f32> {
     let k = weight.k;
     let group_size = group_size.min(k).max(1);
     assert!(x.len() >= m * k && (1..=3).contains(&terms));
