@@ -2,7 +2,7 @@
 //! quantization) against Burn's dense matmul of the already-dequantized weight (what a
 //! float model would run) and against the Burn-ops reference path (dequantize, then
 //! matmul, every call), in one run per device. `cargo bench --bench quant_gemm [-- filter]`
-//! (filters: `int4`, `int_mma`, `fp8`, `w8a8`, `byte_mma`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda`
+//! (filters: `int4`, `int8` (Flex), `int_mma`, `fp8`, `w8a8`, `byte_mma`); `EMBER_BENCH_DEVICES=wgpu,cpu,cuda`
 //! picks the devices (default: wgpu and cpu). The tensor-core groups run on CUDA devices
 //! only, and time calls queued back to back ([`queued`]) where the portable groups sync
 //! after each call. `paged_attention` times a model step's attention on the Flex device:
@@ -37,11 +37,13 @@ fn devices() -> Vec<(String, Device)> {
         .collect()
 }
 
-fn weight(k: usize, n: usize, device: &Device, rng: &mut StdRng) -> PackedIntWeight {
-    let words: Vec<i32> = (0..k / 8 * n).map(|_| rng.random()).collect();
+/// A random `bits`-bit weight `[K, N]`, K-packed, symmetric, in groups of [`GROUP`].
+fn weight(bits: u32, k: usize, n: usize, device: &Device, rng: &mut StdRng) -> PackedIntWeight {
+    let word_rows = k * bits as usize / 32;
+    let words: Vec<i32> = (0..word_rows * n).map(|_| rng.random()).collect();
     let scales: Vec<f32> = (0..k / GROUP * n).map(|_| rng.random_range(0.002..0.02)).collect();
     let scales = Tensor::<2>::from_data(TensorData::new(scales, [k / GROUP, n]), (device, DType::F32));
-    PackedIntWeight::new(4, int_tensor(words, [k / 8, n], device), scales, ZeroPoints::Midpoint, GROUP)
+    PackedIntWeight::new(bits, int_tensor(words, [word_rows, n], device), scales, ZeroPoints::Midpoint, GROUP)
 }
 
 /// Waits for the whole result (it stays alive across the sync, so a lazy backend cannot
@@ -81,17 +83,20 @@ const QUEUE_DEPTH: usize = 32;
 fn int4_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(0);
     for (name, device) in devices() {
-        for (k, n) in [(1024usize, 1024usize), (4096, 4096)] {
-            let w = weight(k, n, &device, &mut rng);
+        // 8-bit weights (W8A16, torchao Int8WeightOnly) take the same kernels; timed at
+        // the larger shape on Flex only, where their host path differs.
+        let shapes = [(4, 1024usize, 1024usize), (4, 4096, 4096)].into_iter().chain((name == "flex").then_some((8, 4096, 4096)));
+        for (bits, k, n) in shapes {
+            let w = weight(bits, k, n, &device, &mut rng);
             let dense = w.dequantize();
-            let mut group = c.benchmark_group(format!("int4_g{GROUP}/{name}/{k}x{n}"));
+            let mut group = c.benchmark_group(format!("int{bits}_g{GROUP}/{name}/{k}x{n}"));
             group.sample_size(10);
             // Flex also takes prefill-sized batches, where its host path changes.
             let rows: &[usize] = if name == "flex" { &[1, 4, 8, 16, 32, 64, 128, 256] } else { &[1, 16, 32, 64] };
             for &m in rows {
                 let x = Tensor::<2>::from_data(TensorData::new((0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(), [m, k]), (&device, DType::F32));
                 let selected = kernels::select::int_gemm(&w, &device, DType::F32, m).kernel;
-                group.throughput(Throughput::Bytes((k * n / 2) as u64));
+                group.throughput(Throughput::Bytes((k * n * bits as usize / 8) as u64));
                 let tile_m = match selected {
                     IntGemmKernel::Host => {
                         for (id, path) in [("host_fused", HostPath::Fused), ("host_tiled", HostPath::Tiled)] {
@@ -272,7 +277,7 @@ fn int_mma_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(3);
     for (name, device) in devices().into_iter().filter(|(name, _)| name.starts_with("cuda")) {
         for (k, n) in [(4096usize, 14336usize), (14336, 4096), (4096, 4096)] {
-            let w = weight(k, n, &device, &mut rng);
+            let w = weight(4, k, n, &device, &mut rng);
             let fragments = IntFragments::repack(&w).expect("Mixtral shapes tile");
             for dtype in [DType::BF16, DType::F16] {
                 let dense = w.dequantize().cast(dtype);

@@ -195,7 +195,7 @@ impl Product<'_> {
                 unsafe { widen(weight, tile_channels, self.group_size, &mut widened[tile * steps * LINES..(tile + 1) * steps * LINES]) };
             }
             let weight_tile = |tile: usize, step: usize| widened[(tile * steps + step) * LINES..][..LINES].as_ptr().cast::<u8>();
-            let mut output = TaskOutput { product: self, channels: channels.clone(), out, partials: [[0.0; LINES * LINES]; 4], sums: Sums([0.0; LINES * LINES]) };
+            let mut output = TaskOutput { product: self, channels: channels.clone(), out, partials: [[0.0; LINES * LINES]; 4], sums: [const { Sums([0.0; LINES * LINES]) }; 4] };
             let two_tiles = weight_tiles == 2;
             let group_steps = self.group_size.div_ceil(COLUMNS).min(steps).max(1);
             let blocks = m.div_ceil(LINES);
@@ -222,16 +222,7 @@ impl Product<'_> {
                                 row_block::<2, 3>(activations, first + 1, step, two_tiles);
                             }
                         }
-                        output.scale::<0>(0, first, group);
-                        if two_tiles {
-                            output.scale::<1>(1, first, group);
-                        }
-                        if pair {
-                            output.scale::<2>(0, first + 1, group);
-                            if two_tiles {
-                                output.scale::<3>(1, first + 1, group);
-                            }
-                        }
+                        output.scale(first, group, pair, two_tiles);
                     }
                     output.write(first, pair, two_tiles);
                 }
@@ -325,26 +316,56 @@ fn centred_field(words: __m512i, shift: usize, field_mask: __m512i, zeros: __m51
 }
 
 /// A task's sums on their way out: the partial sums of up to four tiles of sums
-/// (`[row, channel]` each, row blocks `first` and `first + 1` by weight tiles 0 and 1).
+/// (`[row, channel]` each, row blocks `first` and `first + 1` by weight tiles 0 and 1),
+/// slot `2 · (block − first) + tile`.
 struct TaskOutput<'a, 'p> {
     product: &'p Product<'p>,
     channels: Range<usize>,
     out: &'a mut [f32],
     partials: [[f32; LINES * LINES]; 4],
-    sums: Sums<f32>,
+    sums: [Sums<f32>; 4],
 }
 
+/// The slots of [`TaskOutput`] and the weight tile each holds.
+const SLOTS: [(usize, usize); 4] = [(0, 0), (1, 1), (2, 0), (3, 1)];
+
 impl TaskOutput<'_, '_> {
-    /// Tile of sums `SUMS` (weight tile `tile` by row block `block`, over group `group`)
-    /// times the group's scales, and its offsets times the rows' sums over the group,
-    /// into its partial sums (written for the first group, added for the others).
+    /// The tiles of sums over group `group` of row blocks `first` (and `first + 1` if
+    /// `pair`) times the group's scales, plus its offsets times the rows' sums over the
+    /// group, into their partial sums (written for the first group, added for the
+    /// others). Every tile is stored before any is scaled, so the stores need not wait
+    /// for the scaling.
     ///
     /// # Safety
-    /// The tile configuration is loaded.
+    /// The tile configuration is loaded, on a CPU with AVX-512.
     #[inline(always)]
-    unsafe fn scale<const SUMS: u8>(&mut self, tile: usize, block: usize, group: usize) {
-        // SAFETY: passed on from the caller; the store writes the 1 KiB of `sums`.
-        unsafe { store::<SUMS>(&mut self.sums) };
+    unsafe fn scale(&mut self, first: usize, group: usize, pair: bool, two_tiles: bool) {
+        // SAFETY: passed on from the caller; each store writes the 1 KiB of its sums.
+        unsafe {
+            store::<0>(&mut self.sums[0]);
+            if two_tiles {
+                store::<1>(&mut self.sums[1]);
+            }
+            if pair {
+                store::<2>(&mut self.sums[2]);
+                if two_tiles {
+                    store::<3>(&mut self.sums[3]);
+                }
+            }
+        }
+        for (slot, tile) in SLOTS {
+            if (tile == 1 && !two_tiles) || (slot >= 2 && !pair) {
+                continue;
+            }
+            // SAFETY: passed on from the caller.
+            unsafe { self.scale_slot(slot, tile, first + slot / 2, group) };
+        }
+    }
+
+    /// [`Self::scale`] for the tile of sums in `slot` (weight tile `tile` by row block
+    /// `block`).
+    #[target_feature(enable = "avx512f")]
+    fn scale_slot(&mut self, slot: usize, tile: usize, block: usize, group: usize) {
         let (weight, n, m) = (self.product.weight, self.product.weight.n, self.product.m);
         let first = self.channels.start + tile * LINES;
         let width = (self.channels.end - first).min(LINES);
@@ -359,11 +380,15 @@ impl TaskOutput<'_, '_> {
                 row_sums[lane] = self.product.group_sums[row * groups + group];
             }
         }
-        let partial = &mut self.partials[SUMS as usize];
-        for ((partial, sums), &row_sum) in partial.chunks_exact_mut(LINES).zip(self.sums.0.chunks_exact(LINES)).zip(&row_sums) {
-            for c in 0..LINES {
-                let value = sums[c] * scales[c] + offsets[c] * row_sum;
-                partial[c] = if group == 0 { value } else { partial[c] + value };
+        // SAFETY: sixteen f32 read from arrays of sixteen.
+        let (scales, offsets) = unsafe { (_mm512_loadu_ps(scales.as_ptr()), _mm512_loadu_ps(offsets.as_ptr())) };
+        let partial = &mut self.partials[slot];
+        for ((partial, sums), &row_sum) in partial.chunks_exact_mut(LINES).zip(self.sums[slot].0.chunks_exact(LINES)).zip(&row_sums) {
+            // SAFETY: sixteen f32 read from and written to lines of sixteen.
+            unsafe {
+                let value = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(sums.as_ptr()), scales), _mm512_mul_ps(offsets, _mm512_set1_ps(row_sum)));
+                let before = if group == 0 { _mm512_setzero_ps() } else { _mm512_loadu_ps(partial.as_ptr()) };
+                _mm512_storeu_ps(partial.as_mut_ptr(), _mm512_add_ps(before, value));
             }
         }
     }
@@ -371,7 +396,7 @@ impl TaskOutput<'_, '_> {
     /// The partial sums of row blocks `first` (and `first + 1` if `pair`) into `out`.
     fn write(&mut self, first: usize, pair: bool, two_tiles: bool) {
         let (m, width) = (self.product.m, self.channels.len());
-        for (slot, tile) in [(0, 0), (1, 1), (2, 0), (3, 1)] {
+        for (slot, tile) in SLOTS {
             let block = first + slot / 2;
             if (tile == 1 && !two_tiles) || (slot >= 2 && !pair) {
                 continue;
