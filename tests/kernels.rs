@@ -241,7 +241,7 @@ fn selector_explains_its_choice() {
     let tiled = kernels::select::int_gemm(&uneven, &flex, DType::F32, kernels::host::INT_TILED_ROWS);
     assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason);
     let many_rows = kernels::select::int_gemm(&weight, &flex, DType::F32, kernels::host::INT_TILED_ROWS);
-    match kernels::host::amx_rows() {
+    match kernels::host::amx_rows(kernels::host::TileProducts::PackedInt) {
         Some(rows) => assert!(many_rows.reason.contains(&format!("on AMX's tile unit from {rows} rows")), "{}", many_rows.reason),
         None => assert!(many_rows.reason.contains("tiled kernel"), "{}", many_rows.reason),
     }
@@ -427,9 +427,11 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
 /// Every layout at row counts covering each row tile (1, 2, 4, 8) and ragged ones, N not
 /// a multiple of the 128-column block, the tiled path (chosen from `INT_TILED_ROWS`) on every
 /// layout and on K spanning several tiles with act-order and uneven groups, and f16 / bf16
-/// activations. Under AMX, products from 8 rows run on the tile unit: one row block (13)
+/// activations. Under AMX, products from 16 rows run on the tile unit: one row block (16)
 /// or a pair (19, 32, 64, 257 with a lone last block), channel tiles of 8 and 12 (N = 72,
-/// 300), and K with a partial last step of 32 columns (200, 100).
+/// 300), K with a partial last step of 32 columns (200, 100), and activations too large
+/// to stay in cache (48 × 2048), taken a span of K at a time by tasks of several channel
+/// pairs, a span of whole groups or one spanning all of K split across spans.
 ///
 /// The fused kernel is compiled once per vector set: each one this CPU has is checked in
 /// turn (the cap is process-wide; tests running meanwhile stay correct under it).
@@ -440,7 +442,7 @@ fn int_gemm_host_kernel_on_flex() {
 
 fn int_host_kernel_cases() {
     for (i, case) in LAYOUT_CASES.into_iter().chain([PLAIN_G128, Case { n: 300, ..PLAIN_G128 }]).enumerate() {
-        for rows in [1usize, 2, 3, 4, 7, 13] {
+        for rows in [1usize, 2, 3, 4, 7, 13, 16] {
             let err = host_relative_error(case, rows, DType::F32, 300 + i as u64, None);
             assert!(err < tolerance(DType::F32), "{case:?} rows={rows}: relative error {err}");
         }
@@ -461,6 +463,11 @@ fn int_host_kernel_cases() {
             let err = host_relative_error(case, rows, DType::F32, 350 + i as u64, Some(path));
             assert!(err < tolerance(DType::F32), "{case:?} {path:?} rows={rows}: relative error {err}");
         }
+    }
+    let wide = Case { k: 2048, n: 1032, ..long };
+    for (i, case) in [wide, Case { bits: 8, group_size: 0, zeros: Zeros::Float, ..wide }].into_iter().enumerate() {
+        let err = host_relative_error(case, 48, DType::F32, 360 + i as u64, Some(HostPath::Fused));
+        assert!(err < tolerance(DType::F32), "{case:?} rows=48: relative error {err}");
     }
     for (i, rows) in [kernels::host::INT_TILED_ROWS, 64, 257].into_iter().enumerate() {
         let err = host_relative_error(Case { zeros: Zeros::Integer, ..PLAIN_G128 }, rows, DType::F32, 320 + i as u64, None);

@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::host::{amx_rows, float_tiled_rows, fp8_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath};
+use super::host::{amx_rows, float_tiled_rows, fp8_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath, TileProducts};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -111,7 +111,7 @@ pub struct Selection<K> {
 pub fn int_gemm(weight: &PackedIntWeight, device: &Device, dtype: DType, rows: usize) -> Selection<IntGemmKernel> {
     let buffers = WeightBuffers { packed: weight.packed.dtype(), scales: weight.scales.dtype(), zeros: &weight.zeros, k: weight.in_features };
     let tensor_cores = int_mma_choice(device, dtype, rows, weight.in_features, weight.out_features, IntFragments::unsupported(weight));
-    let selection = choose(buffers, device, dtype, HostRows::Product { rows, tiled_from: int_tiled_rows(weight.bits, weight.in_features, weight.group_size, weight.groups_contiguous) }, tensor_cores);
+    let selection = choose(buffers, device, dtype, HostRows::Product { rows, tiled_from: int_tiled_rows(weight.bits, weight.in_features, weight.group_size, weight.groups_contiguous), tiles: Some(TileProducts::PackedInt) }, tensor_cores);
     log_once(|| format!(
         "int{} [{}x{}] g{} rows={rows} {dtype:?}: {:?} ({})",
         weight.bits, weight.in_features, weight.out_features, weight.group_size, selection.kernel, selection.reason
@@ -212,9 +212,11 @@ fn choose_host<K>(dtype: DType, refusal: Option<String>, rows: HostRows, host: K
 /// The rows a host product's path ([`HostPath`]) follows.
 #[derive(Debug, Clone, Copy)]
 enum HostRows {
-    /// One product of `rows` rows, tiled from `tiled_from` rows.
-    Product { rows: usize, tiled_from: usize },
-    /// A mixture-of-experts projection: each expert's rows take their own path.
+    /// One product of `rows` rows, tiled from `tiled_from` rows, of a family AMX's tile
+    /// unit takes (`tiles`) or not.
+    Product { rows: usize, tiled_from: usize, tiles: Option<TileProducts> },
+    /// A mixture-of-experts projection of packed integer experts: each expert's rows
+    /// take their own path.
     PerExpert { max_rows: usize, tiled_from: usize },
 }
 
@@ -231,9 +233,9 @@ impl HostRows {
         match self {
             // Only products the tile unit takes and 8-bit ones with quantized activations
             // are never tiled.
-            Self::Product { tiled_from: usize::MAX, .. } => format!("host fused kernel, at every row count{}", on_tile_unit()),
-            Self::PerExpert { tiled_from: usize::MAX, .. } => format!("host fused kernel per expert, at every row count{}", on_tile_unit()),
-            Self::Product { rows, tiled_from } => match HostPath::for_rows(rows, tiled_from) {
+            Self::Product { tiled_from: usize::MAX, tiles, .. } => format!("host fused kernel, at every row count{}", on_tile_unit(tiles)),
+            Self::PerExpert { tiled_from: usize::MAX, .. } => format!("host fused kernel per expert, at every row count{}", on_tile_unit(Some(TileProducts::PackedInt))),
+            Self::Product { rows, tiled_from, .. } => match HostPath::for_rows(rows, tiled_from) {
                 HostPath::Fused => format!("host fused kernel, tiles for the gemm crate from {tiled_from} rows"),
                 HostPath::Tiled => format!("host tiled kernel, the fused kernel below {tiled_from} rows"),
             },
@@ -242,9 +244,10 @@ impl HostRows {
     }
 }
 
-/// Where AMX's tile unit takes a host product: " (on AMX's tile unit from N rows)", or nothing.
-fn on_tile_unit() -> String {
-    amx_rows().map(|rows| format!(" (on AMX's tile unit from {rows} rows)")).unwrap_or_default()
+/// Where AMX's tile unit takes a host product of family `tiles`: " (on AMX's tile unit
+/// from N rows)", or nothing.
+fn on_tile_unit(tiles: Option<TileProducts>) -> String {
+    tiles.and_then(amx_rows).map(|rows| format!(" (on AMX's tile unit from {rows} rows)")).unwrap_or_default()
 }
 
 /// On a Cube device, where [`kernels_allowed`]: the portable kernel, with its `tile_m`
@@ -442,7 +445,7 @@ pub fn fp8_gemm(weight: &Fp8Weight, device: &Device, dtype: DType, rows: usize) 
             (byte_mma_choice(device, rows, k, n, e4m3, f32, chunked, refusal.clone()), "byte_mma")
         }
     };
-    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: fp8_tiled_rows(weight) }, refusal, tensor_cores, kernel), &weight.activations);
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: fp8_tiled_rows(weight), tiles: Some(TileProducts::Bytes) }, refusal, tensor_cores, kernel), &weight.activations);
     log_once(|| format!(
         "fp8 [{}x{}] {} acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, fp8_scales(weight), weight.activations.describe(), selection.kernel, selection.reason
@@ -509,7 +512,7 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
     };
     let (int8, i32) = (ElemType::Int(IntKind::I8), ElemType::Int(IntKind::I32));
     let tensor_cores = byte_mma_choice(device, rows, weight.in_features, weight.out_features, int8, i32, false, refusal.clone());
-    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: w8a8_tiled_rows(&weight.activations) }, refusal, tensor_cores, "byte_mma"), &weight.activations);
+    let selection = with_fused_quantization(prefer_tensor_cores(device, dtype, HostRows::Product { rows, tiled_from: w8a8_tiled_rows(&weight.activations), tiles: Some(TileProducts::Bytes) }, refusal, tensor_cores, "byte_mma"), &weight.activations);
     log_once(|| format!(
         "w8a8 [{}x{}] acts={} rows={rows} {dtype:?}: {:?} ({})",
         weight.in_features, weight.out_features, weight.activations.describe(), selection.kernel, selection.reason
@@ -535,7 +538,7 @@ pub fn mixed_dense_gemm(weight_dtype: DType, device: &Device, dtype: DType, rows
         DispatchDevice::Cube(_) => Selection { kernel: DenseKernel::Reference, reason: "no kernel for mixed float dtypes on CubeCL devices, which load weights in the compute dtype".into() },
         _ => {
             let refusal = (!matches!(weight_dtype, DType::F16 | DType::BF16)).then(|| format!("weight in {weight_dtype:?}; the host kernel reads f16 or bf16"));
-            choose_host(dtype, refusal, HostRows::Product { rows, tiled_from: float_tiled_rows() }, DenseKernel::Host, DenseKernel::Reference)
+            choose_host(dtype, refusal, HostRows::Product { rows, tiled_from: float_tiled_rows(), tiles: None }, DenseKernel::Host, DenseKernel::Reference)
         }
     };
     log_once(|| format!("float {weight_dtype:?} [{k}x{n}] rows={rows} {dtype:?}: {:?} ({})", selection.kernel, selection.reason));

@@ -494,15 +494,28 @@ pub fn byte_tiled_rows() -> usize {
     }
 }
 
-/// The rows from which W8A8 products with int8 activations, FP8 products with e4m3
-/// activations and packed integer products run on AMX's tile unit, or `None` where
+/// The products AMX's tile unit takes, each family from its own row count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileProducts {
+    /// W8A8 products with int8 activations and FP8 products with e4m3 activations.
+    Bytes,
+    /// Packed integer products (Int4 / Int8 weight-only) with float activations.
+    PackedInt,
+}
+
+/// The rows from which `products` run on AMX's tile unit, or `None` where
 /// [`vector_isa`] does not allow it.
-pub fn amx_rows() -> Option<usize> {
+pub fn amx_rows(products: TileProducts) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if vector_isa() == VectorIsa::Amx {
-        const { assert!(amx::int8::MIN_ROWS == amx::e4m3::MIN_ROWS && amx::e4m3::MIN_ROWS == amx::packed::MIN_ROWS, "one threshold to report") };
-        return Some(amx::int8::MIN_ROWS);
+        const { assert!(amx::int8::MIN_ROWS == amx::e4m3::MIN_ROWS, "one threshold to report for byte products") };
+        return Some(match products {
+            TileProducts::Bytes => amx::int8::MIN_ROWS,
+            TileProducts::PackedInt => amx::packed::MIN_ROWS,
+        });
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = products;
     None
 }
 

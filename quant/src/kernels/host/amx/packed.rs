@@ -24,15 +24,14 @@ use std::ops::Range;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::{load, load_config, release, store, zero, Bf16Tiles, Sums, TileConfig, TileProduct, CHANNELS, LINE, LINES};
+use super::{load, load_config, release, store, zero, Bf16Tiles, Sums, TileConfig, TileProduct, CHANNELS, LINE, LINES, TILE_BYTES};
 use crate::kernels::host::int_gemm::{Centring, IntWeightSlices};
 
-/// Rows from which a product runs here rather than in the register kernel. Not yet
-/// timed on a CPU with the unit: set where the FP8 tile kernel, whose per-call widening
-/// of the weight into bf16 tiles writes as many bytes as this one's, overtook its
-/// register kernel (BENCHMARKS.md, "FP8 on AMX": 2.47 ms against 3.41 at eight rows of
-/// 4096²; the Int4 register kernel takes about 2.5 there, and twice that at sixteen).
-pub(crate) const MIN_ROWS: usize = 8;
+/// Rows from which a product runs here rather than in the register kernel: below them
+/// the per-call widening of the weight costs more than the register kernel's products
+/// (BENCHMARKS.md, "Int4 / Int8 weight-only on AMX": at 4096², 2.6 ms against 2.2 at
+/// eight rows of Int4, 2.7 against 4.1 at sixteen).
+pub(crate) const MIN_ROWS: usize = 16;
 
 /// bf16 values a tile line holds: one step's columns of a row, or sixteen channels'
 /// values of two K rows.
@@ -44,6 +43,14 @@ const COLUMNS: usize = LINE / 2;
 struct Line([u16; COLUMNS]);
 
 const ZERO_LINE: Line = Line([0; COLUMNS]);
+
+/// The activation tiles a span of K covers across every row block, at most: what stays
+/// in a core's L2 cache while each of a task's channel pairs passes over it.
+const SPAN_BYTES: usize = 512 << 10;
+
+/// Channels a task covers at most once its activations outgrow [`SPAN_BYTES`]: memory
+/// then delivers each span once per task rather than once per channel pair.
+const WIDE_TASK: usize = 4 * CHANNELS;
 
 /// Whether the tile loop takes a `bits`-bit weight of `k` rows in groups of `group_size`
 /// (stored contiguously when `contiguous`): each group whole steps of 32 rows, or one
@@ -81,8 +88,26 @@ pub(crate) unsafe fn gemm(weight: &IntWeightSlices, group_size: usize, x: &[f32]
         Centring::Midpoint | Centring::Integer(_) => Vec::new(),
     };
     let product = Product { weight, activations: &activations, group_sums: &group_sums, group_size, m };
+    let width = task_width(m.div_ceil(LINES) * k.div_ceil(COLUMNS) * terms * TILE_BYTES, weight.n);
     // SAFETY: passed on from the caller.
-    crate::kernels::host::by_column_blocks(m, weight.n, CHANNELS, |channels, out| unsafe { product.channels(channels, out) })
+    crate::kernels::host::by_column_blocks(m, weight.n, width, |channels, out| unsafe { product.channels(channels, out) })
+}
+
+/// Channels per task for activation tiles of `activation_bytes` and `n` channels: one
+/// pair of weight tiles while the activations stay in cache, up to [`WIDE_TASK`] beyond,
+/// leaving every thread two tasks.
+fn task_width(activation_bytes: usize, n: usize) -> usize {
+    if activation_bytes <= SPAN_BYTES {
+        return CHANNELS;
+    }
+    (n / (2 * rayon::current_num_threads()) / CHANNELS * CHANNELS).clamp(CHANNELS, WIDE_TASK)
+}
+
+/// Steps of K a span covers for `blocks` row blocks of `terms` terms: within
+/// [`SPAN_BYTES`], and whole groups of `group_steps` steps where one fits.
+fn span_steps(blocks: usize, terms: usize, group_steps: usize) -> usize {
+    let steps = (SPAN_BYTES / (blocks * terms * TILE_BYTES).max(1)).max(1);
+    if steps >= group_steps { steps / group_steps * group_steps } else { steps }
 }
 
 /// Each row's sum over each group, `[m, G]`: what a group's float offsets multiply.
@@ -171,9 +196,10 @@ struct Product<'a> {
 }
 
 impl Product<'_> {
-    /// `out [m, channels]`, `channels` spanning at most [`CHANNELS`]: the task's
-    /// weight widened to bf16 tiles, then every pair of row blocks times them, a group
-    /// of steps at a time into four tiles of sums, scaled into f32 partial sums.
+    /// `out [m, channels]`: a span of K at a time, the task's weight over the span
+    /// widened to bf16 tiles, then each pair of them times every pair of row blocks, a
+    /// group (or the part of one in the span) at a time into four tiles of sums, scaled
+    /// into `out`.
     ///
     /// # Safety
     /// Only where [`super::available`] reported the tile unit usable.
@@ -181,52 +207,63 @@ impl Product<'_> {
         let (weight, activations, m) = (self.weight, self.activations, self.m);
         let steps = weight.k.div_ceil(COLUMNS);
         let weight_tiles = channels.len().div_ceil(LINES);
-        assert!(activations.steps == steps && channels.len() <= CHANNELS && channels.end <= weight.n && out.len() >= m * channels.len());
-        assert!(activations.lines.len() >= m.div_ceil(LINES) * steps * activations.terms * LINES);
+        let blocks = m.div_ceil(LINES);
+        assert!(activations.steps == steps && channels.end <= weight.n && out.len() >= m * channels.len());
+        assert!(activations.lines.len() >= blocks * steps * activations.terms * LINES);
+        let group_steps = self.group_size.div_ceil(COLUMNS).min(steps).max(1);
+        let span_steps = span_steps(blocks, activations.terms, group_steps).min(steps);
+        out[..m * channels.len()].fill(0.0);
         WIDENED.with_borrow_mut(|widened| {
             // Every line the loop reads is written by `widen`: no clearing.
-            if widened.len() < weight_tiles * steps * LINES {
-                widened.resize(weight_tiles * steps * LINES, ZERO_LINE);
+            if widened.len() < weight_tiles * span_steps * LINES {
+                widened.resize(weight_tiles * span_steps * LINES, ZERO_LINE);
             }
-            for tile in 0..weight_tiles {
-                let first = channels.start + tile * LINES;
-                let tile_channels = first..(first + LINES).min(channels.end);
-                // SAFETY: the tile unit's CPUs have AVX-512.
-                unsafe { widen(weight, tile_channels, self.group_size, &mut widened[tile * steps * LINES..(tile + 1) * steps * LINES]) };
-            }
-            let weight_tile = |tile: usize, step: usize| widened[(tile * steps + step) * LINES..][..LINES].as_ptr().cast::<u8>();
-            let mut output = TaskOutput { product: self, channels: channels.clone(), out, partials: [[0.0; LINES * LINES]; 4], sums: [const { Sums([0.0; LINES * LINES]) }; 4] };
-            let two_tiles = weight_tiles == 2;
-            let group_steps = self.group_size.div_ceil(COLUMNS).min(steps).max(1);
-            let blocks = m.div_ceil(LINES);
-            // SAFETY (every tile instruction): the caller checked the tile unit is
-            // usable and the configuration is loaded; each load reads sixteen lines
-            // of 64 bytes from a tile of `widened` or of the activations, and each
-            // store writes the 1 KiB of `sums`.
-            unsafe {
-                load_config(&TileConfig::full());
-                for first in (0..blocks).step_by(2) {
-                    let pair = blocks - first >= 2;
-                    for (group, start) in (0..steps).step_by(group_steps).enumerate() {
-                        zero::<0>();
-                        zero::<1>();
-                        zero::<2>();
-                        zero::<3>();
-                        for step in start..(start + group_steps).min(steps) {
-                            load::<4>(weight_tile(0, step), LINE);
-                            if two_tiles {
-                                load::<5>(weight_tile(1, step), LINE);
-                            }
-                            row_block::<0, 1>(activations, first, step, two_tiles);
-                            if pair {
-                                row_block::<2, 3>(activations, first + 1, step, two_tiles);
+            let mut output = TaskOutput { product: self, channels: channels.clone(), out, sums: [const { Sums([0.0; LINES * LINES]) }; 4] };
+            for span in (0..steps).step_by(span_steps).map(|start| start..(start + span_steps).min(steps)) {
+                for tile in 0..weight_tiles {
+                    let first = channels.start + tile * LINES;
+                    let tile_channels = first..(first + LINES).min(channels.end);
+                    // SAFETY: the tile unit's CPUs have AVX-512.
+                    unsafe { widen(weight, tile_channels, self.group_size, span.clone(), &mut widened[tile * span_steps * LINES..][..span.len() * LINES]) };
+                }
+                let weight_tile = |tile: usize, step: usize| widened[(tile * span_steps + step - span.start) * LINES..][..LINES].as_ptr().cast::<u8>();
+                // SAFETY (every tile instruction): the caller checked the tile unit is
+                // usable and the configuration is loaded; each load reads sixteen lines
+                // of 64 bytes from a tile of `widened` or of the activations, and each
+                // store writes the 1 KiB of a tile of sums.
+                unsafe {
+                    load_config(&TileConfig::full());
+                    for first_tile in (0..weight_tiles).step_by(2) {
+                        let two_tiles = weight_tiles - first_tile >= 2;
+                        for first in (0..blocks).step_by(2) {
+                            let pair = blocks - first >= 2;
+                            let mut start = span.start;
+                            while start < span.end {
+                                let group = start / group_steps;
+                                let group_end = ((group + 1) * group_steps).min(steps);
+                                let end = group_end.min(span.end);
+                                zero::<0>();
+                                zero::<1>();
+                                zero::<2>();
+                                zero::<3>();
+                                for step in start..end {
+                                    load::<4>(weight_tile(first_tile, step), LINE);
+                                    if two_tiles {
+                                        load::<5>(weight_tile(first_tile + 1, step), LINE);
+                                    }
+                                    row_block::<0, 1>(activations, first, step, two_tiles);
+                                    if pair {
+                                        row_block::<2, 3>(activations, first + 1, step, two_tiles);
+                                    }
+                                }
+                                let tiles = Tiles { first_block: first, pair, first_tile, two_tiles };
+                                output.scale(tiles, group, end == group_end);
+                                start = end;
                             }
                         }
-                        output.scale(first, group, pair, two_tiles);
                     }
-                    output.write(first, pair, two_tiles);
+                    release();
                 }
-                release();
             }
         });
     }
@@ -260,25 +297,25 @@ unsafe fn row_block<const S0: u8, const S1: u8>(activations: &ActivationTiles, b
     }
 }
 
-/// Channels `channels` (at most sixteen) of the weight as right-operand bf16 tiles
-/// `lines` (`[steps, 16 lines]`): line `j` of step `s` holds, for each channel, the
-/// values of K rows `32s + 2j` and `32s + 2j + 1` less their zero point (the midpoint
-/// for float offsets, which the scaling adds). Lines past K are zeros.
+/// Channels `channels` (at most sixteen) of the weight over steps `span` of K as
+/// right-operand bf16 tiles `lines` (`[span, 16 lines]`): line `j` of step `s` holds,
+/// for each channel, the values of K rows `32s + 2j` and `32s + 2j + 1` less their zero
+/// point (the midpoint for float offsets, which the scaling adds). Lines past K are zeros.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, lines: &mut [Line]) {
+fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, span: Range<usize>, lines: &mut [Line]) {
     let (bits, k, n) = (weight.bits, weight.k, weight.n);
     let per_word = 32 / bits as usize;
-    let (word_rows, groups) = (k / per_word, k.div_ceil(group_size));
-    assert!(channels.len() <= LINES && channels.end <= n && lines.len() >= k.div_ceil(COLUMNS) * LINES);
-    assert!(weight.words.len() >= word_rows * n && weight.scales.len() >= groups * n);
+    let rows = span.start * COLUMNS..(span.end * COLUMNS).min(k);
+    let groups = k.div_ceil(group_size);
+    assert!(channels.len() <= LINES && channels.end <= n && lines.len() >= span.len() * LINES && rows.start < k);
+    assert!(weight.words.len() >= k / per_word * n && weight.scales.len() >= groups * n);
     let mask = (1u32 << channels.len()).wrapping_sub(1) as u16;
     let midpoint = _mm512_set1_epi32(1 << (bits - 1));
     let field_mask = _mm512_set1_epi32((1 << bits) - 1);
     let upper_half = _mm512_set1_epi32(0xffff_0000_u32 as i32);
     let mut zeros = midpoint;
-    for word_row in 0..word_rows {
-        let row = word_row * per_word;
-        if row.is_multiple_of(group_size) {
+    for row in rows.clone().step_by(per_word) {
+        if row == rows.start || row.is_multiple_of(group_size) {
             zeros = match weight.centring {
                 Centring::Integer(points) => {
                     assert!(points.len() >= groups * n);
@@ -289,22 +326,19 @@ fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, li
             };
         }
         // SAFETY: the mask reads the word row's channels, inside `words`.
-        let words = unsafe { _mm512_maskz_loadu_epi32(mask, weight.words.as_ptr().add(word_row * n + channels.start).cast()) };
+        let words = unsafe { _mm512_maskz_loadu_epi32(mask, weight.words.as_ptr().add(row / per_word * n + channels.start).cast()) };
         for pair in 0..per_word / 2 {
             // Each value is an integer of at most eight significant bits: its f32's
             // upper half is its bf16, exactly.
             let field = |index: usize| centred_field(words, index * bits as usize, field_mask, zeros);
             let (low, high) = (field(2 * pair), field(2 * pair + 1));
             let line = _mm512_or_si512(_mm512_srli_epi32::<16>(low), _mm512_and_si512(high, upper_half));
-            let at = (row + 2 * pair) / 2;
             // SAFETY: sixty-four bytes written to a line of `lines`.
-            unsafe { _mm512_storeu_si512(lines[at / LINES * LINES + at % LINES].0.as_mut_ptr().cast(), line) };
+            unsafe { _mm512_storeu_si512(lines[(row - rows.start) / 2 + pair].0.as_mut_ptr().cast(), line) };
         }
     }
-    if !k.is_multiple_of(COLUMNS) {
-        let last = k / COLUMNS * LINES;
-        lines[last + k % COLUMNS / 2..last + LINES].fill(ZERO_LINE);
-    }
+    let written = rows.len() / 2;
+    lines[written..span.len() * LINES].fill(ZERO_LINE);
 }
 
 /// The field at bit `shift` of each word less its zero point, as f32 bits.
@@ -315,95 +349,90 @@ fn centred_field(words: __m512i, shift: usize, field_mask: __m512i, zeros: __m51
     _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(field, zeros)))
 }
 
-/// A task's sums on their way out: the partial sums of up to four tiles of sums
-/// (`[row, channel]` each, row blocks `first` and `first + 1` by weight tiles 0 and 1),
-/// slot `2 · (block − first) + tile`.
+/// The tiles of sums a pass of the task's loop fills: row blocks `first_block` (and the
+/// next if `pair`) by weight tiles `first_tile` (and the next if `two_tiles`), tile of
+/// sums `2 · block + tile` of the pair's.
+#[derive(Clone, Copy)]
+struct Tiles {
+    first_block: usize,
+    pair: bool,
+    first_tile: usize,
+    two_tiles: bool,
+}
+
+/// A task's tiles of sums on their way into its output `out [m, channels]`.
 struct TaskOutput<'a, 'p> {
     product: &'p Product<'p>,
     channels: Range<usize>,
     out: &'a mut [f32],
-    partials: [[f32; LINES * LINES]; 4],
     sums: [Sums<f32>; 4],
 }
 
-/// The slots of [`TaskOutput`] and the weight tile each holds.
-const SLOTS: [(usize, usize); 4] = [(0, 0), (1, 1), (2, 0), (3, 1)];
-
 impl TaskOutput<'_, '_> {
-    /// The tiles of sums over group `group` of row blocks `first` (and `first + 1` if
-    /// `pair`) times the group's scales, plus its offsets times the rows' sums over the
-    /// group, into their partial sums (written for the first group, added for the
-    /// others). Every tile is stored before any is scaled, so the stores need not wait
+    /// The filled tiles of sums, over group `group` or a part of it, times the group's
+    /// scales into `out`, and, where `group_ends`, its offsets times the rows' sums over
+    /// the group. Every tile is stored before any is scaled, so the stores need not wait
     /// for the scaling.
     ///
     /// # Safety
     /// The tile configuration is loaded, on a CPU with AVX-512.
     #[inline(always)]
-    unsafe fn scale(&mut self, first: usize, group: usize, pair: bool, two_tiles: bool) {
+    unsafe fn scale(&mut self, tiles: Tiles, group: usize, group_ends: bool) {
         // SAFETY: passed on from the caller; each store writes the 1 KiB of its sums.
         unsafe {
             store::<0>(&mut self.sums[0]);
-            if two_tiles {
+            if tiles.two_tiles {
                 store::<1>(&mut self.sums[1]);
             }
-            if pair {
+            if tiles.pair {
                 store::<2>(&mut self.sums[2]);
-                if two_tiles {
+                if tiles.two_tiles {
                     store::<3>(&mut self.sums[3]);
                 }
             }
         }
-        for (slot, tile) in SLOTS {
-            if (tile == 1 && !two_tiles) || (slot >= 2 && !pair) {
+        for slot in 0..4 {
+            let (block, tile) = (slot / 2, slot % 2);
+            if (tile == 1 && !tiles.two_tiles) || (block == 1 && !tiles.pair) {
                 continue;
             }
             // SAFETY: passed on from the caller.
-            unsafe { self.scale_slot(slot, tile, first + slot / 2, group) };
+            unsafe { self.scale_slot(slot, tiles.first_block + block, tiles.first_tile + tile, group, group_ends) };
         }
     }
 
-    /// [`Self::scale`] for the tile of sums in `slot` (weight tile `tile` by row block
-    /// `block`).
+    /// [`Self::scale`] for the tile of sums in `slot`: row block `block` by weight tile
+    /// `tile`.
     #[target_feature(enable = "avx512f")]
-    fn scale_slot(&mut self, slot: usize, tile: usize, block: usize, group: usize) {
+    fn scale_slot(&mut self, slot: usize, block: usize, tile: usize, group: usize, group_ends: bool) {
         let (weight, n, m) = (self.product.weight, self.product.weight.n, self.product.m);
-        let first = self.channels.start + tile * LINES;
-        let width = (self.channels.end - first).min(LINES);
+        let (width, column) = (self.channels.len(), tile * LINES);
+        let tile_width = (width - column).min(LINES);
+        let channel = self.channels.start + column;
+        let rows = block * LINES..((block + 1) * LINES).min(m);
+        assert!(self.out.len() >= m * width && rows.start < m);
         let mut scales = [0f32; LINES];
-        scales[..width].copy_from_slice(&weight.scales[group * n + first..][..width]);
+        scales[..tile_width].copy_from_slice(&weight.scales[group * n + channel..][..tile_width]);
         let mut offsets = [0f32; LINES];
         let mut row_sums = [0f32; LINES];
-        if let Centring::Float(values) = weight.centring {
-            offsets[..width].copy_from_slice(&values[group * n + first..][..width]);
+        if let (Centring::Float(values), true) = (weight.centring, group_ends) {
+            offsets[..tile_width].copy_from_slice(&values[group * n + channel..][..tile_width]);
             let groups = self.product.group_sums.len() / m.max(1);
-            for (lane, row) in (block * LINES..((block + 1) * LINES).min(m)).enumerate() {
+            for (lane, row) in rows.clone().enumerate() {
                 row_sums[lane] = self.product.group_sums[row * groups + group];
             }
         }
+        let mask = (1u32 << tile_width).wrapping_sub(1) as u16;
         // SAFETY: sixteen f32 read from arrays of sixteen.
         let (scales, offsets) = unsafe { (_mm512_loadu_ps(scales.as_ptr()), _mm512_loadu_ps(offsets.as_ptr())) };
-        let partial = &mut self.partials[slot];
-        for ((partial, sums), &row_sum) in partial.chunks_exact_mut(LINES).zip(self.sums[slot].0.chunks_exact(LINES)).zip(&row_sums) {
-            // SAFETY: sixteen f32 read from and written to lines of sixteen.
+        for (lane, row) in rows.enumerate() {
+            // SAFETY: a line of the sums read; the mask keeps the output's reads and
+            // writes to the tile's `tile_width` channels of `row`, inside `out`.
             unsafe {
-                let value = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(sums.as_ptr()), scales), _mm512_mul_ps(offsets, _mm512_set1_ps(row_sum)));
-                let before = if group == 0 { _mm512_setzero_ps() } else { _mm512_loadu_ps(partial.as_ptr()) };
-                _mm512_storeu_ps(partial.as_mut_ptr(), _mm512_add_ps(before, value));
-            }
-        }
-    }
-
-    /// The partial sums of row blocks `first` (and `first + 1` if `pair`) into `out`.
-    fn write(&mut self, first: usize, pair: bool, two_tiles: bool) {
-        let (m, width) = (self.product.m, self.channels.len());
-        for (slot, tile) in SLOTS {
-            let block = first + slot / 2;
-            if (tile == 1 && !two_tiles) || (slot >= 2 && !pair) {
-                continue;
-            }
-            let columns = tile * LINES..(tile * LINES + LINES).min(width);
-            for (lane, row) in (block * LINES..((block + 1) * LINES).min(m)).enumerate() {
-                self.out[row * width + columns.start..row * width + columns.end].copy_from_slice(&self.partials[slot][lane * LINES..][..columns.len()]);
+                let sums = _mm512_loadu_ps(self.sums[slot].0[lane * LINES..].as_ptr());
+                let value = _mm512_add_ps(_mm512_mul_ps(sums, scales), _mm512_mul_ps(offsets, _mm512_set1_ps(row_sums[lane])));
+                let at = self.out.as_mut_ptr().add(row * width + column);
+                _mm512_mask_storeu_ps(at, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, at), value));
             }
         }
     }
