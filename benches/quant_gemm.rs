@@ -83,9 +83,10 @@ const QUEUE_DEPTH: usize = 32;
 fn int4_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(0);
     for (name, device) in devices() {
-        // 8-bit weights (W8A16, torchao Int8WeightOnly) take the same kernels; timed at
-        // the larger shape on Flex only, where their host path differs.
-        let shapes = [(4, 1024usize, 1024usize), (4, 4096, 4096)].into_iter().chain((name == "flex").then_some((8, 4096, 4096)));
+        // On Flex also 8-bit weights (W8A16, torchao Int8WeightOnly), which its host
+        // kernels take apart from 4-bit ones, and Mixtral's expert shapes, whose long K
+        // or N its tile kernel splits differently.
+        let shapes = [(4, 1024usize, 1024usize), (4, 4096, 4096)].into_iter().chain(if name == "flex" { vec![(8, 4096, 4096), (4, 4096, 14336), (4, 14336, 4096)] } else { vec![] });
         for (bits, k, n) in shapes {
             let w = weight(bits, k, n, &device, &mut rng);
             let dense = w.dequantize();

@@ -28,10 +28,13 @@ use super::{load, load_config, release, store, zero, Bf16Tiles, Sums, TileConfig
 use crate::kernels::host::int_gemm::{Centring, IntWeightSlices};
 
 /// Rows from which a product runs here rather than in the register kernel: below them
-/// the per-call widening of the weight costs more than the register kernel's products
-/// (BENCHMARKS.md, "Int4 / Int8 weight-only on AMX": at 4096², 2.6 ms against 2.2 at
-/// eight rows of Int4, 2.7 against 4.1 at sixteen).
-pub(crate) const MIN_ROWS: usize = 16;
+/// the per-call widening of the weight costs more than the register kernel's products.
+/// Alone, a 4096² product crosses near twelve rows (BENCHMARKS.md, "Int4 / Int8
+/// weight-only on AMX": 2.2 ms against 2.6 at eight rows of Int4, 4.2 against 2.5 at
+/// sixteen); inside a model, whose weights do not stay in cache between calls, near
+/// eighteen (a decode step of sixteen sequences 2% slower on the tile unit, of twenty
+/// 6% faster).
+pub(crate) const MIN_ROWS: usize = 20;
 
 /// bf16 values a tile line holds: one step's columns of a row, or sixteen channels'
 /// values of two K rows.
@@ -47,6 +50,10 @@ const ZERO_LINE: Line = Line([0; COLUMNS]);
 /// The activation tiles a span of K covers across every row block, at most: what stays
 /// in a core's L2 cache while each of a task's channel pairs passes over it.
 const SPAN_BYTES: usize = 512 << 10;
+
+/// The weight tiles a task widens for a span, at most: with the span's activations,
+/// they stay in a core's L2 cache.
+const WIDENED_BYTES: usize = 256 << 10;
 
 /// Channels a task covers at most once its activations outgrow [`SPAN_BYTES`]: memory
 /// then delivers each span once per task rather than once per channel pair.
@@ -103,10 +110,12 @@ fn task_width(activation_bytes: usize, n: usize) -> usize {
     (n / (2 * rayon::current_num_threads()) / CHANNELS * CHANNELS).clamp(CHANNELS, WIDE_TASK)
 }
 
-/// Steps of K a span covers for `blocks` row blocks of `terms` terms: within
-/// [`SPAN_BYTES`], and whole groups of `group_steps` steps where one fits.
-fn span_steps(blocks: usize, terms: usize, group_steps: usize) -> usize {
-    let steps = (SPAN_BYTES / (blocks * terms * TILE_BYTES).max(1)).max(1);
+/// Steps of K a span covers for `blocks` row blocks of `terms` terms and `weight_tiles`
+/// weight tiles: within [`SPAN_BYTES`] and [`WIDENED_BYTES`], and whole groups of
+/// `group_steps` steps where one fits.
+fn span_steps(blocks: usize, terms: usize, weight_tiles: usize, group_steps: usize) -> usize {
+    let activation_steps = SPAN_BYTES / (blocks * terms * TILE_BYTES).max(1);
+    let steps = activation_steps.min(WIDENED_BYTES / (weight_tiles * TILE_BYTES).max(1)).max(1);
     if steps >= group_steps { steps / group_steps * group_steps } else { steps }
 }
 
@@ -181,7 +190,7 @@ fn round_to_bf16(values: __m512) -> __m512 {
 }
 
 thread_local! {
-    /// A task's weight tiles in bf16, kept between tasks (up to 896 KiB at K = 14 336).
+    /// A task's weight tiles over a span in bf16, kept between tasks (up to [`WIDENED_BYTES`]).
     static WIDENED: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -211,7 +220,7 @@ impl Product<'_> {
         assert!(activations.steps == steps && channels.end <= weight.n && out.len() >= m * channels.len());
         assert!(activations.lines.len() >= blocks * steps * activations.terms * LINES);
         let group_steps = self.group_size.div_ceil(COLUMNS).min(steps).max(1);
-        let span_steps = span_steps(blocks, activations.terms, group_steps).min(steps);
+        let span_steps = span_steps(blocks, activations.terms, weight_tiles, group_steps).min(steps);
         out[..m * channels.len()].fill(0.0);
         WIDENED.with_borrow_mut(|widened| {
             // Every line the loop reads is written by `widen`: no clearing.
@@ -219,6 +228,9 @@ impl Product<'_> {
                 widened.resize(weight_tiles * span_steps * LINES, ZERO_LINE);
             }
             let mut output = TaskOutput { product: self, channels: channels.clone(), out, sums: [const { Sums([0.0; LINES * LINES]) }; 4] };
+            // SAFETY: passed on from the caller; widening between spans leaves the tiles
+            // and their configuration alone.
+            unsafe { load_config(&TileConfig::full()) };
             for span in (0..steps).step_by(span_steps).map(|start| start..(start + span_steps).min(steps)) {
                 for tile in 0..weight_tiles {
                     let first = channels.start + tile * LINES;
@@ -232,7 +244,6 @@ impl Product<'_> {
                 // of 64 bytes from a tile of `widened` or of the activations, and each
                 // store writes the 1 KiB of a tile of sums.
                 unsafe {
-                    load_config(&TileConfig::full());
                     for first_tile in (0..weight_tiles).step_by(2) {
                         let two_tiles = weight_tiles - first_tile >= 2;
                         for first in (0..blocks).step_by(2) {
@@ -262,9 +273,10 @@ impl Product<'_> {
                             }
                         }
                     }
-                    release();
                 }
             }
+            // SAFETY: passed on from the caller.
+            unsafe { release() };
         });
     }
 }
