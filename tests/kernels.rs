@@ -427,8 +427,8 @@ fn host_relative_error(case: Case, rows: usize, dtype: DType, seed: u64, path: O
 /// Every layout at row counts covering each row tile (1, 2, 4, 8) and ragged ones, N not
 /// a multiple of the 128-column block, the tiled path (chosen from `INT_TILED_ROWS`) on every
 /// layout and on K spanning several tiles with act-order and uneven groups, and f16 / bf16
-/// activations. Under AMX, products from 20 rows run on the tile unit: row blocks in pairs
-/// (21, 32, 64, and 257 with a lone last block), channel tiles of 8 and 12 (N = 72,
+/// activations. Under AMX, products from 16 rows run on the tile unit: one row block (16)
+/// or pairs (21, 32, 64, and 257 with a lone last block), channel tiles of 8 and 12 (N = 72,
 /// 300), K with a partial last step of 32 columns (200, 100), and activations too large
 /// to stay in cache (48 × 2048), taken a span of K at a time by tasks of several channel
 /// pairs, a span of whole groups or one spanning all of K split across spans.
@@ -442,7 +442,7 @@ fn int_gemm_host_kernel_on_flex() {
 
 fn int_host_kernel_cases() {
     for (i, case) in LAYOUT_CASES.into_iter().chain([PLAIN_G128, Case { n: 300, ..PLAIN_G128 }]).enumerate() {
-        for rows in [1usize, 2, 3, 4, 7, 13, 21] {
+        for rows in [1usize, 2, 3, 4, 7, 13, 16, 21] {
             let err = host_relative_error(case, rows, DType::F32, 300 + i as u64, None);
             assert!(err < tolerance(DType::F32), "{case:?} rows={rows}: relative error {err}");
         }

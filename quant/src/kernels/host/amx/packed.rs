@@ -31,10 +31,10 @@ use crate::kernels::host::int_gemm::{Centring, IntWeightSlices};
 /// the per-call widening of the weight costs more than the register kernel's products.
 /// Alone, a 4096² product crosses near twelve rows (BENCHMARKS.md, "Int4 / Int8
 /// weight-only on AMX": Int4 on the tiles 2.5 ms against the register kernel's 2.2 at
-/// eight rows, 2.5 against 4.2 at sixteen); inside a model, whose weights do not stay in cache between calls, near
-/// eighteen (a decode step of sixteen sequences 2% slower on the tile unit, of twenty
-/// 6% faster).
-pub(crate) const MIN_ROWS: usize = 20;
+/// eight rows, 2.5 against 4.2 at sixteen); inside a model, whose weights do not stay in
+/// cache between calls, near sixteen (a decode step of sixteen sequences 3% faster on
+/// the tiles once 4-bit values are widened by lookup).
+pub(crate) const MIN_ROWS: usize = 16;
 
 /// bf16 values a tile line holds: one step's columns of a row, or sixteen channels'
 /// values of two K rows.
