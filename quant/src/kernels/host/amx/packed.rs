@@ -325,7 +325,7 @@ fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, sp
     let midpoint = _mm512_set1_epi32(1 << (bits - 1));
     let field_mask = _mm512_set1_epi32((1 << bits) - 1);
     let upper_half = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    let mut zeros = midpoint;
+    let (mut zeros, mut lookup_offsets) = (midpoint, nibble_offsets(midpoint));
     // SAFETY: 64 bytes read from a table of 32 u16.
     let nibble_values = unsafe { _mm512_loadu_epi16(CENTRED_NIBBLES.as_ptr().cast()) };
     for row in rows.clone().step_by(per_word) {
@@ -338,12 +338,13 @@ fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, sp
                 }
                 Centring::Midpoint | Centring::Float(_) => midpoint,
             };
+            lookup_offsets = nibble_offsets(zeros);
         }
         // SAFETY: the mask reads the word row's channels, inside `words`.
         let words = unsafe { _mm512_maskz_loadu_epi32(mask, weight.words.as_ptr().add(row / per_word * n + channels.start).cast()) };
         for pair in 0..per_word / 2 {
             let line = if bits == 4 {
-                nibble_line(words, pair, zeros, nibble_values)
+                nibble_line(words, pair, lookup_offsets, nibble_values)
             } else {
                 // Each value is an integer of at most eight significant bits: its f32's
                 // upper half is its bf16, exactly.
@@ -371,18 +372,26 @@ const CENTRED_NIBBLES: [u16; 32] = {
     values
 };
 
-/// Line `pair` of a word row of 4-bit values: nibbles `2 · pair` and `2 · pair + 1` of
-/// each word less the lane's zero point (`zeros`), as the low and high bf16 of its lane,
-/// looked up in `nibble_values` ([`CENTRED_NIBBLES`]), fewer operations than converting.
+/// `16 − zero` in each half of a lane, for the lanes' zero points `zeros`: what moves a
+/// 4-bit value less its zero point onto its index in [`CENTRED_NIBBLES`] (no half
+/// borrows, every index stays within 1..=31).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-fn nibble_line(words: __m512i, pair: usize, zeros: __m512i, nibble_values: __m512i) -> __m512i {
+fn nibble_offsets(zeros: __m512i) -> __m512i {
+    _mm512_sub_epi32(_mm512_set1_epi32(0x0010_0010), _mm512_or_si512(zeros, _mm512_slli_epi32::<16>(zeros)))
+}
+
+/// Line `pair` of a word row of 4-bit values: nibbles `2 · pair` and `2 · pair + 1` of
+/// each word less the lane's zero point, as the low and high bf16 of its lane, looked up
+/// in `nibble_values` ([`CENTRED_NIBBLES`]) at the value plus `offsets`
+/// ([`nibble_offsets`]): fewer operations than converting.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn nibble_line(words: __m512i, pair: usize, offsets: __m512i, nibble_values: __m512i) -> __m512i {
     let shifted = _mm512_srl_epi32(words, _mm_cvtsi32_si128(8 * pair as i32));
     let low = _mm512_and_si512(shifted, _mm512_set1_epi32(0xf));
     // low | (the next nibble moved to bits 16–19): both values of the pair, one a half.
     let both = _mm512_ternarylogic_epi32::<0xf8>(low, _mm512_slli_epi32::<12>(shifted), _mm512_set1_epi32(0xf_0000));
-    // 16 − zero in each half: no half borrows, every index stays within 1..=31.
-    let offsets = _mm512_sub_epi32(_mm512_set1_epi32(0x0010_0010), _mm512_or_si512(zeros, _mm512_slli_epi32::<16>(zeros)));
     _mm512_permutexvar_epi16(_mm512_add_epi32(both, offsets), nibble_values)
 }
 
