@@ -16,6 +16,7 @@ mod errors;
 mod float_models;
 mod gptq_variants;
 mod hardening;
+mod int_host_kernels;
 mod kernels;
 mod layer_rules;
 mod llmc_export;
