@@ -3,7 +3,7 @@
 //! and off AMX's tile unit, exact activations, and grouped experts.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels::host::{HostPath, VectorIsa};
+use ember_quant::kernels::host::{HostPath, TileProducts, VectorIsa};
 use ember_quant::kernels::{self, DenseKernel, IntGemmKernel};
 use ember_quant::packing::int_tensor;
 use ember_quant::repr::{PackedIntWeight, ZeroPoints};
@@ -169,6 +169,66 @@ fn half_weight_cases(isa: VectorIsa) {
     let weight_t = Tensor::<2>::zeros([16, 8], (&device, DType::F16));
     assert_eq!(kernels::select::mixed_dense_gemm(DType::F16, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Host);
     assert_eq!(kernels::select::mixed_dense_gemm(DType::F64, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Reference);
+    // Whole 32-column steps of K run on AMX's tile unit where it exists; other K never.
+    let rows = kernels::host::float_tiled_rows();
+    for (dtype, family) in [(DType::BF16, TileProducts::Bf16Weights), (DType::F16, TileProducts::F16Weights)] {
+        let reason = kernels::select::mixed_dense_gemm(dtype, &device, DType::F32, rows, [64, 48]).reason;
+        match (isa, kernels::host::amx_rows(family)) {
+            (VectorIsa::Amx, Some(from)) => assert!(reason.contains(&format!("at every row count (on AMX's tile unit from {from} rows)")), "{reason}"),
+            _ => assert!(reason.contains("host tiled kernel"), "{isa:?}: {reason}"),
+        }
+        let uneven = kernels::select::mixed_dense_gemm(dtype, &device, DType::F32, rows, [708, 48]).reason;
+        assert!(uneven.contains("host tiled kernel"), "{isa:?}: {uneven}");
+    }
+}
+
+/// Float weights keep every bit of both operands on every path: f32 activations
+/// `c = 1 + 2⁻⁹ + 2⁻¹⁸` (three bf16 terms), `−1` and `−2⁻⁹` at the first three columns
+/// of K against one bf16 weight value `w` leave `w · 2⁻¹⁸`; f16 weight values
+/// `w · (1 + 2⁻⁹)` (two bf16 terms) and `−w` against one activation `a` leave
+/// `a · w · 2⁻⁹`. Every product and sum here is exact in f32, so a term dropped shows as
+/// a zero. Rows on and off the tile unit, a pair of row blocks, N = 40 (a partial tile).
+#[test]
+fn half_weights_host_kernel_keeps_every_bit() {
+    crate::common::under_each_vector_isa(exact_half_weight_cases);
+}
+
+fn exact_half_weight_cases(isa: VectorIsa) {
+    let device = Device::flex();
+    let (k, n) = (64usize, 40usize);
+    let mut rng = StdRng::seed_from_u64(67);
+    let w = |channel: usize| [0.5f32, -1.5, 3.0, 0.375][channel % 4];
+    let c = 1.0 + 2f32.powi(-9) + 2f32.powi(-18);
+    for (dtype, weight_columns, x_columns, leaves) in [
+        (DType::BF16, vec![1.0f32], vec![c, -1.0, -(2f32.powi(-9))], 2f32.powi(-18)),
+        (DType::F16, vec![1.0 + 2f32.powi(-9), -1.0], vec![1.0, 1.0], 2f32.powi(-9)),
+    ] {
+        // Each channel's leading columns as above, the others any values (their
+        // activations are zeros); a lone weight value repeats across the activations'.
+        let values: Vec<f32> = (0..n * k)
+            .map(|index| {
+                let (channel, column) = (index / k, index % k);
+                match (column < x_columns.len(), weight_columns.len()) {
+                    (true, 1) => w(channel),
+                    (true, _) => w(channel) * weight_columns[column],
+                    (false, _) => rng.random_range(-1.0f32..1.0),
+                }
+            })
+            .collect();
+        let weight = Tensor::<2>::from_data(TensorData::new(values, [n, k]), (&device, DType::F32)).cast(dtype);
+        for rows in [3usize, 8, 13, 40] {
+            let mut x = vec![0f32; rows * k];
+            for row in 0..rows {
+                x[row * k..][..x_columns.len()].iter_mut().zip(&x_columns).for_each(|(x, &value)| *x = value * 2f32.powi(row as i32 % 4));
+            }
+            let x = Tensor::<2>::from_data(TensorData::new(x, [rows, k]), (&device, DType::F32));
+            let expected: Vec<f32> = (0..rows * n).map(|index| w(index % n) * leaves * 2f32.powi((index / n) as i32 % 4)).collect();
+            let chosen = kernels::host::half_weight_gemm(&weight, x.clone()).expect("a weight on Flex");
+            let tiled = kernels::host::half_weight_gemm_by(&weight, x.clone(), HostPath::Tiled).expect("a weight on Flex");
+            assert_eq!(to_f32(chosen), expected, "{isa:?} {dtype:?} rows={rows}");
+            assert_eq!(to_f32(tiled), expected, "{isa:?} {dtype:?} rows={rows} tiled");
+        }
+    }
 }
 
 /// The grouped host kernel against each expert's reference, with experts of no rows.

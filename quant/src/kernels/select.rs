@@ -12,7 +12,7 @@ use burn_dispatch::DispatchDevice;
 use cubecl::ir::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind, IntKind};
 
-use super::host::{amx_rows, float_tiled_rows, fp8_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath, TileProducts};
+use super::host::{amx_rows, fp8_tiled_rows, half_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath, TileProducts};
 use super::{byte_mma, int_gemm_tiled, IntGemmTiling, MmaTiling, Staging};
 use crate::repr::{ActivationQuant, ExpertStack, Fp8Weight, IntFragments, PackedIntWeight, W8A8Weight, ZeroPoints};
 
@@ -538,7 +538,10 @@ pub fn mixed_dense_gemm(weight_dtype: DType, device: &Device, dtype: DType, rows
         DispatchDevice::Cube(_) => Selection { kernel: DenseKernel::Reference, reason: "no kernel for mixed float dtypes on CubeCL devices, which load weights in the compute dtype".into() },
         _ => {
             let refusal = (!matches!(weight_dtype, DType::F16 | DType::BF16)).then(|| format!("weight in {weight_dtype:?}; the host kernel reads f16 or bf16"));
-            choose_host(dtype, refusal, HostRows::Product { rows, tiled_from: float_tiled_rows(), tiles: None }, DenseKernel::Host, DenseKernel::Reference)
+            let tiled_from = half_tiled_rows(k);
+            let family = if weight_dtype == DType::F16 { TileProducts::F16Weights } else { TileProducts::Bf16Weights };
+            let tiles = (tiled_from == usize::MAX).then_some(family);
+            choose_host(dtype, refusal, HostRows::Product { rows, tiled_from, tiles }, DenseKernel::Host, DenseKernel::Reference)
         }
     };
     log_once(|| format!("float {weight_dtype:?} [{k}x{n}] rows={rows} {dtype:?}: {:?} ({})", selection.kernel, selection.reason));

@@ -440,6 +440,26 @@ pub fn float_tiled_rows() -> usize {
     }
 }
 
+/// The rows from which a product of a float weight (f16 / bf16) with `k` columns takes
+/// the tiled path: none where AMX's tile unit takes it from [`amx::half::min_rows`]
+/// ([`half_on_tiles`]), otherwise [`float_tiled_rows`].
+pub fn half_tiled_rows(k: usize) -> usize {
+    match half_on_tiles(k) {
+        true => usize::MAX,
+        false => float_tiled_rows(),
+    }
+}
+
+/// Whether a float weight's product of enough rows runs on AMX's tile unit: the CPU has
+/// it, and the weight's K is whole 32-column steps.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn half_on_tiles(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vector_isa() == VectorIsa::Amx && amx::half::takes(k);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// [`float_tiled_rows`] for packed integer weights, whose fused kernel unpacks a word for
 /// eight rows: it stays ahead of the tiles up to 32 rows (BENCHMARKS.md, at 4096² and 16
 /// rows: Int4 5.4–5.8 ms fused against 6.9–7.2 tiled; at 64 rows the tiles lead or tie).
@@ -501,6 +521,9 @@ pub enum TileProducts {
     Bytes,
     /// Packed integer products (Int4 / Int8 weight-only) with float activations.
     PackedInt,
+    /// Float weights stored in bf16, and in f16, with float activations.
+    Bf16Weights,
+    F16Weights,
 }
 
 /// The rows from which `products` run on AMX's tile unit, or `None` where
@@ -512,6 +535,8 @@ pub fn amx_rows(products: TileProducts) -> Option<usize> {
         return Some(match products {
             TileProducts::Bytes => amx::int8::MIN_ROWS,
             TileProducts::PackedInt => amx::packed::MIN_ROWS,
+            TileProducts::Bf16Weights => amx::half::min_rows(HalfFormat::BF16),
+            TileProducts::F16Weights => amx::half::min_rows(HalfFormat::F16),
         });
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -580,7 +605,8 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
 /// not on the Flex device, not f16 or bf16, or `x` does not have `k` columns.
 pub fn half_weight_gemm(weight: &Tensor<2>, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    half_weight_gemm_by(weight, x, HostPath::for_rows(rows, float_tiled_rows()))
+    let tiled_rows = half_tiled_rows(weight.dims()[1]);
+    half_weight_gemm_by(weight, x, HostPath::for_rows(rows, tiled_rows))
 }
 
 /// [`half_weight_gemm`] by `path`.
@@ -597,6 +623,12 @@ pub fn half_weight_gemm_by(weight: &Tensor<2>, x: Tensor<2>, path: HostPath) -> 
     };
     let slices = HalfWeightSlices { k, n, values, format };
     let activations = f32_values(&x)?;
+    #[cfg(target_arch = "x86_64")]
+    if path == HostPath::Fused && m >= amx::half::min_rows(format) && half_on_tiles(k) {
+        // SAFETY: `half_on_tiles` checked that `vector_isa` reports AMX, and the layout.
+        let product = unsafe { amx::half::gemm(&slices, &activations, m, amx::packed::terms(x.dtype())) };
+        return Some(output(product, m, n, &x));
+    }
     let product = match path {
         HostPath::Fused => half_gemm::half_gemm(&slices, &activations, m),
         HostPath::Tiled => tiles::tiled_gemm(&slices, &activations, m, Summation::Floats),

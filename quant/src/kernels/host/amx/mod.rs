@@ -3,10 +3,11 @@
 //! tile by another into a tile of 16 × 16 sums: int8 (64 products to a sum, in i32,
 //! [`int8`]) or bf16 pairs (32, in f32, [`e4m3`] for FP8 whose activations are
 //! quantized too: e4m3 values are exact in bf16; [`packed`] for Int4 / Int8 weights with
-//! float activations, each split into bf16 terms that add up to it exactly). One such
+//! float activations, each split into bf16 terms that add up to it exactly; [`half`] for
+//! float weights kept in bf16 or f16, with the same terms). One such
 //! instruction makes 16 384 int8 products where AVX-512 VNNI's dot product makes 64.
 //!
-//! For 8-bit weights the left operand is a weight tile, sixteen channels' lines ([`packed`]
+//! For 8-bit and bf16 weights the left operand is a weight tile, sixteen channels' lines ([`packed`]
 //! swaps the roles, as its K-packed words lie in the right operand's order). The right operand must
 //! hold each of its sixteen columns' values four bytes at a time along a line, so the
 //! activations, made anew on every call, are written in that order ([`RightTiles`]). A
@@ -21,6 +22,7 @@
 
 pub(super) mod e4m3;
 pub(super) mod emulated;
+pub(super) mod half;
 pub(super) mod int8;
 pub(super) mod packed;
 

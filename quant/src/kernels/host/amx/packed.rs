@@ -103,17 +103,29 @@ pub(crate) unsafe fn gemm(weight: &IntWeightSlices, group_size: usize, x: &[f32]
 /// Channels per task for activation tiles of `activation_bytes` and `n` channels: one
 /// pair of weight tiles while the activations stay in cache, up to [`WIDE_TASK`] beyond,
 /// leaving every thread two tasks.
-fn task_width(activation_bytes: usize, n: usize) -> usize {
+pub(super) fn task_width(activation_bytes: usize, n: usize) -> usize {
     if activation_bytes <= SPAN_BYTES {
         return CHANNELS;
     }
     (n / (2 * rayon::current_num_threads()) / CHANNELS * CHANNELS).clamp(CHANNELS, WIDE_TASK)
 }
 
+/// Steps of K a span covers at least, where the rows allow: each span's tiles of sums are
+/// stored and added into the output, which fewer steps of products would not repay.
+const MIN_SPAN_STEPS: usize = 16;
+
+/// Row blocks a pass over K covers, of `blocks` with activations of `terms` terms: all
+/// while their tiles leave spans of [`MIN_SPAN_STEPS`] within [`SPAN_BYTES`], else as
+/// many pairs of blocks as do. Each pass reads the task's weight anew.
+pub(super) fn pass_blocks(blocks: usize, terms: usize) -> usize {
+    let fitting = SPAN_BYTES / (terms * TILE_BYTES * MIN_SPAN_STEPS);
+    blocks.min((fitting / 2 * 2).max(2))
+}
+
 /// Steps of K a span covers for `blocks` row blocks of `terms` terms and `weight_tiles`
 /// weight tiles: within [`SPAN_BYTES`] and [`WIDENED_BYTES`], and whole groups of
 /// `group_steps` steps where one fits.
-fn span_steps(blocks: usize, terms: usize, weight_tiles: usize, group_steps: usize) -> usize {
+pub(super) fn span_steps(blocks: usize, terms: usize, weight_tiles: usize, group_steps: usize) -> usize {
     let activation_steps = SPAN_BYTES / (blocks * terms * TILE_BYTES).max(1);
     let steps = activation_steps.min(WIDENED_BYTES / (weight_tiles * TILE_BYTES).max(1)).max(1);
     if steps >= group_steps { steps / group_steps * group_steps } else { steps }
@@ -182,7 +194,7 @@ fn split_row(row: &[f32], lane: usize, terms: usize, tiles: &mut [Line]) {
 /// are zero. The remainder `values − rounded` is then exact in f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-fn round_to_bf16(values: __m512) -> __m512 {
+pub(super) fn round_to_bf16(values: __m512) -> __m512 {
     let bits = _mm512_castps_si512(values);
     let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
     let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
@@ -205,10 +217,10 @@ struct Product<'a> {
 }
 
 impl Product<'_> {
-    /// `out [m, channels]`: a span of K at a time, the task's weight over the span
-    /// widened to bf16 tiles, then each pair of them times every pair of row blocks, a
-    /// group (or the part of one in the span) at a time into four tiles of sums, scaled
-    /// into `out`.
+    /// `out [m, channels]`: for each pass of row blocks ([`pass_blocks`]), a span of K
+    /// at a time, the task's weight over the span widened to bf16 tiles, then each pair
+    /// of them times every pair of the pass's row blocks, a group (or the part of one in
+    /// the span) at a time into four tiles of sums, scaled into `out`.
     ///
     /// # Safety
     /// Only where [`super::available`] reported the tile unit usable.
@@ -220,7 +232,8 @@ impl Product<'_> {
         assert!(activations.steps == steps && channels.end <= weight.n && out.len() >= m * channels.len());
         assert!(activations.lines.len() >= blocks * steps * activations.terms * LINES);
         let group_steps = self.group_size.div_ceil(COLUMNS).min(steps).max(1);
-        let span_steps = span_steps(blocks, activations.terms, weight_tiles, group_steps).min(steps);
+        let pass_blocks = pass_blocks(blocks, activations.terms);
+        let span_steps = span_steps(pass_blocks, activations.terms, weight_tiles, group_steps).min(steps);
         out[..m * channels.len()].fill(0.0);
         WIDENED.with_borrow_mut(|widened| {
             // Every line the loop reads is written by `widen`: no clearing.
@@ -231,45 +244,47 @@ impl Product<'_> {
             // SAFETY: passed on from the caller; widening between spans leaves the tiles
             // and their configuration alone.
             unsafe { load_config(&TileConfig::full()) };
-            for span in (0..steps).step_by(span_steps).map(|start| start..(start + span_steps).min(steps)) {
-                for tile in 0..weight_tiles {
-                    let first = channels.start + tile * LINES;
-                    let tile_channels = first..(first + LINES).min(channels.end);
-                    // SAFETY: the tile unit's CPUs have AVX-512.
-                    unsafe { widen(weight, tile_channels, self.group_size, span.clone(), &mut widened[tile * span_steps * LINES..][..span.len() * LINES]) };
-                }
-                let weight_tile = |tile: usize, step: usize| widened[(tile * span_steps + step - span.start) * LINES..][..LINES].as_ptr().cast::<u8>();
-                // SAFETY (every tile instruction): the caller checked the tile unit is
-                // usable and the configuration is loaded; each load reads sixteen lines
-                // of 64 bytes from a tile of `widened` or of the activations, and each
-                // store writes the 1 KiB of a tile of sums.
-                unsafe {
-                    for first_tile in (0..weight_tiles).step_by(2) {
-                        let two_tiles = weight_tiles - first_tile >= 2;
-                        for first in (0..blocks).step_by(2) {
-                            let pair = blocks - first >= 2;
-                            let mut start = span.start;
-                            while start < span.end {
-                                let group = start / group_steps;
-                                let group_end = ((group + 1) * group_steps).min(steps);
-                                let end = group_end.min(span.end);
-                                zero::<0>();
-                                zero::<1>();
-                                zero::<2>();
-                                zero::<3>();
-                                for step in start..end {
-                                    load::<4>(weight_tile(first_tile, step), LINE);
-                                    if two_tiles {
-                                        load::<5>(weight_tile(first_tile + 1, step), LINE);
+            for rows in (0..blocks).step_by(pass_blocks).map(|start| start..(start + pass_blocks).min(blocks)) {
+                for span in (0..steps).step_by(span_steps).map(|start| start..(start + span_steps).min(steps)) {
+                    for tile in 0..weight_tiles {
+                        let first = channels.start + tile * LINES;
+                        let tile_channels = first..(first + LINES).min(channels.end);
+                        // SAFETY: the tile unit's CPUs have AVX-512.
+                        unsafe { widen(weight, tile_channels, self.group_size, span.clone(), &mut widened[tile * span_steps * LINES..][..span.len() * LINES]) };
+                    }
+                    let weight_tile = |tile: usize, step: usize| widened[(tile * span_steps + step - span.start) * LINES..][..LINES].as_ptr().cast::<u8>();
+                    // SAFETY (every tile instruction): the caller checked the tile unit is
+                    // usable and the configuration is loaded; each load reads sixteen lines
+                    // of 64 bytes from a tile of `widened` or of the activations, and each
+                    // store writes the 1 KiB of a tile of sums.
+                    unsafe {
+                        for first_tile in (0..weight_tiles).step_by(2) {
+                            let two_tiles = weight_tiles - first_tile >= 2;
+                            for first in rows.clone().step_by(2) {
+                                let pair = rows.end - first >= 2;
+                                let mut start = span.start;
+                                while start < span.end {
+                                    let group = start / group_steps;
+                                    let group_end = ((group + 1) * group_steps).min(steps);
+                                    let end = group_end.min(span.end);
+                                    zero::<0>();
+                                    zero::<1>();
+                                    zero::<2>();
+                                    zero::<3>();
+                                    for step in start..end {
+                                        load::<4>(weight_tile(first_tile, step), LINE);
+                                        if two_tiles {
+                                            load::<5>(weight_tile(first_tile + 1, step), LINE);
+                                        }
+                                        row_block::<0, 1>(activations, first, step, two_tiles);
+                                        if pair {
+                                            row_block::<2, 3>(activations, first + 1, step, two_tiles);
+                                        }
                                     }
-                                    row_block::<0, 1>(activations, first, step, two_tiles);
-                                    if pair {
-                                        row_block::<2, 3>(activations, first + 1, step, two_tiles);
-                                    }
+                                    let tiles = Tiles { first_block: first, pair, first_tile, two_tiles };
+                                    output.scale(tiles, group, end == group_end);
+                                    start = end;
                                 }
-                                let tiles = Tiles { first_block: first, pair, first_tile, two_tiles };
-                                output.scale(tiles, group, end == group_end);
-                                start = end;
                             }
                         }
                     }
