@@ -338,14 +338,13 @@ fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, sp
     assert!(weight.words.len() >= k / per_word * n && weight.scales.len() >= groups * n);
     let mask = (1u32 << channels.len()).wrapping_sub(1) as u16;
     let midpoint = _mm512_set1_epi32(1 << (bits - 1));
-    let field_mask = _mm512_set1_epi32((1 << bits) - 1);
-    let upper_half = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    let (mut zeros, mut lookup_offsets) = (midpoint, nibble_offsets(midpoint));
+    // What the group's zero points make, set at the span's first row.
+    let (mut lookup_offsets, mut biased_zeros) = (nibble_offsets(midpoint), _mm512_setzero_ps());
     // SAFETY: 64 bytes read from a table of 32 u16.
     let nibble_values = unsafe { _mm512_loadu_epi16(CENTRED_NIBBLES.as_ptr().cast()) };
     for row in rows.clone().step_by(per_word) {
         if row == rows.start || row.is_multiple_of(group_size) {
-            zeros = match weight.centring {
+            let zeros = match weight.centring {
                 Centring::Integer(points) => {
                     assert!(points.len() >= groups * n);
                     // SAFETY: the mask reads the group's channels, inside `points`.
@@ -354,18 +353,14 @@ fn widen(weight: &IntWeightSlices, channels: Range<usize>, group_size: usize, sp
                 Centring::Midpoint | Centring::Float(_) => midpoint,
             };
             lookup_offsets = nibble_offsets(zeros);
+            biased_zeros = _mm512_add_ps(_mm512_cvtepi32_ps(zeros), _mm512_set1_ps(f32::from_bits(MAGIC as u32)));
         }
         // SAFETY: the mask reads the word row's channels, inside `words`.
         let words = unsafe { _mm512_maskz_loadu_epi32(mask, weight.words.as_ptr().add(row / per_word * n + channels.start).cast()) };
         for pair in 0..per_word / 2 {
-            let line = if bits == 4 {
-                nibble_line(words, pair, lookup_offsets, nibble_values)
-            } else {
-                // Each value is an integer of at most eight significant bits: its f32's
-                // upper half is its bf16, exactly.
-                let field = |index: usize| centred_field(words, index * bits as usize, field_mask, zeros);
-                let (low, high) = (field(2 * pair), field(2 * pair + 1));
-                _mm512_or_si512(_mm512_srli_epi32::<16>(low), _mm512_and_si512(high, upper_half))
+            let line = match bits {
+                4 => nibble_line(words, pair, lookup_offsets, nibble_values),
+                _ => byte_line(words, pair, biased_zeros),
             };
             // SAFETY: sixty-four bytes written to a line of `lines`.
             unsafe { _mm512_storeu_si512(lines[(row - rows.start) / 2 + pair].0.as_mut_ptr().cast(), line) };
@@ -410,12 +405,27 @@ fn nibble_line(words: __m512i, pair: usize, offsets: __m512i, nibble_values: __m
     _mm512_permutexvar_epi16(_mm512_add_epi32(both, offsets), nibble_values)
 }
 
-/// The field at bit `shift` of each word less its zero point, as f32 bits.
+/// The bits of the f32 2^23: or-ed with an integer below 2^8 (placed in the lowest
+/// mantissa bits), they make the f32 2^23 plus that integer.
+const MAGIC: i32 = 0x4b00_0000;
+
+/// Line `pair` of a word row of 8-bit values: bytes `2 · pair` and `2 · pair + 1` of each
+/// word less the lane's zero point, as the low and high bf16 of its lane. Each byte
+/// becomes the f32 2^23 + byte by or-ing it under [`MAGIC`]'s exponent, and subtracting
+/// `biased_zeros` (2^23 + zero) leaves byte − zero exactly; at most eight significant
+/// bits, so the f32's upper half is its bf16.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-fn centred_field(words: __m512i, shift: usize, field_mask: __m512i, zeros: __m512i) -> __m512i {
-    let field = _mm512_and_si512(_mm512_srl_epi32(words, _mm_cvtsi32_si128(shift as i32)), field_mask);
-    _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_sub_epi32(field, zeros)))
+fn byte_line(words: __m512i, pair: usize, biased_zeros: __m512) -> __m512i {
+    let (byte_mask, magic) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(MAGIC));
+    // (shifted & 0xff) | MAGIC: the ternary logic table of A & B | C.
+    let value = |shift: usize| {
+        let shifted = _mm512_srl_epi32(words, _mm_cvtsi32_si128(shift as i32));
+        _mm512_sub_ps(_mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xea>(shifted, byte_mask, magic)), biased_zeros)
+    };
+    let (low, high) = (_mm512_castps_si512(value(16 * pair)), _mm512_castps_si512(value(16 * pair + 8)));
+    // low >> 16 | high & 0xffff0000: the table of A | B & C.
+    _mm512_ternarylogic_epi32::<0xf8>(_mm512_srli_epi32::<16>(low), high, _mm512_set1_epi32(0xffff_0000_u32 as i32))
 }
 
 /// The tiles of sums a pass of the task's loop fills: row blocks `first_block` (and the
