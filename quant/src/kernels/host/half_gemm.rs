@@ -5,7 +5,8 @@
 //! sixteen (thirty-two) values of a channel becomes two f32 vectors in registers (the f16
 //! conversion instruction, or a widen and shift for bf16) that a block of rows' running
 //! sums multiply at once. From [`super::float_tiled_rows`] rows the weight is decoded a
-//! tile at a time for the `gemm` crate instead ([`super::tiles`]).
+//! tile at a time for the `gemm` crate instead ([`super::tiles`]), and where the CPU has
+//! AMX, from a few rows, its tile unit multiplies the weight ([`super::amx::half`]).
 
 use std::ops::Range;
 

@@ -20,7 +20,7 @@ use crate::kernels::host::half_gemm::{HalfFormat, HalfWeightSlices};
 /// read as stored, so the tiles pay no widening: at four rows both wait on memory alike
 /// (1.3–1.4 ms), at eight the tiles take 1.4 ms against 2.4–2.6. f16 weights are split
 /// into two bf16 terms a task at a time (1 ms a call) and take twice the products: 3.4 ms
-/// against 2.7 at eight rows, 3.6 against 5.3 at sixteen.
+/// against 2.7 at eight rows, 3.1–3.6 against 5.3 at sixteen.
 pub(crate) fn min_rows(format: HalfFormat) -> usize {
     match format {
         HalfFormat::BF16 => 5,
@@ -94,8 +94,8 @@ impl Product<'_> {
     /// `out [m, channels]`: for each pass of row blocks ([`pass_blocks`]), a span of K at
     /// a time (within what the L2 cache keeps of the activations and the task's weight),
     /// each pair of weight tiles times every pair of the pass's row blocks into four
-    /// tiles of sums, added transposed into `out`. bf16 weight tiles
-    /// are read in place; f16 ones are split into two bf16 terms per span first.
+    /// tiles of sums, added transposed into `out`. bf16 weight tiles are read in place;
+    /// f16 ones are split into two bf16 terms per span first.
     ///
     /// # Safety
     /// Only where [`super::available`] reported the tile unit usable.
