@@ -163,12 +163,22 @@ fn half_weight_cases(isa: VectorIsa) {
                     let err = to_f32(output).iter().zip(&expected).fold(0f32, |a, (o, e)| a.max((o - e).abs())) / scale;
                     assert!(err < 1e-5, "{isa:?} {dtype:?} k={k} n={n} rows={rows} {name}: relative error {err}");
                 }
+                // Computing in the weight's own dtype: the same kernels, the output rounded
+                // to that dtype (relative error up to 2⁻⁹ for bf16, 2⁻¹² for f16).
+                let x_half = x.clone().cast(dtype);
+                let expected = to_f32(x_half.clone().cast(DType::F32).matmul(weight_t.clone().cast(DType::F32)));
+                let forward = kernels::dense_forward(&weight_t, x_half);
+                assert_eq!(forward.dtype(), dtype);
+                let err = to_f32(forward).iter().zip(&expected).fold(0f32, |a, (o, e)| a.max((o - e).abs())) / scale;
+                let bound = if dtype == DType::BF16 { 2f32.powi(-8) } else { 2f32.powi(-11) };
+                assert!(err < bound, "{isa:?} {dtype:?} k={k} n={n} rows={rows} in {dtype:?}: relative error {err}");
             }
         }
     }
     let weight_t = Tensor::<2>::zeros([16, 8], (&device, DType::F16));
     assert_eq!(kernels::select::mixed_dense_gemm(DType::F16, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Host);
     assert_eq!(kernels::select::mixed_dense_gemm(DType::F64, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Reference);
+    assert_eq!(kernels::select::mixed_dense_gemm(DType::BF16, &device, DType::BF16, 1, weight_t.dims()).kernel, DenseKernel::Host);
     // Whole 32-column steps of K run on AMX's tile unit where it exists; other K never.
     let rows = kernels::host::float_tiled_rows();
     for (dtype, family) in [(DType::BF16, TileProducts::Bf16Weights), (DType::F16, TileProducts::F16Weights)] {

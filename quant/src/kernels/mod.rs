@@ -57,15 +57,20 @@ pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &FragmentCache, x
 }
 
 /// `x · W` for a float weight stored transposed (`weight_t`, `[in, out]`): the matmul
-/// when the weight is in `x`'s dtype, otherwise (f16 or bf16 weights kept as stored on
-/// the Flex device) the kernel the selector picks.
+/// when the weight is in `x`'s dtype and not a 16-bit float, otherwise (f16 or bf16
+/// weights: kept as stored on the Flex device, or computed in) the kernel the selector
+/// picks.
 pub fn dense_forward(weight_t: &Tensor<2>, x: Tensor<2>) -> Tensor<2> {
-    if weight_t.dtype() == x.dtype() {
+    let half_weight = matches!(weight_t.dtype(), DType::F16 | DType::BF16);
+    if weight_t.dtype() == x.dtype() && !half_weight {
         return x.matmul(weight_t.clone());
     }
-    let reference = |x: Tensor<2>| {
-        let dtype = x.dtype();
-        x.matmul(weight_t.clone().cast(dtype))
+    let reference = |x: Tensor<2>| match x.dtype() == weight_t.dtype() {
+        true => x.matmul(weight_t.clone()),
+        false => {
+            let dtype = x.dtype();
+            x.matmul(weight_t.clone().cast(dtype))
+        }
     };
     match select::mixed_dense_gemm(weight_t.dtype(), &x.device(), x.dtype(), x.dims()[0], weight_t.dims()).kernel {
         DenseKernel::Reference => reference(x),

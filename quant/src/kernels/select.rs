@@ -520,11 +520,11 @@ pub fn w8a8_gemm(weight: &W8A8Weight, device: &Device, dtype: DType, rows: usize
     selection
 }
 
-/// A kernel for a float weight stored in another dtype than its activations (f16 or
-/// bf16 weights kept as stored on the Flex device, see `LoadContext::float_weight_dtype`).
+/// A kernel for a float weight stored in f16 or bf16: kept as stored on the Flex device
+/// (see `LoadContext::float_weight_dtype`), or in the compute dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenseKernel {
-    /// The matmul of the weight cast to the activations' dtype, on every call.
+    /// Burn's matmul, of the weight cast to the activations' dtype if it differs.
     Reference,
     /// The host kernel on the Flex device ([`super::host::half_gemm`]), converting the
     /// weight in registers.
@@ -535,7 +535,7 @@ pub enum DenseKernel {
 /// stored in `weight_dtype`.
 pub fn mixed_dense_gemm(weight_dtype: DType, device: &Device, dtype: DType, rows: usize, [k, n]: [usize; 2]) -> Selection<DenseKernel> {
     let selection = match device.as_dispatch() {
-        DispatchDevice::Cube(_) => Selection { kernel: DenseKernel::Reference, reason: "no kernel for mixed float dtypes on CubeCL devices, which load weights in the compute dtype".into() },
+        DispatchDevice::Cube(_) => Selection { kernel: DenseKernel::Reference, reason: "Burn's matmul on CubeCL devices, which load float weights in the compute dtype".into() },
         _ => {
             let refusal = (!matches!(weight_dtype, DType::F16 | DType::BF16)).then(|| format!("weight in {weight_dtype:?}; the host kernel reads f16 or bf16"));
             let tiled_from = half_tiled_rows(k);
