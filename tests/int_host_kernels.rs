@@ -176,18 +176,18 @@ fn half_weight_cases(isa: VectorIsa) {
         }
     }
     let weight_t = Tensor::<2>::zeros([16, 8], (&device, DType::F16));
-    assert_eq!(kernels::select::mixed_dense_gemm(DType::F16, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Host);
-    assert_eq!(kernels::select::mixed_dense_gemm(DType::F64, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Reference);
-    assert_eq!(kernels::select::mixed_dense_gemm(DType::BF16, &device, DType::BF16, 1, weight_t.dims()).kernel, DenseKernel::Host);
+    assert_eq!(kernels::select::half_dense_gemm(DType::F16, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Host);
+    assert_eq!(kernels::select::half_dense_gemm(DType::F64, &device, DType::F32, 1, weight_t.dims()).kernel, DenseKernel::Reference);
+    assert_eq!(kernels::select::half_dense_gemm(DType::BF16, &device, DType::BF16, 1, weight_t.dims()).kernel, DenseKernel::Host);
     // Whole 32-column steps of K run on AMX's tile unit where it exists; other K never.
     let rows = kernels::host::float_tiled_rows();
     for (dtype, family) in [(DType::BF16, TileProducts::Bf16Weights), (DType::F16, TileProducts::F16Weights)] {
-        let reason = kernels::select::mixed_dense_gemm(dtype, &device, DType::F32, rows, [64, 48]).reason;
+        let reason = kernels::select::half_dense_gemm(dtype, &device, DType::F32, rows, [64, 48]).reason;
         match (isa, kernels::host::amx_rows(family)) {
             (VectorIsa::Amx, Some(from)) => assert!(reason.contains(&format!("at every row count (on AMX's tile unit from {from} rows)")), "{reason}"),
             _ => assert!(reason.contains("host tiled kernel"), "{isa:?}: {reason}"),
         }
-        let uneven = kernels::select::mixed_dense_gemm(dtype, &device, DType::F32, rows, [708, 48]).reason;
+        let uneven = kernels::select::half_dense_gemm(dtype, &device, DType::F32, rows, [708, 48]).reason;
         assert!(uneven.contains("host tiled kernel"), "{isa:?}: {uneven}");
     }
 }

@@ -72,7 +72,7 @@ pub fn dense_forward(weight_t: &Tensor<2>, x: Tensor<2>) -> Tensor<2> {
             x.matmul(weight_t.clone().cast(dtype))
         }
     };
-    match select::mixed_dense_gemm(weight_t.dtype(), &x.device(), x.dtype(), x.dims()[0], weight_t.dims()).kernel {
+    match select::half_dense_gemm(weight_t.dtype(), &x.device(), x.dtype(), x.dims()[0], weight_t.dims()).kernel {
         DenseKernel::Reference => reference(x),
         // The transpose of the transposed view is the stored `[out, in]` layout, read in place.
         DenseKernel::Host => host::half_weight_gemm(&weight_t.clone().transpose(), x.clone()).unwrap_or_else(|| reference(x)),

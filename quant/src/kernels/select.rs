@@ -532,8 +532,9 @@ pub enum DenseKernel {
 }
 
 /// Picks the kernel for `rows × K` activations of `dtype` times a `[K, N]` float weight
-/// stored in `weight_dtype`.
-pub fn mixed_dense_gemm(weight_dtype: DType, device: &Device, dtype: DType, rows: usize, [k, n]: [usize; 2]) -> Selection<DenseKernel> {
+/// stored in `weight_dtype` (the host kernels read f16 and bf16, in the activations'
+/// dtype or not).
+pub fn half_dense_gemm(weight_dtype: DType, device: &Device, dtype: DType, rows: usize, [k, n]: [usize; 2]) -> Selection<DenseKernel> {
     let selection = match device.as_dispatch() {
         DispatchDevice::Cube(_) => Selection { kernel: DenseKernel::Reference, reason: "Burn's matmul on CubeCL devices, which load float weights in the compute dtype".into() },
         _ => {

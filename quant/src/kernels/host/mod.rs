@@ -521,8 +521,9 @@ pub enum TileProducts {
     Bytes,
     /// Packed integer products (Int4 / Int8 weight-only) with float activations.
     PackedInt,
-    /// Float weights stored in bf16, and in f16, with float activations.
+    /// Float weights stored in bf16, with float activations.
     Bf16Weights,
+    /// Float weights stored in f16, with float activations.
     F16Weights,
 }
 
