@@ -590,7 +590,7 @@ fn product(weight: &IntWeightSlices, x: Tensor<2>, path: HostPath) -> Option<Ten
     if let (HostPath::Fused, Grouping::Contiguous(group_size)) = (path, weight.grouping) {
         if m >= amx::packed::MIN_ROWS && int_on_tiles(weight.bits, k, group_size, true) {
             // SAFETY: `int_on_tiles` checked that `vector_isa` reports AMX, and the groups.
-            let product = unsafe { amx::packed::gemm(weight, group_size, &values, m, amx::packed::terms(x.dtype())) };
+            let product = unsafe { amx::packed::gemm(weight, group_size, &values, m, amx::terms::terms(x.dtype())) };
             return Some(output(product, m, weight.n, &x));
         }
     }
@@ -627,7 +627,7 @@ pub fn half_weight_gemm_by(weight: &Tensor<2>, x: Tensor<2>, path: HostPath) -> 
     #[cfg(target_arch = "x86_64")]
     if path == HostPath::Fused && m >= amx::half::min_rows(format) && half_on_tiles(k) {
         // SAFETY: `half_on_tiles` checked that `vector_isa` reports AMX, and the layout.
-        let product = unsafe { amx::half::gemm(&slices, &activations, m, amx::packed::terms(x.dtype())) };
+        let product = unsafe { amx::half::gemm(&slices, &activations, m, amx::terms::terms(x.dtype())) };
         return Some(output(product, m, n, &x));
     }
     let product = match path {

@@ -2,7 +2,7 @@
 //! the tile unit's bf16 products. The weight needs no widening: sixteen channels of a
 //! `[N, K]` weight, 32 values of each, are a left-operand tile as they lie, loaded in
 //! place with the channel length as the line stride. Each activation is split into bf16
-//! terms that add up to it exactly (three for f32, as in [`super::packed`]), written as
+//! terms that add up to it exactly (three for f32, [`super::terms`]), written as
 //! right-operand tiles ([`RightTiles`]), so every product is the f32 reference's and only
 //! the order of the f32 sums differs. A tile of sums is then sixteen channels by sixteen
 //! rows, added transposed into the output.
@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::packed::{pass_blocks, round_to_bf16, span_steps, task_width};
+use super::terms::{pass_blocks, round_to_bf16, span_steps, task_width, upper_halves};
 use super::{load, load_config, release, store, zero, Bf16Tiles, RightTiles, Sums, TileConfig, TileProduct, LINE, LINES, TILE_BYTES};
 use crate::kernels::host::half_gemm::{HalfFormat, HalfWeightSlices};
 
@@ -69,9 +69,8 @@ fn encode_term(values: &[f32], term: usize, bytes: &mut [u8]) {
         for _ in 0..term {
             rest = _mm512_sub_ps(rest, round_to_bf16(rest));
         }
-        let upper = _mm512_srli_epi32::<16>(_mm512_castps_si512(round_to_bf16(rest)));
         // SAFETY: the mask writes one u16 for each of `values`, inside `bytes`.
-        unsafe { _mm256_mask_storeu_epi16(bytes[32 * chunk..].as_mut_ptr().cast(), mask, _mm512_cvtepi32_epi16(upper)) };
+        unsafe { _mm256_mask_storeu_epi16(bytes[32 * chunk..].as_mut_ptr().cast(), mask, upper_halves(round_to_bf16(rest))) };
     }
 }
 

@@ -25,6 +25,7 @@ pub(super) mod emulated;
 pub(super) mod half;
 pub(super) mod int8;
 pub(super) mod packed;
+pub(super) mod terms;
 
 use std::arch::asm;
 use std::arch::x86_64::*;

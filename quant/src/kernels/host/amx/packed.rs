@@ -21,10 +21,10 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::{load, load_config, release, store, zero, Bf16Tiles, Sums, TileConfig, TileProduct, CHANNELS, LINE, LINES, TILE_BYTES};
+use super::terms::{pass_blocks, round_to_bf16, span_steps, task_width, upper_halves};
+use super::{load, load_config, release, store, zero, Bf16Tiles, Sums, TileConfig, TileProduct, LINE, LINES, TILE_BYTES};
 use crate::kernels::host::int_gemm::{Centring, IntWeightSlices};
 
 /// Rows from which a product runs here rather than in the register kernel: below them
@@ -47,33 +47,12 @@ struct Line([u16; COLUMNS]);
 
 const ZERO_LINE: Line = Line([0; COLUMNS]);
 
-/// The activation tiles a span of K covers across every row block, at most: what stays
-/// in a core's L2 cache while each of a task's channel pairs passes over it.
-const SPAN_BYTES: usize = 512 << 10;
-
-/// The weight tiles a task widens for a span, at most: with the span's activations,
-/// they stay in a core's L2 cache.
-const WIDENED_BYTES: usize = 256 << 10;
-
-/// Channels a task covers at most once its activations outgrow [`SPAN_BYTES`]: memory
-/// then delivers each span once per task rather than once per channel pair.
-const WIDE_TASK: usize = 4 * CHANNELS;
-
 /// Whether the tile loop takes a `bits`-bit weight of `k` rows in groups of `group_size`
 /// (stored contiguously when `contiguous`): each group whole steps of 32 rows, or one
 /// group spanning K.
 pub(crate) fn takes(bits: u32, k: usize, group_size: usize, contiguous: bool) -> bool {
     let whole_steps = group_size >= k || (group_size > 0 && group_size.is_multiple_of(COLUMNS));
     matches!(bits, 4 | 8) && k > 0 && k.is_multiple_of(32 / bits as usize) && contiguous && whole_steps
-}
-
-/// The bf16 terms that carry each activation of `dtype` exactly.
-pub(crate) fn terms(dtype: DType) -> usize {
-    match dtype {
-        DType::BF16 => 1,
-        DType::F16 => 2,
-        _ => 3,
-    }
 }
 
 /// `[m, K] · dequant(W)` → `[m, N]`, f32, row-major, for activations `x` whose values
@@ -98,37 +77,6 @@ pub(crate) unsafe fn gemm(weight: &IntWeightSlices, group_size: usize, x: &[f32]
     let width = task_width(m.div_ceil(LINES) * k.div_ceil(COLUMNS) * terms * TILE_BYTES, weight.n);
     // SAFETY: passed on from the caller.
     crate::kernels::host::by_column_blocks(m, weight.n, width, |channels, out| unsafe { product.channels(channels, out) })
-}
-
-/// Channels per task for activation tiles of `activation_bytes` and `n` channels: one
-/// pair of weight tiles while the activations stay in cache, up to [`WIDE_TASK`] beyond,
-/// leaving every thread two tasks.
-pub(super) fn task_width(activation_bytes: usize, n: usize) -> usize {
-    if activation_bytes <= SPAN_BYTES {
-        return CHANNELS;
-    }
-    (n / (2 * rayon::current_num_threads()) / CHANNELS * CHANNELS).clamp(CHANNELS, WIDE_TASK)
-}
-
-/// Steps of K a span covers at least, where the rows allow: each span's tiles of sums are
-/// stored and added into the output, which fewer steps of products would not repay.
-const MIN_SPAN_STEPS: usize = 16;
-
-/// Row blocks a pass over K covers, of `blocks` with activations of `terms` terms: all
-/// while their tiles leave spans of [`MIN_SPAN_STEPS`] within [`SPAN_BYTES`], else as
-/// many pairs of blocks as do. Each pass reads the task's weight anew.
-pub(super) fn pass_blocks(blocks: usize, terms: usize) -> usize {
-    let fitting = SPAN_BYTES / (terms * TILE_BYTES * MIN_SPAN_STEPS);
-    blocks.min((fitting / 2 * 2).max(2))
-}
-
-/// Steps of K a span covers for `blocks` row blocks of `terms` terms and `weight_tiles`
-/// weight tiles: within [`SPAN_BYTES`] and [`WIDENED_BYTES`], and whole groups of
-/// `group_steps` steps where one fits.
-pub(super) fn span_steps(blocks: usize, terms: usize, weight_tiles: usize, group_steps: usize) -> usize {
-    let activation_steps = SPAN_BYTES / (blocks * terms * TILE_BYTES).max(1);
-    let steps = activation_steps.min(WIDENED_BYTES / (weight_tiles * TILE_BYTES).max(1)).max(1);
-    if steps >= group_steps { steps / group_steps * group_steps } else { steps }
 }
 
 /// Each row's sum over each group, `[m, G]`: what a group's float offsets multiply.
@@ -182,27 +130,16 @@ fn split_row(row: &[f32], lane: usize, terms: usize, tiles: &mut [Line]) {
                 let rounded = round_to_bf16(rest);
                 rest = _mm512_sub_ps(rest, rounded);
                 let line = &mut tiles[(step * terms + term) * LINES + lane].0[half * COLUMNS / 2..][..COLUMNS / 2];
-                let upper = _mm512_srli_epi32::<16>(_mm512_castps_si512(rounded));
                 // SAFETY: sixteen u16 written to a slice of sixteen.
-                unsafe { _mm256_storeu_si256(line.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(upper)) };
+                unsafe { _mm256_storeu_si256(line.as_mut_ptr().cast(), upper_halves(rounded)) };
             }
         }
     }
 }
 
-/// `values` rounded to bf16 (to nearest, ties to even), as f32 whose lower sixteen bits
-/// are zero. The remainder `values − rounded` is then exact in f32.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-pub(super) fn round_to_bf16(values: __m512) -> __m512 {
-    let bits = _mm512_castps_si512(values);
-    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-    let rounded = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), odd));
-    _mm512_castsi512_ps(_mm512_and_si512(rounded, _mm512_set1_epi32(0xffff_0000_u32 as i32)))
-}
-
 thread_local! {
-    /// A task's weight tiles over a span in bf16, kept between tasks (up to [`WIDENED_BYTES`]).
+    /// A task's weight tiles over a span in bf16, kept between tasks (at most
+    /// `terms::WIDENED_BYTES`).
     static WIDENED: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
