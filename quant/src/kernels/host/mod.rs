@@ -26,6 +26,7 @@ mod int8_rows;
 mod lanes;
 #[cfg(target_arch = "x86_64")]
 mod sliced;
+mod paths;
 mod tiles;
 
 use std::ops::Range;
@@ -37,6 +38,8 @@ use rayon::prelude::*;
 
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use byte_gemm::{ByteValues, ByteWeightSlices, RowScales, WeightScales};
+pub use paths::{amx_rows, byte_tiled_rows, float_tiled_rows, fp8_tiled_rows, half_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath, TileProducts, INT_TILED_ROWS};
+use paths::{fp8_on_tiles, half_on_tiles, int_on_tiles};
 use half_gemm::{HalfFormat, HalfWeightSlices};
 use int_gemm::{Centring, Grouping, IntWeightSlices};
 use tiles::{ByteTiles, Summation};
@@ -426,142 +429,6 @@ fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&like.device(), DType::F32)).cast(like.dtype())
 }
 
-/// Rows from which a product of float weights (f16 / bf16) decodes tiles for the `gemm`
-/// crate rather than running the fused register kernel, whose blocks of rows fall behind
-/// the crate's register-blocked micro-kernels there. The wider the kernel's vectors and
-/// row blocks, the later (BENCHMARKS.md, "The register kernels under each vector set": at 4096²,
-/// bf16 weights with AVX-512 12.6 ms fused against 15.9 tiled at 32 rows, 22.2 against
-/// 18.9 at 64; with AVX2 7.0 against 8.9 at 16 rows, 14.4 against 13.5 at 32).
-pub fn float_tiled_rows() -> usize {
-    match vector_isa() {
-        VectorIsa::Amx | VectorIsa::Avx512 => 48,
-        VectorIsa::Avx2 => 32,
-        VectorIsa::Baseline => 16,
-    }
-}
-
-/// The rows from which a product of a float weight (f16 / bf16) with `k` columns takes
-/// the tiled path: none where AMX's tile unit takes it from [`amx::half::min_rows`]
-/// ([`half_on_tiles`]), otherwise [`float_tiled_rows`].
-pub fn half_tiled_rows(k: usize) -> usize {
-    match half_on_tiles(k) {
-        true => usize::MAX,
-        false => float_tiled_rows(),
-    }
-}
-
-/// Whether a float weight's product of enough rows runs on AMX's tile unit: the CPU has
-/// it, and the weight's K is whole 32-column steps.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn half_on_tiles(k: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return vector_isa() == VectorIsa::Amx && amx::half::takes(k);
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// [`float_tiled_rows`] for packed integer weights, whose fused kernel unpacks a word for
-/// eight rows: it stays ahead of the tiles up to 32 rows (BENCHMARKS.md, at 4096² and 16
-/// rows: Int4 5.4–5.8 ms fused against 6.9–7.2 tiled; at 64 rows the tiles lead or tie).
-pub const INT_TILED_ROWS: usize = 32;
-
-/// The rows from which a product of a `bits`-bit packed weight with `k` rows in groups
-/// of `group_size` (stored contiguously, or not: uneven act-order groups) takes the
-/// tiled path: none where AMX's tile unit takes it from [`amx::packed::MIN_ROWS`] rows
-/// ([`int_on_tiles`]), otherwise [`INT_TILED_ROWS`].
-pub fn int_tiled_rows(bits: u32, k: usize, group_size: usize, groups_contiguous: bool) -> usize {
-    match int_on_tiles(bits, k, group_size, groups_contiguous) {
-        true => usize::MAX,
-        false => INT_TILED_ROWS,
-    }
-}
-
-/// Whether a packed integer product of enough rows runs on AMX's tile unit: the CPU has
-/// it, and each group is whole steps of its bf16 tiles (32 rows) or spans K.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-fn int_on_tiles(bits: u32, k: usize, group_size: usize, groups_contiguous: bool) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return vector_isa() == VectorIsa::Amx && amx::packed::takes(bits, k, group_size, groups_contiguous);
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// The rows from which a W8A8 product takes the tiled path. With quantized activations
-/// and AVX-512 VNNI, none: the fused kernel's byte dot products (64 a step, exact in i32,
-/// or AMX's tile products from [`amx::int8::MIN_ROWS`] rows) outrun the tiles' f32
-/// products at every row count measured (at 4096² and 128 rows 20.0 ms against 39.7,
-/// 3.6 on AMX); without VNNI, [`INT_TILED_ROWS`]; with float activations,
-/// [`byte_tiled_rows`] (the int8 weights decode in the e4m3 kernel's loop).
-pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
-    match activations {
-        ActivationQuant::None => byte_tiled_rows(),
-        #[cfg(target_arch = "x86_64")]
-        _ if vnni() => usize::MAX,
-        _ => INT_TILED_ROWS,
-    }
-}
-
-/// [`float_tiled_rows`] for 8-bit weights with float activations (e4m3, and int8 in
-/// W8A8 layers whose activations stay float), whose fused kernel decodes a step's bytes
-/// for each block of rows (e4m3 at 4096², with AVX-512 6.6 ms fused against 7.7 tiled at
-/// 16 rows, 12.6 against 10.5 at 32; with AVX2 4.3 against 4.9 at 8 rows, 9.4 against
-/// 7.0 at 16).
-pub fn byte_tiled_rows() -> usize {
-    match vector_isa() {
-        VectorIsa::Amx | VectorIsa::Avx512 => 32,
-        VectorIsa::Avx2 => 16,
-        VectorIsa::Baseline => 8,
-    }
-}
-
-/// The products AMX's tile unit takes, each family from its own row count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TileProducts {
-    /// W8A8 products with int8 activations and FP8 products with e4m3 activations.
-    Bytes,
-    /// Packed integer products (Int4 / Int8 weight-only) with float activations.
-    PackedInt,
-    /// Float weights stored in bf16, with float activations.
-    Bf16Weights,
-    /// Float weights stored in f16, with float activations.
-    F16Weights,
-}
-
-/// The rows from which `products` run on AMX's tile unit, or `None` where
-/// [`vector_isa`] does not allow it.
-pub fn amx_rows(products: TileProducts) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    if vector_isa() == VectorIsa::Amx {
-        const { assert!(amx::int8::MIN_ROWS == amx::e4m3::MIN_ROWS, "one threshold to report for byte products") };
-        return Some(match products {
-            TileProducts::Bytes => amx::int8::MIN_ROWS,
-            TileProducts::PackedInt => amx::packed::MIN_ROWS,
-            TileProducts::Bf16Weights => amx::half::min_rows(HalfFormat::BF16),
-            TileProducts::F16Weights => amx::half::min_rows(HalfFormat::F16),
-        });
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = products;
-    None
-}
-
-/// How a host product runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostPath {
-    /// The fused kernel: words unpacked in registers, nothing written but the output.
-    Fused,
-    /// The weight decoded one cache-sized tile at a time, each tile multiplied by every
-    /// row with the `gemm` crate.
-    Tiled,
-}
-
-impl HostPath {
-    /// The path for `rows` rows, tiled from `tiled_rows`.
-    pub fn for_rows(rows: usize, tiled_rows: usize) -> Self {
-        if rows >= tiled_rows { Self::Tiled } else { Self::Fused }
-    }
-}
-
 /// `x · W` on the Flex device by the path suited to its rows, or `None` if `weight` or
 /// `x` is not on it, a buffer has another dtype than i32 words with f32 scales (the
 /// selector checks both), or `x` does not have K columns (the reference then reports the
@@ -729,39 +596,6 @@ fn float_activations(x: &Tensor<2>, mode: &ActivationQuant, grid: ActivationGrid
 pub fn fp8_gemm(weight: &Fp8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
     fp8_gemm_by(weight, x, HostPath::for_rows(rows, fp8_tiled_rows(weight)))
-}
-
-/// The rows from which an FP8 product takes the tiled path: none where it runs on AMX's
-/// tile unit from [`amx::e4m3::MIN_ROWS`] rows ([`fp8_on_tiles`]; at 4096² and 128 rows
-/// its bf16 products take 8.1 ms where the tiles took 37.1, with channel scales),
-/// otherwise [`byte_tiled_rows`].
-pub fn fp8_tiled_rows(weight: &Fp8Weight) -> usize {
-    match fp8_on_tiles(weight) {
-        true => usize::MAX,
-        false => byte_tiled_rows(),
-    }
-}
-
-/// Whether an FP8 product of enough rows runs on AMX's tile unit: the CPU has it, and
-/// the activations are quantized onto e4m3 (so both operands' codes are exact in bf16)
-/// with scales whose chunks of K line up with the weight's: one per row or tensor, or
-/// per group of the weight's block width. Scale chunks must be whole steps of the bf16
-/// tiles (32 columns) unless one spans K.
-fn fp8_on_tiles(weight: &Fp8Weight) -> bool {
-    let k = weight.in_features;
-    let group = match weight.activations {
-        ActivationQuant::None => return false,
-        ActivationQuant::DynamicPerGroup(group) => Some(group),
-        ActivationQuant::DynamicPerToken | ActivationQuant::DynamicPerTensor | ActivationQuant::Static(_) => None,
-    };
-    let chunk = match (weight.block.map(|[_, bk]| bk), group) {
-        (None, None) => k,
-        (Some(columns), None) | (None, Some(columns)) => columns,
-        (Some(bk), Some(group)) if bk == group => bk,
-        _ => return false,
-    };
-    let whole_steps = chunk >= k || (chunk > 0 && chunk.is_multiple_of(amx::e4m3::COLUMNS));
-    vector_isa() == VectorIsa::Amx && whole_steps
 }
 
 /// [`fp8_gemm`] by `path`.
