@@ -150,13 +150,15 @@ fn byte_words(n: usize, k: usize, finite: bool, device: &Device, rng: &mut StdRn
 }
 
 /// Per-channel FP8 weights with dynamic per-token e4m3 activations (compressed-tensors
-/// FP8_DYNAMIC), and DeepSeek-style 128×128 blocks with 1×128 activation groups.
+/// FP8_DYNAMIC) or float ones (weight-only), and DeepSeek-style 128×128 blocks with
+/// 1×128 activation groups.
 fn fp8_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
     for (name, device) in devices() {
         for (k, n) in [(1024usize, 1024usize), (4096, 4096)] {
             for (scheme, shape, block, acts) in [
                 ("channel_per_token", [n, 1], None, ActivationQuant::DynamicPerToken),
+                ("channel_weight_only", [n, 1], None, ActivationQuant::None),
                 ("block128", [n / 128, k / 128], Some([128, 128]), ActivationQuant::DynamicPerGroup(128)),
             ] {
                 let w = fp8_weight(k, n, shape, block, acts, &device, &mut rng);

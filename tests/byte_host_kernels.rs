@@ -1,12 +1,12 @@
 //! The 8-bit host kernels on Flex (W8A8 and FP8) against the reference, under each vector
-//! set the CPU has.
+//! set the CPU has, and exactly where every product and sum is exact.
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use ember::quant::kernels::host::{HostPath, VectorIsa};
 use ember::quant::kernels::{self, GemmKernel};
-use ember::quant::repr::{ActivationQuant, Fp8Weight};
+use ember::quant::repr::{e4m3_table, e4m3_value, ActivationQuant, Fp8Weight, W8A8Weight};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::byte_kernels::{activations, fp8_relative_error_of, fp8_weight, to_f32, w8a8_weight_within, Fp8Scales};
 use crate::common::max_abs_diff;
@@ -102,7 +102,90 @@ fn fp8_host_cases(isa: VectorIsa) {
         let fused = |w: &Fp8Weight, x| kernels::host::fp8_gemm_by(w, x, HostPath::Fused).expect("a weight on Flex");
         let err = fp8_relative_error_of(&weight, 13, DType::F32, &flex, &mut rng, fused);
         assert!(err < 2e-6, "{what} rows=13 fused: relative error {err}");
-        let err = fp8_relative_error_of(&weight, 7, DType::F16, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
-        assert!(err < 2e-2, "{what} f16: relative error {err}");
+        // 7 rows in the register kernels; 12, on AMX, each f16 activation as two bf16 terms.
+        for rows in [7, 12] {
+            let err = fp8_relative_error_of(&weight, rows, DType::F16, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
+            assert!(err < 2e-2, "{what} rows={rows} f16: relative error {err}");
+        }
+    }
+}
+
+/// 8-bit weights with float activations keep every bit of both operands on every path:
+/// f32 activations `c = 1 + 2⁻⁹ + 2⁻¹⁸` (three bf16 terms), `−1` and `−2⁻⁹` at the first
+/// three columns of K against one weight value `w` per channel leave `w · 2⁻¹⁸`; f16
+/// activations `1 + 2⁻⁹` (two terms) and `−1` leave `w · 2⁻⁹`; times the channel's scale
+/// (a power of two, as are the blocks'). Every product and sum here is exact in f32, so
+/// a term dropped shows as a zero. e4m3 weights (FP8 weight-only: channel scales, and
+/// 128×128 blocks over K = 256) and int8 ones (W8A8 layers whose activations stay
+/// float); rows on and off the tile unit, a pair of row blocks, N = 40 (a partial tile).
+#[test]
+fn byte_weights_with_float_activations_keep_every_bit() {
+    crate::common::under_each_vector_isa(exact_byte_weight_cases);
+}
+
+fn exact_byte_weight_cases(isa: VectorIsa) {
+    let flex = Device::flex();
+    let (k, n) = (256usize, 40usize);
+    let mut rng = StdRng::seed_from_u64(68);
+    let c = 1.0 + 2f32.powi(-9) + 2f32.powi(-18);
+    let activation_cases = [(DType::F32, vec![c, -1.0, -(2f32.powi(-9))], 2f32.powi(-18)), (DType::F16, vec![1.0 + 2f32.powi(-9), -1.0], 2f32.powi(-9))];
+    let e4m3_values = [0.5f32, -1.5, 3.0, 0.375];
+    let e4m3_byte = |value: f32| (0..=u8::MAX).find(|&byte| e4m3_value(byte) == value).expect("an e4m3 value");
+    let int8_values = [3i8, -7, 12, 1];
+    // Each channel's first columns its value, the others any byte (their activations are
+    // zeros), as `[n, k/4]` words.
+    let words = |lead: &dyn Fn(usize) -> u8, rng: &mut StdRng| {
+        let bytes: Vec<u8> = (0..n * k)
+            .map(|index| match index % k < 3 {
+                true => lead(index / k),
+                false => rng.random_range(0..0x7F) | (rng.random::<u8>() & 0x80),
+            })
+            .collect();
+        let words: Vec<i32> = bytes.chunks_exact(4).map(|word| i32::from_le_bytes([word[0], word[1], word[2], word[3]])).collect();
+        Tensor::<2, Int>::from_data(TensorData::new(words, [n, k / 4]), (&flex, DType::I32))
+    };
+    let channel_scale = |channel: usize| 2f32.powi(-(channel as i32 % 3));
+    let channel_scales: Vec<f32> = (0..n).map(channel_scale).collect();
+    let fp8 = |scales: Vec<f32>, shape: [usize; 2], block: Option<[usize; 2]>, rng: &mut StdRng| Fp8Weight {
+        in_features: k,
+        out_features: n,
+        codes: words(&|channel| e4m3_byte(e4m3_values[channel % 4]), rng),
+        scales: Tensor::from_data(TensorData::new(scales, shape), (&flex, DType::F32)),
+        block,
+        activations: ActivationQuant::None,
+        table: e4m3_table(&flex),
+    };
+    let channels = fp8(channel_scales.clone(), [n, 1], None, &mut rng);
+    // Two blocks along K: the leading columns lie in the first, scaled by 1/4.
+    let blocks = fp8(vec![0.25, 4.0], [1, 2], Some([128, 128]), &mut rng);
+    let int8 = W8A8Weight {
+        in_features: k,
+        out_features: n,
+        codes: words(&|channel| int8_values[channel % 4] as u8, &mut rng),
+        scales: Tensor::from_data(TensorData::new(channel_scales, [1, n]), (&flex, DType::F32)),
+        activations: ActivationQuant::None,
+    };
+    for (dtype, x_columns, leaves) in &activation_cases {
+        for rows in [3usize, 8, 13, 40] {
+            let mut x = vec![0f32; rows * k];
+            for row in 0..rows {
+                x[row * k..][..x_columns.len()].iter_mut().zip(x_columns).for_each(|(x, &value)| *x = value * 2f32.powi(row as i32 % 4));
+            }
+            let x = Tensor::<2>::from_data(TensorData::new(x, [rows, k]), (&flex, DType::F32)).cast(*dtype);
+            let expected = |value: &dyn Fn(usize) -> f32| -> Vec<f32> { (0..rows * n).map(|index| value(index % n) * leaves * 2f32.powi((index / n) as i32 % 4)).collect() };
+            let what = format!("{isa:?} {dtype:?} rows={rows}");
+            for (name, weight, scale) in [("channels", &channels, &channel_scale as &dyn Fn(usize) -> f32), ("blocks", &blocks, &|_| 0.25)] {
+                let want = expected(&|channel| e4m3_values[channel % 4] * scale(channel));
+                assert_eq!(to_f32(kernels::fp8_forward(weight, &Default::default(), x.clone())), want, "{what} e4m3 {name}");
+                for path in [HostPath::Fused, HostPath::Tiled] {
+                    assert_eq!(to_f32(kernels::host::fp8_gemm_by(weight, x.clone(), path).expect("a weight on Flex")), want, "{what} e4m3 {name} {path:?}");
+                }
+            }
+            let want = expected(&|channel| int8_values[channel % 4] as f32 * channel_scale(channel));
+            assert_eq!(to_f32(kernels::w8a8_forward(&int8, x.clone())), want, "{what} int8");
+            for path in [HostPath::Fused, HostPath::Tiled] {
+                assert_eq!(to_f32(kernels::host::w8a8_gemm_by(&int8, x.clone(), path).expect("a weight on Flex")), want, "{what} int8 {path:?}");
+            }
+        }
     }
 }

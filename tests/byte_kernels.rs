@@ -4,6 +4,7 @@
 //! f32 rounding, the fixtures' logits through the kernels, and the selector's reasons.
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use ember::quant::kernels::host::TileProducts;
 use ember::quant::kernels::{self, GemmKernel, KernelPolicy, MmaTiling, Staging, WEIGHT_STAGES};
 use ember::quant::repr::{e4m3_table, e4m3_value, quantize_activations, ActivationGrid, ActivationQuant, Fp8Weight, W8A8Weight};
 use ember::quant::ComputeDtype;
@@ -315,16 +316,16 @@ fn byte_gemm_selector_explains_its_choice() {
     let on_flex = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1);
     assert_eq!(on_flex.kernel, GemmKernel::Host);
     assert!(on_flex.reason.contains("Flex") && on_flex.reason.contains("fused kernel"), "{}", on_flex.reason);
-    // Tiled under every vector set but AMX, whose tile unit takes block-scaled FP8 with
-    // quantized activations at every row count; float activations are tiled everywhere.
-    let tiled = kernels::select::fp8_gemm(&weight, &flex, DType::F32, 66);
-    match kernels::host::vector_isa() {
-        kernels::host::VectorIsa::Amx => assert!(tiled.reason.contains("fused kernel, at every row count (on AMX's tile unit from 8 rows)"), "{}", tiled.reason),
-        _ => assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason),
-    }
+    // Tiled under every vector set but AMX, whose tile unit takes block-scaled FP8 at
+    // every row count, from its own rows with quantized activations and with float ones.
     let float_activations = fp8_weight(256, 64, Fp8Scales::Block, ActivationQuant::None, &flex, &mut rng);
-    let tiled = kernels::select::fp8_gemm(&float_activations, &flex, DType::F32, 66);
-    assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason);
+    for weight in [&weight, &float_activations] {
+        let tiled = kernels::select::fp8_gemm(weight, &flex, DType::F32, 66);
+        match kernels::host::amx_rows(TileProducts::Bytes) {
+            Some(rows) => assert!(tiled.reason.contains(&format!("fused kernel, at every row count (on AMX's tile unit from {rows} rows)")), "{}", tiled.reason),
+            None => assert!(tiled.reason.contains("tiled kernel"), "{}", tiled.reason),
+        }
+    }
     let forced = kernels::with_policy(KernelPolicy::Reference, || kernels::select::fp8_gemm(&weight, &flex, DType::F32, 1));
     assert_eq!(forced.kernel, GemmKernel::Reference);
     let per_group_int8 = w8a8_weight(128, 64, ActivationQuant::DynamicPerGroup(32), &flex, &mut rng);

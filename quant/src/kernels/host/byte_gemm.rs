@@ -332,9 +332,9 @@ pub(super) unsafe fn e4m3_codes_gemm(weight: &ByteWeightSlices, codes: &GridActi
     };
     let activation_scales = ActivationScales { values: &codes.scales, per_row, columns: columns.max(1) };
     // SAFETY: passed on from the caller.
-    let tiles = unsafe { amx::e4m3::codes(&codes.values, m, weight.k) };
+    let tiles = unsafe { amx::byte_weights::codes(&codes.values, m, weight.k) };
     // SAFETY: as above, and `tiles` holds the m rows' codes.
-    super::by_column_blocks(m, weight.n, amx::CHANNELS, |channels, out| unsafe { amx::e4m3::channels(weight, &tiles, activation_scales, m, channels, out) })
+    super::by_column_blocks(m, weight.n, amx::CHANNELS, |channels, out| unsafe { amx::byte_weights::channels(weight, &tiles, activation_scales, m, channels, out) })
 }
 
 /// `[m, K] · Wᵀ` for int8 weights and int8 activation codes (integers in −128..=127, as

@@ -39,7 +39,7 @@ use rayon::prelude::*;
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use byte_gemm::{ByteValues, ByteWeightSlices, RowScales, WeightScales};
 pub use paths::{amx_rows, byte_tiled_rows, float_tiled_rows, fp8_tiled_rows, half_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath, TileProducts, INT_TILED_ROWS};
-use paths::{fp8_on_tiles, half_on_tiles, int_on_tiles};
+use paths::{fp8_on_tiles, half_on_tiles, int8_weights_on_tiles, int_on_tiles};
 use half_gemm::{HalfFormat, HalfWeightSlices};
 use int_gemm::{Centring, Grouping, IntWeightSlices};
 use tiles::{ByteTiles, Summation};
@@ -609,12 +609,17 @@ pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<T
     let buffers = ByteWeightBuffers::new(&weight.codes, &weight.scales, [n, weight.in_features], scale_layout, &x)?;
     let slices = buffers.slices()?;
     #[cfg(target_arch = "x86_64")]
-    if path == HostPath::Fused && m >= amx::e4m3::MIN_ROWS && fp8_on_tiles(weight) {
-        let scales = row_scales(&weight.activations)??;
-        let codes = byte_gemm::quantize(&f32_values(&x)?, m, weight.in_features, scales, ActivationGrid::E4M3);
-        // SAFETY: `fp8_on_tiles` checked that `vector_isa` reports AMX, and the chunks.
-        let product = unsafe { byte_gemm::e4m3_codes_gemm(&slices, &codes, m) };
-        return Some(output(product, m, n, &x));
+    if path == HostPath::Fused && fp8_on_tiles(weight) {
+        if m >= amx::byte_weights::MIN_ROWS {
+            let (values, terms) = (f32_values(&x)?, amx::terms::terms(x.dtype()));
+            // SAFETY (both): `fp8_on_tiles` checked that `vector_isa` reports AMX, the
+            // scale chunks, and K for float activations.
+            let product = match row_scales(&weight.activations)? {
+                Some(scales) => unsafe { byte_gemm::e4m3_codes_gemm(&slices, &byte_gemm::quantize(&values, m, weight.in_features, scales, ActivationGrid::E4M3), m) },
+                None => unsafe { amx::byte_weights::float_gemm(&slices, amx::byte_weights::WeightBytes::E4m3, &values, m, terms) },
+            };
+            return Some(output(product, m, n, &x));
+        }
     }
     let activations = float_activations(&x, &weight.activations, ActivationGrid::E4M3)?;
     let product = match path {
@@ -628,7 +633,7 @@ pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<T
 /// row or tensor (or kept float), `None` as for [`fp8_gemm`] and for per-group scales.
 pub fn w8a8_gemm(weight: &W8A8Weight, x: Tensor<2>) -> Option<Tensor<2>> {
     let rows = x.dims()[0];
-    w8a8_gemm_by(weight, x, HostPath::for_rows(rows, w8a8_tiled_rows(&weight.activations)))
+    w8a8_gemm_by(weight, x, HostPath::for_rows(rows, w8a8_tiled_rows(weight)))
 }
 
 /// [`w8a8_gemm`] by `path`.
@@ -639,6 +644,13 @@ pub fn w8a8_gemm_by(weight: &W8A8Weight, x: Tensor<2>, path: HostPath) -> Option
     let values = f32_values(&x)?;
     let product = match (row_scales(&weight.activations)?, path) {
         (Some(RowScales::PerGroup(_)), _) => return None,
+        #[cfg(target_arch = "x86_64")]
+        (None, HostPath::Fused) if int8_weights_on_tiles(k) && m >= amx::byte_weights::MIN_ROWS => {
+            let (bytes, terms) = (amx::byte_weights::WeightBytes::Int8, amx::terms::terms(x.dtype()));
+            // SAFETY: `int8_weights_on_tiles` checked that `vector_isa` reports AMX, and K;
+            // the channel scales span K.
+            unsafe { amx::byte_weights::float_gemm(&slices, bytes, &values, m, terms) }
+        }
         (None, HostPath::Fused) => byte_gemm::int8_weight_only_gemm(&slices, &values, m),
         (None, HostPath::Tiled) => tiles::tiled_gemm(&ByteTiles { weight: &slices, values: ByteValues::Int8 }, &values, m, Summation::Floats),
         (Some(scales), path) => {

@@ -9,7 +9,7 @@ use super::amx;
 use super::half_gemm::HalfFormat;
 #[cfg(target_arch = "x86_64")]
 use super::vnni;
-use crate::repr::{ActivationQuant, Fp8Weight};
+use crate::repr::{ActivationQuant, Fp8Weight, W8A8Weight};
 
 /// Rows from which a product of float weights (f16 / bf16) decodes tiles for the `gemm`
 /// crate rather than running the fused register kernel, whose blocks of rows fall behind
@@ -40,7 +40,7 @@ pub fn half_tiled_rows(k: usize) -> usize {
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(super) fn half_on_tiles(k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return vector_isa() == VectorIsa::Amx && amx::half::takes(k);
+    return vector_isa() == VectorIsa::Amx && amx::left_weights::takes(k);
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -75,15 +75,27 @@ pub(super) fn int_on_tiles(bits: u32, k: usize, group_size: usize, groups_contig
 /// and AVX-512 VNNI, none: the fused kernel's byte dot products (64 a step, exact in i32,
 /// or AMX's tile products from [`amx::int8::MIN_ROWS`] rows) outrun the tiles' f32
 /// products at every row count measured (at 4096² and 128 rows 20.0 ms against 39.7,
-/// 3.6 on AMX); without VNNI, [`INT_TILED_ROWS`]; with float activations,
-/// [`byte_tiled_rows`] (the int8 weights decode in the e4m3 kernel's loop).
-pub fn w8a8_tiled_rows(activations: &ActivationQuant) -> usize {
-    match activations {
+/// 3.6 on AMX); without VNNI, [`INT_TILED_ROWS`]; with float activations, none where
+/// AMX's tile unit takes the product (from [`amx::byte_weights::MIN_ROWS`] rows),
+/// otherwise [`byte_tiled_rows`] (the int8 weights decode in the e4m3 kernel's loop).
+pub fn w8a8_tiled_rows(weight: &W8A8Weight) -> usize {
+    match weight.activations {
+        ActivationQuant::None if int8_weights_on_tiles(weight.in_features) => usize::MAX,
         ActivationQuant::None => byte_tiled_rows(),
         #[cfg(target_arch = "x86_64")]
         _ if vnni() => usize::MAX,
         _ => INT_TILED_ROWS,
     }
+}
+
+/// Whether a product of int8 weights with `k` columns and float activations runs on
+/// AMX's tile unit from enough rows: the CPU has it, and K is whole 32-column steps.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub(super) fn int8_weights_on_tiles(k: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vector_isa() == VectorIsa::Amx && amx::left_weights::takes(k);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// [`float_tiled_rows`] for 8-bit weights with float activations (e4m3, and int8 in
@@ -102,7 +114,7 @@ pub fn byte_tiled_rows() -> usize {
 /// The products AMX's tile unit takes, each family from its own row count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TileProducts {
-    /// W8A8 products with int8 activations and FP8 products with e4m3 activations.
+    /// Products of 8-bit weights (int8, e4m3) with quantized activations or float ones.
     Bytes,
     /// Packed integer products (Int4 / Int8 weight-only) with float activations.
     PackedInt,
@@ -117,7 +129,7 @@ pub enum TileProducts {
 pub fn amx_rows(products: TileProducts) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     if vector_isa() == VectorIsa::Amx {
-        const { assert!(amx::int8::MIN_ROWS == amx::e4m3::MIN_ROWS, "one threshold to report for byte products") };
+        const { assert!(amx::int8::MIN_ROWS == amx::byte_weights::MIN_ROWS, "one threshold to report for byte products") };
         return Some(match products {
             TileProducts::Bytes => amx::int8::MIN_ROWS,
             TileProducts::PackedInt => amx::packed::MIN_ROWS,
@@ -148,9 +160,10 @@ impl HostPath {
 }
 
 /// The rows from which an FP8 product takes the tiled path: none where it runs on AMX's
-/// tile unit from [`amx::e4m3::MIN_ROWS`] rows ([`fp8_on_tiles`]; at 4096² and 128 rows
-/// its bf16 products take 8.1 ms where the tiles took 37.1, with channel scales),
-/// otherwise [`byte_tiled_rows`].
+/// tile unit from [`amx::byte_weights::MIN_ROWS`] rows ([`fp8_on_tiles`]; at 4096² and
+/// 128 rows with channel scales its bf16 products take 8.1 ms against the tiles' 37.1
+/// with e4m3 activation codes, 9.6 against 23.0 with float activations), otherwise
+/// [`byte_tiled_rows`].
 pub fn fp8_tiled_rows(weight: &Fp8Weight) -> usize {
     match fp8_on_tiles(weight) {
         true => usize::MAX,
@@ -159,16 +172,15 @@ pub fn fp8_tiled_rows(weight: &Fp8Weight) -> usize {
 }
 
 /// Whether an FP8 product of enough rows runs on AMX's tile unit: the CPU has it, and
-/// the activations are quantized onto e4m3 (so both operands' codes are exact in bf16)
-/// with scales whose chunks of K line up with the weight's: one per row or tensor, or
-/// per group of the weight's block width. Scale chunks must be whole steps of the bf16
-/// tiles (32 columns) unless one spans K.
+/// the activation scales' chunks of K line up with the weight's (one per row or tensor,
+/// or per group of the weight's block width; float activations carry none, but need K
+/// of whole 32-column steps). Scale chunks must be whole steps of the bf16 tiles (32
+/// columns) unless one spans K.
 pub(super) fn fp8_on_tiles(weight: &Fp8Weight) -> bool {
     let k = weight.in_features;
     let group = match weight.activations {
-        ActivationQuant::None => return false,
         ActivationQuant::DynamicPerGroup(group) => Some(group),
-        ActivationQuant::DynamicPerToken | ActivationQuant::DynamicPerTensor | ActivationQuant::Static(_) => None,
+        ActivationQuant::None | ActivationQuant::DynamicPerToken | ActivationQuant::DynamicPerTensor | ActivationQuant::Static(_) => None,
     };
     let chunk = match (weight.block.map(|[_, bk]| bk), group) {
         (None, None) => k,
@@ -176,6 +188,15 @@ pub(super) fn fp8_on_tiles(weight: &Fp8Weight) -> bool {
         (Some(bk), Some(group)) if bk == group => bk,
         _ => return false,
     };
-    let whole_steps = chunk >= k || (chunk > 0 && chunk.is_multiple_of(amx::e4m3::COLUMNS));
-    vector_isa() == VectorIsa::Amx && whole_steps
+    #[cfg(target_arch = "x86_64")]
+    {
+        let whole_steps = chunk >= k || (chunk > 0 && chunk.is_multiple_of(amx::byte_weights::COLUMNS));
+        let float_activations = matches!(weight.activations, ActivationQuant::None);
+        vector_isa() == VectorIsa::Amx && whole_steps && (!float_activations || amx::left_weights::takes(k))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = chunk;
+        false
+    }
 }

@@ -1,10 +1,11 @@
 //! Products on AMX, the matrix unit of x86 server cores since Sapphire Rapids: eight
 //! tile registers of sixteen 64-byte lines, and instructions that multiply a 16-line
 //! tile by another into a tile of 16 × 16 sums: int8 (64 products to a sum, in i32,
-//! [`int8`]) or bf16 pairs (32, in f32, [`e4m3`] for FP8 whose activations are
-//! quantized too: e4m3 values are exact in bf16; [`packed`] for Int4 / Int8 weights with
-//! float activations, each split into bf16 terms that add up to it exactly; [`half`] for
-//! float weights kept in bf16 or f16, with the same terms). One such
+//! [`int8`]) or bf16 pairs (32, in f32: [`byte_weights`] for e4m3 and int8 weights,
+//! exact in bf16, times e4m3 activation codes or float activations, each split into bf16
+//! terms that add up to it exactly ([`terms`]); [`packed`] for Int4 / Int8 weights with
+//! the same terms; [`half`] for float weights kept in bf16 or f16; float activations go
+//! through [`left_weights`]' loop but for packed weights). One such
 //! instruction makes 16 384 int8 products where AVX-512 VNNI's dot product makes 64.
 //!
 //! For 8-bit and bf16 weights the left operand is a weight tile, sixteen channels' lines ([`packed`]
@@ -14,16 +15,19 @@
 //! tile of sums is then sixteen channels by sixteen rows, turned back into the output's
 //! `[rows, channels]` as it is scaled.
 //!
-//! A task ([`run`]) covers two weight tiles (32 channels) and walks the rows two
-//! activation tiles at a time, four tiles of sums resident while a scale chunk of K
-//! passes: each tile loaded serves two products. The instructions are not in Rust's
+//! A task of quantized activations ([`run`]) covers two weight tiles (32 channels) and
+//! walks the rows two activation tiles at a time, four tiles of sums resident while a
+//! scale chunk of K passes: each tile loaded serves two products. Float activations'
+//! terms take several times the bytes, so [`left_weights`] and [`packed`] also walk K in
+//! spans and the rows in passes that their cache keeps. The instructions are not in Rust's
 //! stable intrinsics, hence the inline assembly; [`emulated`] computes them in software
 //! where the CPU lacks the unit, so the kernels are checked on any AVX-512 CPU.
 
-pub(super) mod e4m3;
+pub(super) mod byte_weights;
 pub(super) mod emulated;
 pub(super) mod half;
 pub(super) mod int8;
+pub(super) mod left_weights;
 pub(super) mod packed;
 pub(super) mod terms;
 

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use burn::tensor::DType;
 
-use super::{CHANNELS, TILE_BYTES};
+use super::{RightTiles, CHANNELS, TILE_BYTES};
 
 /// The bf16 terms that carry each activation of `dtype` exactly.
 pub(crate) fn terms(dtype: DType) -> usize {
@@ -35,6 +35,36 @@ pub(super) fn round_to_bf16(values: __m512) -> __m512 {
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
 pub(super) fn upper_halves(values: __m512) -> __m256i {
     _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(_mm512_castps_si512(values)))
+}
+
+/// Float activations `[m, K]` as `terms` sets of right-operand bf16 tiles, set `t`
+/// holding each value's term `t`.
+///
+/// # Safety
+/// Only where [`super::available`] reported the tile unit usable.
+pub(super) unsafe fn float_terms(x: &[f32], m: usize, k: usize, terms: usize) -> Vec<RightTiles> {
+    assert!(x.len() >= m * k && (1..=3).contains(&terms));
+    (0..terms)
+        // SAFETY: passed on from the caller (the tile unit's CPUs have AVX-512).
+        .map(|term| unsafe { RightTiles::new(m, 2 * k, |row, bytes| encode_term(&x[row * k..(row + 1) * k], term, bytes)) })
+        .collect()
+}
+
+/// Term `term` of each of `values` as little-endian bf16 into `bytes`: each term the
+/// bf16 rounding of what the terms before it leave, sixteen values at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+fn encode_term(values: &[f32], term: usize, bytes: &mut [u8]) {
+    assert!(bytes.len() >= 2 * values.len());
+    for (chunk, values) in values.chunks(16).enumerate() {
+        let mask = (1u32 << values.len()).wrapping_sub(1) as u16;
+        // SAFETY: the mask reads only `values`' own lanes.
+        let mut rest = unsafe { _mm512_maskz_loadu_ps(mask, values.as_ptr()) };
+        for _ in 0..term {
+            rest = _mm512_sub_ps(rest, round_to_bf16(rest));
+        }
+        // SAFETY: the mask writes one u16 for each of `values`, inside `bytes`.
+        unsafe { _mm256_mask_storeu_epi16(bytes[32 * chunk..].as_mut_ptr().cast(), mask, upper_halves(round_to_bf16(rest))) };
+    }
 }
 
 /// The activation tiles a span of K covers across every row block, at most: what stays
