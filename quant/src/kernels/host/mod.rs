@@ -609,17 +609,15 @@ pub fn fp8_gemm_by(weight: &Fp8Weight, x: Tensor<2>, path: HostPath) -> Option<T
     let buffers = ByteWeightBuffers::new(&weight.codes, &weight.scales, [n, weight.in_features], scale_layout, &x)?;
     let slices = buffers.slices()?;
     #[cfg(target_arch = "x86_64")]
-    if path == HostPath::Fused && fp8_on_tiles(weight) {
-        if m >= amx::byte_weights::MIN_ROWS {
-            let (values, terms) = (f32_values(&x)?, amx::terms::terms(x.dtype()));
-            // SAFETY (both): `fp8_on_tiles` checked that `vector_isa` reports AMX, the
-            // scale chunks, and K for float activations.
-            let product = match row_scales(&weight.activations)? {
-                Some(scales) => unsafe { byte_gemm::e4m3_codes_gemm(&slices, &byte_gemm::quantize(&values, m, weight.in_features, scales, ActivationGrid::E4M3), m) },
-                None => unsafe { amx::byte_weights::float_gemm(&slices, amx::byte_weights::WeightBytes::E4m3, &values, m, terms) },
-            };
-            return Some(output(product, m, n, &x));
-        }
+    if path == HostPath::Fused && m >= amx::byte_weights::MIN_ROWS && fp8_on_tiles(weight) {
+        let (values, terms) = (f32_values(&x)?, amx::terms::terms(x.dtype()));
+        // SAFETY (both): `fp8_on_tiles` checked that `vector_isa` reports AMX, the scale
+        // chunks, and K for float activations.
+        let product = match row_scales(&weight.activations)? {
+            Some(scales) => unsafe { byte_gemm::e4m3_codes_gemm(&slices, &byte_gemm::quantize(&values, m, weight.in_features, scales, ActivationGrid::E4M3), m) },
+            None => unsafe { amx::byte_weights::float_gemm(&slices, amx::byte_weights::WeightBytes::E4m3, &values, m, terms) },
+        };
+        return Some(output(product, m, n, &x));
     }
     let activations = float_activations(&x, &weight.activations, ActivationGrid::E4M3)?;
     let product = match path {

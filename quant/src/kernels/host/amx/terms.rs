@@ -1,5 +1,5 @@
 //! Float activations on the tile unit's bf16 products, shared by [`super::packed`] and
-//! [`super::half`]: each value split into bf16 terms that add up to it exactly, and how
+//! [`super::left_weights`]: each value split into bf16 terms that add up to it exactly, and how
 //! far a task's loop over those terms' tiles goes before the L2 cache no longer keeps
 //! them (spans of K, passes of row blocks, task widths).
 
