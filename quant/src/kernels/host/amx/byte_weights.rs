@@ -84,14 +84,17 @@ pub(crate) unsafe fn channels(weight: &ByteWeightSlices, codes: &RightTiles, act
     let steps = k.div_ceil(COLUMNS);
     assert!(codes.steps == steps && channels.len() <= CHANNELS && channels.end <= weight.n && weight.bytes.len() >= weight.n * k);
     WIDENED.with_borrow_mut(|widened| {
-        let weight_tiles = channels.len().div_ceil(LINES);
-        widened.clear();
-        widened.resize(weight_tiles * steps * TILE_VALUES, 0);
+        let (weight_tiles, tile_values) = (channels.len().div_ceil(LINES), steps * TILE_VALUES);
+        if widened.len() < weight_tiles * tile_values {
+            widened.resize(weight_tiles * tile_values, 0);
+        }
         for (c, n) in channels.clone().enumerate() {
-            let tiles = &mut widened[c / LINES * steps * TILE_VALUES..][..steps * TILE_VALUES];
+            let tiles = &mut widened[c / LINES * tile_values..][..tile_values];
             // SAFETY: the tile unit's CPUs have AVX-512.
             unsafe { widen_line(&weight.bytes[n * k..(n + 1) * k], WeightBytes::E4m3, c % LINES, tiles) };
         }
+        zero_lines_past(&mut widened[(weight_tiles - 1) * tile_values..][..tile_values], channels.len() - (weight_tiles - 1) * LINES);
+        let widened = &widened[..weight_tiles * tile_values];
         let mut task = CodesTask { output: ScaledOutput { weight, activation_scales, m, channels, out }, widened, steps };
         // SAFETY: passed on from the caller.
         unsafe { super::run(&mut task, codes, COLUMNS) };
@@ -146,14 +149,16 @@ impl LeftWeights for Widened<'_> {
     unsafe fn stage(&self, channels: &Range<usize>, span: &Range<usize>, staged: &mut Vec<u16>) {
         let k = self.weight.k;
         let (tiles, tile_values) = (channels.len().div_ceil(LINES), span.len() * TILE_VALUES);
-        staged.clear();
-        staged.resize(tiles * tile_values, 0);
+        if staged.len() < tiles * tile_values {
+            staged.resize(tiles * tile_values, 0);
+        }
         let columns = span.start * COLUMNS..span.end * COLUMNS;
         for (c, n) in channels.clone().enumerate() {
             let line = &self.weight.bytes[n * k + columns.start..n * k + columns.end];
             // SAFETY: passed on from the caller.
             unsafe { widen_line(line, self.bytes, c % LINES, &mut staged[c / LINES * tile_values..][..tile_values]) };
         }
+        zero_lines_past(&mut staged[(tiles - 1) * tile_values..][..tile_values], channels.len() - (tiles - 1) * LINES);
     }
 
     fn tile(&self, staged: &[u16], _channels: &Range<usize>, span: &Range<usize>, _term: usize, tile: usize, step: usize) -> (*const u8, usize) {
@@ -163,7 +168,9 @@ impl LeftWeights for Widened<'_> {
 
 /// A channel's bytes as bf16 into line `line` of each step's tile in `tiles`
 /// (`[steps, 16 lines, 32]`), thirty-two at a time: decoded to f32 (e4m3 times 2^−8,
-/// which the multiply takes back out exactly) and cut to their upper halves.
+/// which the multiply takes back out exactly) and cut to their upper halves. Columns
+/// past the channel's end in its last step are zeros: every value of the line is
+/// written, so the buffer needs no clearing between tasks.
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
 fn widen_line(channel: &[u8], bytes: WeightBytes, line: usize, tiles: &mut [u16]) {
     assert!(line < LINES && tiles.len() >= channel.len().div_ceil(COLUMNS) * TILE_VALUES);
@@ -189,6 +196,17 @@ fn widen_line(channel: &[u8], bytes: WeightBytes, line: usize, tiles: &mut [u16]
             WeightBytes::Int8 => byte as i8 as f32,
         };
         tiles[column / COLUMNS * TILE_VALUES + line * COLUMNS + column % COLUMNS] = (value.to_bits() >> 16) as u16;
+    }
+    if !channel.len().is_multiple_of(COLUMNS) {
+        tiles[whole * TILE_VALUES + line * COLUMNS..][channel.len() % COLUMNS..COLUMNS].fill(0);
+    }
+}
+
+/// Zeros lines `present..16` of each step's tile in `tiles` (`[steps, 16 lines, 32]`):
+/// the lines past a weight's last channel, which a tile load reads all the same.
+fn zero_lines_past(tiles: &mut [u16], present: usize) {
+    for step in tiles.chunks_exact_mut(TILE_VALUES) {
+        step[present * COLUMNS..].fill(0);
     }
 }
 
