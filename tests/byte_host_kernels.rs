@@ -133,7 +133,7 @@ fn exact_byte_weight_cases(isa: VectorIsa) {
     let e4m3_byte = |value: f32| (0..=u8::MAX).find(|&byte| e4m3_value(byte) == value).expect("an e4m3 value");
     let int8_values = [3i8, -7, 12, 1];
     // Each channel's first columns its value, the others any byte (their activations are
-    // zeros), as `[n, k/4]` words.
+    // zeros).
     let words = |lead: &dyn Fn(usize) -> u8, rng: &mut StdRng| {
         let bytes: Vec<u8> = (0..n * k)
             .map(|index| match index % k < 3 {
@@ -141,8 +141,7 @@ fn exact_byte_weight_cases(isa: VectorIsa) {
                 false => rng.random_range(0..0x7F) | (rng.random::<u8>() & 0x80),
             })
             .collect();
-        let words: Vec<i32> = bytes.chunks_exact(4).map(|word| i32::from_le_bytes([word[0], word[1], word[2], word[3]])).collect();
-        Tensor::<2, Int>::from_data(TensorData::new(words, [n, k / 4]), (&flex, DType::I32))
+        byte_words(&bytes, [n, k], &flex)
     };
     let channel_scale = |channel: usize| 2f32.powi(-(channel as i32 % 3));
     let channel_scales: Vec<f32> = (0..n).map(channel_scale).collect();
@@ -187,5 +186,43 @@ fn exact_byte_weight_cases(isa: VectorIsa) {
                 assert_eq!(to_f32(kernels::host::w8a8_gemm_by(&int8, x.clone(), path).expect("a weight on Flex")), want, "{what} int8 {path:?}");
             }
         }
+    }
+}
+
+/// Bytes `[n, k]` as the `[n, k/4]` little-endian words 8-bit weights are stored in.
+fn byte_words(bytes: &[u8], [n, k]: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    let words: Vec<i32> = bytes.chunks_exact(4).map(|word| i32::from_le_bytes([word[0], word[1], word[2], word[3]])).collect();
+    Tensor::<2, Int>::from_data(TensorData::new(words, [n, k / 4]), (device, DType::I32))
+}
+
+/// Every finite e4m3 code multiplies as its own value on every path: channel `c` holds
+/// code `c` (the two NaN codes as zero) at column 0, against activations that are 1
+/// there and 0 elsewhere, so each output is exactly the code's value. Eight rows take
+/// AMX's tile unit (its widening looks magnitudes up in a table).
+#[test]
+fn e4m3_weights_keep_every_code() {
+    crate::common::under_each_vector_isa(every_e4m3_code);
+}
+
+fn every_e4m3_code(isa: VectorIsa) {
+    let flex = Device::flex();
+    let (k, n, rows) = (32usize, 256usize, 8usize);
+    let code = |channel: usize| if channel & 0x7F == 0x7F { 0u8 } else { channel as u8 };
+    let bytes: Vec<u8> = (0..n * k).map(|index| if index % k == 0 { code(index / k) } else { 0 }).collect();
+    let weight = Fp8Weight {
+        in_features: k,
+        out_features: n,
+        codes: byte_words(&bytes, [n, k], &flex),
+        scales: Tensor::from_data(TensorData::new(vec![1f32; n], [n, 1]), (&flex, DType::F32)),
+        block: None,
+        activations: ActivationQuant::None,
+        table: e4m3_table(&flex),
+    };
+    let mut x = vec![0f32; rows * k];
+    x.iter_mut().step_by(k).for_each(|x| *x = 1.0);
+    let x = Tensor::<2>::from_data(TensorData::new(x, [rows, k]), (&flex, DType::F32));
+    let expected: Vec<f32> = (0..rows * n).map(|index| e4m3_value(code(index % n))).collect();
+    for path in [HostPath::Fused, HostPath::Tiled] {
+        assert_eq!(to_f32(kernels::host::fp8_gemm_by(&weight, x.clone(), path).expect("a weight on Flex")), expected, "{isa:?} {path:?}");
     }
 }
