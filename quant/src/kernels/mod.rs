@@ -65,12 +65,10 @@ pub fn dense_forward(weight_t: &Tensor<2>, x: Tensor<2>) -> Tensor<2> {
     if weight_t.dtype() == x.dtype() && !half_weight {
         return x.matmul(weight_t.clone());
     }
-    let reference = |x: Tensor<2>| match x.dtype() == weight_t.dtype() {
-        true => x.matmul(weight_t.clone()),
-        false => {
-            let dtype = x.dtype();
-            x.matmul(weight_t.clone().cast(dtype))
-        }
+    // Burn's cast leaves a tensor already in the dtype as it is.
+    let reference = |x: Tensor<2>| {
+        let dtype = x.dtype();
+        x.matmul(weight_t.clone().cast(dtype))
     };
     match select::half_dense_gemm(weight_t.dtype(), &x.device(), x.dtype(), x.dims()[0], weight_t.dims()).kernel {
         DenseKernel::Reference => reference(x),

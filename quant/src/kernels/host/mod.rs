@@ -39,7 +39,7 @@ use rayon::prelude::*;
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
 use byte_gemm::{ByteValues, ByteWeightSlices, RowScales, WeightScales};
 pub use paths::{amx_rows, byte_tiled_rows, float_tiled_rows, fp8_tiled_rows, half_tiled_rows, int_tiled_rows, w8a8_tiled_rows, HostPath, TileProducts, INT_TILED_ROWS};
-use paths::{fp8_on_tiles, half_on_tiles, int8_weights_on_tiles, int_on_tiles};
+use paths::{fp8_on_tiles, int_on_tiles, left_operand_on_tiles};
 use half_gemm::{HalfFormat, HalfWeightSlices};
 use int_gemm::{Centring, Grouping, IntWeightSlices};
 use tiles::{ByteTiles, Summation};
@@ -492,8 +492,8 @@ pub fn half_weight_gemm_by(weight: &Tensor<2>, x: Tensor<2>, path: HostPath) -> 
     let slices = HalfWeightSlices { k, n, values, format };
     let activations = f32_values(&x)?;
     #[cfg(target_arch = "x86_64")]
-    if path == HostPath::Fused && m >= amx::half::min_rows(format) && half_on_tiles(k) {
-        // SAFETY: `half_on_tiles` checked that `vector_isa` reports AMX, and the layout.
+    if path == HostPath::Fused && m >= amx::half::min_rows(format) && left_operand_on_tiles(k) {
+        // SAFETY: `left_operand_on_tiles` checked that `vector_isa` reports AMX, and the layout.
         let product = unsafe { amx::half::gemm(&slices, &activations, m, amx::terms::terms(x.dtype())) };
         return Some(output(product, m, n, &x));
     }
@@ -643,9 +643,9 @@ pub fn w8a8_gemm_by(weight: &W8A8Weight, x: Tensor<2>, path: HostPath) -> Option
     let product = match (row_scales(&weight.activations)?, path) {
         (Some(RowScales::PerGroup(_)), _) => return None,
         #[cfg(target_arch = "x86_64")]
-        (None, HostPath::Fused) if int8_weights_on_tiles(k) && m >= amx::byte_weights::MIN_ROWS => {
+        (None, HostPath::Fused) if left_operand_on_tiles(k) && m >= amx::byte_weights::MIN_ROWS => {
             let (bytes, terms) = (amx::byte_weights::WeightBytes::Int8, amx::terms::terms(x.dtype()));
-            // SAFETY: `int8_weights_on_tiles` checked that `vector_isa` reports AMX, and K;
+            // SAFETY: `left_operand_on_tiles` checked that `vector_isa` reports AMX, and K;
             // the channel scales span K.
             unsafe { amx::byte_weights::float_gemm(&slices, bytes, &values, m, terms) }
         }

@@ -27,18 +27,20 @@ pub fn float_tiled_rows() -> usize {
 
 /// The rows from which a product of a float weight (f16 / bf16) with `k` columns takes
 /// the tiled path: none where AMX's tile unit takes it from [`amx::half::min_rows`]
-/// ([`half_on_tiles`]), otherwise [`float_tiled_rows`].
+/// ([`left_operand_on_tiles`]), otherwise [`float_tiled_rows`].
 pub fn half_tiled_rows(k: usize) -> usize {
-    match half_on_tiles(k) {
+    match left_operand_on_tiles(k) {
         true => usize::MAX,
         false => float_tiled_rows(),
     }
 }
 
-/// Whether a float weight's product of enough rows runs on AMX's tile unit: the CPU has
-/// it, and the weight's K is whole 32-column steps.
+/// Whether a weight of `k` columns read as the tile products' left operand against
+/// float activations (float weights, and 8-bit ones widened: [`amx::left_weights`])
+/// runs on AMX's tile unit from enough rows: the CPU has it, and K is whole 32-column
+/// steps.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-pub(super) fn half_on_tiles(k: usize) -> bool {
+pub(super) fn left_operand_on_tiles(k: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     return vector_isa() == VectorIsa::Amx && amx::left_weights::takes(k);
     #[cfg(not(target_arch = "x86_64"))]
@@ -80,22 +82,12 @@ pub(super) fn int_on_tiles(bits: u32, k: usize, group_size: usize, groups_contig
 /// otherwise [`byte_tiled_rows`] (the int8 weights decode in the e4m3 kernel's loop).
 pub fn w8a8_tiled_rows(weight: &W8A8Weight) -> usize {
     match weight.activations {
-        ActivationQuant::None if int8_weights_on_tiles(weight.in_features) => usize::MAX,
+        ActivationQuant::None if left_operand_on_tiles(weight.in_features) => usize::MAX,
         ActivationQuant::None => byte_tiled_rows(),
         #[cfg(target_arch = "x86_64")]
         _ if vnni() => usize::MAX,
         _ => INT_TILED_ROWS,
     }
-}
-
-/// Whether a product of int8 weights with `k` columns and float activations runs on
-/// AMX's tile unit from enough rows: the CPU has it, and K is whole 32-column steps.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-pub(super) fn int8_weights_on_tiles(k: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return vector_isa() == VectorIsa::Amx && amx::left_weights::takes(k);
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// [`float_tiled_rows`] for 8-bit weights with float activations (e4m3, and int8 in
@@ -190,9 +182,9 @@ pub(super) fn fp8_on_tiles(weight: &Fp8Weight) -> bool {
     };
     #[cfg(target_arch = "x86_64")]
     {
-        let whole_steps = chunk >= k || (chunk > 0 && chunk.is_multiple_of(amx::byte_weights::COLUMNS));
+        let whole_steps = chunk >= k || (chunk > 0 && chunk.is_multiple_of(amx::left_weights::COLUMNS));
         let float_activations = matches!(weight.activations, ActivationQuant::None);
-        vector_isa() == VectorIsa::Amx && whole_steps && (!float_activations || amx::left_weights::takes(k))
+        vector_isa() == VectorIsa::Amx && whole_steps && (!float_activations || left_operand_on_tiles(k))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

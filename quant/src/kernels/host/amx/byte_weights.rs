@@ -12,14 +12,11 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::left_weights::{self, LeftWeights};
+use super::left_weights::{self, LeftWeights, COLUMNS};
 use super::terms::upper_halves;
 use super::{ActivationScales, Bf16Tiles, RightTiles, ScaledOutput, Task, CHANNELS, LINE, LINES};
 use crate::kernels::host::byte_gemm::{e4m3_to_f32, ByteWeightSlices, WeightScales};
 use crate::kernels::host::lanes::{Avx512, F32Lanes};
-
-/// bf16 values a tile line holds: one step's columns.
-pub(crate) const COLUMNS: usize = LINE / 2;
 
 /// bf16 values a tile holds.
 const TILE_VALUES: usize = LINES * COLUMNS;
