@@ -192,6 +192,65 @@ fn half_weight_cases(isa: VectorIsa) {
     }
 }
 
+/// f16 / bf16 activations are widened to f32 and the output rounded back by the host
+/// kernels' own conversions: bit for bit what the f32 activations' product gives once
+/// Burn casts it, on and off the tile unit. Channel `c` adds columns `c` and `c + 32`, so
+/// each output is the f32 sum `a + b` of a chosen pair: ties to even (down and up),
+/// below and above half a unit, and rounding past the largest finite value to infinity.
+#[test]
+fn half_activations_round_trip_exactly() {
+    let device = Device::flex();
+    let (k, n) = (64usize, 16usize);
+    let mut ones = vec![0f32; n * k];
+    for c in 0..n {
+        ones[c * k + c] = 1.0;
+        ones[c * k + c + 32] = 1.0;
+    }
+    // (dtype, unit at 1, largest finite, half its unit)
+    for (dtype, ulp, max, half_max_ulp) in [(DType::BF16, 2f32.powi(-7), 3.3895314e38f32, 2f32.powi(119)), (DType::F16, 2f32.powi(-10), 65504.0, 16.0)] {
+        let weight = Tensor::<2>::from_data(TensorData::new(ones.clone(), [n, k]), (&device, DType::F32)).cast(dtype);
+        let pairs = [
+            ((1.0, ulp / 2.0), 1.0),
+            ((1.0 + ulp, ulp / 2.0), 1.0 + 2.0 * ulp),
+            ((-1.0 - ulp, -ulp / 2.0), -1.0 - 2.0 * ulp),
+            ((1.0, ulp / 4.0), 1.0),
+            ((1.0, 3.0 * ulp / 4.0), 1.0 + ulp),
+            ((max, half_max_ulp), f32::INFINITY),
+            ((-max, -half_max_ulp), f32::NEG_INFINITY),
+            ((max, half_max_ulp / 2.0), max),
+        ];
+        let mut rng = StdRng::seed_from_u64(71);
+        for rows in [1usize, 3, 8, 17] {
+            let mut x = vec![0f32; rows * k];
+            let mut expected = vec![None; rows * n];
+            for r in 0..rows {
+                for c in 0..n {
+                    let pair = (r * n + c) % (pairs.len() + 4);
+                    let (a, b) = match pairs.get(pair) {
+                        Some(&(values, sum)) => {
+                            expected[r * n + c] = Some(sum);
+                            values
+                        }
+                        None => (rng.random_range(-4f32..4.0), rng.random_range(-4f32..4.0)),
+                    };
+                    (x[r * k + c], x[r * k + c + 32]) = (a, b);
+                }
+            }
+            let x = Tensor::<2>::from_data(TensorData::new(x, [rows, k]), (&device, DType::F32)).cast(dtype);
+            let direct = kernels::host::half_weight_gemm(&weight, x.clone()).expect("a weight on Flex");
+            assert_eq!(direct.dtype(), dtype);
+            let via_f32 = kernels::host::half_weight_gemm(&weight, x.cast(DType::F32)).expect("a weight on Flex").cast(dtype);
+            let (direct, via_f32) = (to_f32(direct), to_f32(via_f32));
+            for (i, (d, v)) in direct.iter().zip(&via_f32).enumerate() {
+                assert_eq!(d.to_bits(), v.to_bits(), "{dtype:?} rows={rows} output {i}: {d} against {v}");
+                if let Some(sum) = expected[i] {
+                    assert_eq!(*d, sum, "{dtype:?} rows={rows} output {i}");
+                }
+            }
+        }
+    }
+}
+
 /// Float weights keep every bit of both operands on every path: f32 activations
 /// `c = 1 + 2⁻⁹ + 2⁻¹⁸` (three bf16 terms), `−1` and `−2⁻⁹` at the first three columns
 /// of K against one bf16 weight value `w` leave `w · 2⁻¹⁸`; f16 weight values

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod activations;
 mod attention;
 mod byte_host_kernels;
 mod byte_kernels;

@@ -1,7 +1,7 @@
 //! The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
 
-use burn::tensor::{activation::silu, Tensor};
-use ember_quant::{LayerInfo, LayerKind, QLinear};
+use burn::tensor::Tensor;
+use ember_quant::{kernels, LayerInfo, LayerKind, QLinear};
 
 use crate::error::ModelError;
 use crate::weights::Weights;
@@ -55,7 +55,7 @@ impl Mlp {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj.forward(kernels::silu_and_mul(gate, self.up_proj.forward(x)))
     }
 }

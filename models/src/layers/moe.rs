@@ -9,7 +9,7 @@
 //! weights once. Otherwise (and on devices without the kernel) each expert runs on its own
 //! tokens through its `QLinear`s.
 
-use burn::tensor::{activation::silu, activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{activation::softmax, DType, IndexingUpdateOp, Int, Tensor, TensorData};
 use ember_quant::kernels::{self, FragmentCache, IntGemmKernel};
 use ember_quant::linear::LinearRepr;
 use ember_quant::repr::{ExpertStack, PackedIntWeight};
@@ -125,7 +125,7 @@ impl SparseMoe {
         let intermediate = gate_up.parts[0];
         let gate = gate_up_out.clone().narrow(1, 0, intermediate);
         let up = gate_up_out.narrow(1, intermediate, intermediate);
-        let y = kernels::grouped_int_forward(down, down_fragments, silu(gate) * up, &routing.rows_per_expert, down_kernel);
+        let y = kernels::grouped_int_forward(down, down_fragments, kernels::silu_and_mul(gate, up), &routing.rows_per_expert, down_kernel);
 
         let y = y.select(0, index(position)).reshape([t, self.top_k, h]);
         let weights = Tensor::<3>::from_data(TensorData::new(routing.weight.clone(), [t, self.top_k, 1]), (&device, dtype));

@@ -56,6 +56,12 @@ pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &FragmentCache, x
     }
 }
 
+/// SwiGLU's activation `silu(gate) · up`: one pass on the Flex device
+/// ([`host::swiglu`]), Burn's ops elsewhere (which the Cube backends fuse).
+pub fn silu_and_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    host::swiglu::silu_and_mul(&gate, &up).unwrap_or_else(|| burn::tensor::activation::silu(gate) * up)
+}
+
 /// `x · W` for a float weight stored transposed (`weight_t`, `[in, out]`): the matmul
 /// when the weight is in `x`'s dtype and not a 16-bit float, otherwise (f16 or bf16
 /// weights: kept as stored on the Flex device, or computed in) the kernel the selector
