@@ -80,8 +80,7 @@ impl Attention {
     pub fn forward_paged(&self, x: Tensor<3>, rope: &RopeTables, cache: &mut PagedLayer, layout: &StepLayout) -> Result<Tensor<3>, ModelError> {
         let tokens = layout.tokens();
         let (d, heads, kv_heads) = (self.head_dim, self.num_heads, self.num_kv_heads);
-        // Rotate as one sequence of `tokens` positions, then back to rows of tokens.
-        let rotate = |t: Tensor<3>, n: usize| rope.apply(t.reshape([1, tokens, n, d]).swap_dims(1, 2)).swap_dims(1, 2).reshape([tokens, n, d]);
+        let rotate = |t: Tensor<3>, n: usize| rope.apply_rows(t.reshape([tokens, n, d]));
         let q = rotate(self.q_proj.forward(x.clone()), heads);
         let k = rotate(self.k_proj.forward(x.clone()), kv_heads);
         let v = self.v_proj.forward(x).reshape([tokens, kv_heads, d]);

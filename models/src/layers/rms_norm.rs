@@ -1,6 +1,7 @@
 //! RMSNorm, computed in f32 whatever the model dtype (as transformers does).
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
+use ember_quant::kernels;
 
 use crate::error::ModelError;
 use crate::weights::Weights;
@@ -17,9 +18,6 @@ impl RmsNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let inv_rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt().recip();
-        (x * inv_rms).cast(dtype) * self.weight.clone().unsqueeze::<D>()
+        kernels::rms_norm(x, &self.weight, self.eps)
     }
 }

@@ -5,7 +5,7 @@
 use std::f32::consts::PI;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use ember_quant::ComputeDtype;
+use ember_quant::{kernels, ComputeDtype};
 
 use crate::config::{ModelConfig, RopeScaling};
 
@@ -61,6 +61,19 @@ impl Rope {
 }
 
 impl RopeTables {
+    /// Rotates `x` of shape `[tokens, heads, head_dim]` (a step's tokens flattened, the
+    /// tables' rows): in one pass on the Flex device, else by [`Self::apply`].
+    pub fn apply_rows(&self, x: Tensor<3>) -> Tensor<3> {
+        let [tokens, heads, d] = x.dims();
+        if self.cos.dims() == [1, 1, tokens, d] {
+            let (cos, sin) = (self.cos.clone().reshape([tokens, d]), self.sin.clone().reshape([tokens, d]));
+            if let Some(rotated) = kernels::host::rope::rotate_half(&x, &cos, &sin) {
+                return rotated;
+            }
+        }
+        self.apply(x.reshape([1, tokens, heads, d]).swap_dims(1, 2)).swap_dims(1, 2).reshape([tokens, heads, d])
+    }
+
     /// Rotates `x` of shape `[batch, heads, seq, head_dim]`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let d = x.dims()[3];

@@ -62,6 +62,19 @@ pub fn silu_and_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D>
     host::swiglu::silu_and_mul(&gate, &up).unwrap_or_else(|| burn::tensor::activation::silu(gate) * up)
 }
 
+/// RMSNorm over the last dimension, as transformers computes it (in f32, the normalized
+/// row rounded to `x`'s dtype before the weight scales it): one pass per row on the Flex
+/// device ([`host::norm`]), Burn's ops elsewhere.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
+    if let Some(normalized) = host::norm::rms_norm(&x, weight, eps) {
+        return normalized;
+    }
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let inverse_rms = x.clone().square().mean_dim(D - 1).add_scalar(eps).sqrt().recip();
+    (x * inverse_rms).cast(dtype) * weight.clone().unsqueeze::<D>()
+}
+
 /// `x · W` for a float weight stored transposed (`weight_t`, `[in, out]`): the matmul
 /// when the weight is in `x`'s dtype and not a 16-bit float, otherwise (f16 or bf16
 /// weights: kept as stored on the Flex device, or computed in) the kernel the selector

@@ -15,8 +15,11 @@ pub mod attention;
 pub mod byte_gemm;
 pub mod half_gemm;
 pub mod int_gemm;
+pub mod norm;
+pub mod rope;
 pub mod swiglu;
 mod byte_tiles;
+mod floats;
 #[cfg(target_arch = "x86_64")]
 mod byte_rows;
 #[cfg(target_arch = "x86_64")]
@@ -35,7 +38,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_dispatch::{BackendTensor, DispatchTensorKind};
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::repr::{ActivationGrid, ActivationQuant, ExpertStack, Fp8Weight, PackedIntWeight, W8A8Weight, ZeroPoints};
@@ -330,9 +332,6 @@ fn by_column_blocks(m: usize, n: usize, width: usize, block: impl Fn(Range<usize
 /// Output rows per task of [`by_column_blocks`]' assembly.
 const ASSEMBLED_ROWS: usize = 16;
 
-/// Values per task of the conversions between f32 and the 16-bit float dtypes.
-const CONVERTED_VALUES: usize = 1 << 16;
-
 /// Asks the CPU to bring `values` into its caches, while the current run is computed.
 #[inline(always)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
@@ -418,45 +417,13 @@ fn f32_values(x: &Tensor<2>) -> Option<F32Values> {
         }
     }
     let widened = HostBuffer::of(x).and_then(|buffer| match x.dtype() {
-        DType::BF16 => buffer.0.as_slice::<half::bf16>().map(widened),
-        DType::F16 => buffer.0.as_slice::<half::f16>().map(widened),
+        DType::BF16 => buffer.0.as_slice::<half::bf16>().map(floats::widened),
+        DType::F16 => buffer.0.as_slice::<half::f16>().map(floats::widened),
         _ => None,
     });
     match widened {
         Some(values) => Some(F32Values::Converted(values)),
         None => x.clone().into_data().try_into_vec_as::<f32>().ok().map(F32Values::Converted),
-    }
-}
-
-/// 16-bit floats as f32, in parallel by `half`'s slice conversion (the CPU's own
-/// instructions where it has them).
-fn widened<H>(halves: &[H]) -> Vec<f32>
-where
-    [H]: HalfFloatSliceExt,
-    H: Sync,
-{
-    let mut values = vec![0f32; halves.len()];
-    values.par_chunks_mut(CONVERTED_VALUES).zip(halves.par_chunks(CONVERTED_VALUES)).for_each(|(values, halves)| halves.convert_to_f32_slice(values));
-    values
-}
-
-/// f32 values rounded to a 16-bit float (to nearest, ties to even), `convert` running
-/// on chunks in parallel. The buffer comes zeroed from fresh pages, which the threads
-/// then fault in as they write.
-fn narrowed<H: bytemuck::Pod + Send>(values: &[f32], convert: impl Fn(&[f32], &mut [H]) + Sync) -> Vec<H> {
-    let mut halves: Vec<H> = bytemuck::allocation::zeroed_vec(values.len());
-    halves.par_chunks_mut(CONVERTED_VALUES).zip(values.par_chunks(CONVERTED_VALUES)).for_each(|(halves, values)| convert(values, halves));
-    halves
-}
-
-/// bf16 rounding (NaN stays NaN) in integer steps the compiler vectorizes: `half`'s own
-/// conversion goes value by value, and took as long as a prefill's products' assembly.
-fn round_to_bf16(values: &[f32], halves: &mut [half::bf16]) {
-    for (half, value) in halves.iter_mut().zip(values) {
-        let bits = value.to_bits();
-        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-        let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
-        *half = half::bf16::from_bits(if nan { (bits >> 16) as u16 | 0x40 } else { rounded });
     }
 }
 
@@ -482,8 +449,8 @@ impl std::ops::Deref for F32Values {
 fn output(values: Vec<f32>, m: usize, n: usize, like: &Tensor<2>) -> Tensor<2> {
     let (device, dtype) = (like.device(), like.dtype());
     let data = match dtype {
-        DType::BF16 => TensorData::new(narrowed(&values, round_to_bf16), [m, n]),
-        DType::F16 => TensorData::new(narrowed(&values, |values, halves: &mut [half::f16]| halves.convert_from_f32_slice(values)), [m, n]),
+        DType::BF16 => TensorData::new(floats::narrowed::<half::bf16>(&values), [m, n]),
+        DType::F16 => TensorData::new(floats::narrowed::<half::f16>(&values), [m, n]),
         _ => return Tensor::<2>::from_data(TensorData::new(values, [m, n]), (&device, DType::F32)).cast(dtype),
     };
     Tensor::<2>::from_data(data, (&device, dtype))

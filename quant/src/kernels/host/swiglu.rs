@@ -9,11 +9,11 @@
 //! computes `act_fn(gate) * up` in that dtype.
 
 use burn::tensor::{DType, Tensor, TensorData};
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{round_to_bf16, HostBuffer, VectorIsa, CONVERTED_VALUES};
+use super::floats::{zeroed, Element, CHUNK};
+use super::{HostBuffer, VectorIsa};
 
 /// Values per step of a task: the f32 copies of a block stay in the L1 cache.
 const BLOCK: usize = 1024;
@@ -35,53 +35,9 @@ pub fn silu_and_mul<const D: usize>(gate: &Tensor<D>, up: &Tensor<D>) -> Option<
     Some(Tensor::from_data(data, (&gate.device(), dtype)))
 }
 
-/// A float dtype the kernel reads and writes, through f32.
-trait Element: bytemuck::Pod + Send + Sync {
-    fn widen(values: &[Self], out: &mut [f32]);
-    fn narrow(values: &[f32], out: &mut [Self]);
-    /// `values` rounded to this dtype, in place (nothing for f32).
-    fn round(values: &mut [f32], scratch: &mut [Self]) {
-        Self::narrow(values, scratch);
-        Self::widen(scratch, values);
-    }
-}
-
-impl Element for f32 {
-    fn widen(values: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(values);
-    }
-
-    fn narrow(values: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(values);
-    }
-
-    fn round(_: &mut [f32], _: &mut [f32]) {}
-}
-
-impl Element for bf16 {
-    fn widen(values: &[bf16], out: &mut [f32]) {
-        values.convert_to_f32_slice(out);
-    }
-
-    fn narrow(values: &[f32], out: &mut [bf16]) {
-        round_to_bf16(values, out);
-    }
-}
-
-impl Element for f16 {
-    fn widen(values: &[f16], out: &mut [f32]) {
-        values.convert_to_f32_slice(out);
-    }
-
-    fn narrow(values: &[f32], out: &mut [f16]) {
-        out.convert_from_f32_slice(values);
-    }
-}
-
 fn product<E: Element>(gate: &[E], up: &[E]) -> Vec<E> {
-    // Zeroed from fresh pages, which the threads fault in as they write.
-    let mut out: Vec<E> = bytemuck::allocation::zeroed_vec(gate.len());
-    out.par_chunks_mut(CONVERTED_VALUES).zip(gate.par_chunks(CONVERTED_VALUES).zip(up.par_chunks(CONVERTED_VALUES))).for_each(|(out, (gate, up))| {
+    let mut out = zeroed::<E>(gate.len());
+    out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(out, (gate, up))| {
         let (mut g, mut u, mut scratch) = ([0f32; BLOCK], [0f32; BLOCK], [E::zeroed(); BLOCK]);
         for ((out, gate), up) in out.chunks_mut(BLOCK).zip(gate.chunks(BLOCK)).zip(up.chunks(BLOCK)) {
             let len = out.len();
