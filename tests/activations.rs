@@ -2,7 +2,7 @@
 //! activation, RMSNorm, rotary embeddings) against their definitions.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use ember_quant::kernels;
+use ember_quant::kernels::{self, KernelPolicy};
 use ember_quant::kernels::host::VectorIsa;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -161,4 +161,7 @@ fn rotary_embedding_matches_burn_ops_bit_for_bit() {
     }
     let short = Tensor::<2>::zeros([tokens - 1, dim], &device);
     assert!(kernels::host::rope::rotate_half(&x, &short, &short).is_none(), "tables of another length");
+    // `EMBER_KERNELS=reference` leaves the step to Burn's ops.
+    assert!(kernels::rotate_half_rows(&x, &cos, &sin).is_some());
+    assert!(kernels::with_policy(KernelPolicy::Reference, || kernels::rotate_half_rows(&x, &cos, &sin)).is_none());
 }

@@ -67,7 +67,7 @@ impl RopeTables {
         let [tokens, heads, d] = x.dims();
         if self.cos.dims() == [1, 1, tokens, d] {
             let (cos, sin) = (self.cos.clone().reshape([tokens, d]), self.sin.clone().reshape([tokens, d]));
-            if let Some(rotated) = kernels::host::rope::rotate_half(&x, &cos, &sin) {
+            if let Some(rotated) = kernels::rotate_half_rows(&x, &cos, &sin) {
                 return rotated;
             }
         }

@@ -56,17 +56,33 @@ pub fn int_weight_forward(weight: &PackedIntWeight, fragments: &FragmentCache, x
     }
 }
 
+/// Whether the Flex device's element-wise host kernels may stand in for Burn's ops: not
+/// under `EMBER_KERNELS=reference`, which leaves every step to the ops.
+fn host_steps_enabled() -> bool {
+    select::policy() != KernelPolicy::Reference
+}
+
 /// SwiGLU's activation `silu(gate) · up`: one pass on the Flex device
 /// ([`host::swiglu`]), Burn's ops elsewhere (which the Cube backends fuse).
 pub fn silu_and_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
-    host::swiglu::silu_and_mul(&gate, &up).unwrap_or_else(|| burn::tensor::activation::silu(gate) * up)
+    if let Some(product) = host_steps_enabled().then(|| host::swiglu::silu_and_mul(&gate, &up)).flatten() {
+        return product;
+    }
+    burn::tensor::activation::silu(gate) * up
+}
+
+/// Rotary embeddings ("rotate half") on `[tokens, heads, head_dim]` rows with `[tokens,
+/// head_dim]` tables, in one pass on the Flex device ([`host::rope`]); `None` where the
+/// caller's Burn ops must run.
+pub fn rotate_half_rows(x: &Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>) -> Option<Tensor<3>> {
+    host_steps_enabled().then(|| host::rope::rotate_half(x, cos, sin)).flatten()
 }
 
 /// RMSNorm over the last dimension, as transformers computes it (in f32, the normalized
 /// row rounded to `x`'s dtype before the weight scales it): one pass per row on the Flex
 /// device ([`host::norm`]), Burn's ops elsewhere.
 pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: &Tensor<1>, eps: f64) -> Tensor<D> {
-    if let Some(normalized) = host::norm::rms_norm(&x, weight, eps) {
+    if let Some(normalized) = host_steps_enabled().then(|| host::norm::rms_norm(&x, weight, eps)).flatten() {
         return normalized;
     }
     let dtype = x.dtype();

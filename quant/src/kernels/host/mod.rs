@@ -9,7 +9,9 @@
 //! write nothing but the output; from there `tiles` decodes the weight a cache-sized
 //! tile at a time and multiplies each tile by every row with the `gemm` crate.
 //!
-//! [`attention`] runs a batched step's attention straight from the paged KV pools.
+//! [`attention`] runs a batched step's attention straight from the paged KV pools;
+//! [`swiglu`], [`norm`] and [`rope`] take the element-wise and row-wise steps between the
+//! products in one pass each.
 
 pub mod attention;
 pub mod byte_gemm;

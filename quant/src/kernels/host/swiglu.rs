@@ -1,7 +1,7 @@
 //! SwiGLU's activation on the Flex device, `silu(gate) · up` in one pass: Burn's ops take
 //! three (a sigmoid through the C library's `exp`, value by value, then two products),
-//! which in a 2048-token prefill step of a 14336-wide feed-forward block cost as much as
-//! a fifth of its products.
+//! which in a 2048-token prefill step of a 14336-wide feed-forward block cost a fifth as
+//! much as one of its projections.
 //!
 //! Values are taken a block at a time as f32, `silu(g) = g / (1 + e^−g)` computed with a
 //! polynomial `exp` the compiler vectorizes (within two units in the last place), and, for
