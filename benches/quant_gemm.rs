@@ -7,7 +7,8 @@
 //! only, and time calls queued back to back ([`queued`]) where the portable groups sync
 //! after each call. `paged_attention` times a model step's attention on the Flex device:
 //! the host kernel against the gathered Burn-ops path; `half_weights` times float weights
-//! kept in f16 / bf16 on Flex against the f32 matmul.
+//! kept in f16 / bf16 on Flex against the f32 matmul; `between_products` the Flex host
+//! kernels for SwiGLU's activation, RMSNorm and rotary embeddings against Burn's ops.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -276,6 +277,43 @@ fn half_weights(c: &mut Criterion) {
     }
 }
 
+/// The steps between a feed-forward block's and an attention block's products on Flex, at
+/// a 2048-token prefill step of Mistral-7B's shapes: the host kernels against Burn's ops
+/// (`EMBER_KERNELS=reference`'s path), f32 and bf16.
+fn between_products(c: &mut Criterion) {
+    let Ok(device) = ember::device::parse_device("flex") else { return };
+    let (tokens, hidden, intermediate, heads, head_dim) = (2048usize, 4096usize, 14336usize, 32usize, 128usize);
+    let random = |shape: [usize; 2]| Tensor::<2>::random(shape, burn::tensor::Distribution::Uniform(-3.0, 3.0), &device);
+    let (gate, up, x) = (random([tokens, intermediate]), random([tokens, intermediate]), random([tokens, hidden]));
+    let weight = random([1, hidden]).reshape([hidden]);
+    let (cos, sin) = (random([tokens, head_dim]), random([tokens, head_dim]));
+    let reference = |op: &dyn Fn() -> Tensor<2>| kernels::with_policy(kernels::KernelPolicy::Reference, op);
+    for dtype in [DType::F32, DType::BF16] {
+        let [gate, up, x, cos, sin] = [&gate, &up, &x, &cos, &sin].map(|t| t.clone().cast(dtype));
+        let weight = weight.clone().cast(dtype);
+        let mut group = c.benchmark_group(format!("between_products_{dtype:?}/flex").to_lowercase());
+        group.sample_size(10);
+        let silu_and_mul = || kernels::silu_and_mul(gate.clone(), up.clone());
+        group.bench_function(format!("silu_and_mul/{tokens}x{intermediate}/host"), |b| b.iter(|| finish(silu_and_mul())));
+        group.bench_function(format!("silu_and_mul/{tokens}x{intermediate}/burn_ops"), |b| b.iter(|| finish(reference(&silu_and_mul))));
+        let rms_norm = || kernels::rms_norm(x.clone(), &weight, 1e-5);
+        group.bench_function(format!("rms_norm/{tokens}x{hidden}/host"), |b| b.iter(|| finish(rms_norm())));
+        group.bench_function(format!("rms_norm/{tokens}x{hidden}/burn_ops"), |b| b.iter(|| finish(reference(&rms_norm))));
+        // The rows a projection gives, and what the model's fallback does with them.
+        let q = x.clone().reshape([tokens, heads, head_dim]);
+        let host_rope = || kernels::rotate_half_rows(&q, &cos, &sin).expect("tensors on Flex").reshape([tokens, hidden]);
+        let burn_rope = || {
+            let t = q.clone().reshape([1, tokens, heads, head_dim]).swap_dims(1, 2);
+            let rotated = Tensor::cat(vec![t.clone().narrow(3, head_dim / 2, head_dim / 2).neg(), t.clone().narrow(3, 0, head_dim / 2)], 3);
+            let table = |t: &Tensor<2>| t.clone().reshape([1, 1, tokens, head_dim]);
+            (t * table(&cos) + rotated * table(&sin)).swap_dims(1, 2).reshape([tokens, hidden])
+        };
+        group.bench_function(format!("rope/{tokens}x{heads}x{head_dim}/host"), |b| b.iter(|| finish(host_rope())));
+        group.bench_function(format!("rope/{tokens}x{heads}x{head_dim}/burn_ops"), |b| b.iter(|| finish(burn_rope())));
+        group.finish();
+    }
+}
+
 fn int_mma_gemm(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(3);
     for (name, device) in devices().into_iter().filter(|(name, _)| name.starts_with("cuda")) {
@@ -432,5 +470,5 @@ fn paged_attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, int4_gemm, half_weights, int_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm, paged_attention);
+criterion_group!(benches, int4_gemm, half_weights, between_products, int_mma_gemm, fp8_gemm, w8a8_gemm, byte_mma_gemm, paged_attention);
 criterion_main!(benches);
