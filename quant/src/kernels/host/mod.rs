@@ -413,20 +413,13 @@ unsafe fn gemm_f32(m: usize, n: usize, k: usize, dst: &mut [f32], dst_row: usize
 /// converted otherwise (copying out a prefill's activations took as long as the
 /// product's own quantization of them).
 fn f32_values(x: &Tensor<2>) -> Option<F32Values> {
-    if x.dtype() == DType::F32 {
-        if let Some(buffer) = HostBuffer::of(x).filter(|buffer| buffer.f32s().is_some()) {
-            return Some(F32Values::InPlace(buffer));
-        }
-    }
-    let widened = HostBuffer::of(x).and_then(|buffer| match x.dtype() {
-        DType::BF16 => buffer.0.as_slice::<half::bf16>().map(floats::widened),
-        DType::F16 => buffer.0.as_slice::<half::f16>().map(floats::widened),
+    let on_host = HostBuffer::of(x).and_then(|buffer| match x.dtype() {
+        DType::F32 => buffer.f32s().is_some().then_some(F32Values::InPlace(buffer)),
+        DType::BF16 => buffer.0.as_slice::<half::bf16>().map(|values| F32Values::Converted(floats::widened(values))),
+        DType::F16 => buffer.0.as_slice::<half::f16>().map(|values| F32Values::Converted(floats::widened(values))),
         _ => None,
     });
-    match widened {
-        Some(values) => Some(F32Values::Converted(values)),
-        None => x.clone().into_data().try_into_vec_as::<f32>().ok().map(F32Values::Converted),
-    }
+    on_host.or_else(|| x.clone().into_data().try_into_vec_as::<f32>().ok().map(F32Values::Converted))
 }
 
 /// Activations as [`f32_values`] finds them.
