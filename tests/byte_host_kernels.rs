@@ -29,7 +29,7 @@ fn w8a8_host_cases(isa: VectorIsa) {
     let static_scale = || ActivationQuant::Static(Tensor::from_data(TensorData::new(vec![0.004f32], [1]), (&flex, DType::F32)));
     // Past the rows from which each mode's products are tiled (W8A8 with quantized
     // activations only without VNNI).
-    let (many, many_float) = (kernels::host::INT_TILED_ROWS + 2, kernels::host::byte_tiled_rows() + 2);
+    let (many, many_float) = (kernels::host::INT_TILED_ROWS + 2, kernels::host::byte_tiled_rows(false) + 2);
     let full = i8::MIN..=i8::MAX;
     let cases = [
         (ActivationQuant::DynamicPerToken, 1028, full.clone(), vec![1usize, 3, 8, 13, 16, many]),
@@ -39,7 +39,8 @@ fn w8a8_host_cases(isa: VectorIsa) {
         (ActivationQuant::DynamicPerToken, 4100, -8..=8, vec![1, 11]),
     ];
     for (mode, k, codes, row_counts) in cases {
-        let n = if k > 2048 { 40 } else { 200 };
+        // N past whole 16-channel tasks and their blocks of two or four channels.
+        let n = if k > 2048 { 41 } else { 201 };
         let weight = w8a8_weight_within(k, n, mode, &flex, &mut rng, codes);
         for rows in row_counts {
             for dtype in [DType::F32, DType::BF16] {
@@ -85,23 +86,27 @@ fn fp8_host_cases(isa: VectorIsa) {
         (Fp8Scales::Channel, ActivationQuant::None),
         (Fp8Scales::Block, ActivationQuant::None),
     ];
-    // K = 708 leaves columns past the fused kernel's last step in a scale chunk; 1, 5
-    // and 6 rows take AVX2's row blocks of 4, 1 and 2 (the f16 case's 7 rows, 3), 13
-    // rows (fused by request) AVX-512's of 8 and 5; K = 4612 spans two of the fused
-    // kernel's slices at one row, K = 704 two from five rows.
-    let shapes = |case: (Fp8Scales, ActivationQuant)| [(case.clone(), (704, 204)), (case.clone(), (708, 36)), (case, (4612, 20))];
+    // K = 708 leaves columns past the fused kernel's last step in a scale chunk; 5 and
+    // 6 rows take row blocks of 4 and 1 or 2 (the f16 case's 7 rows, 3), 13 rows (fused
+    // by request) three of 4 and 1; N = 37 leaves a channel past AVX-512's blocks of two;
+    // K = 4612 spans two of the fused kernel's slices at one row, K = 704 two from five
+    // rows.
+    let shapes = |case: (Fp8Scales, ActivationQuant)| [(case.clone(), (704, 204)), (case.clone(), (708, 37)), (case, (4612, 20))];
     for ((scales, mode), (k, n)) in cases.into_iter().flat_map(shapes) {
         let what = format!("{isa:?} {scales:?} {} [{k}x{n}]", mode.describe());
         let weight = fp8_weight(k, n, scales, mode, &flex, &mut rng);
-        let row_counts: &[usize] = if k > 4096 { &[1, 3] } else { &[1, 5, 6, kernels::host::byte_tiled_rows(), 66] };
+        let tiled_rows = kernels::host::byte_tiled_rows(scales == Fp8Scales::Block);
+        let row_counts: &[usize] = if k > 4096 { &[1, 3] } else { &[1, 5, 6, tiled_rows, 66] };
         for &rows in row_counts {
             assert_eq!(kernels::select::fp8_gemm(&weight, &flex, DType::F32, rows).kernel, GemmKernel::Host, "{what}");
+            // Sums of 704 to 4612 products in another order, each row against its largest
+            // output (of as few as 20 channels).
             let err = fp8_relative_error_of(&weight, rows, DType::F32, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));
-            assert!(err < 2e-6, "{what} rows={rows}: relative error {err}");
+            assert!(err < 4e-6, "{what} rows={rows}: relative error {err}");
         }
         let fused = |w: &Fp8Weight, x| kernels::host::fp8_gemm_by(w, x, HostPath::Fused).expect("a weight on Flex");
         let err = fp8_relative_error_of(&weight, 13, DType::F32, &flex, &mut rng, fused);
-        assert!(err < 2e-6, "{what} rows=13 fused: relative error {err}");
+        assert!(err < 4e-6, "{what} rows=13 fused: relative error {err}");
         // 7 rows in the register kernels; 12, on AMX, each f16 activation as two bf16 terms.
         for rows in [7, 12] {
             let err = fp8_relative_error_of(&weight, rows, DType::F16, &flex, &mut rng, |w, x| kernels::fp8_forward(w, &Default::default(), x));

@@ -200,7 +200,7 @@ fn w8a8_gemm_on_cubecl_cpu() {
     w8a8_on(Device::cpu());
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fp8Scales {
     Tensor,
     Channel,

@@ -137,8 +137,9 @@ fn exact_activation_cases(isa: VectorIsa) {
 /// the forward dispatch against the f32 matmul of the converted weight (the same
 /// products, summed in another order), over K with and without a tail of a step (sixteen
 /// or thirty-two columns), more than one tile and (K = 4660 at one row, 1152 from four)
-/// more than one of the register kernel's slices, row blocks of four and eight and their
-/// remainders, and N not a multiple of the channel blocks; under each vector set.
+/// more than one of the register kernel's slices, row blocks of four and six and their
+/// remainders, and N not a multiple of the channel blocks (16 a task, four or two a
+/// register block); under each vector set.
 #[test]
 fn half_weights_host_kernel_on_flex() {
     crate::common::under_each_vector_isa(half_weight_cases);

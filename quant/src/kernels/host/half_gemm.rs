@@ -2,9 +2,9 @@
 //! halves convert to f32 exactly, so this is the f32 product of the f32 weight while
 //! reading half the bytes: at a few rows, where a matmul is bound by reading the weight,
 //! that is half the time. Where the CPU has AVX2, FMA and F16C (or AVX-512), a step of
-//! sixteen (thirty-two) values of a channel becomes two f32 vectors in registers (the f16
-//! conversion instruction, or a widen and shift for bf16) that a block of rows' running
-//! sums multiply at once. From [`super::float_tiled_rows`] rows the weight is decoded a
+//! eight (sixteen) values of each of a block of channels becomes an f32 vector in
+//! registers (the f16 conversion instruction, or a widen and shift for bf16) that a block
+//! of rows' running sums multiply at once. From [`super::float_tiled_rows`] rows the weight is decoded a
 //! tile at a time for the `gemm` crate instead ([`super::tiles`]), and where the CPU has
 //! AMX, from a few rows, its tile unit multiplies the weight ([`super::amx::half`]).
 
@@ -97,13 +97,10 @@ fn channels_portable(weight: &HalfWeightSlices, x: &[f32], m: usize, channels: R
     }
 }
 
-/// The register kernel: each step's values of a channel become two f32 vectors (the f16
-/// conversion instruction, or a widen and shift for bf16) that a block of rows' running
-/// sums multiply at once, over a slice of K at a time so the rows' activations stay in
-/// L1 while every channel of the task passes.
-/// The register kernel: each step's values of a channel become two f32 vectors (the f16
-/// conversion instruction, or a widen and shift for bf16) that a block of rows' running
-/// sums multiply at once.
+/// The register kernel: each step's values of a block of channels become an f32 vector
+/// a channel (the f16 conversion instruction, or a widen and shift for bf16) that a block
+/// of rows' running sums multiply at once, each row's activations loaded once for every
+/// channel of the block.
 #[cfg(target_arch = "x86_64")]
 mod registers {
     use std::arch::x86_64::*;
@@ -137,6 +134,7 @@ mod registers {
         type Weight = u16;
         type Sum = f32;
         const ROW_BLOCK: usize = L::ROW_BLOCK;
+        const CHANNEL_BLOCK: usize = L::CHANNEL_BLOCK;
 
         fn weight(&self) -> (&[u16], usize) {
             (self.0.values, self.0.k)
@@ -146,35 +144,54 @@ mod registers {
             sliced::slice_columns(rows, 4, 2 * L::WIDTH)
         }
 
+        /// Steps of two vectors a channel; a block of few rows and channels keeps a
+        /// second running sum for the second vector, so that its multiply-adds do not
+        /// wait on the first's.
         #[inline(always)]
-        unsafe fn rows<const R: usize>(&self, n: usize, ks: Range<usize>, x: &[f32], ahead: &[u16]) -> [f32; R] {
+        unsafe fn block<const R: usize, const C: usize>(&self, n: usize, ks: Range<usize>, x: &[f32], ahead: [&[u16]; C]) -> [[f32; C]; R] {
             let (k, step) = (self.0.k, 2 * L::WIDTH);
-            let values = self.0.channel(n);
+            let values = &self.0.values[n * k..(n + C) * k];
             assert!(x.len() >= R * k && ks.end <= k);
             let vector_end = ks.start + ks.len() / step * step;
+            let split = R * C <= SPLIT_SUMS;
             // SAFETY (every vector operation): the caller runs this where `L`'s set is present.
-            let (mut low, mut high) = ([unsafe { L::zero() }; R], [unsafe { L::zero() }; R]);
+            let (mut sums, mut second_sums) = ([[unsafe { L::zero() }; C]; R], [[unsafe { L::zero() }; C]; R]);
             for j in (ks.start..vector_end).step_by(step) {
-                prefetch_line(ahead, j - ks.start);
-                // SAFETY: j + step ≤ K = values.len().
-                let (low_weights, high_weights) = unsafe { (L::half::<BF16>(values.as_ptr().add(j)), L::half::<BF16>(values.as_ptr().add(j + L::WIDTH))) };
-                for r in 0..R {
-                    // SAFETY: j + step ≤ K, so both loads lie in row r of the asserted `[R, K]`.
-                    unsafe {
-                        let row = x.as_ptr().add(r * k + j);
-                        low[r] = L::mul_add(L::load(row), low_weights, low[r]);
-                        high[r] = L::mul_add(L::load(row.add(L::WIDTH)), high_weights, high[r]);
+                for lookahead in ahead {
+                    prefetch_line(lookahead, j - ks.start);
+                }
+                for half in 0..2 {
+                    let at = j + half * L::WIDTH;
+                    let mut weights = [unsafe { L::zero() }; C];
+                    for (c, decoded) in weights.iter_mut().enumerate() {
+                        // SAFETY: at + WIDTH ≤ K, within each of the block's channels.
+                        *decoded = unsafe { L::half::<BF16>(values.as_ptr().add(c * k + at)) };
+                    }
+                    let target = if split && half == 1 { &mut second_sums } else { &mut sums };
+                    for (r, row_sums) in target.iter_mut().enumerate() {
+                        // SAFETY: at + WIDTH ≤ K, so the load lies in row r of the asserted `[R, K]`.
+                        let activations = unsafe { L::load(x.as_ptr().add(r * k + at)) };
+                        for (sum, &weights) in row_sums.iter_mut().zip(&weights) {
+                            *sum = unsafe { L::mul_add(activations, weights, *sum) };
+                        }
                     }
                 }
             }
-            let mut sums = [0f32; R];
+            let mut totals = [[0f32; C]; R];
             for r in 0..R {
-                let tail: f32 = x[r * k + vector_end..r * k + ks.end].iter().zip(&values[vector_end..ks.end]).map(|(&a, &bits)| a * to_f32::<BF16>(bits)).sum();
-                sums[r] = unsafe { L::sum(L::add(low[r], high[r])) } + tail;
+                let row = &x[r * k + vector_end..r * k + ks.end];
+                for c in 0..C {
+                    let tail: f32 = row.iter().zip(&values[c * k + vector_end..c * k + ks.end]).map(|(&a, &bits)| a * to_f32::<BF16>(bits)).sum();
+                    let sum = if split { unsafe { L::add(sums[r][c], second_sums[r][c]) } } else { sums[r][c] };
+                    totals[r][c] = unsafe { L::sum(sum) } + tail;
+                }
             }
-            sums
+            totals
         }
     }
+
+    /// The most running sums of a block (rows times channels) that take a second sum each.
+    const SPLIT_SUMS: usize = 4;
 
     /// `out[i]` = `bits[i]` as f32, eight at a time through the f16 conversion instruction.
     #[target_feature(enable = "avx2,fma,f16c")]

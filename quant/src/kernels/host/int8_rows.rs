@@ -1,5 +1,5 @@
 //! int8 weights times a few rows of int8 activation codes (W8A8), in registers, every
-//! product summed exactly in i32, one pass over a channel's bytes serving a block of rows:
+//! product summed exactly in i32, one pass over a block of channels' bytes serving a block of rows:
 //!
 //! - AVX2: sixteen bytes widen to i16 lanes, which the i16 multiply-add pairs with each
 //!   row's codes (as i16) into eight i32 sums;
@@ -61,8 +61,9 @@ impl RowKernel for Avx2Rows<'_> {
     type Input = i16;
     type Weight = u8;
     type Sum = i32;
-    /// Sums take one register a row.
-    const ROW_BLOCK: usize = 8;
+    /// Sums take one register a row and channel.
+    const ROW_BLOCK: usize = 4;
+    const CHANNEL_BLOCK: usize = 2;
 
     fn weight(&self) -> (&[u8], usize) {
         (self.0.bytes, self.0.k)
@@ -73,32 +74,39 @@ impl RowKernel for Avx2Rows<'_> {
     }
 
     #[inline(always)]
-    unsafe fn rows<const R: usize>(&self, n: usize, ks: Range<usize>, a: &[i16], ahead: &[u8]) -> [i32; R] {
+    unsafe fn block<const R: usize, const C: usize>(&self, n: usize, ks: Range<usize>, a: &[i16], ahead: [&[u8]; C]) -> [[i32; C]; R] {
         let k = self.0.k;
-        let bytes = &self.0.bytes[n * k..(n + 1) * k];
+        let bytes = &self.0.bytes[n * k..(n + C) * k];
         assert!(a.len() >= R * k && ks.end <= k);
         let vector_end = ks.start + ks.len() / 16 * 16;
         // SAFETY (every vector operation): the caller runs this where AVX2 is present.
-        let mut sums = [unsafe { _mm256_setzero_si256() }; R];
+        let mut sums = [[unsafe { _mm256_setzero_si256() }; C]; R];
         for j in (ks.start..vector_end).step_by(16) {
-            prefetch_line(ahead, j - ks.start);
-            // SAFETY: j + 16 ≤ K = bytes.len().
-            let weights = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(bytes.as_ptr().add(j).cast())) };
-            for (r, sum) in sums.iter_mut().enumerate() {
+            for lookahead in ahead {
+                prefetch_line(lookahead, j - ks.start);
+            }
+            let mut weights = [unsafe { _mm256_setzero_si256() }; C];
+            for (c, widened) in weights.iter_mut().enumerate() {
+                // SAFETY: j + 16 ≤ K, within each of the block's channels.
+                *widened = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(bytes.as_ptr().add(c * k + j).cast())) };
+            }
+            for r in 0..R {
                 // SAFETY: j + 16 ≤ K, so the sixteen codes lie in row r of the asserted `[R, K]`.
-                unsafe {
-                    let codes = _mm256_loadu_si256(a.as_ptr().add(r * k + j).cast());
-                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(codes, weights));
+                let codes = unsafe { _mm256_loadu_si256(a.as_ptr().add(r * k + j).cast()) };
+                for c in 0..C {
+                    sums[r][c] = unsafe { _mm256_add_epi32(sums[r][c], _mm256_madd_epi16(codes, weights[c])) };
                 }
             }
         }
-        let mut totals = [0i32; R];
+        let mut totals = [[0i32; C]; R];
         for r in 0..R {
-            let mut lanes = [0i32; 8];
-            // SAFETY: `lanes` holds eight i32, the store's width.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums[r]) };
-            let tail = tail_sum(&a[r * k + vector_end..r * k + ks.end], &bytes[vector_end..ks.end], 0);
-            totals[r] = lanes.iter().sum::<i32>() + tail;
+            for c in 0..C {
+                let mut lanes = [0i32; 8];
+                // SAFETY: `lanes` holds eight i32, the store's width.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sums[r][c]) };
+                let tail = tail_sum(&a[r * k + vector_end..r * k + ks.end], &bytes[c * k + vector_end..c * k + ks.end], 0);
+                totals[r][c] = lanes.iter().sum::<i32>() + tail;
+            }
         }
         totals
     }
@@ -110,7 +118,9 @@ impl RowKernel for VnniRows<'_> {
     type Input = u8;
     type Weight = u8;
     type Sum = i32;
-    const ROW_BLOCK: usize = 8;
+    /// A row and channel's sums take one register, and each channel's weight sum another.
+    const ROW_BLOCK: usize = 4;
+    const CHANNEL_BLOCK: usize = 4;
 
     fn weight(&self) -> (&[u8], usize) {
         (self.0.bytes, self.0.k)
@@ -121,30 +131,40 @@ impl RowKernel for VnniRows<'_> {
     }
 
     #[inline(always)]
-    unsafe fn rows<const R: usize>(&self, n: usize, ks: Range<usize>, biased: &[u8], ahead: &[u8]) -> [i32; R] {
+    unsafe fn block<const R: usize, const C: usize>(&self, n: usize, ks: Range<usize>, biased: &[u8], ahead: [&[u8]; C]) -> [[i32; C]; R] {
         let k = self.0.k;
-        let bytes = &self.0.bytes[n * k..(n + 1) * k];
+        let bytes = &self.0.bytes[n * k..(n + C) * k];
         assert!(biased.len() >= R * k && ks.end <= k);
         let vector_end = ks.start + ks.len() / 64 * 64;
         // SAFETY (every vector operation): the caller runs this where AVX-512 VNNI is present.
-        let (mut sums, mut weight_sum, ones) = unsafe { ([_mm512_setzero_si512(); R], _mm512_setzero_si512(), _mm512_set1_epi8(1)) };
+        let (mut sums, mut weight_sums, ones) = unsafe { ([[_mm512_setzero_si512(); C]; R], [_mm512_setzero_si512(); C], _mm512_set1_epi8(1)) };
         for j in (ks.start..vector_end).step_by(64) {
-            prefetch_line(ahead, j - ks.start);
-            // SAFETY: j + 64 ≤ K = bytes.len().
-            let weights = unsafe { _mm512_loadu_si512(bytes.as_ptr().add(j).cast()) };
-            weight_sum = unsafe { _mm512_dpbusd_epi32(weight_sum, ones, weights) };
-            for (r, sum) in sums.iter_mut().enumerate() {
+            for lookahead in ahead {
+                prefetch_line(lookahead, j - ks.start);
+            }
+            let mut weights = [unsafe { _mm512_setzero_si512() }; C];
+            for c in 0..C {
+                // SAFETY: j + 64 ≤ K, within each of the block's channels.
+                weights[c] = unsafe { _mm512_loadu_si512(bytes.as_ptr().add(c * k + j).cast()) };
+                weight_sums[c] = unsafe { _mm512_dpbusd_epi32(weight_sums[c], ones, weights[c]) };
+            }
+            for r in 0..R {
                 // SAFETY: j + 64 ≤ K, so the sixty-four codes lie in row r of the asserted `[R, K]`.
-                unsafe { *sum = _mm512_dpbusd_epi32(*sum, _mm512_loadu_si512(biased.as_ptr().add(r * k + j).cast()), weights) };
+                let codes = unsafe { _mm512_loadu_si512(biased.as_ptr().add(r * k + j).cast()) };
+                for c in 0..C {
+                    sums[r][c] = unsafe { _mm512_dpbusd_epi32(sums[r][c], codes, weights[c]) };
+                }
             }
         }
         // Σ (a + 128) · w − 128 · Σ w, in wrapping i32 like the lanes (exact wherever the
         // product fits an i32, as the reference's sum must).
-        let bias = unsafe { _mm512_reduce_add_epi32(weight_sum) }.wrapping_mul(CODE_BIAS as i32);
-        let mut totals = [0i32; R];
+        let biases: [i32; C] = std::array::from_fn(|c| unsafe { _mm512_reduce_add_epi32(weight_sums[c]) }.wrapping_mul(CODE_BIAS as i32));
+        let mut totals = [[0i32; C]; R];
         for r in 0..R {
-            let tail = tail_sum(&biased[r * k + vector_end..r * k + ks.end], &bytes[vector_end..ks.end], CODE_BIAS as i32);
-            totals[r] = unsafe { _mm512_reduce_add_epi32(sums[r]) }.wrapping_sub(bias).wrapping_add(tail);
+            for c in 0..C {
+                let tail = tail_sum(&biased[r * k + vector_end..r * k + ks.end], &bytes[c * k + vector_end..c * k + ks.end], CODE_BIAS as i32);
+                totals[r][c] = unsafe { _mm512_reduce_add_epi32(sums[r][c]) }.wrapping_sub(biases[c]).wrapping_add(tail);
+            }
         }
         totals
     }

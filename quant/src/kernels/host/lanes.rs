@@ -16,9 +16,11 @@ pub(super) trait F32Lanes {
     type Vector: Copy;
     /// f32 values in a vector.
     const WIDTH: usize;
-    /// Rows whose two running sums a kernel keeps in registers beside its two decoded
-    /// vectors: AVX2 has sixteen registers, AVX-512 thirty-two.
+    /// Rows and channels of a block whose running sums (one a row and channel) a kernel
+    /// keeps in registers beside a decoded vector a channel: AVX2 has sixteen registers,
+    /// AVX-512 thirty-two.
     const ROW_BLOCK: usize;
+    const CHANNEL_BLOCK: usize;
     unsafe fn zero() -> Self::Vector;
     unsafe fn splat(value: f32) -> Self::Vector;
     unsafe fn load(values: *const f32) -> Self::Vector;
@@ -49,6 +51,7 @@ impl F32Lanes for Avx2 {
     type Vector = __m256;
     const WIDTH: usize = 8;
     const ROW_BLOCK: usize = 4;
+    const CHANNEL_BLOCK: usize = 2;
 
     #[inline(always)]
     unsafe fn zero() -> __m256 {
@@ -105,7 +108,8 @@ impl F32Lanes for Avx2 {
 impl F32Lanes for Avx512 {
     type Vector = __m512;
     const WIDTH: usize = 16;
-    const ROW_BLOCK: usize = 8;
+    const ROW_BLOCK: usize = 6;
+    const CHANNEL_BLOCK: usize = 4;
 
     #[inline(always)]
     unsafe fn zero() -> __m512 {

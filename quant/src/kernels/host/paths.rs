@@ -12,15 +12,16 @@ use super::vnni;
 use crate::repr::{ActivationQuant, Fp8Weight, W8A8Weight};
 
 /// Rows from which a product of float weights (f16 / bf16) decodes tiles for the `gemm`
-/// crate rather than running the fused register kernel, whose blocks of rows fall behind
-/// the crate's register-blocked micro-kernels there. The wider the kernel's vectors and
-/// row blocks, the later (BENCHMARKS.md, "The register kernels under each vector set": at 4096²,
-/// bf16 weights with AVX-512 12.6 ms fused against 15.9 tiled at 32 rows, 22.2 against
-/// 18.9 at 64; with AVX2 7.0 against 8.9 at 16 rows, 14.4 against 13.5 at 32).
+/// crate rather than running the fused register kernel, whose blocks of rows and
+/// channels fall behind the crate's register-blocked micro-kernels there. The wider the
+/// kernel's vectors and blocks, the later (BENCHMARKS.md, "Blocks of channels in the
+/// register kernels": at 4096², bf16 weights with AVX-512 16.1 ms fused against 24.6
+/// tiled at 128 rows, level by 1024; with AVX2 12.4 against 14.7 at 64 rows, 26.2
+/// against 24.1 at 128).
 pub fn float_tiled_rows() -> usize {
     match vector_isa() {
-        VectorIsa::Amx | VectorIsa::Avx512 => 48,
-        VectorIsa::Avx2 => 32,
+        VectorIsa::Amx | VectorIsa::Avx512 => 1024,
+        VectorIsa::Avx2 => 128,
         VectorIsa::Baseline => 16,
     }
 }
@@ -83,7 +84,7 @@ pub(super) fn int_on_tiles(bits: u32, k: usize, group_size: usize, groups_contig
 pub fn w8a8_tiled_rows(weight: &W8A8Weight) -> usize {
     match weight.activations {
         ActivationQuant::None if left_operand_on_tiles(weight.in_features) => usize::MAX,
-        ActivationQuant::None => byte_tiled_rows(),
+        ActivationQuant::None => byte_tiled_rows(false),
         #[cfg(target_arch = "x86_64")]
         _ if vnni() => usize::MAX,
         _ => INT_TILED_ROWS,
@@ -92,14 +93,19 @@ pub fn w8a8_tiled_rows(weight: &W8A8Weight) -> usize {
 
 /// [`float_tiled_rows`] for 8-bit weights with float activations (e4m3, and int8 in
 /// W8A8 layers whose activations stay float), whose fused kernel decodes a step's bytes
-/// for each block of rows (e4m3 at 4096², with AVX-512 6.6 ms fused against 7.7 tiled at
-/// 16 rows, 12.6 against 10.5 at 32; with AVX2 4.3 against 4.9 at 8 rows, 9.4 against
-/// 7.0 at 16).
-pub fn byte_tiled_rows() -> usize {
-    match vector_isa() {
-        VectorIsa::Amx | VectorIsa::Avx512 => 32,
-        VectorIsa::Avx2 => 16,
-        VectorIsa::Baseline => 8,
+/// for each block of rows, and with `block_scales` (a scale per 128 columns, say) scales
+/// each chunk's sums apart. e4m3 at 4096² (BENCHMARKS.md, "Blocks of channels in the
+/// register kernels"), channel scales: with AVX-512 11.5 ms fused against 14.4 tiled at
+/// 64 rows, 25.5 against 23.2 at 128; with AVX2 5.3 against 6.4 at 16, 10.7 against 9.3
+/// at 32. 128×128 blocks: with AVX-512 5.8 against 5.9 at 16, 11.7 against 9.6 at 32;
+/// with AVX2 7.6 against 6.4 at 16.
+pub fn byte_tiled_rows(block_scales: bool) -> usize {
+    match (vector_isa(), block_scales) {
+        (VectorIsa::Amx | VectorIsa::Avx512, false) => 128,
+        (VectorIsa::Amx | VectorIsa::Avx512, true) => 32,
+        (VectorIsa::Avx2, false) => 32,
+        (VectorIsa::Avx2, true) => 16,
+        (VectorIsa::Baseline, _) => 8,
     }
 }
 
@@ -157,9 +163,10 @@ impl HostPath {
 /// with e4m3 activation codes, 9.6 against 23.0 with float activations), otherwise
 /// [`byte_tiled_rows`].
 pub fn fp8_tiled_rows(weight: &Fp8Weight) -> usize {
+    let block_scales = weight.block.is_some_and(|[_, columns]| columns < weight.in_features);
     match fp8_on_tiles(weight) {
         true => usize::MAX,
-        false => byte_tiled_rows(),
+        false => byte_tiled_rows(block_scales),
     }
 }
 
